@@ -1,0 +1,17 @@
+"""llmtrace: OpenTelemetry spans, tokens and USD cost for every LLM call, from one line.
+
+    import llmtrace
+    llmtrace.instrument()
+
+    with llmtrace.tags(tenant="acme", feature="search", user="u-42"):
+        client.chat.completions.create(...)
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+from .config import ConfigError
+from .context import tags
+from .instrument import instrument, uninstrument
+
+__all__ = ["ConfigError", "__version__", "instrument", "tags", "uninstrument"]

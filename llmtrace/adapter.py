@@ -1,0 +1,75 @@
+"""What a provider module hands the core: patch targets and pure request/response translators.
+
+Adapters never touch a tracer, span or meter; the core (``llmtrace.call``) owns all of that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol
+
+from .usage import Usage
+
+
+@dataclass
+class Result:
+    """What one response (or one whole stream) said, provider-neutral."""
+
+    response_model: str | None = None
+    response_id: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    usage: Usage | None = None
+    output_text: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+class Accumulator(Protocol):
+    def add(self, chunk: Any) -> bool:
+        """Take one stream item; return False to hide it from the application."""
+
+    def result(self) -> Result: ...
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """Where a client sends its requests, resolved once per base URL."""
+
+    provider: str
+    address: str | None
+    port: int | None
+    base_url: str
+    accepts_usage_option: bool = False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One API operation of one provider (e.g. OpenAI chat completions)."""
+
+    provider: str
+    operation: str
+    request_attributes: Callable[[Mapping[str, Any]], dict[str, Any]]
+    parse: Callable[[Any], Result]
+    accumulator: Callable[[bool], Accumulator]  # arg: hide the usage-only chunk we asked for
+    estimate_input: Callable[[str, Mapping[str, Any]], int]
+    input_content: Callable[[Mapping[str, Any]], Any]
+    client_info: Callable[[Any, tuple[str, ...]], ClientInfo]  # (SDK resource, include-usage hosts)
+    # Adds ``stream_options.include_usage`` (OpenAI chat/completions streams); None elsewhere.
+    wants_usage_option: bool = False
+
+
+# How a target method behaves, which decides the wrapper the core puts around it.
+CALL = "call"  # returns a response or a stream
+ASYNC_CALL = "async_call"
+STREAM_MANAGER = "stream_manager"  # returns a context manager that sends the request on enter
+ASYNC_STREAM_MANAGER = "async_stream_manager"
+STREAM_OPENER = "stream_opener"  # a stream helper's constructor receiving the raw stream (arg 1)
+RETRY_HOOK = "retry_hook"  # called by the SDK before each retry, with the failed response
+SDK_TRACER = "sdk_tracer"  # the SDK's own tracer factory: returns None while llmtrace traces
+
+
+@dataclass(frozen=True)
+class Target:
+    module: str
+    name: str  # "Class.method"
+    endpoint: Endpoint | None
+    kind: str

@@ -1,0 +1,89 @@
+"""Every span, metric and baggage key llmtrace writes, in one place.
+
+GenAI names are copied from the OpenTelemetry GenAI semantic conventions (v1.41-era names, which the
+Python semconv package and the contrib instrumentations emit); `llmtrace.*` covers what they lack.
+The store's columns are derived from these strings, so they are owned here rather than imported from
+the frozen `opentelemetry.semconv._incubating` package.
+"""
+
+from __future__ import annotations
+
+# --- request / identity --------------------------------------------------------------------------
+OPERATION_NAME = "gen_ai.operation.name"
+PROVIDER_NAME = "gen_ai.provider.name"
+REQUEST_MODEL = "gen_ai.request.model"
+REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+REQUEST_TOP_P = "gen_ai.request.top_p"
+REQUEST_TOP_K = "gen_ai.request.top_k"
+REQUEST_STOP_SEQUENCES = "gen_ai.request.stop_sequences"
+REQUEST_FREQUENCY_PENALTY = "gen_ai.request.frequency_penalty"
+REQUEST_PRESENCE_PENALTY = "gen_ai.request.presence_penalty"
+REQUEST_SEED = "gen_ai.request.seed"
+REQUEST_CHOICE_COUNT = "gen_ai.request.choice.count"
+REQUEST_STREAM = "gen_ai.request.stream"
+REQUEST_ENCODING_FORMATS = "gen_ai.request.encoding_formats"
+OUTPUT_TYPE = "gen_ai.output.type"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+
+# --- response ------------------------------------------------------------------------------------
+RESPONSE_MODEL = "gen_ai.response.model"
+RESPONSE_ID = "gen_ai.response.id"
+RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
+OPENAI_RESPONSE_SERVICE_TIER = "openai.response.service_tier"
+OPENAI_RESPONSE_SYSTEM_FINGERPRINT = "openai.response.system_fingerprint"
+
+# --- usage (semconv totals; cache_read and reasoning are subsets of input and output) -------------
+USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+USAGE_CACHE_CREATION_INPUT_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
+USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
+USAGE_SOURCE = "llmtrace.usage.source"
+# Disjoint buckets: these five add up to input + output.
+USAGE_UNCACHED_INPUT_TOKENS = "llmtrace.usage.uncached_input_tokens"
+USAGE_VISIBLE_OUTPUT_TOKENS = "llmtrace.usage.visible_output_tokens"
+
+# --- cost ----------------------------------------------------------------------------------------
+COST_USD = "llmtrace.cost.usd"
+COST_INPUT_USD = "llmtrace.cost.input_usd"
+COST_OUTPUT_USD = "llmtrace.cost.output_usd"
+COST_SOURCE = "llmtrace.cost.source"
+COST_UNPRICED = "llmtrace.cost.unpriced"
+COST_PRICED_MODEL = "llmtrace.cost.priced_model"
+
+# --- errors and transport ------------------------------------------------------------------------
+ERROR_TYPE = "error.type"
+HTTP_STATUS_CODE = "http.response.status_code"
+HTTP_ATTEMPTS = "llmtrace.http.attempts"
+HTTP_RATE_LIMITED = "llmtrace.http.rate_limited"  # 429 answers seen, retried ones included
+
+# --- tags ----------------------------------------------------------------------------------------
+USER_ID = "user.id"
+TENANT = "llmtrace.tenant"
+FEATURE = "llmtrace.feature"
+CONVERSATION_ID = "gen_ai.conversation.id"
+TAG_PREFIX = "llmtrace.tag."
+
+# --- content (opt-in) ----------------------------------------------------------------------------
+INPUT_MESSAGES = "gen_ai.input.messages"
+OUTPUT_MESSAGES = "gen_ai.output.messages"
+SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+
+# --- metrics -------------------------------------------------------------------------------------
+METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"
+METRIC_OPERATION_DURATION = "gen_ai.client.operation.duration"
+METRIC_TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
+METRIC_COST = "llmtrace.cost"
+TOKEN_TYPE = "gen_ai.token.type"
+OTHER_BUCKET = "__other__"
+
+# --- values --------------------------------------------------------------------------------------
+OP_CHAT = "chat"
+OP_TEXT_COMPLETION = "text_completion"
+OP_EMBEDDINGS = "embeddings"
+SOURCE_PROVIDER = "provider"
+SOURCE_ESTIMATED = "estimated"
+SOURCE_NONE = "none"

@@ -1,0 +1,249 @@
+"""The life of one LLM call: open a CLIENT span, read the response or stream, close it exactly once.
+
+Provider adapters translate; this module emits. Everything here runs inside the user's SDK call,
+so every entry point either contains its own errors or is only called inside ``internal_errors()``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+
+from . import attributes as A
+from . import pricing
+from ._guard import internal_errors, report
+from .adapter import Accumulator, Endpoint, Result
+from .config import Settings
+from .context import current_tags
+from .metrics import Instruments
+from .providers._stainless import jsonable
+from .usage import Usage
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What ``instrument()`` set up; swapped atomically, read once per call."""
+
+    tracer: Tracer
+    settings: Settings
+    instruments: Instruments | None
+
+
+runtime: Runtime | None = None
+
+# The call whose SDK method is running now (retry hooks report to it; nested patched methods
+# called by the SDK itself are not traced twice).
+active_call: contextvars.ContextVar[Call | None] = contextvars.ContextVar("llmtrace_active_call", default=None)
+
+
+class Call:
+    __slots__ = (
+        "endpoint",
+        "runtime",
+        "span",
+        "attrs",
+        "kwargs",
+        "base_url",
+        "accepts_usage_option",
+        "start_ns",
+        "first_chunk_ns",
+        "retries",
+        "rate_limited",
+        "acc",
+        "done",
+    )
+
+    def __init__(self, endpoint: Endpoint, rt: Runtime, instance: Any, kwargs: dict[str, Any]) -> None:
+        settings = rt.settings
+        info = endpoint.client_info(instance, settings.include_usage_hosts)
+        attrs = endpoint.request_attributes(kwargs)
+        attrs[A.OPERATION_NAME] = endpoint.operation
+        attrs[A.PROVIDER_NAME] = info.provider
+        if info.address:
+            attrs[A.SERVER_ADDRESS] = info.address
+            attrs[A.SERVER_PORT] = info.port
+        attrs.update(current_tags())
+        if settings.capture_content:
+            attrs[A.INPUT_MESSAGES] = jsonable(endpoint.input_content(kwargs))
+        model = attrs.get(A.REQUEST_MODEL)
+        name = f"{endpoint.operation} {model}" if model else endpoint.operation
+        self.endpoint = endpoint
+        self.runtime = rt
+        self.attrs = attrs
+        self.kwargs = kwargs
+        self.base_url = info.base_url
+        self.accepts_usage_option = info.accepts_usage_option
+        self.first_chunk_ns = 0
+        self.retries = 0
+        self.rate_limited = 0
+        self.acc: Accumulator | None = None
+        self.done = False
+        self.start_ns = time.time_ns()
+        self.span = rt.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs, start_time=self.start_ns)
+
+    # --- request side --------------------------------------------------------------------------
+
+    def request_kwargs(self) -> dict[str, Any]:
+        """The kwargs to send: OpenAI streams ask for usage unless the caller chose stream_options."""
+        kwargs = self.kwargs
+        if (
+            self.endpoint.wants_usage_option
+            and kwargs.get("stream") is True
+            and self.accepts_usage_option
+            and not isinstance(kwargs.get("stream_options"), dict)
+        ):
+            self.acc = self.endpoint.accumulator(True)
+            return {**kwargs, "stream_options": {"include_usage": True}}
+        return kwargs
+
+    def note_retry(self, response: Any) -> None:
+        self.retries += 1
+        if getattr(response, "status_code", None) == 429:
+            self.rate_limited += 1
+
+    # --- response side -------------------------------------------------------------------------
+
+    def begin_stream(self) -> Accumulator:
+        if self.acc is None:
+            self.acc = self.endpoint.accumulator(False)
+        return self.acc
+
+    def observe_chunk(self, chunk: Any) -> bool:
+        """Per stream item: TTFT and accumulation. Returns False to hide the item. Never raises."""
+        if not self.first_chunk_ns:
+            self.first_chunk_ns = time.time_ns()
+        try:
+            return self.acc.add(chunk)  # type: ignore[union-attr]
+        except Exception as exc:
+            report(exc)
+            return True
+
+    def end_stream(self, error: BaseException | None = None) -> None:
+        """End after a stream: exhausted, closed, exited, failed or dropped. Never raises."""
+        if self.done:
+            return
+        with internal_errors():
+            result = self.acc.result() if self.acc is not None else Result()
+            self.finish(result, error)
+            return
+        self._force_end()
+
+    def fail(self, error: BaseException) -> None:
+        """The SDK call raised. Never raises."""
+        with internal_errors():
+            self.finish(None, error)
+            return
+        self._force_end()
+
+    def complete(self, response: Any) -> None:
+        """A whole (non-streamed) response came back. Never raises."""
+        with internal_errors():
+            self.finish(self.endpoint.parse(response), None)
+            return
+        self._force_end()
+
+    def _force_end(self) -> None:
+        if not self.done:
+            self.done = True
+            with internal_errors():
+                self.span.end()
+
+    def finish(self, result: Result | None, error: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        end_ns = time.time_ns()
+        attrs: dict[str, Any] = {A.HTTP_ATTEMPTS: 1 + self.retries}
+        error_type = None
+        if error is not None:
+            error_type = type(error).__qualname__
+            attrs[A.ERROR_TYPE] = error_type
+            status = getattr(error, "status_code", None)
+            if isinstance(status, int):
+                attrs[A.HTTP_STATUS_CODE] = status
+                if status == 429:
+                    self.rate_limited += 1
+        if self.rate_limited:
+            attrs[A.HTTP_RATE_LIMITED] = self.rate_limited
+        ttfc = None
+        if self.first_chunk_ns:
+            ttfc = (self.first_chunk_ns - self.start_ns) / 1e9
+            attrs[A.RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
+        usage = None
+        cost = None
+        if result is not None:
+            usage = self._usage_of(result)
+            cost = self._add_result(attrs, result, usage)
+        else:
+            attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
+        span = self.span
+        span.set_attributes(attrs)
+        if error is not None:
+            span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error}"[:512]))
+        span.end(end_time=end_ns)
+        instruments = self.runtime.instruments
+        if instruments is not None:
+            instruments.record(
+                {**self.attrs, **attrs},
+                (end_ns - self.start_ns) / 1e9,
+                ttfc,
+                usage.input_tokens if usage else None,
+                usage.output_tokens if usage else None,
+                cost,
+                error_type,
+            )
+
+    def _usage_of(self, result: Result) -> Usage | None:
+        if result.usage is not None:
+            return result.usage
+        model = result.response_model or self.attrs.get(A.REQUEST_MODEL) or ""
+        # The provider sent no usage: estimate with the tokenizer (off the common path).
+        return Usage(
+            uncached_input=self.endpoint.estimate_input(model, self.kwargs),
+            visible_output=_estimate_output(model, result.output_text),
+            source=A.SOURCE_ESTIMATED,
+        )
+
+    def _add_result(self, attrs: dict[str, Any], result: Result, usage: Usage | None) -> float | None:
+        if result.response_model:
+            attrs[A.RESPONSE_MODEL] = result.response_model
+        if result.response_id:
+            attrs[A.RESPONSE_ID] = result.response_id
+        if result.finish_reasons:
+            attrs[A.RESPONSE_FINISH_REASONS] = result.finish_reasons
+        if result.attributes:
+            attrs.update(result.attributes)
+        if self.runtime.settings.capture_content and result.output_text:
+            attrs[A.OUTPUT_MESSAGES] = jsonable([{"role": "assistant", "content": result.output_text}])
+        if usage is None:
+            attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
+            return None
+        attrs.update(usage.attributes())
+        provider = self.attrs[A.PROVIDER_NAME]
+        request_model = self.attrs.get(A.REQUEST_MODEL) or ""
+        model = result.response_model or request_model
+        price = pricing.price_for(provider, model, self.base_url)
+        if price is None and request_model and request_model != model:
+            # Some responses name an internal snapshot (davinci:2023-07-21-v2) that no price list has.
+            price = pricing.price_for(provider, request_model, self.base_url)
+        if price is None:
+            attrs[A.COST_UNPRICED] = True
+            pricing.note_unpriced(provider, model)
+            return None
+        cost = price.cost(usage)
+        attrs[A.COST_USD] = cost.total
+        attrs[A.COST_INPUT_USD] = cost.input
+        attrs[A.COST_OUTPUT_USD] = cost.output
+        attrs[A.COST_SOURCE] = price.source
+        attrs[A.COST_PRICED_MODEL] = price.model
+        return cost.total
+
+
+def _estimate_output(model: str, text: str) -> int:
+    from .tokenizer import count_text  # imported late: tiktoken loads only if ever needed
+
+    return count_text(model, text)

@@ -1,0 +1,138 @@
+"""Settings: ``instrument()`` arguments, then ``LLMTRACE_*``/``OTEL_*`` variables, then ``llmtrace.toml``.
+
+Every option has one name, used as the keyword argument, as the key in the ``[llmtrace]`` table of the
+config file, and (upper-cased, ``LLMTRACE_`` prefix) as the environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+DEFAULT_CONFIG_FILE = "llmtrace.toml"
+DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com",)
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names where it came from."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    service_name: str | None = None
+    otlp_endpoint: str | None = None
+    capture_content: bool = False
+    # Hosts known to accept ``stream_options.include_usage``; others never see the field.
+    include_usage_hosts: tuple[str, ...] = DEFAULT_INCLUDE_USAGE_HOSTS
+    # Tenant/feature values allowed as metric labels; the top ``metric_tag_top_k`` seen are kept
+    # too, everything else becomes ``__other__`` so metric cardinality stays bounded.
+    metric_tag_allowlist: tuple[str, ...] = ()
+    metric_tag_top_k: int = 20
+    # Turn off the SDKs' own tracing (anthropic >= 2) so each call has exactly one span.
+    disable_sdk_tracing: bool = True
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    config_file: str | None = None
+
+
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _BOOL_TRUE:
+            return True
+        if text in _BOOL_FALSE:
+            return False
+        raise ConfigError(f"{origin}: {name} must be true or false, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: {name} must be an integer, got {raw!r}") from None
+        if value < 0:
+            raise ConfigError(f"{origin}: {name} must not be negative, got {raw!r}")
+        return value
+    if isinstance(default, tuple):
+        if isinstance(raw, str):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
+            return tuple(raw)
+        raise ConfigError(f"{origin}: {name} must be a list of strings, got {raw!r}")
+    if name == "prices":
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{origin}: prices must be a table of model -> rates, got {raw!r}")
+        return raw
+    if raw is not None and not isinstance(raw, str):
+        raise ConfigError(f"{origin}: {name} must be a string, got {raw!r}")
+    return raw
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    section = data.get("llmtrace", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [llmtrace] must be a table")
+    result = dict(section)
+    if "prices" in data:
+        result["prices"] = data["prices"]
+    return result
+
+
+def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Resolve settings from ``options`` > environment > config file > defaults."""
+    env = os.environ if environ is None else environ
+    names = {f.name: f for f in fields(Settings)}
+    unknown = set(options) - set(names)
+    if unknown:
+        raise ConfigError(f"instrument(): unknown option(s) {', '.join(sorted(unknown))}")
+
+    config_file = options.get("config_file") or env.get("LLMTRACE_CONFIG")
+    file_values: dict[str, Any] = {}
+    if config_file:
+        file_values = _read_file(Path(config_file))
+    elif Path(DEFAULT_CONFIG_FILE).is_file():
+        config_file = DEFAULT_CONFIG_FILE
+        file_values = _read_file(Path(config_file))
+    bad = set(file_values) - set(names) - {"config_file"}
+    if bad:
+        raise ConfigError(f"{config_file}: unknown setting(s) {', '.join(sorted(bad))} in [llmtrace]")
+
+    std_env = {
+        "service_name": env.get("OTEL_SERVICE_NAME"),
+        "otlp_endpoint": env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    }
+    values: dict[str, Any] = {}
+    for name, f in names.items():
+        default = Settings.__dataclass_fields__[name].default
+        if default is not None and not isinstance(default, (bool, int, str, tuple)):
+            default = {}
+        env_name = "LLMTRACE_" + name.upper()
+        if name in options and options[name] is not None:
+            values[name] = _coerce(name, options[name], default, "instrument()")
+        elif env.get(env_name) is not None:
+            values[name] = _coerce(name, env[env_name], default, env_name)
+        elif std_env.get(name):
+            values[name] = std_env[name]
+        elif name in file_values:
+            values[name] = _coerce(name, file_values[name], default, f"{config_file} [llmtrace]")
+    if config_file:
+        values["config_file"] = str(config_file)
+    return Settings(**values)

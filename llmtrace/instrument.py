@@ -1,0 +1,132 @@
+"""``instrument()`` / ``uninstrument()``: patch the SDKs (now or when imported) and set up export."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from typing import Any
+
+import wrapt
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from . import call as core
+from . import config, pricing
+from ._guard import internal_errors
+from ._version import __version__
+from .metrics import Instruments
+from .providers import PROVIDERS
+from .wrappers import wrapper_for
+
+logger = logging.getLogger("llmtrace")
+
+_lock = threading.Lock()
+# (owner object, attribute name, original value) for every patch in place, to undo them.
+_patches: list[tuple[Any, str, Any]] = []
+_patched_sdks: set[str] = set()
+_hooks_registered: set[str] = set()
+
+
+def instrument(**options: Any) -> None:
+    """Trace every OpenAI and Anthropic call of this process. Safe to call more than once.
+
+    Options (each also ``LLMTRACE_<NAME>`` or ``[llmtrace]`` in ``llmtrace.toml``): ``service_name``,
+    ``otlp_endpoint``, ``capture_content``, ``include_usage_hosts``, ``metric_tag_allowlist``,
+    ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``, ``config_file``. Code-only:
+    ``tracer_provider``, ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError``
+    and nothing is applied.
+    """
+    tracer_provider = options.pop("tracer_provider", None)
+    meter_provider = options.pop("meter_provider", None)
+    settings = config.load(options)
+    with _lock:
+        if core.runtime is not None:
+            logger.debug("llmtrace: already instrumented; instrument() again does nothing")
+            return
+        if settings.prices:
+            pricing.set_prices(settings.prices)
+        tracer_provider = _tracer_provider(tracer_provider, settings, explicit_endpoint="otlp_endpoint" in options)
+        instruments = _instruments(meter_provider, settings)
+        tracer = tracer_provider.get_tracer("llmtrace", __version__)
+        core.runtime = core.Runtime(tracer=tracer, settings=settings, instruments=instruments)
+        for sdk in PROVIDERS:
+            if sdk not in _hooks_registered:
+                _hooks_registered.add(sdk)
+                wrapt.register_post_import_hook(_patch_sdk, sdk)
+            elif sdk not in _patched_sdks:
+                module = importlib.sys.modules.get(sdk)  # type: ignore[attr-defined]
+                if module is not None:
+                    _patch_sdk(module)
+    threading.Thread(target=_warm_prices, name="llmtrace-warm-prices", daemon=True).start()
+
+
+def uninstrument() -> None:
+    """Restore every patched SDK method and stop tracing."""
+    with _lock:
+        core.runtime = None
+        while _patches:
+            owner, attribute, original = _patches.pop()
+            setattr(owner, attribute, original)
+        _patched_sdks.clear()
+
+
+def _patch_sdk(module: Any) -> None:
+    sdk = module.__name__
+    if core.runtime is None or sdk in _patched_sdks:
+        return
+    _patched_sdks.add(sdk)
+    adapter = importlib.import_module(PROVIDERS[sdk])
+    for target in adapter.TARGETS:
+        try:
+            target_module = importlib.import_module(target.module)
+            owner, attribute, original = wrapt.resolve_path(target_module, target.name)
+        except (ImportError, AttributeError):
+            # An older or newer SDK without this method: nothing to patch there.
+            logger.debug("llmtrace: %s.%s not found; not patched", target.module, target.name)
+            continue
+        with internal_errors():
+            wrapt.apply_patch(owner, attribute, wrapt.FunctionWrapper(original, wrapper_for(target)))
+            _patches.append((owner, attribute, original))
+
+
+def _span_processors(settings: config.Settings, own_provider: bool, explicit_endpoint: bool) -> list[SpanProcessor]:
+    """Processors llmtrace adds. The DuckDB store's processor joins this list (store issue)."""
+    processors: list[SpanProcessor] = []
+    if settings.otlp_endpoint and (own_provider or explicit_endpoint):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+    return processors
+
+
+def _tracer_provider(given: Any, settings: config.Settings, explicit_endpoint: bool) -> Any:
+    provider = given if given is not None else trace.get_tracer_provider()
+    own = False
+    if not hasattr(provider, "add_span_processor"):
+        # No SDK provider yet: make one and install it globally, as the app would have.
+        resource = Resource.create({SERVICE_NAME: settings.service_name} if settings.service_name else {})
+        provider = TracerProvider(resource=resource)
+        trace.set_tracer_provider(provider)
+        own = True
+    for processor in _span_processors(settings, own, explicit_endpoint):
+        provider.add_span_processor(processor)
+    return provider
+
+
+def _instruments(given: Any, settings: config.Settings) -> Instruments | None:
+    provider = given if given is not None else metrics.get_meter_provider()
+    if not isinstance(provider, MeterProvider) and given is None:
+        # No SDK meter provider: recording into the API's no-op meter would only cost time.
+        return None
+    meter = provider.get_meter("llmtrace", __version__)
+    return Instruments(meter, settings.metric_tag_allowlist, settings.metric_tag_top_k)
+
+
+def _warm_prices() -> None:
+    # genai-prices loads its data (~0.3 s) on first use: do it now, off the request path.
+    with internal_errors():
+        import genai_prices.data  # noqa: F401

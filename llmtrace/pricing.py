@@ -1,0 +1,259 @@
+"""USD cost of a call, from genai-prices data resolved once per (provider, model).
+
+genai-prices' own ``calc_price`` costs ~60-80 µs a call, too slow for the request path, so each
+(provider, model) is resolved once into a :class:`Price` of plain floats and cached; a call's cost is
+then a handful of multiplications. Users add or override prices (fine-tunes, self-hosted models)
+with :func:`set_price`, ``instrument(prices=...)`` or ``[prices."model"]`` in ``llmtrace.toml``.
+An unknown model has no cost (never 0): the span says ``llmtrace.cost.unpriced``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from .usage import Usage
+
+logger = logging.getLogger("llmtrace")
+
+SOURCE_GENAI_PRICES = "genai-prices"
+SOURCE_OVERRIDE = "override"
+
+# semconv provider name -> genai-prices provider id (facts from both projects' data)
+_PROVIDER_IDS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "azure.ai.openai": "azure",
+    "aws.bedrock": "aws",
+    "gcp.gemini": "google",
+    "gcp.vertex_ai": "google",
+    "gcp.gen_ai": "google",
+    "mistral_ai": "mistral",
+    "cohere": "cohere",
+    "x_ai": "x-ai",
+    "groq": "groq",
+    "deepseek": "deepseek",
+    "perplexity": "perplexity",
+    "together": "together",
+    "fireworks": "fireworks",
+    "openrouter": "openrouter",
+    "cerebras": "cerebras",
+}
+
+# Price keys whose usage llmtrace never reports (searches, tool executions, longer cache TTLs):
+# they contribute nothing for the usage we report, exactly as in genai-prices' own calculation.
+_ZERO_USAGE_KEYS = frozenset(
+    {
+        "web_searches_kcount",
+        "storage_searches_kcount",
+        "social_searches_kcount",
+        "code_executions_kcount",
+        "rerank_searches_kcount",
+        "cache_write_5m_mtok",
+        "cache_write_1h_mtok",
+    }
+)
+_FAST_KEYS = frozenset(
+    {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "output_reasoning_mtok", "requests_kcount"}
+)
+
+Tiers = tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
+class Rate:
+    """USD per token, with genai-prices' "cliff" tiers chosen by the call's total input tokens."""
+
+    per_token: float
+    tiers: Tiers = ()
+
+    def at(self, total_input: int) -> float:
+        for start, price in reversed(self.tiers):
+            if total_input > start:
+                return price
+        return self.per_token
+
+
+@dataclass(frozen=True)
+class Cost:
+    total: float
+    input: float
+    output: float
+
+
+@dataclass(frozen=True)
+class Price:
+    model: str
+    source: str
+    input: Rate
+    output: Rate
+    cache_read: Rate
+    cache_write: Rate
+    reasoning: Rate
+    per_request: float = 0.0
+    # Set when the model's prices use units the fast path does not model: cost then comes from
+    # genai-prices' exact (slower) calculation.
+    exact: Any = field(default=None, compare=False)
+
+    def cost(self, usage: Usage) -> Cost:
+        if self.exact is not None:
+            return _exact_cost(self.exact, usage)
+        total_input = usage.input_tokens
+        cost_in = (
+            usage.uncached_input * self.input.at(total_input)
+            + usage.cache_read * self.cache_read.at(total_input)
+            + usage.cache_write * self.cache_write.at(total_input)
+        )
+        cost_out = usage.visible_output * self.output.at(total_input) + usage.reasoning * self.reasoning.at(
+            total_input
+        )
+        return Cost(cost_in + cost_out + self.per_request, cost_in, cost_out)
+
+
+_cache: dict[tuple[str, str], Price | None] = {}
+_overrides: dict[str, Price] = {}
+_warned: set[tuple[str, str]] = set()
+_lock = threading.Lock()
+unpriced_calls = 0
+
+
+def set_price(
+    model: str,
+    *,
+    input_mtok: float,
+    output_mtok: float,
+    cache_read_mtok: float | None = None,
+    cache_write_mtok: float | None = None,
+) -> None:
+    """Price ``model`` (any provider) at these USD-per-million-token rates, overriding genai-prices."""
+    values = {"input_mtok": input_mtok, "output_mtok": output_mtok}
+    if cache_read_mtok is not None:
+        values["cache_read_mtok"] = cache_read_mtok
+    if cache_write_mtok is not None:
+        values["cache_write_mtok"] = cache_write_mtok
+    for key, value in values.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"price {key} for model {model!r} must be a non-negative number, got {value!r}")
+    inp = Rate(values["input_mtok"] / 1e6)
+    out = Rate(values["output_mtok"] / 1e6)
+    price = Price(
+        model=model,
+        source=SOURCE_OVERRIDE,
+        input=inp,
+        output=out,
+        cache_read=Rate(values["cache_read_mtok"] / 1e6) if "cache_read_mtok" in values else inp,
+        cache_write=Rate(values["cache_write_mtok"] / 1e6) if "cache_write_mtok" in values else inp,
+        reasoning=out,
+    )
+    with _lock:
+        _overrides[model] = price
+        _cache.clear()
+
+
+def set_prices(prices: Mapping[str, Mapping[str, float]]) -> None:
+    """Apply several overrides: ``{"model": {"input_mtok": 1.0, "output_mtok": 2.0, ...}}``."""
+    for model, values in prices.items():
+        set_price(model, **dict(values))
+
+
+def reset_overrides() -> None:
+    with _lock:
+        _overrides.clear()
+        _cache.clear()
+
+
+def price_for(provider: str, model: str, api_url: str | None = None) -> Price | None:
+    """The cached price of ``model`` served by ``provider``, or None when nobody knows it."""
+    key = (provider, model)
+    try:
+        return _cache[key]
+    except KeyError:
+        pass
+    price = _overrides.get(model)
+    if price is None:
+        price = _resolve(provider, model, api_url)
+    _cache[key] = price
+    return price
+
+
+def note_unpriced(provider: str, model: str) -> None:
+    """Count an unpriced call and warn once per (provider, model) per process."""
+    global unpriced_calls
+    with _lock:
+        unpriced_calls += 1
+        first = (provider, model) not in _warned
+        _warned.add((provider, model))
+    if first:
+        logger.warning(
+            "llmtrace: no price known for model %r (provider %r); its calls carry no cost. "
+            "Add one with llmtrace.pricing.set_price() or [prices] in llmtrace.toml.",
+            model,
+            provider,
+        )
+
+
+def _resolve(provider: str, model: str, api_url: str | None) -> Price | None:
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
+    provider_id = _PROVIDER_IDS.get(provider)
+    try:
+        if provider_id is not None:
+            _, info = snapshot.find_provider_model(model, None, provider_id, None)
+        elif api_url:
+            _, info = snapshot.find_provider_model(model, None, None, api_url)
+        else:
+            return None
+    except LookupError:
+        return None
+    model_price = info.get_prices(datetime.now(tz=timezone.utc))
+    return _compile(info.id, model_price)
+
+
+def _rate(value: Any) -> Rate:
+    if value is None:
+        return Rate(0.0)
+    if hasattr(value, "tiers"):
+        tiers = tuple((int(t.start), float(t.price) / 1e6) for t in value.tiers)
+        return Rate(float(value.base) / 1e6, tiers)
+    return Rate(float(value) / 1e6)
+
+
+def _compile(model_id: str, model_price: Any) -> Price:
+    priced = {k: v for k, v in vars(model_price).items() if v is not None and not k.startswith("_")}
+    unknown = set(priced) - _FAST_KEYS - _ZERO_USAGE_KEYS
+    inp = _rate(priced.get("input_mtok"))
+    out = _rate(priced.get("output_mtok"))
+    return Price(
+        model=model_id,
+        source=SOURCE_GENAI_PRICES,
+        input=inp,
+        output=out,
+        # genai-prices charges a sub-bucket at its parent's rate when it has no price of its own.
+        cache_read=_rate(priced["cache_read_mtok"]) if "cache_read_mtok" in priced else inp,
+        cache_write=_rate(priced["cache_write_mtok"]) if "cache_write_mtok" in priced else inp,
+        reasoning=_rate(priced["output_reasoning_mtok"]) if "output_reasoning_mtok" in priced else out,
+        per_request=float(priced.get("requests_kcount", 0)) / 1000,
+        exact=model_price if unknown else None,
+    )
+
+
+def genai_usage(usage: Usage) -> Any:
+    """The same usage in genai-prices' terms (totals that include their subsets)."""
+    from genai_prices import Usage as GenaiUsage
+
+    return GenaiUsage(
+        input_tokens=usage.input_tokens,
+        cache_read_tokens=usage.cache_read,
+        cache_write_tokens=usage.cache_write,
+        output_tokens=usage.output_tokens,
+        output_reasoning_tokens=usage.reasoning,
+    )
+
+
+def _exact_cost(model_price: Any, usage: Usage) -> Cost:
+    result = model_price.calc_price(genai_usage(usage))
+    return Cost(float(result["total_price"]), float(result["input_price"]), float(result["output_price"]))

@@ -1,0 +1,198 @@
+"""Anthropic SDK adapter: messages.create (stream or not), messages.stream(...), parse, beta.messages."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .. import attributes as A
+from .. import tokenizer
+from ..adapter import (
+    ASYNC_CALL,
+    RETRY_HOOK,
+    SDK_TRACER,
+    ASYNC_STREAM_MANAGER,
+    CALL,
+    STREAM_MANAGER,
+    STREAM_OPENER,
+    ClientInfo,
+    Endpoint,
+    Result,
+    Target,
+)
+from ..usage import Usage, as_int
+from ._stainless import client_info_for, get, pick
+
+_REQUEST = (
+    ("model", A.REQUEST_MODEL, str),
+    ("max_tokens", A.REQUEST_MAX_TOKENS, int),
+    ("temperature", A.REQUEST_TEMPERATURE, (int, float)),
+    ("top_p", A.REQUEST_TOP_P, (int, float)),
+    ("top_k", A.REQUEST_TOP_K, int),
+    ("stop_sequences", A.REQUEST_STOP_SEQUENCES, str),
+    ("stream", A.REQUEST_STREAM, bool),
+)
+
+
+def _provider_of(client: Any, host: str) -> str:
+    name = type(client).__name__
+    if "Bedrock" in name:
+        return "aws.bedrock"
+    if "Vertex" in name:
+        return "gcp.vertex_ai"
+    return "anthropic"
+
+
+def client_info(resource: Any, usage_hosts: tuple[str, ...]) -> ClientInfo:
+    return client_info_for(resource, usage_hosts, _provider_of)
+
+
+def _request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return pick(kwargs, _REQUEST)
+
+
+def _usage(usage: Any) -> Usage | None:
+    """Anthropic's ``input_tokens`` EXCLUDES cache reads and writes, so it is the uncached bucket."""
+    if usage is None:
+        return None
+    output = as_int(get(usage, "output_tokens"))
+    reasoning = min(as_int(get(get(usage, "output_tokens_details"), "thinking_tokens")), output)
+    return Usage(
+        uncached_input=as_int(get(usage, "input_tokens")),
+        cache_read=as_int(get(usage, "cache_read_input_tokens")),
+        cache_write=as_int(get(usage, "cache_creation_input_tokens")),
+        visible_output=output - reasoning,
+        reasoning=reasoning,
+    )
+
+
+def _text_of(content: Any) -> str:
+    return "".join(t for block in content or () if isinstance(t := get(block, "text"), str))
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _parse(message: Any) -> Result:
+    reason = get(message, "stop_reason")
+    return Result(
+        response_model=_str(get(message, "model")),
+        response_id=_str(get(message, "id")),
+        finish_reasons=(reason,) if isinstance(reason, str) else (),
+        usage=_usage(get(message, "usage")),
+        output_text=_text_of(get(message, "content")),
+    )
+
+
+_USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
+
+
+class _Accumulator:
+    """``message_start`` carries the input side; ``message_delta`` the cumulative output count."""
+
+    __slots__ = ("_model", "_id", "_reason", "_usage", "_thinking", "_text")
+
+    def __init__(self, hide_usage_chunk: bool) -> None:
+        self._model: str | None = None
+        self._id: str | None = None
+        self._reason: str | None = None
+        self._usage: dict[str, int] | None = None
+        self._thinking = 0
+        self._text: list[str] = []
+
+    def _merge_usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        merged = self._usage if self._usage is not None else {}
+        for name in _USAGE_FIELDS:
+            value = get(usage, name)
+            if isinstance(value, int):  # later events overwrite: counts are cumulative
+                merged[name] = value
+        thinking = get(get(usage, "output_tokens_details"), "thinking_tokens")
+        if isinstance(thinking, int):
+            self._thinking = thinking
+        self._usage = merged
+
+    def add(self, event: Any) -> bool:
+        kind = get(event, "type")
+        if kind == "content_block_delta":
+            text = get(get(event, "delta"), "text")
+            if isinstance(text, str):
+                self._text.append(text)
+        elif kind == "message_start":
+            message = get(event, "message")
+            self._model = _str(get(message, "model"))
+            self._id = _str(get(message, "id"))
+            self._merge_usage(get(message, "usage"))
+        elif kind == "message_delta":
+            reason = get(get(event, "delta"), "stop_reason")
+            if isinstance(reason, str):
+                self._reason = reason
+            self._merge_usage(get(event, "usage"))
+        return True
+
+    def result(self) -> Result:
+        usage = None
+        if self._usage is not None:
+            usage = _usage({**self._usage, "output_tokens_details": {"thinking_tokens": self._thinking}})
+        return Result(
+            response_model=self._model,
+            response_id=self._id,
+            finish_reasons=(self._reason,) if self._reason else (),
+            usage=usage,
+            output_text="".join(self._text),
+        )
+
+
+def _estimate_input(model: str, kwargs: Mapping[str, Any]) -> int:
+    # Anthropic's tokenizer is not public; cl100k is the closest public approximation.
+    messages = list(kwargs.get("messages") or ())
+    system = kwargs.get("system")
+    if isinstance(system, str):
+        messages.insert(0, {"role": "system", "content": system})
+    return tokenizer.count_prompt("gpt-4", messages)
+
+
+def _content(kwargs: Mapping[str, Any]) -> Any:
+    return kwargs.get("messages")
+
+
+MESSAGES = Endpoint(
+    provider="anthropic",
+    operation=A.OP_CHAT,
+    request_attributes=_request_attributes,
+    parse=_parse,
+    accumulator=_Accumulator,
+    estimate_input=_estimate_input,
+    input_content=_content,
+    client_info=client_info,
+)
+
+_MODULE = "anthropic.resources.messages.messages"
+_BETA_MODULE = "anthropic.resources.beta.messages.messages"
+
+# messages.stream() does not go through create(): it gets its own patch, which opens the span when
+# the manager sends the request; the MessageStream constructor then receives the raw stream, which
+# is where llmtrace watches events (text_stream, get_final_message, until_done all iterate it).
+TARGETS = (
+    Target(_MODULE, "Messages.create", MESSAGES, CALL),
+    Target(_MODULE, "AsyncMessages.create", MESSAGES, ASYNC_CALL),
+    Target(_MODULE, "Messages.parse", MESSAGES, CALL),
+    Target(_MODULE, "AsyncMessages.parse", MESSAGES, ASYNC_CALL),
+    Target(_MODULE, "Messages.stream", MESSAGES, STREAM_MANAGER),
+    Target(_MODULE, "AsyncMessages.stream", MESSAGES, ASYNC_STREAM_MANAGER),
+    Target(_BETA_MODULE, "Messages.create", MESSAGES, CALL),
+    Target(_BETA_MODULE, "AsyncMessages.create", MESSAGES, ASYNC_CALL),
+    Target(_BETA_MODULE, "Messages.parse", MESSAGES, CALL),
+    Target(_BETA_MODULE, "AsyncMessages.parse", MESSAGES, ASYNC_CALL),
+    Target(_BETA_MODULE, "Messages.stream", MESSAGES, STREAM_MANAGER),
+    Target(_BETA_MODULE, "AsyncMessages.stream", MESSAGES, ASYNC_STREAM_MANAGER),
+    Target("anthropic.lib.streaming._messages", "MessageStream.__init__", None, STREAM_OPENER),
+    Target("anthropic.lib.streaming._messages", "AsyncMessageStream.__init__", None, STREAM_OPENER),
+    Target("anthropic.lib.streaming._beta_messages", "BetaMessageStream.__init__", None, STREAM_OPENER),
+    Target("anthropic.lib.streaming._beta_messages", "BetaAsyncMessageStream.__init__", None, STREAM_OPENER),
+    Target("anthropic._base_client", "SyncAPIClient._sleep_for_retry", None, RETRY_HOOK),
+    Target("anthropic._base_client", "AsyncAPIClient._sleep_for_retry", None, RETRY_HOOK),
+    # anthropic >= 2 traces itself by default: one call must not become two spans.
+    Target("anthropic._base_client", "get_tracer", None, SDK_TRACER),
+)

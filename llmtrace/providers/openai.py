@@ -1,0 +1,340 @@
+"""OpenAI SDK adapter: chat completions (+parse/stream), Responses, legacy completions, embeddings."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .. import attributes as A
+from .. import tokenizer
+from ..adapter import ASYNC_CALL, CALL, RETRY_HOOK, ClientInfo, Endpoint, Result, Target
+from ..usage import Usage, as_int
+from ._stainless import client_info_for, get, pick
+
+# OpenAI-compatible hosts whose provider has a semconv name (or a well-known one).
+_HOST_PROVIDERS = {
+    "api.openai.com": "openai",
+    "api.groq.com": "groq",
+    "api.deepseek.com": "deepseek",
+    "api.x.ai": "x_ai",
+    "api.mistral.ai": "mistral_ai",
+    "api.perplexity.ai": "perplexity",
+    "api.together.xyz": "together",
+    "api.fireworks.ai": "fireworks",
+    "openrouter.ai": "openrouter",
+    "api.cerebras.ai": "cerebras",
+    "generativelanguage.googleapis.com": "gcp.gemini",
+}
+
+_COMMON = (
+    ("model", A.REQUEST_MODEL, str),
+    ("temperature", A.REQUEST_TEMPERATURE, (int, float)),
+    ("top_p", A.REQUEST_TOP_P, (int, float)),
+    ("frequency_penalty", A.REQUEST_FREQUENCY_PENALTY, (int, float)),
+    ("presence_penalty", A.REQUEST_PRESENCE_PENALTY, (int, float)),
+    ("seed", A.REQUEST_SEED, int),
+    ("stream", A.REQUEST_STREAM, bool),
+    ("stop", A.REQUEST_STOP_SEQUENCES, str),
+)
+_CHAT_REQUEST = (
+    *_COMMON,
+    ("max_completion_tokens", A.REQUEST_MAX_TOKENS, int),
+    ("max_tokens", A.REQUEST_MAX_TOKENS, int),
+    ("n", A.REQUEST_CHOICE_COUNT, int),
+)
+_RESPONSES_REQUEST = (*_COMMON, ("max_output_tokens", A.REQUEST_MAX_TOKENS, int))
+_EMBEDDINGS_REQUEST = (("model", A.REQUEST_MODEL, str), ("encoding_format", A.REQUEST_ENCODING_FORMATS, str))
+
+
+def _provider_of(client: Any, host: str) -> str:
+    if "Azure" in type(client).__name__ or host.endswith(".openai.azure.com"):
+        return "azure.ai.openai"
+    return _HOST_PROVIDERS.get(host, host or "openai")
+
+
+def client_info(resource: Any, usage_hosts: tuple[str, ...]) -> ClientInfo:
+    return client_info_for(resource, usage_hosts, _provider_of)
+
+
+def _chat_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    attrs = pick(kwargs, _CHAT_REQUEST)
+    if A.REQUEST_CHOICE_COUNT in attrs and attrs[A.REQUEST_CHOICE_COUNT] == 1:
+        del attrs[A.REQUEST_CHOICE_COUNT]
+    if isinstance(kwargs.get("stop"), str):
+        attrs[A.REQUEST_STOP_SEQUENCES] = [kwargs["stop"]]
+    return attrs
+
+
+def _responses_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    return pick(kwargs, _RESPONSES_REQUEST)
+
+
+def _embeddings_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    attrs = pick(kwargs, _EMBEDDINGS_REQUEST)
+    if A.REQUEST_ENCODING_FORMATS in attrs:
+        attrs[A.REQUEST_ENCODING_FORMATS] = [attrs[A.REQUEST_ENCODING_FORMATS]]
+    return attrs
+
+
+# --- usage -----------------------------------------------------------------------------------------
+
+
+def _chat_usage(usage: Any) -> Usage | None:
+    """Chat/legacy-completions/embeddings usage: totals that include cached and reasoning tokens."""
+    if usage is None:
+        return None
+    prompt_details = get(usage, "prompt_tokens_details")
+    completion_details = get(usage, "completion_tokens_details")
+    return Usage.from_totals(
+        input_total=as_int(get(usage, "prompt_tokens")),
+        output_total=as_int(get(usage, "completion_tokens")),
+        cache_read=as_int(get(prompt_details, "cached_tokens")),
+        cache_write=as_int(get(prompt_details, "cache_write_tokens")),
+        reasoning=as_int(get(completion_details, "reasoning_tokens")),
+    )
+
+
+def _responses_usage(usage: Any) -> Usage | None:
+    if usage is None:
+        return None
+    input_details = get(usage, "input_tokens_details")
+    return Usage.from_totals(
+        input_total=as_int(get(usage, "input_tokens")),
+        output_total=as_int(get(usage, "output_tokens")),
+        cache_read=as_int(get(input_details, "cached_tokens")),
+        cache_write=as_int(get(input_details, "cache_write_tokens")),
+        reasoning=as_int(get(get(usage, "output_tokens_details"), "reasoning_tokens")),
+    )
+
+
+def _extras(response: Any) -> dict[str, Any]:
+    attrs = {}
+    tier = get(response, "service_tier")
+    if isinstance(tier, str):
+        attrs[A.OPENAI_RESPONSE_SERVICE_TIER] = tier
+    fingerprint = get(response, "system_fingerprint")
+    if isinstance(fingerprint, str):
+        attrs[A.OPENAI_RESPONSE_SYSTEM_FINGERPRINT] = fingerprint
+    return attrs
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# --- chat completions and legacy completions -------------------------------------------------------
+
+
+def _choice_text(choice: Any) -> str:
+    message = get(choice, "message")
+    if message is not None:
+        return _str(get(message, "content")) or ""
+    return _str(get(choice, "text")) or ""
+
+
+def _parse_choices_response(response: Any) -> Result:
+    choices = get(response, "choices") or ()
+    return Result(
+        response_model=_str(get(response, "model")),
+        response_id=_str(get(response, "id")),
+        finish_reasons=tuple(r for c in choices if isinstance(r := get(c, "finish_reason"), str)),
+        usage=_chat_usage(get(response, "usage")),
+        output_text="".join(_choice_text(c) for c in choices),
+        attributes=_extras(response),
+    )
+
+
+class _ChoicesAccumulator:
+    """Chat and legacy completion chunks; usage arrives in a final chunk with no choices."""
+
+    __slots__ = ("_hide_usage_chunk", "_model", "_id", "_finish", "_text", "_usage", "_extras")
+
+    def __init__(self, hide_usage_chunk: bool) -> None:
+        self._hide_usage_chunk = hide_usage_chunk
+        self._model: str | None = None
+        self._id: str | None = None
+        self._finish: dict[int, str] = {}
+        self._text: list[str] = []
+        self._usage: Any = None
+        self._extras: dict[str, Any] = {}
+
+    def add(self, chunk: Any) -> bool:
+        if self._model is None:
+            self._model = _str(get(chunk, "model"))
+            self._id = _str(get(chunk, "id"))
+            self._extras = _extras(chunk)
+        choices = get(chunk, "choices")
+        for choice in choices or ():
+            delta = get(choice, "delta")
+            piece = get(delta, "content") if delta is not None else get(choice, "text")
+            if isinstance(piece, str):
+                self._text.append(piece)
+            reason = get(choice, "finish_reason")
+            if isinstance(reason, str):
+                self._finish[as_int(get(choice, "index"))] = reason
+        usage = get(chunk, "usage")
+        if usage is not None:
+            self._usage = usage
+            if self._hide_usage_chunk and not choices:
+                return False
+        return True
+
+    def result(self) -> Result:
+        return Result(
+            response_model=self._model,
+            response_id=self._id,
+            finish_reasons=tuple(self._finish[i] for i in sorted(self._finish)),
+            usage=_chat_usage(self._usage),
+            output_text="".join(self._text),
+            attributes=self._extras,
+        )
+
+
+def _estimate_chat_input(model: str, kwargs: Mapping[str, Any]) -> int:
+    return tokenizer.count_prompt(model, kwargs.get("messages"), kwargs.get("prompt"))
+
+
+def _chat_content(kwargs: Mapping[str, Any]) -> Any:
+    return kwargs.get("messages", kwargs.get("prompt"))
+
+
+# --- Responses API -------------------------------------------------------------------------------
+
+_RESPONSE_DONE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
+
+
+def _parse_response_object(response: Any) -> Result:
+    status = _str(get(response, "status"))
+    reason = _str(get(get(response, "incomplete_details"), "reason"))
+    text = get(response, "output_text")
+    return Result(
+        response_model=_str(get(response, "model")),
+        response_id=_str(get(response, "id")),
+        finish_reasons=(reason or status,) if (reason or status) else (),
+        usage=_responses_usage(get(response, "usage")),
+        output_text=text if isinstance(text, str) else "",
+        attributes=_extras(response),
+    )
+
+
+class _ResponsesAccumulator:
+    __slots__ = ("_final", "_created", "_text")
+
+    def __init__(self, hide_usage_chunk: bool) -> None:
+        self._final: Any = None
+        self._created: Any = None
+        self._text: list[str] = []
+
+    def add(self, event: Any) -> bool:
+        kind = get(event, "type")
+        if kind == "response.output_text.delta":
+            delta = get(event, "delta")
+            if isinstance(delta, str):
+                self._text.append(delta)
+        elif kind in _RESPONSE_DONE_EVENTS:
+            self._final = get(event, "response")
+        elif kind == "response.created":
+            self._created = get(event, "response")
+        return True
+
+    def result(self) -> Result:
+        if self._final is not None:
+            return _parse_response_object(self._final)
+        partial = _parse_response_object(self._created) if self._created is not None else Result()
+        partial.output_text = "".join(self._text)
+        return partial
+
+
+def _estimate_responses_input(model: str, kwargs: Mapping[str, Any]) -> int:
+    value = kwargs.get("input")
+    if isinstance(value, str):
+        return tokenizer.count_text(model, value)
+    return tokenizer.count_prompt(model, value if isinstance(value, list) else None)
+
+
+def _responses_content(kwargs: Mapping[str, Any]) -> Any:
+    return kwargs.get("input")
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+def _parse_embeddings(response: Any) -> Result:
+    usage = get(response, "usage")
+    return Result(
+        response_model=_str(get(response, "model")),
+        usage=_chat_usage(usage) if usage is not None else None,
+    )
+
+
+def _estimate_embeddings_input(model: str, kwargs: Mapping[str, Any]) -> int:
+    return tokenizer.count_prompt(model, None, kwargs.get("input"))
+
+
+def _embeddings_content(kwargs: Mapping[str, Any]) -> Any:
+    return kwargs.get("input")
+
+
+CHAT = Endpoint(
+    provider="openai",
+    operation=A.OP_CHAT,
+    request_attributes=_chat_request,
+    parse=_parse_choices_response,
+    accumulator=_ChoicesAccumulator,
+    estimate_input=_estimate_chat_input,
+    input_content=_chat_content,
+    client_info=client_info,
+    wants_usage_option=True,
+)
+COMPLETIONS = Endpoint(
+    provider="openai",
+    operation=A.OP_TEXT_COMPLETION,
+    request_attributes=_chat_request,
+    parse=_parse_choices_response,
+    accumulator=_ChoicesAccumulator,
+    estimate_input=_estimate_chat_input,
+    input_content=_chat_content,
+    client_info=client_info,
+    wants_usage_option=True,
+)
+RESPONSES = Endpoint(
+    provider="openai",
+    operation=A.OP_CHAT,
+    request_attributes=_responses_request,
+    parse=_parse_response_object,
+    accumulator=_ResponsesAccumulator,
+    estimate_input=_estimate_responses_input,
+    input_content=_responses_content,
+    client_info=client_info,
+)
+EMBEDDINGS = Endpoint(
+    provider="openai",
+    operation=A.OP_EMBEDDINGS,
+    request_attributes=_embeddings_request,
+    parse=_parse_embeddings,
+    accumulator=_ChoicesAccumulator,
+    estimate_input=_estimate_embeddings_input,
+    input_content=_embeddings_content,
+    client_info=client_info,
+)
+
+_CHAT_MODULE = "openai.resources.chat.completions.completions"
+_RESPONSES_MODULE = "openai.resources.responses.responses"
+
+# chat.completions.stream() and responses.stream() go through create(): patching them too would
+# count those calls twice. parse() posts directly, so it needs its own patch.
+TARGETS = (
+    Target(_CHAT_MODULE, "Completions.create", CHAT, CALL),
+    Target(_CHAT_MODULE, "AsyncCompletions.create", CHAT, ASYNC_CALL),
+    Target(_CHAT_MODULE, "Completions.parse", CHAT, CALL),
+    Target(_CHAT_MODULE, "AsyncCompletions.parse", CHAT, ASYNC_CALL),
+    Target(_RESPONSES_MODULE, "Responses.create", RESPONSES, CALL),
+    Target(_RESPONSES_MODULE, "AsyncResponses.create", RESPONSES, ASYNC_CALL),
+    Target(_RESPONSES_MODULE, "Responses.parse", RESPONSES, CALL),
+    Target(_RESPONSES_MODULE, "AsyncResponses.parse", RESPONSES, ASYNC_CALL),
+    Target("openai.resources.completions", "Completions.create", COMPLETIONS, CALL),
+    Target("openai.resources.completions", "AsyncCompletions.create", COMPLETIONS, ASYNC_CALL),
+    Target("openai.resources.embeddings", "Embeddings.create", EMBEDDINGS, CALL),
+    Target("openai.resources.embeddings", "AsyncEmbeddings.create", EMBEDDINGS, ASYNC_CALL),
+    Target("openai._base_client", "SyncAPIClient._sleep_for_retry", None, RETRY_HOOK),
+    Target("openai._base_client", "AsyncAPIClient._sleep_for_retry", None, RETRY_HOOK),
+)

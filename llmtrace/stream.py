@@ -1,0 +1,199 @@
+"""Proxies around SDK streams and raw responses that end the call's span exactly once.
+
+A proxy behaves like the object it wraps (``isinstance`` still holds; attributes pass through).
+The span ends on exhaustion, ``close()``, context exit, an exception mid-stream, an early ``break``
+(the iterator is closed), or - for a stream dropped unconsumed - when the proxy is collected.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, AsyncIterator, Iterator
+
+import wrapt
+
+from .call import Call
+
+
+def _abandoned(call: Call) -> None:
+    call.end_stream(None)
+
+
+class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, stream: Any, call: Call) -> None:
+        super().__init__(stream)
+        call.begin_stream()
+        self._self_call = call
+        self._self_finalizer = weakref.finalize(self, _abandoned, call)
+
+    def __iter__(self) -> Iterator[Any]:
+        call = self._self_call
+        stream = self.__wrapped__
+        try:
+            for item in stream:
+                if call.observe_chunk(item):
+                    yield item
+        except GeneratorExit:
+            call.end_stream(None)  # the app stopped iterating (break): the call is over for us
+            raise
+        except BaseException as exc:
+            call.end_stream(exc)
+            raise
+        call.end_stream(None)
+
+    def __next__(self) -> Any:
+        call = self._self_call
+        while True:
+            try:
+                item = self.__wrapped__.__next__()
+            except StopIteration:
+                call.end_stream(None)
+                raise
+            except BaseException as exc:
+                call.end_stream(exc)
+                raise
+            if call.observe_chunk(item):
+                return item
+
+    def __enter__(self) -> SyncStreamProxy:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            self._self_call.end_stream(exc)
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_call.end_stream(None)
+
+
+class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, stream: Any, call: Call) -> None:
+        super().__init__(stream)
+        call.begin_stream()
+        self._self_call = call
+        self._self_finalizer = weakref.finalize(self, _abandoned, call)
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        call = self._self_call
+        try:
+            async for item in self.__wrapped__:
+                if call.observe_chunk(item):
+                    yield item
+        except GeneratorExit:
+            call.end_stream(None)
+            raise
+        except BaseException as exc:
+            call.end_stream(exc)
+            raise
+        call.end_stream(None)
+
+    async def __anext__(self) -> Any:
+        call = self._self_call
+        while True:
+            try:
+                item = await self.__wrapped__.__anext__()
+            except StopAsyncIteration:
+                call.end_stream(None)
+                raise
+            except BaseException as exc:
+                call.end_stream(exc)
+                raise
+            if call.observe_chunk(item):
+                return item
+
+    async def __aenter__(self) -> AsyncStreamProxy:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            self._self_call.end_stream(exc)
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_call.end_stream(None)
+
+    async def aclose(self) -> None:
+        try:
+            await self.__wrapped__.aclose()
+        finally:
+            self._self_call.end_stream(None)
+
+
+class RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """``with_raw_response`` / ``with_streaming_response``: the span ends when ``parse()`` is read."""
+
+    def __init__(self, response: Any, call: Call) -> None:
+        super().__init__(response)
+        self._self_call = call
+        self._self_finalizer = weakref.finalize(self, _abandoned, call)
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        parsed = self.__wrapped__.parse(*args, **kwargs)
+        return self._self_call_parsed(parsed)
+
+    def _self_call_parsed(self, parsed: Any) -> Any:
+        from .wrappers import returned  # circular: wrappers builds these proxies
+
+        return returned(self._self_call, parsed)
+
+    def close(self) -> Any:
+        try:
+            return self.__wrapped__.close()
+        finally:
+            self._self_call.end_stream(None)
+
+
+class AsyncRawResponseProxy(RawResponseProxy):
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        parsed = await self.__wrapped__.parse(*args, **kwargs)
+        return self._self_call_parsed(parsed)
+
+    async def close(self) -> Any:  # type: ignore[override]
+        try:
+            return await self.__wrapped__.close()
+        finally:
+            self._self_call.end_stream(None)
+
+
+class StreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """anthropic ``messages.stream(...)``: the request is sent (and the span opened) on enter."""
+
+    def __init__(self, manager: Any, opener: Any) -> None:
+        super().__init__(manager)
+        self._self_opener = opener
+        self._self_call: Call | None = None
+
+    def __enter__(self) -> Any:
+        self._self_call, result = self._self_opener(self.__wrapped__.__enter__)
+        return result
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            if self._self_call is not None:
+                self._self_call.end_stream(exc)
+
+
+class AsyncStreamManagerProxy(StreamManagerProxy):
+    async def __aenter__(self) -> Any:
+        self._self_call, result = await self._self_opener(self.__wrapped__.__aenter__)
+        return result
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._self_call is not None:
+                self._self_call.end_stream(exc)

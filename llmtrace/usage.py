@@ -1,0 +1,67 @@
+"""Token usage in disjoint buckets, so nothing is counted twice.
+
+``uncached_input + cache_read + cache_write`` is all input; ``visible_output + reasoning`` is all output.
+The semantic-convention totals are derived from the buckets, the same way for every provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import attributes as A
+
+
+@dataclass(frozen=True)
+class Usage:
+    uncached_input: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    visible_output: int = 0
+    reasoning: int = 0
+    source: str = A.SOURCE_PROVIDER
+
+    @property
+    def input_tokens(self) -> int:
+        return self.uncached_input + self.cache_read + self.cache_write
+
+    @property
+    def output_tokens(self) -> int:
+        return self.visible_output + self.reasoning
+
+    @classmethod
+    def from_totals(
+        cls,
+        *,
+        input_total: int,
+        output_total: int,
+        cache_read: int = 0,
+        cache_write: int = 0,
+        reasoning: int = 0,
+        source: str = A.SOURCE_PROVIDER,
+    ) -> Usage:
+        """Build from totals that *include* their subsets (OpenAI's way of reporting)."""
+        return cls(
+            uncached_input=max(input_total - cache_read - cache_write, 0),
+            cache_read=cache_read,
+            cache_write=cache_write,
+            visible_output=max(output_total - reasoning, 0),
+            reasoning=reasoning,
+            source=source,
+        )
+
+    def attributes(self) -> dict[str, int | str]:
+        return {
+            A.USAGE_INPUT_TOKENS: self.input_tokens,
+            A.USAGE_OUTPUT_TOKENS: self.output_tokens,
+            A.USAGE_CACHE_READ_INPUT_TOKENS: self.cache_read,
+            A.USAGE_CACHE_CREATION_INPUT_TOKENS: self.cache_write,
+            A.USAGE_REASONING_OUTPUT_TOKENS: self.reasoning,
+            A.USAGE_UNCACHED_INPUT_TOKENS: self.uncached_input,
+            A.USAGE_VISIBLE_OUTPUT_TOKENS: self.visible_output,
+            A.USAGE_SOURCE: self.source,
+        }
+
+
+def as_int(value: object) -> int:
+    """A provider's token count as an int; anything malformed counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+import llmtrace.testing
+from llmtrace import _guard, pricing
+
+DATA = Path(__file__).parent / "data" / "provider_responses.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def internal_errors_fail_tests() -> Iterator[list[BaseException]]:
+    """Every error llmtrace contains in production fails the test that caused it."""
+    errors: list[BaseException] = []
+    _guard.set_error_hook(errors.append)
+    yield errors
+    _guard.set_error_hook(None)
+    if errors:
+        raise AssertionError(f"llmtrace contained {len(errors)} internal error(s): {errors!r}") from errors[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "LLMTRACE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # no stray llmtrace.toml
+    pricing.reset_overrides()
+
+
+@pytest.fixture
+def captured() -> Iterator[llmtrace.testing.Captured]:
+    with llmtrace.testing.capture() as c:
+        yield c
+
+
+def recorded_rows() -> list[dict[str, Any]]:
+    return [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+
+
+def http_module(sdk: Any) -> Any:
+    """The HTTP library this SDK version is built on: httpx2 for the newest, httpx before."""
+    import importlib
+
+    base = importlib.import_module(sdk.__name__ + "._base_client")
+    if hasattr(base, "httpx2"):
+        import httpx2
+
+        return httpx2
+    import httpx
+
+    return httpx
+
+
+Handler = Callable[[Any], Any]
+
+
+def openai_client(handler: Handler, *, is_async: bool = False, base_url: str = "https://api.openai.com/v1", **kw: Any) -> Any:
+    import openai
+
+    http = http_module(openai)
+    transport = http.MockTransport(handler)
+    if is_async:
+        return openai.AsyncOpenAI(api_key="sk-test", base_url=base_url, http_client=http.AsyncClient(transport=transport), **kw)
+    return openai.OpenAI(api_key="sk-test", base_url=base_url, http_client=http.Client(transport=transport), **kw)
+
+
+def anthropic_client(handler: Handler, *, is_async: bool = False, **kw: Any) -> Any:
+    import anthropic
+
+    http = http_module(anthropic)
+    transport = http.MockTransport(handler)
+    base = "https://api.anthropic.com"
+    if is_async:
+        return anthropic.AsyncAnthropic(api_key="sk-test", base_url=base, http_client=http.AsyncClient(transport=transport), **kw)
+    return anthropic.Anthropic(api_key="sk-test", base_url=base, http_client=http.Client(transport=transport), **kw)

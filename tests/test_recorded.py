@@ -1,0 +1,178 @@
+"""Replay every recorded OpenAI/Anthropic exchange through the real SDK and check the span."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from typing import Any
+
+import pytest
+from genai_prices import Usage as GenaiUsage
+from genai_prices import calc_price
+
+from conftest import anthropic_client, http_module, openai_client, recorded_rows
+
+ROWS = recorded_rows()
+
+
+def _sse_events(body: str) -> list[dict[str, Any]]:
+    events = []
+    for line in body.splitlines():
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            if data and data != "[DONE]":
+                events.append(json.loads(data))
+    return events
+
+
+def provider_truth(row: dict[str, Any]) -> dict[str, int] | None:
+    """The usage the provider reported, read straight from the recorded body (None if none)."""
+    if row["provider"] == "anthropic":
+        usage: dict[str, int] = {}
+        for event in _sse_events(row["response_body"]) if row["stream"] else [json.loads(row["response_body"])]:
+            for u in (event.get("usage"), (event.get("message") or {}).get("usage")):
+                for k, v in (u or {}).items():
+                    if isinstance(v, int):
+                        usage[k] = v
+        if not usage:
+            return None
+        cache_read = usage.get("cache_read_input_tokens", 0)
+        cache_write = usage.get("cache_creation_input_tokens", 0)
+        return {
+            "input": usage["input_tokens"] + cache_read + cache_write,
+            "output": usage["output_tokens"],
+            "cache_read": cache_read,
+            "cache_write": cache_write,
+            "reasoning": 0,
+        }
+    if row["stream"]:
+        found = None
+        for event in _sse_events(row["response_body"]):
+            if event.get("usage"):
+                found = event["usage"]
+            if (event.get("response") or {}).get("usage"):
+                found = event["response"]["usage"]
+        u = found
+    else:
+        u = json.loads(row["response_body"]).get("usage")
+    if not u:
+        return None
+    if "input_tokens" in u:  # Responses API
+        return {
+            "input": u["input_tokens"],
+            "output": u["output_tokens"],
+            "cache_read": (u.get("input_tokens_details") or {}).get("cached_tokens") or 0,
+            "cache_write": 0,
+            "reasoning": (u.get("output_tokens_details") or {}).get("reasoning_tokens") or 0,
+        }
+    return {
+        "input": u["prompt_tokens"],
+        "output": u.get("completion_tokens") or 0,
+        "cache_read": (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+        "cache_write": 0,
+        "reasoning": (u.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0,
+    }
+
+
+def _handler(row: dict[str, Any], http: Any) -> Any:
+    headers = {k: v for k, v in row["response_headers"].items() if k.lower() not in ("content-encoding", "content-length")}
+
+    def handle(request: Any) -> Any:
+        return http.Response(row["status"], headers=headers, content=row["response_body"].encode())
+
+    return handle
+
+
+def _method(row: dict[str, Any], client: Any) -> Any:
+    if row["provider"] == "anthropic":
+        return client.messages.create
+    return {
+        "/v1/chat/completions": client.chat.completions.create,
+        "/v1/completions": client.completions.create,
+        "/v1/embeddings": client.embeddings.create,
+        "/v1/responses": client.responses.create,
+    }[row["path"]]
+
+
+def _split_kwargs(method: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """Fields this SDK version has no parameter for travel in extra_body, as the SDK would send them."""
+    params = inspect.signature(method).parameters
+    kwargs = {k: v for k, v in body.items() if k in params}
+    extra = {k: v for k, v in body.items() if k not in params}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[f"{r['provider']}-{r['path'].rsplit('/', 1)[-1]}-{r['index']}-{'sse' if r['stream'] else 'json'}" for r in ROWS])
+def test_recorded_exchange(row: dict[str, Any], captured: Any) -> None:
+    import anthropic
+    import openai
+
+    sdk = anthropic if row["provider"] == "anthropic" else openai
+    make = anthropic_client if row["provider"] == "anthropic" else openai_client
+    client = make(_handler(row, http_module(sdk)), max_retries=0)
+    method = _method(row, client)
+    body = json.loads(row["request_body"])
+    kwargs = _split_kwargs(method, body)
+
+    if row["status"] >= 400:
+        with pytest.raises(sdk.APIStatusError) as info:
+            method(**kwargs)
+        (span,) = captured.spans()
+        assert span.attributes["error.type"] == type(info.value).__qualname__
+        assert span.attributes["http.response.status_code"] == row["status"]
+        assert span.status.status_code.name == "ERROR"
+        return
+
+    result = method(**kwargs)
+    if body.get("stream"):
+        for _ in result:
+            pass
+    (span,) = captured.spans()
+    a = span.attributes
+    assert span.kind.name == "CLIENT"
+    assert span.name == f"{a['gen_ai.operation.name']} {body['model']}"
+    assert a["gen_ai.provider.name"] == row["provider"]
+    assert a["gen_ai.request.model"] == body["model"]
+
+    buckets = (
+        a["llmtrace.usage.uncached_input_tokens"]
+        + a["gen_ai.usage.cache_read.input_tokens"]
+        + a["gen_ai.usage.cache_creation.input_tokens"]
+    )
+    assert buckets == a["gen_ai.usage.input_tokens"]
+    assert a["llmtrace.usage.visible_output_tokens"] + a["gen_ai.usage.reasoning.output_tokens"] == a["gen_ai.usage.output_tokens"]
+
+    truth = provider_truth(row)
+    if truth is None:
+        assert a["llmtrace.usage.source"] == "estimated"
+        assert a["gen_ai.usage.input_tokens"] > 0
+    else:
+        assert a["llmtrace.usage.source"] == "provider"
+        assert a["gen_ai.usage.input_tokens"] == truth["input"]
+        assert a["gen_ai.usage.output_tokens"] == truth["output"]
+        assert a["gen_ai.usage.cache_read.input_tokens"] == truth["cache_read"]
+        assert a["gen_ai.usage.cache_creation.input_tokens"] == truth["cache_write"]
+        assert a["gen_ai.usage.reasoning.output_tokens"] == truth["reasoning"]
+
+    expected = _genai_prices_cost(row, a)
+    assert math.isclose(a["llmtrace.cost.usd"], expected, rel_tol=1e-9, abs_tol=1e-15)
+    assert "llmtrace.cost.unpriced" not in a
+
+
+def _genai_prices_cost(row: dict[str, Any], a: Any) -> float:
+    usage = GenaiUsage(
+        input_tokens=a["gen_ai.usage.input_tokens"],
+        cache_read_tokens=a["gen_ai.usage.cache_read.input_tokens"],
+        cache_write_tokens=a["gen_ai.usage.cache_creation.input_tokens"],
+        output_tokens=a["gen_ai.usage.output_tokens"],
+        output_reasoning_tokens=a["gen_ai.usage.reasoning.output_tokens"],
+    )
+    for model in (a.get("gen_ai.response.model"), a["gen_ai.request.model"]):
+        try:
+            return float(calc_price(usage, model, provider_id=row["provider"]).total_price)
+        except LookupError:
+            continue
+    raise AssertionError("genai-prices knows neither the response nor the request model")

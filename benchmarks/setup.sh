@@ -4,7 +4,7 @@
 #                      OpenInference and the official contrib instrumentation
 #   $BENCH_DIR/openlit openai 2.x + OpenLIT (OpenLIT pins openai<3, so it cannot share oai3)
 # Versions are pinned so runs on different days compare like with like; bump them here.
-# Idempotent: a venv with its .installed marker is left alone (delete the dir to rebuild).
+# Idempotent: a venv whose .installed marker lists the same requirements is left alone.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 D=${BENCH_DIR:-/tmp/llmtrace-bench}
@@ -13,18 +13,20 @@ mkdir -p "$D"
 
 make_venv() {  # make_venv NAME PIP_ARGS...
   local v="$D/$1"; shift
-  [ -f "$v/.installed" ] && return 0
+  # The marker holds the requirement list, so editing a pin below rebuilds that venv.
+  [ "$(cat "$v/.installed" 2>/dev/null)" = "$*" ] && return 0
   rm -rf "$v"
   $PY -m venv "$v"
   "$v/bin/python" -m pip install -q --upgrade pip
   "$v/bin/python" -m pip install -q "$@"
-  touch "$v/.installed"
+  echo "$*" > "$v/.installed"
 }
 
 # opentelemetry-util-genai is held at 1.1b0: later releases dropped the module
 # `opentelemetry.util.genai.instruments` that opentelemetry-instrumentation-openai-v2 2.4b0 imports.
+# httpx: openai 3.x runs on httpx2, but opentelemetry-instrumentation-openai-v2 still imports httpx.
 make_venv oai3 --pre \
-  "openai==3.54.0" "httpx2==2.16.2" "opentelemetry-sdk==1.45.2" \
+  "openai==3.54.0" "httpx2==2.16.2" "httpx==0.28.1" "opentelemetry-sdk==1.45.2" \
   "opentelemetry-instrumentation-openai==0.62.4" \
   "openinference-instrumentation-openai==0.1.66" \
   "opentelemetry-instrumentation-openai-v2==2.4b0" "opentelemetry-util-genai==1.1b0" \

@@ -52,7 +52,7 @@ def _kind_of(cls: type) -> int:
             kind = _ASYNC_STREAM if hasattr(cls, "__aiter__") else _SYNC_STREAM
         elif cls.__name__ == "LegacyAPIResponse":
             kind = _LEGACY_RAW
-        elif hasattr(cls, "http_response") and hasattr(cls, "parse"):
+        elif hasattr(cls, "parse") and (hasattr(cls, "iter_bytes") or hasattr(cls, "aiter_bytes")):
             kind = _ASYNC_RAW if inspect.iscoroutinefunction(cls.parse) else _RAW
         else:
             kind = _PLAIN

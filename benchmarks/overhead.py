@@ -1,0 +1,538 @@
+#!/usr/bin/env python3
+"""CPU time that LLM auto-instrumentation adds to one OpenAI SDK call, llmtrace beside its peers.
+
+    bash benchmarks/setup.sh                 # once: venvs under /tmp/llmtrace-bench
+    python3 benchmarks/overhead.py --quick   # ~1 min: every config works, spans/call = 1
+    python3 benchmarks/overhead.py           # ~15 min on 2 cores: the numbers in README.md
+
+The driver (system python3, stdlib only) runs every config in its own subprocess under the venv
+it needs (`--worker NAME`). A worker mocks the HTTP layer, blocks sockets, then alternates blocks
+of calls with the instrumentation switched off (A) and on (B) in ABBA order inside the one process:
+both arms share heap, caches and host noise, so the per-quad difference B - A is the cost of the
+instrumentation alone. Reported: median over quads of that difference, per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+HERE = Path(__file__).resolve().parent
+BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/llmtrace-bench"))
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    venv: str  # directory under BENCH_DIR (see setup.sh)
+    label: str
+
+
+CONFIGS = [
+    Config("baseline", "oai3", "bare openai 3.x, nothing toggled: the noise floor"),
+    Config("manual_span", "oai3", "one hand-made OTel span, 10 attributes: the floor"),
+    Config("llmtrace", "oai3", "llmtrace.instrument(), defaults (no content)"),
+    Config("openllmetry", "oai3", "opentelemetry-instrumentation-openai, defaults (captures content)"),
+    Config("openinference", "oai3", "openinference-instrumentation-openai, defaults (captures content)"),
+    Config("otel_v2", "oai3", "opentelemetry-instrumentation-openai-v2, defaults (no content)"),
+    Config("baseline_oai2", "openlit", "bare openai 2.x, nothing toggled: the noise floor"),
+    Config("openlit", "openlit", "openlit.init(), defaults but metrics/events off (captures content)"),
+]
+
+# Calls per block. Blocks are short so host drift inside one ABBA quad stays small.
+SYNC_BLOCK, STREAM_BLOCK = 100, 20
+STREAM_CHUNKS = 50  # parsed chunks per mocked stream: role + 47 content + finish + usage
+
+
+# =============================================================================================
+# Worker: runs inside a benchmark venv. Everything third-party is imported lazily, after the
+# socket guard is in place.
+# =============================================================================================
+def block_network() -> list[str]:
+    """Make every connection attempt fail fast, and remember it (reported in the results)."""
+    import socket
+
+    attempts: list[str] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(repr(args[-1] if args else kwargs)[:120])
+        raise OSError("network blocked by benchmarks/overhead.py")
+
+    socket.getaddrinfo = refuse  # type: ignore[assignment]
+    socket.create_connection = refuse  # type: ignore[assignment]
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    socket.socket.connect_ex = refuse  # type: ignore[method-assign]
+    return attempts
+
+
+TEXT_WORDS = [f"word{i} " for i in range(47)]
+EXPECTED_TEXT = "".join(TEXT_WORDS)
+MODEL = "gpt-4o-mini-2024-07-18"
+USAGE = {
+    "prompt_tokens": 412,
+    "completion_tokens": 71,
+    "total_tokens": 483,
+    "prompt_tokens_details": {"cached_tokens": 256},
+}
+REQUEST: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You are a terse assistant. " * 40},
+        {"role": "user", "content": "Summarise the following text. " + "lorem ipsum " * 40},
+    ],
+    "temperature": 0.2,
+    "max_tokens": 256,
+    "user": "u-42",
+}
+
+
+def mock_bodies() -> tuple[bytes, list[bytes]]:
+    """A chat.completion JSON body, and an SSE body as one bytes item per event."""
+    base = {"id": "chatcmpl-bench", "created": 1_700_000_000, "model": MODEL, "system_fingerprint": "fp_b"}
+    completion = {
+        **base,
+        "object": "chat.completion",
+        "choices": [
+            {"index": 0, "finish_reason": "stop", "logprobs": None,
+             "message": {"role": "assistant", "content": EXPECTED_TEXT}}
+        ],
+        "usage": USAGE,
+    }
+
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: Any = None) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+        body = {**base, "object": "chat.completion.chunk", "choices": choices, "usage": usage}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    events = [chunk({"role": "assistant", "content": ""})]
+    events += [chunk({"content": w}) for w in TEXT_WORDS]
+    events += [chunk({}, "stop"), chunk(None, usage=USAGE), b"data: [DONE]\n\n"]
+    assert len(events) - 1 == STREAM_CHUNKS
+    return json.dumps(completion).encode(), events
+
+
+def make_clients() -> tuple[Any, Any]:
+    """Two clients (JSON / SSE) on a mock transport, so the handler never has to parse the request.
+
+    base_url is the real OpenAI host because llmtrace only asks for stream usage there; nothing
+    leaves the process (MockTransport, plus the socket guard).
+    """
+    import openai
+
+    # openai 3.x is built on httpx2, openai 2.x on httpx.
+    if int(openai.__version__.split(".")[0]) >= 3:
+        import httpx2 as hx
+    else:
+        import httpx as hx  # type: ignore[no-redef]
+    json_body, events = mock_bodies()
+
+    def json_handler(request: Any) -> Any:
+        return hx.Response(200, headers={"content-type": "application/json"}, content=json_body)
+
+    def sse_handler(request: Any) -> Any:
+        # An iterator, so the SDK receives and parses the stream event by event.
+        return hx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(events))
+
+    def client(handler: Callable[[Any], Any]) -> Any:
+        return openai.OpenAI(api_key="x", base_url="https://api.openai.com/v1", max_retries=0,
+                             http_client=hx.Client(transport=hx.MockTransport(handler)))
+
+    return client(json_handler), client(sse_handler)
+
+
+class CountingExporter:
+    """Counts spans and drops them: export costs ~nothing, but the batch thread runs as in prod."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+@dataclass
+class Toggle:
+    """Switches one config's instrumentation on and off; setup leaves it on."""
+
+    on: Callable[[], None]
+    off: Callable[[], None]
+    notes: str = ""
+
+
+def setup_baseline(tp: Any) -> Toggle:
+    return Toggle(lambda: None, lambda: None, "nothing to toggle: both arms are the bare SDK")
+
+
+def setup_llmtrace(tp: Any) -> Toggle:
+    import llmtrace
+
+    def on() -> None:
+        llmtrace.instrument(tracer_provider=tp)
+
+    on()
+    return Toggle(on, llmtrace.uninstrument, f"llmtrace {llmtrace.__version__}")
+
+
+def setup_instrumentor(module: str) -> Callable[[Any], Toggle]:
+    """Peers built on opentelemetry-instrumentation's BaseInstrumentor: toggle with their own API."""
+
+    def setup(tp: Any) -> Toggle:
+        import importlib
+
+        instrumentor = importlib.import_module(module).OpenAIInstrumentor()
+
+        def on() -> None:
+            instrumentor.instrument(tracer_provider=tp)
+
+        on()
+        return Toggle(on, instrumentor.uninstrument, module)
+
+    return setup
+
+
+def setup_manual_span(tp: Any) -> Toggle:
+    """The least an instrumentation can do: one span, 10 attributes, stream span ended at exhaustion."""
+    from openai.resources.chat.completions import Completions
+    from opentelemetry.trace import SpanKind
+
+    tracer = tp.get_tracer("bench.manual")
+    original = Completions.__dict__["create"]
+
+    def finish(span: Any, rid: str, model: str, reason: str | None, usage: Any) -> None:
+        span.set_attribute("gen_ai.response.id", rid)
+        span.set_attribute("gen_ai.response.model", model)
+        span.set_attribute("gen_ai.response.finish_reasons", (reason or "",))
+        if usage is not None:
+            span.set_attribute("gen_ai.usage.input_tokens", usage.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", usage.completion_tokens)
+        span.end()
+
+    def traced_stream(stream: Any, span: Any) -> Iterator[Any]:
+        rid = model = ""
+        reason = usage = None
+        try:
+            for chunk in stream:
+                rid, model = chunk.id, chunk.model
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    reason = chunk.choices[0].finish_reason
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+        finally:
+            finish(span, rid, model, reason, usage)
+
+    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+        span = tracer.start_span(f"chat {kwargs.get('model')}", kind=SpanKind.CLIENT)
+        span.set_attribute("gen_ai.operation.name", "chat")
+        span.set_attribute("gen_ai.system", "openai")
+        span.set_attribute("gen_ai.request.model", kwargs.get("model", ""))
+        span.set_attribute("gen_ai.request.temperature", kwargs.get("temperature", 1.0))
+        span.set_attribute("gen_ai.request.max_tokens", kwargs.get("max_tokens", 0))
+        try:
+            result = original(self, *args, **kwargs)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.end()
+            raise
+        if kwargs.get("stream"):
+            return traced_stream(result, span)
+        finish(span, result.id, result.model, result.choices[0].finish_reason, result.usage)
+        return result
+
+    def on() -> None:
+        Completions.create = create  # type: ignore[method-assign]
+
+    def off() -> None:
+        Completions.create = original  # type: ignore[method-assign]
+
+    on()
+    return Toggle(on, off)
+
+
+def openai_class_attrs() -> dict[tuple[type, str], Any]:
+    """Every attribute of every class defined in an imported `openai.*` module."""
+    out: dict[tuple[type, str], Any] = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "openai" or name.startswith("openai.")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == name:
+                for attr, member in list(vars(value).items()):
+                    out[(value, attr)] = member
+    return out
+
+
+def setup_openlit(tp: Any) -> Toggle:
+    """OpenLIT as a user runs it: openlit.init() with a local pricing file (else it fetches one).
+
+    Its OpenAIInstrumentor._uninstrument is a no-op, so the toggle is the set of openai class
+    attributes that init() replaced (found by diffing before/after); its other instrumentors
+    (httpx, ...) stay on in both arms: they do not fire on MockTransport.
+    """
+    import openlit
+
+    # OpenLIT prices are USD per 1k tokens.
+    price = {"promptPrice": 0.00015, "completionPrice": 0.0006, "cacheReadPrice": 0.000075}
+    pricing = {"chat": {"gpt-4o-mini": price, MODEL: price}, "embeddings": {}, "images": {}, "audio": {}}
+    path = Path(tempfile.mkdtemp()) / "openlit_pricing.json"
+    path.write_text(json.dumps(pricing))
+
+    before = openai_class_attrs()
+    # No tracer argument: OpenLIT picks up the global SDK TracerProvider set by the worker.
+    openlit.init(pricing_json=str(path), disable_metrics=True, disable_events=True)
+    after = openai_class_attrs()
+    patched = {key: value for key, value in after.items() if before.get(key) is not value}
+    originals = {key: before.get(key) for key in patched}
+
+    def apply(values: dict[tuple[type, str], Any]) -> Callable[[], None]:
+        def go() -> None:
+            for (cls, attr), value in values.items():
+                if value is None:
+                    delattr(cls, attr)
+                else:
+                    setattr(cls, attr, value)
+
+        return go
+
+    return Toggle(apply(patched), apply(originals), f"{len(patched)} openai class attributes patched")
+
+
+SETUPS: dict[str, Callable[[Any], Toggle]] = {
+    "baseline": setup_baseline,
+    "baseline_oai2": setup_baseline,
+    "manual_span": setup_manual_span,
+    "llmtrace": setup_llmtrace,
+    "openllmetry": setup_instrumentor("opentelemetry.instrumentation.openai"),
+    "openinference": setup_instrumentor("openinference.instrumentation.openai"),
+    "otel_v2": setup_instrumentor("opentelemetry.instrumentation.openai_v2"),
+    "openlit": setup_openlit,
+}
+
+
+def call_sync(client: Any) -> str:
+    response = client.chat.completions.create(**REQUEST)
+    # Reading usage proves the instrumentation did not drop it.
+    assert response.usage.prompt_tokens_details.cached_tokens == 256
+    return str(response.choices[0].message.content)
+
+
+def call_stream(client: Any) -> str:
+    parts = []
+    for chunk in client.chat.completions.create(**REQUEST, stream=True):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+    return "".join(parts)
+
+
+def timed_block(call: Callable[[Any], str], client: Any, n: int) -> tuple[float, float]:
+    """(process CPU µs per call, median wall µs per call) over n calls.
+
+    Process CPU covers every thread (the span processor's too); GC stays on, as in an app.
+    """
+    walls = []
+    cpu0 = time.process_time_ns()
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        call(client)
+        walls.append(time.perf_counter_ns() - t0)
+    cpu = (time.process_time_ns() - cpu0) / n / 1000
+    return cpu, statistics.median(walls) / 1000
+
+
+def run_worker(name: str, quads: dict[str, int], warmup: int) -> dict[str, Any]:
+    attempts = block_network()
+    import openai
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    exporter = CountingExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(BatchSpanProcessor(exporter))  # type: ignore[arg-type]
+    trace.set_tracer_provider(tp)  # OpenLIT (and anything calling trace.get_tracer) uses the global
+    json_client, sse_client = make_clients()
+    # Import the SDK's lazily loaded resource modules before any library patches them.
+    call_sync(json_client)
+
+    t0 = time.perf_counter()
+    toggle = SETUPS[name](tp)
+    setup_ms = (time.perf_counter() - t0) * 1000
+
+    def count_spans() -> int:
+        # Flushing between blocks (untimed) attributes every span to the block that made it.
+        tp.force_flush()
+        return exporter.spans
+
+    result: dict[str, Any] = {"config": name, "openai": openai.__version__, "setup_ms": setup_ms,
+                              "notes": toggle.notes, "scenarios": {}}
+    plans = {"sync": (call_sync, json_client, SYNC_BLOCK), "stream": (call_stream, sse_client, STREAM_BLOCK)}
+    for scenario, (call, client, block) in plans.items():
+        spans = {"on": 0, "off": 0}
+        calls = {"on": 0, "off": 0}
+        # Warm both arms, checking the app still gets the whole answer either way.
+        for arm, switch in (("on", toggle.on), ("off", toggle.off)):
+            switch()
+            base = count_spans()
+            for _ in range(warmup):
+                text = call(client)
+                if text != EXPECTED_TEXT:
+                    raise AssertionError(f"{scenario}/{arm}: app got {text[:60]!r}")
+            spans[arm] += count_spans() - base
+            calls[arm] += warmup
+        quad_rows = []
+        for _ in range(quads[scenario]):
+            arms: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
+            for arm in ("off", "on", "on", "off"):
+                (toggle.on if arm == "on" else toggle.off)()
+                base = count_spans()
+                arms[arm].append(timed_block(call, client, block))
+                spans[arm] += count_spans() - base
+                calls[arm] += block
+            quad_rows.append({arm: [sum(x[i] for x in rows) / 2 for i in (0, 1)] for arm, rows in arms.items()})
+        result["scenarios"][scenario] = {
+            "block": block,
+            "quads": quad_rows,  # [{"on": [cpu µs, wall µs], "off": [...]}, ...]
+            "spans_per_call": {arm: spans[arm] / calls[arm] for arm in spans},
+        }
+    toggle.off()
+    result["network_attempts"] = attempts
+    return result
+
+
+# =============================================================================================
+# Driver: system python3, stdlib only.
+# =============================================================================================
+def summarize(scenario: dict[str, Any], metric: int) -> dict[str, float]:
+    """Median and quartiles over quads of (on - off), plus the bare call's own median."""
+    deltas = [q["on"][metric] - q["off"][metric] for q in scenario["quads"]]
+    q1, _, q3 = statistics.quantiles(deltas, n=4) if len(deltas) > 1 else (deltas[0],) * 3
+    bare = statistics.median(q["off"][metric] for q in scenario["quads"])
+    return {"delta": statistics.median(deltas), "q1": q1, "q3": q3, "bare": bare}
+
+
+def table(results: list[dict[str, Any]], metric: int) -> str:
+    kind = "process CPU" if metric == 0 else "wall clock, median call"
+    lines = [
+        f"µs added per call ({kind}), median over ABBA quads [interquartile range]; "
+        f"per chunk = (stream − sync) / {STREAM_CHUNKS}.",
+        "",
+        "| config | what | sync µs/call | stream µs/call | µs/chunk | spans/call | bare sync / stream µs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    labels = {c.name: c.label for c in CONFIGS}
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['config']} | {labels[r['config']]} | BROKEN: {r['error']} | | | | |")
+            continue
+        s, st = (summarize(r["scenarios"][k], metric) for k in ("sync", "stream"))
+        per_chunk = (st["delta"] - s["delta"]) / STREAM_CHUNKS
+        spans = [r["scenarios"][k]["spans_per_call"] for k in ("sync", "stream")]
+        span_cell = " / ".join(f"{x['on']:g}" for x in spans)
+        if any(x["off"] for x in spans):  # spans with the instrumentation off: the toggle leaks
+            span_cell += " (off: " + " / ".join(f"{x['off']:g}" for x in spans) + ")"
+        lines.append(
+            f"| {r['config']} | {labels[r['config']]} (openai {r['openai']}) "
+            f"| {s['delta']:+.0f} [{s['q1']:+.0f}…{s['q3']:+.0f}] "
+            f"| {st['delta']:+.0f} [{st['q1']:+.0f}…{st['q3']:+.0f}] "
+            f"| {per_chunk:+.1f} | {span_cell} | {s['bare']:.0f} / {st['bare']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{platform.system()} {platform.release()}, {os.cpu_count()} cores, {cpu}, "
+            f"Python {platform.python_version()}, load avg at start {os.getloadavg()[0]:.2f}")
+
+
+def run_config(cfg: Config, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    python = BENCH_DIR / cfg.venv / "bin" / "python"
+    if not python.exists():
+        return {"config": cfg.name, "error": f"{python} missing: run benchmarks/setup.sh"}
+    params = {"quads": {"sync": args.sync_quads, "stream": args.stream_quads}, "warmup": args.warmup}
+    # A clean environment and an empty cwd: no LLMTRACE_*/OTEL_* variables or llmtrace.toml leak in.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LLMTRACE_", "OTEL_", "TRACELOOP_", "OPENLIT_", "OPENAI_"))}
+    with tempfile.TemporaryDirectory() as cwd:
+        proc = subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", cfg.name, json.dumps(params)],
+                              cwd=cwd, env=env, capture_output=True, text=True)
+    (out / f"{cfg.name}.stderr").write_text(proc.stderr)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"config": cfg.name, "error": f"exit {proc.returncode}: {tail[:200]}"}
+    return json.loads(line[len("RESULT "):])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke test: few quads, ~1 min")
+    ap.add_argument("--configs", help="comma-separated subset of: " + ",".join(c.name for c in CONFIGS))
+    ap.add_argument("--sync-quads", type=int, default=25, help=f"ABBA quads of {SYNC_BLOCK}-call blocks")
+    ap.add_argument("--stream-quads", type=int, default=20, help=f"ABBA quads of {STREAM_BLOCK}-stream blocks")
+    ap.add_argument("--warmup", type=int, default=50, help="untimed calls per arm and scenario")
+    ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "PARAMS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        name, params = args.worker[0], json.loads(args.worker[1])
+        print("RESULT " + json.dumps(run_worker(name, params["quads"], params["warmup"])), flush=True)
+        return
+
+    if args.quick:
+        args.sync_quads, args.stream_quads, args.warmup = 3, 3, 10
+    wanted = args.configs.split(",") if args.configs else [c.name for c in CONFIGS]
+    unknown = set(wanted) - {c.name for c in CONFIGS}
+    if unknown:
+        ap.error(f"unknown configs: {', '.join(sorted(unknown))}")
+    stamp = dt.datetime.now(dt.timezone.utc)
+    out = HERE / "results" / (stamp.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else ""))
+    out.mkdir(parents=True)
+    meta = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(), "args": vars(args)}
+    print(f"{meta['date']}  {meta['machine']}\nresults -> {out}", flush=True)
+
+    results = []
+    for cfg in CONFIGS:
+        if cfg.name not in wanted:
+            continue
+        t0 = time.perf_counter()
+        r = run_config(cfg, args, out)
+        results.append(r)
+        status = r.get("error") or ", ".join(
+            f"{k} spans/call {v['spans_per_call']['on']:g}" for k, v in r["scenarios"].items())
+        print(f"  {cfg.name:14} {time.perf_counter() - t0:5.0f} s  {status}", flush=True)
+        if r.get("network_attempts"):
+            print(f"    network attempts (blocked): {r['network_attempts'][:3]}", flush=True)
+
+    (out / "raw.json").write_text(json.dumps({**meta, "results": results}, indent=1))
+    summary = "\n\n".join([f"{meta['date']} — {meta['machine']}", table(results, 0), table(results, 1)])
+    (out / "summary.md").write_text(summary + "\n")
+    print("\n" + summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Hand-made OpenAI/Anthropic HTTP answers for scenario tests (served through MockTransport)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Iterator
+
+
+class MidStreamError(Exception):
+    """Raised by the transport halfway through a streamed body."""
+
+
+def _sse(events: list[tuple[str | None, Any]]) -> bytes:
+    out = []
+    for name, data in events:
+        if name:
+            out.append(f"event: {name}\n")
+        out.append(f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n")
+    return "".join(out).encode()
+
+
+class FakeAPI:
+    """Answers chat completions / responses / messages like the real APIs, with knobs for faults."""
+
+    def __init__(
+        self,
+        http: Any,
+        *,
+        model: str | None = None,
+        usage: bool = True,
+        chunks: int = 5,
+        rate_limited: int = 0,
+        malformed: bool = False,
+        fail_mid_stream: bool = False,
+        is_async: bool = False,
+        status: int = 200,
+    ) -> None:
+        self.http = http
+        self.model = model
+        self.usage = usage
+        self.chunks = chunks
+        self.rate_limited = rate_limited
+        self.malformed = malformed
+        self.fail_mid_stream = fail_mid_stream
+        self.is_async = is_async
+        self.status = status
+        self.requests: list[dict[str, Any]] = []
+
+    def __call__(self, request: Any) -> Any:
+        body = json.loads(request.content or b"{}")
+        self.requests.append(body)
+        if self.rate_limited:
+            self.rate_limited -= 1
+            return self.http.Response(
+                429,
+                headers={"retry-after-ms": "1", "content-type": "application/json"},
+                json={"error": {"message": "Rate limit reached", "type": "rate_limit_error", "code": "rate_limit_exceeded"}},
+            )
+        if self.status >= 400:
+            return self.http.Response(self.status, json={"error": {"message": "boom", "type": "server_error"}})
+        if self.malformed:
+            return self.http.Response(200, headers={"content-type": "application/json"}, content=b"{not json")
+        path = request.url.path
+        model = self.model or body.get("model", "gpt-4o-mini")
+        if path.endswith("/messages"):
+            return self._anthropic(body, model)
+        if path.endswith("/responses"):
+            return self._responses(body, model)
+        return self._chat(body, model)
+
+    # --- bodies ----------------------------------------------------------------------------------
+
+    def _stream(self, payload: bytes) -> Any:
+        headers = {"content-type": "text/event-stream"}
+        if not self.fail_mid_stream:
+            return self.http.Response(200, headers=headers, content=payload)
+        half = payload[: len(payload) // 2]
+        cut = half[: half.rfind(b"\n\n") + 2]
+        if self.is_async:
+
+            async def agen() -> AsyncIterator[bytes]:
+                yield cut
+                raise MidStreamError("connection reset")
+
+            return self.http.Response(200, headers=headers, content=agen())
+
+        def gen() -> Iterator[bytes]:
+            yield cut
+            raise MidStreamError("connection reset")
+
+        return self.http.Response(200, headers=headers, content=gen())
+
+    def _chat(self, body: dict[str, Any], model: str) -> Any:
+        usage = {
+            "prompt_tokens": 120,
+            "completion_tokens": 40,
+            "total_tokens": 160,
+            "prompt_tokens_details": {"cached_tokens": 64},
+            "completion_tokens_details": {"reasoning_tokens": 10},
+        }
+        if not body.get("stream"):
+            payload: dict[str, Any] = {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there"}, "finish_reason": "stop"}],
+            }
+            if self.usage:
+                payload["usage"] = usage
+            return self.http.Response(200, json=payload)
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
+        events: list[tuple[str | None, Any]] = []
+        for i in range(self.chunks):
+            delta = {"role": "assistant", "content": ""} if i == 0 else {"content": f"w{i} "}
+            events.append((None, {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}))
+        events.append((None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+        if self.usage and (body.get("stream_options") or {}).get("include_usage"):
+            events.append((None, {**base, "choices": [], "usage": usage}))
+        events.append((None, "[DONE]"))
+        return self._stream(_sse(events))
+
+    def _responses(self, body: dict[str, Any], model: str) -> Any:
+        response = {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "model": model,
+            "status": "completed",
+            "output": [
+                {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                 "content": [{"type": "output_text", "text": "hello there", "annotations": []}]}
+            ],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+        }
+        if self.usage:
+            response["usage"] = {
+                "input_tokens": 200, "output_tokens": 50, "total_tokens": 250,
+                "input_tokens_details": {"cached_tokens": 100}, "output_tokens_details": {"reasoning_tokens": 20},
+            }
+        if not body.get("stream"):
+            return self.http.Response(200, json=response)
+        created = {**response, "status": "in_progress", "output": []}
+        created.pop("usage", None)
+        events = [
+            ("response.created", {"type": "response.created", "sequence_number": 0, "response": created}),
+            ("response.output_item.added", {"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+                                            "item": {"type": "message", "id": "msg_1", "role": "assistant",
+                                                     "status": "in_progress", "content": []}}),
+            ("response.content_part.added", {"type": "response.content_part.added", "sequence_number": 1, "item_id": "msg_1",
+                                             "output_index": 0, "content_index": 0,
+                                             "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1",
+                                            "output_index": 0, "content_index": 0, "delta": "hello there", "logprobs": []}),
+            ("response.completed", {"type": "response.completed", "sequence_number": 2, "response": response}),
+        ]
+        return self._stream(_sse(events))
+
+    def _anthropic(self, body: dict[str, Any], model: str) -> Any:
+        usage = {"input_tokens": 30, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 200, "output_tokens": 25}
+        message = {
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "hello there"}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": usage if self.usage else {"input_tokens": 0, "output_tokens": 0},
+        }
+        if not body.get("stream"):
+            return self.http.Response(200, json=message)
+        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        events: list[tuple[str | None, Any]] = [("message_start", {"type": "message_start", "message": start}),
+                  ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})]
+        for i in range(self.chunks):
+            events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"w{i} "}}))
+        events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                   ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                      "usage": {"output_tokens": 25}}),
+                   ("message_stop", {"type": "message_stop"})]
+        return self._stream(_sse(events))

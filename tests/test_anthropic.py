@@ -1,0 +1,140 @@
+"""Anthropic scenarios: create (stream or not), messages.stream helpers, beta, retries, faults."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import anthropic
+import pytest
+
+from conftest import anthropic_client, http_module
+from fake_api import FakeAPI, MidStreamError
+
+HTTP = http_module(anthropic)
+MODEL = "claude-3-5-haiku-20241022"
+KW: dict[str, Any] = {"model": MODEL, "max_tokens": 256, "messages": [{"role": "user", "content": "Say hello"}]}
+# haiku 3.5: $0.80 in, $0.08 cache read, $1.00 cache write, $4.00 out per million tokens (genai-prices)
+EXPECTED_COST = (30 * 0.8 + 1000 * 0.08 + 200 * 1.0 + 25 * 4.0) / 1e6
+
+
+def _api(**kw: Any) -> FakeAPI:
+    return FakeAPI(HTTP, **kw)
+
+
+def _check_usage(a: Any) -> None:
+    assert a["gen_ai.usage.input_tokens"] == 1230  # 30 uncached + 1000 cache read + 200 cache write
+    assert a["llmtrace.usage.uncached_input_tokens"] == 30
+    assert a["gen_ai.usage.cache_read.input_tokens"] == 1000
+    assert a["gen_ai.usage.cache_creation.input_tokens"] == 200
+    assert a["gen_ai.usage.output_tokens"] == 25
+    assert a["llmtrace.cost.usd"] == pytest.approx(EXPECTED_COST, rel=1e-9)
+    assert a["gen_ai.provider.name"] == "anthropic"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_messages_create(captured: Any, is_async: bool, stream: bool) -> None:
+    client = anthropic_client(_api(is_async=is_async), is_async=is_async)
+    if is_async:
+        result = await client.messages.create(**KW, stream=stream)
+        if stream:
+            async for _ in result:
+                pass
+    else:
+        result = client.messages.create(**KW, stream=stream)
+        if stream:
+            for _ in result:
+                pass
+    (span,) = captured.spans()
+    assert span.name == f"chat {MODEL}"
+    _check_usage(span.attributes)
+    assert span.attributes["gen_ai.response.finish_reasons"] == ("end_turn",)
+    assert ("gen_ai.response.time_to_first_chunk" in span.attributes) is stream
+
+
+def test_sdk_own_tracing_is_off_so_one_call_is_one_span(captured: Any) -> None:
+    from opentelemetry import trace
+
+    # Even with a global provider the SDK could use, the call yields exactly llmtrace's span.
+    trace.get_tracer_provider()
+    anthropic_client(_api()).messages.create(**KW)
+    assert [s.instrumentation_scope.name for s in captured.spans()] == ["llmtrace"]
+
+
+def test_stream_manager_helpers(captured: Any) -> None:
+    client = anthropic_client(_api())
+    with client.messages.stream(**KW) as stream:
+        text = "".join(stream.text_stream)
+    assert text.startswith("w0")
+    with client.messages.stream(**KW) as stream:
+        final = stream.get_final_message()
+    assert final.usage.output_tokens == 25
+    with client.messages.stream(**KW) as stream:
+        stream.until_done()
+    spans = captured.spans()
+    assert len(spans) == 3
+    for span in spans:
+        _check_usage(span.attributes)
+        assert span.attributes["gen_ai.request.stream"] is True
+        assert span.attributes["gen_ai.response.time_to_first_chunk"] > 0
+
+
+async def test_async_stream_manager(captured: Any) -> None:
+    client = anthropic_client(_api(is_async=True), is_async=True)
+    async with client.messages.stream(**KW) as stream:
+        chunks = [t async for t in stream.text_stream]
+    assert chunks
+    (span,) = captured.spans()
+    _check_usage(span.attributes)
+
+
+def test_stream_manager_early_exit_ends_span(captured: Any) -> None:
+    client = anthropic_client(_api(chunks=30))
+    with client.messages.stream(**KW) as stream:
+        for _ in stream.text_stream:
+            break
+    (span,) = captured.spans()
+    assert span.attributes["gen_ai.usage.cache_read.input_tokens"] == 1000  # message_start was seen
+
+
+def test_beta_messages(captured: Any) -> None:
+    client = anthropic_client(_api())
+    client.beta.messages.create(**KW)
+    with client.beta.messages.stream(**KW) as stream:
+        stream.get_final_message()
+    spans = captured.spans()
+    assert len(spans) == 2
+    for span in spans:
+        _check_usage(span.attributes)
+
+
+def test_stream_exception_and_drop(captured: Any) -> None:
+    client = anthropic_client(_api(fail_mid_stream=True, chunks=30), max_retries=0)
+    with pytest.raises(MidStreamError):
+        for _ in client.messages.create(**KW, stream=True):
+            pass
+    dropped = anthropic_client(_api()).messages.create(**KW, stream=True)
+    del dropped
+    gc.collect()
+    failed, dropped_span = captured.spans()
+    assert failed.attributes["error.type"] == "MidStreamError"
+    assert "error.type" not in dropped_span.attributes
+
+
+def test_rate_limit_retries(captured: Any) -> None:
+    client = anthropic_client(_api(rate_limited=1), max_retries=2)
+    client.messages.create(**KW)
+    (span,) = captured.spans()
+    assert span.attributes["llmtrace.http.attempts"] == 2
+    with pytest.raises(anthropic.RateLimitError):
+        anthropic_client(_api(rate_limited=5), max_retries=1).messages.create(**KW)
+    assert captured.spans()[1].attributes["error.type"] == "RateLimitError"
+
+
+def test_missing_usage_is_not_silently_zero_cost(captured: Any) -> None:
+    anthropic_client(_api(usage=False)).messages.create(**KW)
+    (span,) = captured.spans()
+    # Anthropic always sends usage; an all-zero report is still the provider's word.
+    assert span.attributes["llmtrace.usage.source"] == "provider"
+    assert span.attributes["llmtrace.cost.usd"] == 0.0

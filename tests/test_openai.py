@@ -1,0 +1,308 @@
+"""OpenAI scenarios: sync/async x stream/not x break/error/dropped, retries, faults, helpers."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import openai
+import pytest
+
+from conftest import http_module, openai_client
+from fake_api import FakeAPI, MidStreamError
+
+HTTP = http_module(openai)
+MESSAGES = [{"role": "user", "content": "Say hello to the tracing world"}]
+
+
+def _api(**kw: Any) -> FakeAPI:
+    return FakeAPI(HTTP, **kw)
+
+
+def _only(captured: Any) -> Any:
+    spans = captured.spans()
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+def test_chat_json_tokens_cost_and_request_attributes(captured: Any) -> None:
+    client = openai_client(_api())
+    result = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=50, temperature=0.2, top_p=0.9)
+    assert result.choices[0].message.content == "hello there"
+    span = _only(captured)
+    a = span.attributes
+    assert span.name == "chat gpt-4o-mini"
+    assert a["gen_ai.request.max_tokens"] == 50 and a["gen_ai.request.temperature"] == 0.2 and a["gen_ai.request.top_p"] == 0.9
+    assert a["gen_ai.usage.input_tokens"] == 120 and a["gen_ai.usage.cache_read.input_tokens"] == 64
+    assert a["gen_ai.usage.output_tokens"] == 40 and a["gen_ai.usage.reasoning.output_tokens"] == 10
+    assert a["llmtrace.usage.uncached_input_tokens"] == 56 and a["llmtrace.usage.visible_output_tokens"] == 30
+    # gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out per million tokens (genai-prices data)
+    assert a["llmtrace.cost.usd"] == pytest.approx((56 * 0.15 + 64 * 0.075 + 40 * 0.6) / 1e6, rel=1e-9)
+    assert a["gen_ai.response.finish_reasons"] == ("stop",)
+    assert a["server.address"] == "api.openai.com" and a["server.port"] == 443
+    assert a["llmtrace.http.attempts"] == 1
+    assert "gen_ai.input.messages" not in a  # content capture is off by default
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_stream_asks_for_usage_and_hides_the_usage_chunk(captured: Any, is_async: bool) -> None:
+    api = _api(is_async=is_async)
+    client = openai_client(api, is_async=is_async)
+    if is_async:
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        chunks = [c async for c in stream]
+    else:
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        chunks = list(stream)
+    assert isinstance(stream, openai.AsyncStream if is_async else openai.Stream)
+    assert api.requests[0]["stream_options"] == {"include_usage": True}
+    assert len(chunks) == 6 and all(c.choices for c in chunks)  # 5 content + finish, usage chunk hidden
+    a = _only(captured).attributes
+    assert a["gen_ai.usage.input_tokens"] == 120 and a["llmtrace.usage.source"] == "provider"
+    assert a["gen_ai.request.stream"] is True
+    assert a["gen_ai.response.time_to_first_chunk"] > 0
+
+
+def test_stream_options_set_by_caller_are_left_alone(captured: Any) -> None:
+    api = _api()
+    client = openai_client(api)
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 120  # the caller asked: they see it
+    assert _only(captured).attributes["gen_ai.usage.input_tokens"] == 120
+
+
+def test_compatible_host_never_sees_stream_options_and_usage_is_estimated(captured: Any) -> None:
+    api = _api()
+    client = openai_client(api, base_url="http://localhost:8000/v1")
+    list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert "stream_options" not in api.requests[0]
+    a = _only(captured).attributes
+    assert a["gen_ai.provider.name"] == "localhost" and a["server.port"] == 8000
+    assert a["llmtrace.usage.source"] == "estimated"
+    assert a["gen_ai.usage.input_tokens"] > 5 and a["gen_ai.usage.output_tokens"] > 0
+
+
+def test_include_usage_hosts_setting_extends_the_list() -> None:
+    import llmtrace.testing
+
+    api = _api()
+    with llmtrace.testing.capture(include_usage_hosts=["api.openai.com", "llm.internal"]) as captured:
+        client = openai_client(api, base_url="https://llm.internal/v1")
+        list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert api.requests[0]["stream_options"] == {"include_usage": True}
+    assert captured.spans()[0].attributes["llmtrace.usage.source"] == "provider"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_early_break_ends_the_span_once(captured: Any, is_async: bool) -> None:
+    client = openai_client(_api(chunks=20, is_async=is_async), is_async=is_async)
+    if is_async:
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        async for _ in stream:
+            break
+        await stream.close()
+    else:
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        for _ in stream:
+            break
+        stream.close()
+    span = _only(captured)
+    assert "error.type" not in span.attributes
+    assert span.attributes["llmtrace.usage.source"] == "estimated"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_exception_mid_stream_reaches_the_app_and_marks_the_span(captured: Any, is_async: bool) -> None:
+    client = openai_client(_api(fail_mid_stream=True, chunks=20, is_async=is_async), is_async=is_async, max_retries=0)
+    with pytest.raises(MidStreamError):
+        if is_async:
+            async for _ in await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+                pass
+        else:
+            for _ in client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+                pass
+    span = _only(captured)
+    assert span.attributes["error.type"] == "MidStreamError"
+    assert span.status.status_code.name == "ERROR"
+
+
+def test_stream_dropped_unconsumed_still_ends_its_span(captured: Any) -> None:
+    client = openai_client(_api())
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    assert captured.spans() == ()
+    del stream
+    gc.collect()
+    assert len(captured.spans()) == 1
+
+
+def test_stream_as_context_manager_and_next(captured: Any) -> None:
+    client = openai_client(_api())
+    with client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True) as stream:
+        first = next(stream)
+        assert first.choices[0].delta.role == "assistant"
+    assert len(captured.spans()) == 1
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_429_retries_are_counted_and_the_error_is_the_sdks(captured: Any, is_async: bool) -> None:
+    client = openai_client(_api(rate_limited=10), is_async=is_async, max_retries=2)
+    with pytest.raises(openai.RateLimitError) as info:
+        if is_async:
+            await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        else:
+            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    a = _only(captured).attributes
+    assert a["error.type"] == "RateLimitError" and a["http.response.status_code"] == 429
+    assert a["llmtrace.http.attempts"] == 3 and a["llmtrace.http.rate_limited"] == 3
+    assert info.value.status_code == 429
+
+
+def test_429_then_success_records_attempts(captured: Any) -> None:
+    client = openai_client(_api(rate_limited=1), max_retries=2)
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    a = _only(captured).attributes
+    assert a["llmtrace.http.attempts"] == 2 and a["llmtrace.http.rate_limited"] == 1 and "error.type" not in a
+
+
+def test_the_exception_object_is_the_sdks_own(captured: Any) -> None:
+    boom = RuntimeError("transport exploded")
+
+    def handler(request: Any) -> Any:
+        raise boom
+
+    client = openai_client(handler, max_retries=0)
+    with pytest.raises(Exception) as info:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert info.value is boom or info.value.__cause__ is boom
+    assert _only(captured).attributes["error.type"] == type(info.value).__qualname__
+
+
+def test_unknown_model_has_no_cost_never_zero(captured: Any, caplog: pytest.LogCaptureFixture) -> None:
+    from llmtrace import pricing
+
+    client = openai_client(_api(model="my-finetune-9000"))
+    before = pricing.unpriced_calls
+    for _ in range(2):
+        client.chat.completions.create(model="my-finetune-9000", messages=MESSAGES)
+    for span in captured.spans():
+        assert "llmtrace.cost.usd" not in span.attributes
+        assert span.attributes["llmtrace.cost.unpriced"] is True
+    assert pricing.unpriced_calls == before + 2
+    assert sum("my-finetune-9000" in r.message for r in caplog.records) == 1  # one warning per model
+
+
+def test_price_override_prices_a_fine_tune() -> None:
+    import llmtrace.testing
+
+    client = openai_client(_api(model="ft:gpt-4o:acme"))
+    with llmtrace.testing.capture(prices={"ft:gpt-4o:acme": {"input_mtok": 10, "output_mtok": 20}}) as captured:
+        client.chat.completions.create(model="ft:gpt-4o:acme", messages=MESSAGES)
+    a = captured.spans()[0].attributes
+    assert a["llmtrace.cost.source"] == "override"
+    assert a["llmtrace.cost.usd"] == pytest.approx((120 * 10 + 40 * 20) / 1e6)
+
+
+def test_malformed_json_body_surfaces_as_the_sdk_does(captured: Any) -> None:
+    client = openai_client(_api(malformed=True), max_retries=0)
+    with pytest.raises(Exception) as info:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    span = _only(captured)
+    assert span.attributes["error.type"] == type(info.value).__qualname__
+
+
+def test_missing_usage_is_estimated_and_priced(captured: Any) -> None:
+    client = openai_client(_api(usage=False))
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "estimated"
+    assert a["gen_ai.usage.output_tokens"] == 2  # "hello there"
+    assert a["llmtrace.cost.usd"] > 0
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_responses_create_and_stream(captured: Any, is_async: bool) -> None:
+    client = openai_client(_api(is_async=is_async), is_async=is_async)
+    if is_async:
+        await client.responses.create(model="gpt-4.1-nano", input="hi")
+        async for _ in await client.responses.create(model="gpt-4.1-nano", input="hi", stream=True):
+            pass
+        async with client.responses.stream(model="gpt-4.1-nano", input="hi") as stream:
+            final = await stream.get_final_response()
+    else:
+        client.responses.create(model="gpt-4.1-nano", input="hi")
+        for _ in client.responses.create(model="gpt-4.1-nano", input="hi", stream=True):
+            pass
+        with client.responses.stream(model="gpt-4.1-nano", input="hi") as stream:
+            final = stream.get_final_response()
+    assert final.output_text == "hello there"
+    spans = captured.spans()
+    assert len(spans) == 3
+    for span in spans:
+        a = span.attributes
+        assert a["gen_ai.usage.input_tokens"] == 200 and a["gen_ai.usage.cache_read.input_tokens"] == 100
+        assert a["gen_ai.usage.reasoning.output_tokens"] == 20 and a["gen_ai.response.id"] == "resp_1"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_chat_stream_helper_is_one_span(captured: Any, is_async: bool) -> None:
+    client = openai_client(_api(is_async=is_async), is_async=is_async)
+    if is_async:
+        async with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+            completion = await stream.get_final_completion()
+    else:
+        with client.chat.completions.stream(model="gpt-4o-mini", messages=MESSAGES) as stream:
+            completion = stream.get_final_completion()
+    assert completion.choices[0].message.content.startswith("w1")
+    a = _only(captured).attributes
+    assert a["gen_ai.usage.input_tokens"] == 120
+
+
+def test_parse_legacy_completions_and_embeddings(captured: Any) -> None:
+    client = openai_client(_api())
+    client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES)
+
+    def completions(request: Any) -> Any:
+        return HTTP.Response(200, json={"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct",
+                                        "choices": [{"index": 0, "text": "hi", "finish_reason": "length", "logprobs": None}],
+                                        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
+
+    openai_client(completions).completions.create(model="gpt-3.5-turbo-instruct", prompt="hello")
+
+    def embeddings(request: Any) -> Any:
+        return HTTP.Response(200, json={"object": "list", "model": "text-embedding-3-small",
+                                        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                                        "usage": {"prompt_tokens": 8, "total_tokens": 8}})
+
+    openai_client(embeddings).embeddings.create(model="text-embedding-3-small", input="hello")
+    chat, completion, embedding = captured.spans()
+    assert chat.name == "chat gpt-4o-mini"
+    assert completion.name == "text_completion gpt-3.5-turbo-instruct"
+    assert completion.attributes["gen_ai.usage.output_tokens"] == 7
+    assert embedding.name == "embeddings text-embedding-3-small"
+    assert embedding.attributes["gen_ai.usage.input_tokens"] == 8
+    assert embedding.attributes["llmtrace.cost.usd"] == pytest.approx(8 * 0.02 / 1e6)
+
+
+def test_with_raw_response_and_streaming_response(captured: Any) -> None:
+    client = openai_client(_api())
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert raw.parse().choices[0].message.content == "hello there"
+    with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES) as response:
+        assert response.parse().usage.prompt_tokens == 120
+    raw_stream = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    assert len(list(raw_stream.parse())) == 6
+    spans = captured.spans()
+    assert len(spans) == 3
+    assert all(s.attributes["gen_ai.usage.input_tokens"] == 120 for s in spans)
+
+
+def test_azure_and_compatible_providers(captured: Any) -> None:
+    azure = openai.AzureOpenAI(api_key="x", api_version="2024-06-01", azure_endpoint="https://acme.openai.azure.com",
+                               http_client=HTTP.Client(transport=HTTP.MockTransport(_api())))
+    azure.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    openai_client(_api(), base_url="https://api.groq.com/openai/v1").chat.completions.create(model="llama-3.1-8b-instant", messages=MESSAGES)
+    az, groq = captured.spans()
+    assert az.attributes["gen_ai.provider.name"] == "azure.ai.openai"
+    assert az.attributes["server.address"] == "acme.openai.azure.com"
+    assert groq.attributes["gen_ai.provider.name"] == "groq"

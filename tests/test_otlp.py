@@ -1,0 +1,65 @@
+"""Spans leave over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set: a real receiver on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
+    received: list[ExportTraceServiceRequest] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.path == "/v1/traces":
+                received.append(ExportTraceServiceRequest.FromString(body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", received
+    server.shutdown()
+
+
+def test_spans_reach_an_otlp_receiver(receiver: tuple[str, list[ExportTraceServiceRequest]], tmp_path: Path) -> None:
+    endpoint, received = receiver
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from opentelemetry import trace
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+llmtrace.instrument()
+with llmtrace.tags(tenant="acme", feature="search"):
+    openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+assert trace.get_tracer_provider().force_flush(10_000)
+"""
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "checkout-api"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    spans = [(rs, span) for req in received for rs in req.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    assert len(spans) == 1
+    resource, span = spans[0]
+    attrs = {kv.key: kv.value for kv in span.attributes}
+    assert span.name == "chat gpt-4o-mini"
+    assert attrs["gen_ai.usage.input_tokens"].int_value == 120
+    assert attrs["llmtrace.cost.usd"].double_value > 0
+    assert attrs["llmtrace.tenant"].string_value == "acme"
+    service = {kv.key: kv.value.string_value for kv in resource.resource.attributes}["service.name"]
+    assert service == "checkout-api"

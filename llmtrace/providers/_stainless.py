@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..adapter import ClientInfo
 
-_info_cache: dict[tuple[type, str, tuple[str, ...]], ClientInfo] = {}
+# id(base_url object) -> (that object, its info). Holding the URL keeps its id from being reused;
+# a client whose base_url is reassigned gets a new URL object and so a fresh lookup.
+_info_cache: dict[tuple[int, tuple[str, ...]], tuple[Any, ClientInfo]] = {}
 
 
 def client_info_for(
     resource: Any, usage_hosts: tuple[str, ...], provider_of: Callable[[Any, str], str]
 ) -> ClientInfo:
     client = resource._client
-    base_url = str(client.base_url)
-    key = (type(client), base_url, usage_hosts)
-    info = _info_cache.get(key)
-    if info is None:
-        url = client.base_url
-        host = url.host or None
-        port = url.port or (443 if url.scheme == "https" else 80)
-        info = ClientInfo(
-            provider=provider_of(client, host or ""),
-            address=host,
-            port=port,
-            base_url=base_url,
-            accepts_usage_option=host in usage_hosts,
-        )
-        _info_cache[key] = info
+    url = client.base_url
+    key = (id(url), usage_hosts)
+    entry = _info_cache.get(key)
+    if entry is not None and entry[0] is url:
+        return entry[1]
+    host = url.host or None
+    info = ClientInfo(
+        provider=provider_of(client, host or ""),
+        address=host,
+        port=url.port or (443 if url.scheme == "https" else 80),
+        base_url=str(url),
+        accepts_usage_option=host in usage_hosts,
+    )
+    _info_cache[key] = (url, info)
     return info
 
 
 def get(obj: Any, name: str, default: Any = None) -> Any:
     """Attribute or mapping key: SDK models, raw dicts and ``None`` all read the same way."""
-    if obj is None:
-        return default
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         return obj.get(name, default)
     return getattr(obj, name, default)
 
@@ -45,17 +44,16 @@ def jsonable(value: Any) -> str:
     return json.dumps(value, default=lambda o: getattr(o, "model_dump", lambda: str(o))(), ensure_ascii=False)
 
 
-_NUMBER = (int, float)
 
-
-def pick(kwargs: Any, table: tuple[tuple[str, str, type | tuple[type, ...]], ...]) -> dict[str, Any]:
-    """Request attributes from ``kwargs``: (kwarg name, attribute, accepted type) rows; first match wins."""
+def pick(kwargs: Any, table: Mapping[str, tuple[str, type | tuple[type, ...]]]) -> dict[str, Any]:
+    """Request attributes from ``kwargs``: kwarg name -> (attribute, accepted type); first match wins."""
     attrs: dict[str, Any] = {}
-    for name, attribute, kind in table:
-        if attribute in attrs:
+    for name, value in kwargs.items():
+        row = table.get(name)
+        if row is None or value is None:
             continue
-        value = kwargs.get(name)
-        if value is None or isinstance(value, bool) and kind is not bool:
+        attribute, kind = row
+        if attribute in attrs or isinstance(value, bool) and kind is not bool:
             continue
         if kind is str and isinstance(value, list):
             if all(isinstance(v, str) for v in value):

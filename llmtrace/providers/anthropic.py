@@ -22,15 +22,15 @@ from ..adapter import (
 from ..usage import Usage, as_int
 from ._stainless import client_info_for, get, pick
 
-_REQUEST = (
-    ("model", A.REQUEST_MODEL, str),
-    ("max_tokens", A.REQUEST_MAX_TOKENS, int),
-    ("temperature", A.REQUEST_TEMPERATURE, (int, float)),
-    ("top_p", A.REQUEST_TOP_P, (int, float)),
-    ("top_k", A.REQUEST_TOP_K, int),
-    ("stop_sequences", A.REQUEST_STOP_SEQUENCES, str),
-    ("stream", A.REQUEST_STREAM, bool),
-)
+_REQUEST = {
+    "model": (A.REQUEST_MODEL, str),
+    "max_tokens": (A.REQUEST_MAX_TOKENS, int),
+    "temperature": (A.REQUEST_TEMPERATURE, (int, float)),
+    "top_p": (A.REQUEST_TOP_P, (int, float)),
+    "top_k": (A.REQUEST_TOP_K, int),
+    "stop_sequences": (A.REQUEST_STOP_SEQUENCES, str),
+    "stream": (A.REQUEST_STREAM, bool),
+}
 
 
 def _provider_of(client: Any, host: str) -> str:

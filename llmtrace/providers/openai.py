@@ -25,24 +25,24 @@ _HOST_PROVIDERS = {
     "generativelanguage.googleapis.com": "gcp.gemini",
 }
 
-_COMMON = (
-    ("model", A.REQUEST_MODEL, str),
-    ("temperature", A.REQUEST_TEMPERATURE, (int, float)),
-    ("top_p", A.REQUEST_TOP_P, (int, float)),
-    ("frequency_penalty", A.REQUEST_FREQUENCY_PENALTY, (int, float)),
-    ("presence_penalty", A.REQUEST_PRESENCE_PENALTY, (int, float)),
-    ("seed", A.REQUEST_SEED, int),
-    ("stream", A.REQUEST_STREAM, bool),
-    ("stop", A.REQUEST_STOP_SEQUENCES, str),
-)
-_CHAT_REQUEST = (
-    *_COMMON,
-    ("max_completion_tokens", A.REQUEST_MAX_TOKENS, int),
-    ("max_tokens", A.REQUEST_MAX_TOKENS, int),
-    ("n", A.REQUEST_CHOICE_COUNT, int),
-)
-_RESPONSES_REQUEST = (*_COMMON, ("max_output_tokens", A.REQUEST_MAX_TOKENS, int))
-_EMBEDDINGS_REQUEST = (("model", A.REQUEST_MODEL, str), ("encoding_format", A.REQUEST_ENCODING_FORMATS, str))
+_COMMON = {
+    "model": (A.REQUEST_MODEL, str),
+    "temperature": (A.REQUEST_TEMPERATURE, (int, float)),
+    "top_p": (A.REQUEST_TOP_P, (int, float)),
+    "frequency_penalty": (A.REQUEST_FREQUENCY_PENALTY, (int, float)),
+    "presence_penalty": (A.REQUEST_PRESENCE_PENALTY, (int, float)),
+    "seed": (A.REQUEST_SEED, int),
+    "stream": (A.REQUEST_STREAM, bool),
+    "stop": (A.REQUEST_STOP_SEQUENCES, str),
+}
+_CHAT_REQUEST = {
+    **_COMMON,
+    "max_completion_tokens": (A.REQUEST_MAX_TOKENS, int),
+    "max_tokens": (A.REQUEST_MAX_TOKENS, int),
+    "n": (A.REQUEST_CHOICE_COUNT, int),
+}
+_RESPONSES_REQUEST = {**_COMMON, "max_output_tokens": (A.REQUEST_MAX_TOKENS, int)}
+_EMBEDDINGS_REQUEST = {"model": (A.REQUEST_MODEL, str), "encoding_format": (A.REQUEST_ENCODING_FORMATS, str)}
 
 
 def _provider_of(client: Any, host: str) -> str:

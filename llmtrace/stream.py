@@ -7,11 +7,13 @@ The span ends on exhaustion, ``close()``, context exit, an exception mid-stream,
 
 from __future__ import annotations
 
+import time
 import weakref
 from typing import Any, AsyncIterator, Iterator
 
 import wrapt
 
+from ._guard import report
 from .call import Call
 
 
@@ -28,10 +30,17 @@ class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
     def __iter__(self) -> Iterator[Any]:
         call = self._self_call
-        stream = self.__wrapped__
+        add = call.acc.add  # per-chunk work kept to one call: this loop runs for every token
         try:
-            for item in stream:
-                if call.observe_chunk(item):
+            for item in self.__wrapped__:
+                if not call.first_chunk_ns:
+                    call.first_chunk_ns = time.time_ns()
+                try:
+                    show = add(item)
+                except Exception as exc:
+                    report(exc)
+                    show = True
+                if show:
                     yield item
         except GeneratorExit:
             call.end_stream(None)  # the app stopped iterating (break): the call is over for us
@@ -81,9 +90,17 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         call = self._self_call
+        add = call.acc.add
         try:
             async for item in self.__wrapped__:
-                if call.observe_chunk(item):
+                if not call.first_chunk_ns:
+                    call.first_chunk_ns = time.time_ns()
+                try:
+                    show = add(item)
+                except Exception as exc:
+                    report(exc)
+                    show = True
+                if show:
                     yield item
         except GeneratorExit:
             call.end_stream(None)

@@ -158,20 +158,22 @@ class _ChoicesAccumulator:
         self._extras: dict[str, Any] = {}
 
     def add(self, chunk: Any) -> bool:
+        # Runs once per streamed token: plain getattr on the SDK's chunk objects, nothing more.
         if self._model is None:
             self._model = _str(get(chunk, "model"))
             self._id = _str(get(chunk, "id"))
             self._extras = _extras(chunk)
-        choices = get(chunk, "choices")
-        for choice in choices or ():
-            delta = get(choice, "delta")
-            piece = get(delta, "content") if delta is not None else get(choice, "text")
-            if isinstance(piece, str):
-                self._text.append(piece)
-            reason = get(choice, "finish_reason")
-            if isinstance(reason, str):
-                self._finish[as_int(get(choice, "index"))] = reason
-        usage = get(chunk, "usage")
+        choices = getattr(chunk, "choices", None)
+        if choices:
+            for choice in choices:
+                delta = getattr(choice, "delta", None)
+                piece = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
+                if type(piece) is str:
+                    self._text.append(piece)
+                reason = getattr(choice, "finish_reason", None)
+                if reason is not None and type(reason) is str:
+                    self._finish[as_int(getattr(choice, "index", 0))] = reason
+        usage = getattr(chunk, "usage", None)
         if usage is not None:
             self._usage = usage
             if self._hide_usage_chunk and not choices:

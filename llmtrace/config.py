@@ -7,15 +7,10 @@ config file, and (upper-cased, ``LLMTRACE_`` prefix) as the environment variable
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 DEFAULT_CONFIG_FILE = "llmtrace.toml"
 DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com",)

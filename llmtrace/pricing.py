@@ -53,11 +53,18 @@ _ZERO_USAGE_KEYS = frozenset(
         "code_executions_kcount",
         "rerank_searches_kcount",
         "cache_write_5m_mtok",
-        "cache_write_1h_mtok",
     }
 )
 _FAST_KEYS = frozenset(
-    {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "output_reasoning_mtok", "requests_kcount"}
+    {
+        "input_mtok",
+        "output_mtok",
+        "cache_read_mtok",
+        "cache_write_mtok",
+        "cache_write_1h_mtok",
+        "output_reasoning_mtok",
+        "requests_kcount",
+    }
 )
 
 Tiers = tuple[tuple[int, float], ...]
@@ -93,6 +100,7 @@ class Price:
     cache_read: Rate
     cache_write: Rate
     reasoning: Rate
+    cache_write_1h: Rate
     per_request: float = 0.0
     # Set when the model's prices use units the fast path does not model: cost then comes from
     # genai-prices' exact (slower) calculation.
@@ -105,7 +113,8 @@ class Price:
         cost_in = (
             usage.uncached_input * self.input.at(total_input)
             + usage.cache_read * self.cache_read.at(total_input)
-            + usage.cache_write * self.cache_write.at(total_input)
+            + (usage.cache_write - usage.cache_write_1h) * self.cache_write.at(total_input)
+            + usage.cache_write_1h * self.cache_write_1h.at(total_input)
         )
         cost_out = usage.visible_output * self.output.at(total_input) + usage.reasoning * self.reasoning.at(
             total_input
@@ -139,14 +148,16 @@ def set_price(
             raise ValueError(f"price {key} for model {model!r} must be a non-negative number, got {value!r}")
     inp = Rate(values["input_mtok"] / 1e6)
     out = Rate(values["output_mtok"] / 1e6)
+    cache_write = Rate(values["cache_write_mtok"] / 1e6) if "cache_write_mtok" in values else inp
     price = Price(
         model=model,
         source=SOURCE_OVERRIDE,
         input=inp,
         output=out,
         cache_read=Rate(values["cache_read_mtok"] / 1e6) if "cache_read_mtok" in values else inp,
-        cache_write=Rate(values["cache_write_mtok"] / 1e6) if "cache_write_mtok" in values else inp,
+        cache_write=cache_write,
         reasoning=out,
+        cache_write_1h=cache_write,
     )
     with _lock:
         _overrides[model] = price
@@ -227,6 +238,7 @@ def _compile(model_id: str, model_price: Any) -> Price:
     unknown = set(priced) - _FAST_KEYS - _ZERO_USAGE_KEYS
     inp = _rate(priced.get("input_mtok"))
     out = _rate(priced.get("output_mtok"))
+    cache_write = _rate(priced["cache_write_mtok"]) if "cache_write_mtok" in priced else inp
     return Price(
         model=model_id,
         source=SOURCE_GENAI_PRICES,
@@ -234,8 +246,9 @@ def _compile(model_id: str, model_price: Any) -> Price:
         output=out,
         # genai-prices charges a sub-bucket at its parent's rate when it has no price of its own.
         cache_read=_rate(priced["cache_read_mtok"]) if "cache_read_mtok" in priced else inp,
-        cache_write=_rate(priced["cache_write_mtok"]) if "cache_write_mtok" in priced else inp,
+        cache_write=cache_write,
         reasoning=_rate(priced["output_reasoning_mtok"]) if "output_reasoning_mtok" in priced else out,
+        cache_write_1h=_rate(priced["cache_write_1h_mtok"]) if "cache_write_1h_mtok" in priced else cache_write,
         per_request=float(priced.get("requests_kcount", 0)) / 1000,
         exact=model_price if unknown else None,
     )
@@ -249,6 +262,7 @@ def genai_usage(usage: Usage) -> Any:
         input_tokens=usage.input_tokens,
         cache_read_tokens=usage.cache_read,
         cache_write_tokens=usage.cache_write,
+        cache_write_1h_tokens=usage.cache_write_1h,
         output_tokens=usage.output_tokens,
         output_reasoning_tokens=usage.reasoning,
     )

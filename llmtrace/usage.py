@@ -19,6 +19,8 @@ class Usage:
     visible_output: int = 0
     reasoning: int = 0
     source: str = A.SOURCE_PROVIDER
+    # Not a bucket: the part of ``cache_write`` written with a 1-hour TTL (Anthropic), priced higher.
+    cache_write_1h: int = 0
 
     @property
     def input_tokens(self) -> int:

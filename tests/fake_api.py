@@ -159,7 +159,8 @@ class FakeAPI:
         return self._stream(_sse(events))
 
     def _anthropic(self, body: dict[str, Any], model: str) -> Any:
-        usage = {"input_tokens": 30, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 200, "output_tokens": 25}
+        usage = {"input_tokens": 30, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 200, "output_tokens": 25,
+                 "cache_creation": {"ephemeral_5m_input_tokens": 150, "ephemeral_1h_input_tokens": 50}}
         message = {
             "id": "msg_1", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "hello there"}],

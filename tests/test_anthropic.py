@@ -14,8 +14,9 @@ from fake_api import FakeAPI, MidStreamError
 HTTP = http_module(anthropic)
 MODEL = "claude-3-5-haiku-20241022"
 KW: dict[str, Any] = {"model": MODEL, "max_tokens": 256, "messages": [{"role": "user", "content": "Say hello"}]}
-# haiku 3.5: $0.80 in, $0.08 cache read, $1.00 cache write, $4.00 out per million tokens (genai-prices)
-EXPECTED_COST = (30 * 0.8 + 1000 * 0.08 + 200 * 1.0 + 25 * 4.0) / 1e6
+# haiku 3.5: $0.80 in, $0.08 cache read, $1.00 cache write (5 min), $1.60 cache write (1 h), $4.00 out
+# per million tokens (genai-prices data); 150 of the 200 written tokens have the 5-minute TTL, 50 the 1-hour one.
+EXPECTED_COST = (30 * 0.8 + 1000 * 0.08 + 150 * 1.0 + 50 * 1.6 + 25 * 4.0) / 1e6
 
 
 def _api(**kw: Any) -> FakeAPI:

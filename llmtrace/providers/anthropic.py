@@ -56,12 +56,14 @@ def _usage(usage: Any) -> Usage | None:
         return None
     output = as_int(get(usage, "output_tokens"))
     reasoning = min(as_int(get(get(usage, "output_tokens_details"), "thinking_tokens")), output)
+    cache_write = as_int(get(usage, "cache_creation_input_tokens"))
     return Usage(
         uncached_input=as_int(get(usage, "input_tokens")),
         cache_read=as_int(get(usage, "cache_read_input_tokens")),
-        cache_write=as_int(get(usage, "cache_creation_input_tokens")),
+        cache_write=cache_write,
         visible_output=output - reasoning,
         reasoning=reasoning,
+        cache_write_1h=min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), cache_write),
     )
 
 
@@ -90,7 +92,7 @@ _USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_inpu
 class _Accumulator:
     """``message_start`` carries the input side; ``message_delta`` the cumulative output count."""
 
-    __slots__ = ("_model", "_id", "_reason", "_usage", "_thinking", "_text")
+    __slots__ = ("_model", "_id", "_reason", "_usage", "_thinking", "_cache_creation", "_text")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self._model: str | None = None
@@ -98,6 +100,7 @@ class _Accumulator:
         self._reason: str | None = None
         self._usage: dict[str, int] | None = None
         self._thinking = 0
+        self._cache_creation: Any = None
         self._text: list[str] = []
 
     def _merge_usage(self, usage: Any) -> None:
@@ -111,6 +114,9 @@ class _Accumulator:
         thinking = get(get(usage, "output_tokens_details"), "thinking_tokens")
         if isinstance(thinking, int):
             self._thinking = thinking
+        cache_creation = get(usage, "cache_creation")
+        if cache_creation is not None:
+            self._cache_creation = cache_creation
         self._usage = merged
 
     def add(self, event: Any) -> bool:
@@ -134,7 +140,13 @@ class _Accumulator:
     def result(self) -> Result:
         usage = None
         if self._usage is not None:
-            usage = _usage({**self._usage, "output_tokens_details": {"thinking_tokens": self._thinking}})
+            usage = _usage(
+                {
+                    **self._usage,
+                    "output_tokens_details": {"thinking_tokens": self._thinking},
+                    "cache_creation": self._cache_creation,
+                }
+            )
         return Result(
             response_model=self._model,
             response_id=self._id,

@@ -77,6 +77,7 @@ METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"
 METRIC_OPERATION_DURATION = "gen_ai.client.operation.duration"
 METRIC_TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
 METRIC_COST = "llmtrace.cost"
+METRIC_UNPRICED_CALLS = "llmtrace.cost.unpriced_calls"
 TOKEN_TYPE = "gen_ai.token.type"
 OTHER_BUCKET = "__other__"
 

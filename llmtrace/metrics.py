@@ -69,6 +69,9 @@ class Instruments:
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.cost = meter.create_counter(A.METRIC_COST, unit="USD", description="Cost of GenAI calls in USD")
+        self.unpriced = meter.create_counter(
+            A.METRIC_UNPRICED_CALLS, unit="{call}", description="Calls whose model has no known price"
+        )
         self._tenants = LabelLimiter(allowlist, top_k)
         self._features = LabelLimiter(allowlist, top_k)
 
@@ -101,3 +104,5 @@ class Instruments:
             self.tokens.record(output_tokens, {**labels, A.TOKEN_TYPE: "output"})
         if cost_usd is not None:
             self.cost.add(cost_usd, labels)
+        elif span_attrs.get(A.COST_UNPRICED):
+            self.unpriced.add(1, labels)

@@ -179,6 +179,7 @@ def test_the_exception_object_is_the_sdks_own(captured: Any) -> None:
 
 
 def test_unknown_model_has_no_cost_never_zero(captured: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """No price: no cost attribute, an unpriced flag, one warning per model, and a counter."""
     from llmtrace import pricing
 
     client = openai_client(_api(model="my-finetune-9000"))
@@ -190,6 +191,8 @@ def test_unknown_model_has_no_cost_never_zero(captured: Any, caplog: pytest.LogC
         assert span.attributes["llmtrace.cost.unpriced"] is True
     assert pricing.unpriced_calls == before + 2
     assert sum("my-finetune-9000" in r.message for r in caplog.records) == 1  # one warning per model
+    assert sum(p.value for p in captured.metrics()["llmtrace.cost.unpriced_calls"]) == 2
+    assert "llmtrace.cost" not in captured.metrics()
 
 
 def test_price_override_prices_a_fine_tune() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import threading
 from typing import Any
 
@@ -49,7 +50,7 @@ def instrument(**options: Any) -> None:
             return
         if settings.prices:
             pricing.set_prices(settings.prices)
-        tracer_provider = _tracer_provider(tracer_provider, settings, explicit_endpoint="otlp_endpoint" in options)
+        tracer_provider = _tracer_provider(tracer_provider, settings, options.get("otlp_endpoint"))
         instruments = _instruments(meter_provider, settings)
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
         core.runtime = core.Runtime(tracer=tracer, settings=settings, instruments=instruments)
@@ -58,7 +59,7 @@ def instrument(**options: Any) -> None:
                 _hooks_registered.add(sdk)
                 wrapt.register_post_import_hook(_patch_sdk, sdk)
             elif sdk not in _patched_sdks:
-                module = importlib.sys.modules.get(sdk)  # type: ignore[attr-defined]
+                module = sys.modules.get(sdk)
                 if module is not None:
                     _patch_sdk(module)
     threading.Thread(target=_warm_prices, name="llmtrace-warm-prices", daemon=True).start()
@@ -93,17 +94,24 @@ def _patch_sdk(module: Any) -> None:
             _patches.append((owner, attribute, original))
 
 
-def _span_processors(settings: config.Settings, own_provider: bool, explicit_endpoint: bool) -> list[SpanProcessor]:
-    """Processors llmtrace adds. The DuckDB store's processor joins this list (store issue)."""
+def _span_processors(settings: config.Settings, own_provider: bool, endpoint_option: str | None) -> list[SpanProcessor]:
+    """Processors llmtrace adds. The DuckDB store's processor joins this list (store issue).
+
+    OTLP goes to a provider llmtrace made itself whenever an endpoint is configured; to the app's own
+    provider only when ``otlp_endpoint`` is passed to ``instrument()`` (the app exports its own spans).
+    """
     processors: list[SpanProcessor] = []
-    if settings.otlp_endpoint and (own_provider or explicit_endpoint):
+    if settings.otlp_endpoint and (own_provider or endpoint_option):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+        # An explicit option is a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT; the variables the
+        # exporter reads itself.
+        exporter = OTLPSpanExporter(endpoint=endpoint_option.rstrip("/") + "/v1/traces") if endpoint_option else OTLPSpanExporter()
+        processors.append(BatchSpanProcessor(exporter))
     return processors
 
 
-def _tracer_provider(given: Any, settings: config.Settings, explicit_endpoint: bool) -> Any:
+def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str | None) -> Any:
     provider = given if given is not None else trace.get_tracer_provider()
     own = False
     if not hasattr(provider, "add_span_processor"):
@@ -112,7 +120,7 @@ def _tracer_provider(given: Any, settings: config.Settings, explicit_endpoint: b
         provider = TracerProvider(resource=resource)
         trace.set_tracer_provider(provider)
         own = True
-    for processor in _span_processors(settings, own, explicit_endpoint):
+    for processor in _span_processors(settings, own, endpoint_option):
         provider.add_span_processor(processor)
     return provider
 

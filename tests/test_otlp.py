@@ -36,8 +36,10 @@ def receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
     server.shutdown()
 
 
-def test_spans_reach_an_otlp_receiver(receiver: tuple[str, list[ExportTraceServiceRequest]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["environment", "option"])
+def test_spans_reach_an_otlp_receiver(receiver: tuple[str, list[ExportTraceServiceRequest]], tmp_path: Path, how: str) -> None:
     endpoint, received = receiver
+    setup = "llmtrace.instrument()" if how == "environment" else f"llmtrace.instrument(otlp_endpoint={endpoint!r})"
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -45,12 +47,14 @@ import llmtrace, openai
 from opentelemetry import trace
 from conftest import openai_client, http_module
 from fake_api import FakeAPI
-llmtrace.instrument()
+{setup}
 with llmtrace.tags(tenant="acme", feature="search"):
     openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
 assert trace.get_tracer_provider().force_flush(10_000)
 """
-    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "checkout-api"}
+    env = {"PATH": "/usr/bin:/bin", "OTEL_SERVICE_NAME": "checkout-api"}
+    if how == "environment":
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     spans = [(rs, span) for req in received for rs in req.resource_spans for ss in rs.scope_spans for span in ss.spans]

@@ -35,6 +35,11 @@ class Settings:
     disable_sdk_tracing: bool = True
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     config_file: str | None = None
+    # The embedded DuckDB store (turn off with store=false / LLMTRACE_STORE=off).
+    store: bool = True
+    db: str | None = None  # default ./.llmtrace/llmtrace.duckdb
+    flush_interval: float = 2.0  # seconds until a span is visible to readers, at most
+    retention_days: int = 0  # 0 keeps spans forever
 
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
@@ -51,6 +56,14 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
         if text in _BOOL_FALSE:
             return False
         raise ConfigError(f"{origin}: {name} must be true or false, got {raw!r}")
+    if isinstance(default, float):
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{origin}: {name} must be a number, got {raw!r}") from None
+        if not number > 0:
+            raise ConfigError(f"{origin}: {name} must be positive, got {raw!r}")
+        return number
     if isinstance(default, int):
         try:
             value = int(raw)
@@ -117,7 +130,7 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     values: dict[str, Any] = {}
     for name, f in names.items():
         default = Settings.__dataclass_fields__[name].default
-        if default is not None and not isinstance(default, (bool, int, str, tuple)):
+        if default is not None and not isinstance(default, (bool, int, float, str, tuple)):
             default = {}
         env_name = "LLMTRACE_" + name.upper()
         if name in options and options[name] is not None:

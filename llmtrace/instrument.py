@@ -30,6 +30,7 @@ _lock = threading.Lock()
 _patches: list[tuple[Any, str, Any]] = []
 _patched_sdks: set[str] = set()
 _hooks_registered: set[str] = set()
+_store_writer: Any = None  # the StoreWriter this instrument() added
 
 
 def instrument(**options: Any) -> None:
@@ -37,7 +38,8 @@ def instrument(**options: Any) -> None:
 
     Options (each also ``LLMTRACE_<NAME>`` or ``[llmtrace]`` in ``llmtrace.toml``): ``service_name``,
     ``otlp_endpoint``, ``capture_content``, ``include_usage_hosts``, ``metric_tag_allowlist``,
-    ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``, ``config_file``. Code-only:
+    ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``, ``config_file``, ``store``, ``db``,
+    ``flush_interval``, ``retention_days``. Code-only:
     ``tracer_provider``, ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError``
     and nothing is applied.
     """
@@ -69,6 +71,10 @@ def uninstrument() -> None:
     """Restore every patched SDK method and stop tracing."""
     with _lock:
         core.runtime = None
+        global _store_writer
+        if _store_writer is not None:
+            _store_writer.shutdown()  # flushes what it holds; the provider keeps a stopped processor
+            _store_writer = None
         while _patches:
             owner, attribute, original = _patches.pop()
             setattr(owner, attribute, original)
@@ -95,12 +101,19 @@ def _patch_sdk(module: Any) -> None:
 
 
 def _span_processors(settings: config.Settings, own_provider: bool, endpoint_option: str | None) -> list[SpanProcessor]:
-    """Processors llmtrace adds. The DuckDB store's processor joins this list (store issue).
+    """Processors llmtrace adds: the DuckDB store writer, and OTLP export.
 
     OTLP goes to a provider llmtrace made itself whenever an endpoint is configured; to the app's own
     provider only when ``otlp_endpoint`` is passed to ``instrument()`` (the app exports its own spans).
     """
+    global _store_writer
     processors: list[SpanProcessor] = []
+    if settings.store:
+        from .store import StoreWriter, resolve  # DuckDB and Arrow load only when the store is on
+
+        retention = settings.retention_days or None
+        _store_writer = StoreWriter(resolve(settings.db), flush_interval=settings.flush_interval, retention_days=retention)
+        processors.append(_store_writer)
     if settings.otlp_endpoint and (own_provider or endpoint_option):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 

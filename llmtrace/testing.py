@@ -43,8 +43,12 @@ class Captured:
 
 @contextmanager
 def capture(**options: Any) -> Iterator[Captured]:
-    """Instrument into in-memory span and metric readers for the duration of the block."""
+    """Instrument into in-memory span and metric readers for the duration of the block.
+
+    The DuckDB store is off unless ``store=True`` (then ``db=`` says where) is passed.
+    """
     captured = Captured()
+    options.setdefault("store", False)  # spans stay in memory unless a test asks for the store
     instrument(tracer_provider=captured.tracer_provider, meter_provider=captured.meter_provider, **options)
     try:
         yield captured

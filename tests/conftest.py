@@ -31,6 +31,16 @@ def _no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pricing.reset_overrides()
 
 
+@pytest.fixture(autouse=True)
+def _stop_store_writers() -> Iterator[None]:
+    """Writers a test made stop with it, instead of flushing at interpreter exit."""
+    yield
+    from llmtrace.store import writer
+
+    for store_writer in list(writer._writers):
+        store_writer.shutdown()
+
+
 @pytest.fixture
 def captured() -> Iterator[llmtrace.testing.Captured]:
     with llmtrace.testing.capture() as c:

@@ -1,0 +1,323 @@
+"""Every read of the store, each a function named for the question it answers.
+
+Readers see the DuckDB file plus the segments not merged yet, so a span is visible within one
+flush interval. Each function takes a time range and optional filters and returns plain rows
+(a list of dicts). This module is the only place with read SQL; the dashboard, the CLI and the
+budget checker call it and nothing below it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+import duckdb
+
+from .store.files import StorePaths, resolve
+from .store.merge import is_lock_error, merge
+from .store.schema import COLUMN_NAMES, COLUMNS
+
+logger = logging.getLogger("llmtrace")
+
+_MODEL = "coalesce(response_model, request_model)"
+DIMENSIONS = {
+    "tenant": "tenant",
+    "user": "user_id",
+    "feature": "feature",
+    "model": _MODEL,
+    "provider": "provider",
+    "service": "service_name",
+}
+_ATTACH_WAIT_S = 5.0
+
+
+class StoreError(RuntimeError):
+    """The store cannot be read; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    service: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    tenant: str | None = None
+    feature: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    since: datetime
+    until: datetime
+
+    @classmethod
+    def last(cls, span: timedelta) -> TimeRange:
+        now = _utcnow()
+        return cls(now - span, now + timedelta(minutes=1))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30m``, ``24h``, ``7d``, ``2w`` -> timedelta."""
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    try:
+        return timedelta(**{units[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError, IndexError):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d)") from None
+
+
+# --- opening -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def open_store(db: str | os.PathLike[str] | None = None, *, merge_first: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection whose ``spans`` view is the database plus pending segments."""
+    paths = resolve(db)
+    if merge_first and (paths.db.exists() or paths.pending()):
+        try:
+            merge(paths)
+        except Exception as exc:  # reading must still work when merging cannot
+            logger.warning("llmtrace: could not merge pending segments into %s: %s", paths.db, exc)
+    con = duckdb.connect(":memory:")
+    try:
+        _create_view(con, paths)
+        yield con
+    finally:
+        con.close()
+
+
+def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> bool:
+    if not paths.db.exists():
+        return False
+    deadline = time.monotonic() + _ATTACH_WAIT_S
+    while True:
+        try:
+            con.execute("ATTACH ? AS store (READ_ONLY)", [str(paths.db)])
+            return True
+        except duckdb.Error as exc:
+            if is_lock_error(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)  # a writer is merging: that takes milliseconds
+                continue
+            if is_lock_error(exc):
+                raise StoreError(f"{paths.db} is held by another process for writing; try again") from None
+            raise StoreError(f"{paths.db} cannot be read: {exc}") from None
+
+
+def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> None:
+    columns = ", ".join(COLUMN_NAMES)
+    parts = []
+    merged: set[str] = set()
+    if _attach(con, paths):
+        parts.append(f"SELECT {columns} FROM store.spans")
+        merged = {r[0] for r in con.execute("SELECT segment_id FROM store._segments").fetchall()}
+    pending = [str(p) for p in paths.pending() if p.stem not in merged]
+    if pending:
+        parts.append(f"SELECT {columns} FROM read_parquet({_list_literal(pending)})")
+    if not parts:
+        ddl = ", ".join(f"{name} {sql_type}" for name, sql_type, _ in COLUMNS)
+        con.execute(f"CREATE TEMP TABLE spans ({ddl})")
+        return
+    con.execute(f"CREATE TEMP VIEW spans AS {' UNION ALL '.join(parts)}")
+
+
+def _list_literal(values: list[str]) -> str:
+    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
+
+
+# --- filtering -----------------------------------------------------------------------------------
+
+
+def _where(time_range: TimeRange, filters: Filters | None) -> tuple[str, list[Any]]:
+    clauses = ["start_time >= ?", "start_time < ?"]
+    params: list[Any] = [time_range.since, time_range.until]
+    f = filters or Filters()
+    for value, column in (
+        (f.service, "service_name"),
+        (f.provider, "provider"),
+        (f.model, _MODEL),
+        (f.tenant, "tenant"),
+        (f.feature, "feature"),
+        (f.user, "user_id"),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    cursor = con.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def _dimension(by: str) -> str:
+    try:
+        return DIMENSIONS[by]
+    except KeyError:
+        raise ValueError(f"cannot group by {by!r}; choose one of {', '.join(DIMENSIONS)}") from None
+
+
+def _grouping(by: str, bucket: str | None) -> tuple[str, str]:
+    """SELECT prefix and GROUP BY list for a per-key query, optionally per time bucket too."""
+    key = _dimension(by)
+    if bucket:
+        return f"{_bucket(bucket)} AS bucket, {key} AS key", "1, 2"
+    return f"{key} AS key", "1"
+
+
+def _bucket(bucket: str | None) -> str:
+    # time_bucket needs an INTERVAL literal; only known widths are accepted, never free text.
+    allowed = {"1 minute", "5 minutes", "15 minutes", "1 hour", "6 hours", "1 day", "1 week"}
+    if bucket not in allowed:
+        raise ValueError(f"bucket must be one of {sorted(allowed)}")
+    return f"time_bucket(INTERVAL '{bucket}', start_time)"
+
+
+# --- questions -----------------------------------------------------------------------------------
+
+
+def spend_by(
+    by: str,
+    time_range: TimeRange,
+    filters: Filters | None = None,
+    *,
+    db: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Calls, tokens (by bucket), spend and latency percentiles per tenant/user/feature/model/provider."""
+    key = _dimension(by)
+    where, params = _where(time_range, filters)
+    sql = f"""
+        SELECT {key} AS key, count(*) AS calls, count(error_type) AS errors,
+               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+               sum(cache_read_tokens) AS cache_read_tokens, sum(reasoning_tokens) AS reasoning_tokens,
+               sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
+               quantile_cont(duration_ms, 0.5) AS p50_ms, quantile_cont(duration_ms, 0.99) AS p99_ms
+        FROM spans WHERE {where}
+        GROUP BY 1 ORDER BY cost_usd DESC NULLS LAST, calls DESC
+        {"LIMIT " + str(int(limit)) if limit else ""}"""
+    with open_store(db) as con:
+        return _rows(con, sql, params)
+
+
+def spend_over_time(
+    by: str, time_range: TimeRange, bucket: str, filters: Filters | None = None, *, db: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Spend and tokens per time bucket and per key (for stacked charts)."""
+    keys, group = _grouping(by, bucket)
+    where, params = _where(time_range, filters)
+    sql = f"""
+        SELECT {keys}, count(*) AS calls,
+               sum(cost_usd) AS cost_usd, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
+        FROM spans WHERE {where} GROUP BY {group} ORDER BY {group}"""
+    with open_store(db) as con:
+        return _rows(con, sql, params)
+
+
+def latency_percentiles(
+    time_range: TimeRange,
+    filters: Filters | None = None,
+    *,
+    by: str = "model",
+    bucket: str | None = None,
+    db: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """P50/P95/P99 of duration and time to first chunk, per model (or provider), optionally over time."""
+    keys, group = _grouping(by, bucket)
+    where, params = _where(time_range, filters)
+    sql = f"""
+        SELECT {keys}, count(*) AS calls,
+               quantile_cont(duration_ms, [0.5, 0.95, 0.99]) AS duration_ms,
+               quantile_cont(ttft_ms, [0.5, 0.95, 0.99]) AS ttft_ms
+        FROM spans WHERE {where} GROUP BY {group} ORDER BY {group}"""
+    with open_store(db) as con:
+        rows = _rows(con, sql, params)
+    for row in rows:
+        for name in ("duration_ms", "ttft_ms"):
+            values = row.pop(name) or [None, None, None]
+            prefix = "ttft" if name == "ttft_ms" else "latency"
+            row[f"{prefix}_p50_ms"], row[f"{prefix}_p95_ms"], row[f"{prefix}_p99_ms"] = values
+    return rows
+
+
+def error_rates(
+    time_range: TimeRange,
+    filters: Filters | None = None,
+    *,
+    by: str = "provider",
+    bucket: str | None = None,
+    db: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Error and 429 rates and HTTP attempts (retries), per provider/model, optionally over time."""
+    keys, group = _grouping(by, bucket)
+    where, params = _where(time_range, filters)
+    sql = f"""
+        SELECT {keys}, count(*) AS calls, count(error_type) AS errors,
+               count(*) FILTER (WHERE http_status = 429 OR rate_limited > 0) AS rate_limited_calls,
+               count(error_type) / count(*) AS error_rate,
+               count(*) FILTER (WHERE http_status = 429 OR rate_limited > 0) / count(*) AS rate_limited_rate,
+               sum(http_attempts) AS http_attempts, sum(http_attempts) - count(*) AS retries
+        FROM spans WHERE {where} GROUP BY {group} ORDER BY {group}"""
+    with open_store(db) as con:
+        return _rows(con, sql, params)
+
+
+def top_calls(
+    time_range: TimeRange,
+    filters: Filters | None = None,
+    *,
+    order: str = "cost",
+    limit: int = 20,
+    db: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The most expensive (``order="cost"``) or slowest (``order="duration"``) calls."""
+    column = {"cost": "cost_usd", "duration": "duration_ms"}.get(order)
+    if column is None:
+        raise ValueError("order must be 'cost' or 'duration'")
+    where, params = _where(time_range, filters)
+    sql = f"""
+        SELECT trace_id, span_id, start_time, service_name, provider, {_MODEL} AS model, tenant, feature,
+               user_id, input_tokens, output_tokens, cost_usd, duration_ms, ttft_ms, error_type
+        FROM spans WHERE {where} AND {column} IS NOT NULL
+        ORDER BY {column} DESC LIMIT {int(limit)}"""
+    with open_store(db) as con:
+        return _rows(con, sql, params)
+
+
+def unpriced_calls(
+    time_range: TimeRange, filters: Filters | None = None, *, db: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Calls whose model had no price, per provider and model."""
+    where, params = _where(time_range, filters)
+    sql = f"""
+        SELECT provider, {_MODEL} AS model, count(*) AS calls, sum(input_tokens) AS input_tokens,
+               sum(output_tokens) AS output_tokens
+        FROM spans WHERE {where} AND unpriced GROUP BY 1, 2 ORDER BY calls DESC"""
+    with open_store(db) as con:
+        return _rows(con, sql, params)
+
+
+def spent(
+    time_range: TimeRange, filters: Filters | None = None, *, db: str | os.PathLike[str] | None = None
+) -> float:
+    """Total USD spent in the range (what budgets compare against their limit)."""
+    where, params = _where(time_range, filters)
+    with open_store(db) as con:
+        row = con.execute(f"SELECT coalesce(sum(cost_usd), 0) FROM spans WHERE {where}", params).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def span_count(*, db: str | os.PathLike[str] | None = None) -> dict[str, int]:
+    """How many spans the store holds, distinct span ids, and segments still pending."""
+    with open_store(db, merge_first=False) as con:
+        total, distinct = con.execute("SELECT count(*), count(DISTINCT span_id) FROM spans").fetchone()  # type: ignore[misc]
+    return {"spans": int(total), "distinct_span_ids": int(distinct), "pending_segments": len(resolve(db).pending())}

@@ -1,0 +1,73 @@
+"""Where a store lives on disk, and its segment files.
+
+``<db>`` is the DuckDB file; ``<db>.segments/`` holds Parquet segments that processes append
+without any lock (written under a temporary name, then renamed, so a reader never sees half a
+file); ``<db>.segments/quarantine/`` holds segments that could not be read, kept for inspection.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFAULT_DB = Path(".llmtrace") / "llmtrace.duckdb"
+SEGMENT_SUFFIX = ".parquet"
+
+
+@dataclass(frozen=True)
+class StorePaths:
+    db: Path
+
+    @property
+    def segments(self) -> Path:
+        return self.db.with_name(self.db.name + ".segments")
+
+    @property
+    def quarantine(self) -> Path:
+        return self.segments / "quarantine"
+
+    def pending(self) -> list[Path]:
+        """Finished segment files not yet merged, oldest first (names sort by time)."""
+        try:
+            return sorted(p for p in self.segments.iterdir() if p.suffix == SEGMENT_SUFFIX)
+        except FileNotFoundError:
+            return []
+
+
+def resolve(db: str | os.PathLike[str] | None = None) -> StorePaths:
+    """The store at ``db``, else ``$LLMTRACE_DB``, else ``./.llmtrace/llmtrace.duckdb``."""
+    chosen = db if db is not None else os.environ.get("LLMTRACE_DB") or DEFAULT_DB
+    return StorePaths(Path(chosen).expanduser().absolute())
+
+
+def new_segment_id() -> str:
+    # Sorts by creation time (merges keep arrival order); pid and a random part make it unique.
+    return f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def write_segment(paths: StorePaths, table: pa.Table) -> Path:
+    """Write one segment atomically: a crash leaves a ``.tmp`` file that nothing reads."""
+    paths.segments.mkdir(parents=True, exist_ok=True)
+    segment_id = new_segment_id()
+    final = paths.segments / f"{segment_id}{SEGMENT_SUFFIX}"
+    temporary = paths.segments / f".{segment_id}.tmp"
+    try:
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def quarantine(paths: StorePaths, segment: Path) -> Path:
+    paths.quarantine.mkdir(parents=True, exist_ok=True)
+    target = paths.quarantine / segment.name
+    os.replace(segment, target)
+    return target

@@ -1,0 +1,116 @@
+"""Merging segments into the DuckDB file: whoever can take its write lock without waiting does it.
+
+One transaction inserts every pending segment and records its id in ``_segments``; files are
+deleted only after the commit. A crash between commit and delete leaves files whose ids are
+already recorded: the next merge deletes them without inserting them again.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from .files import StorePaths, quarantine
+from .schema import COLUMN_NAMES, migrate
+
+logger = logging.getLogger("llmtrace")
+
+# DuckDB refuses a second read-write process with an IOException naming the lock.
+_LOCK_WORDS = ("lock", "Conflicting")
+
+
+@dataclass
+class MergeOutcome:
+    merged_segments: int = 0
+    merged_rows: int = 0
+    quarantined: list[Path] = field(default_factory=list)
+    deleted_by_retention: int = 0
+    busy: bool = False  # another process holds the write lock: try again later
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    return isinstance(exc, duckdb.IOException) and any(word in str(exc) for word in _LOCK_WORDS)
+
+
+def open_for_write(paths: StorePaths) -> duckdb.DuckDBPyConnection | None:
+    """The database, migrated, or None when another process holds it. Other faults raise."""
+    paths.db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(paths.db))
+    except duckdb.IOException as exc:
+        if is_lock_error(exc):
+            return None
+        raise
+    try:
+        migrate(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _readable(segment: Path) -> int | None:
+    """Row count of a complete segment; None for a truncated or corrupt one."""
+    try:
+        return pq.read_metadata(segment).num_rows
+    except Exception:  # any failure to read the footer means the file is not a whole segment
+        return None
+
+
+def merge(paths: StorePaths, retention_days: float | None = None) -> MergeOutcome:
+    outcome = MergeOutcome()
+    con = open_for_write(paths)
+    if con is None:
+        outcome.busy = True
+        return outcome
+    try:
+        _merge_with(con, paths, retention_days, outcome)
+    finally:
+        con.close()
+    return outcome
+
+
+def _merge_with(
+    con: duckdb.DuckDBPyConnection, paths: StorePaths, retention_days: float | None, outcome: MergeOutcome
+) -> None:
+    pending = paths.pending()
+    done = {row[0] for row in con.execute("SELECT segment_id FROM _segments").fetchall()} if pending else set()
+    to_insert: list[tuple[Path, int]] = []
+    to_delete: list[Path] = []
+    for segment in pending:
+        if segment.stem in done:
+            to_delete.append(segment)  # committed earlier, crash before delete
+            continue
+        rows = _readable(segment)
+        if rows is None:
+            outcome.quarantined.append(quarantine(paths, segment))
+            logger.error("llmtrace: segment %s is unreadable (truncated by a crash?); moved to %s",
+                         segment.name, paths.quarantine)
+            continue
+        to_insert.append((segment, rows))
+    columns = ", ".join(COLUMN_NAMES)
+    con.execute("BEGIN")
+    try:
+        if to_insert:
+            files = [str(segment) for segment, _ in to_insert]
+            con.execute(f"INSERT INTO spans ({columns}) SELECT {columns} FROM read_parquet(?)", [files])
+            con.executemany(
+                "INSERT INTO _segments VALUES (?, ?, now())", [[segment.stem, rows] for segment, rows in to_insert]
+            )
+        if retention_days is not None:
+            cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=retention_days)
+            deleted = con.execute("DELETE FROM spans WHERE start_time < ?", [cutoff]).fetchone()
+            outcome.deleted_by_retention = int(deleted[0]) if deleted else 0
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    outcome.merged_segments = len(to_insert)
+    outcome.merged_rows = sum(rows for _, rows in to_insert)
+    for segment in [s for s, _ in to_insert] + to_delete:
+        segment.unlink(missing_ok=True)

@@ -1,0 +1,180 @@
+"""The store's span processor: LLM spans go to a buffer on the request path, and a writer thread
+turns them into segment files and merges them into DuckDB, off the request path.
+
+It is a ledger, so it does not drop spans the way OTel's BatchSpanProcessor does when its queue
+fills: the buffer holds up to ``max_buffered`` spans; beyond that new spans are counted and
+dropped with one log line per episode. When the disk or the database fails, rows wait (in memory,
+or in segments if only the database is at fault) and arrive once the fault clears.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import logging
+import os
+import threading
+import weakref
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from .._guard import internal_errors, report
+from .files import StorePaths, write_segment
+from .merge import merge
+from .schema import is_llm_span, row_of, rows_to_table
+
+logger = logging.getLogger("llmtrace")
+
+DEFAULT_FLUSH_INTERVAL = 2.0
+DEFAULT_MAX_BUFFERED = 1_000_000
+_SEGMENT_ROWS = 200_000  # rows per segment file at most
+
+_writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
+
+
+class StoreWriter(SpanProcessor):
+    def __init__(
+        self,
+        paths: StorePaths,
+        *,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        retention_days: float | None = None,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+    ) -> None:
+        self.paths = paths
+        self.flush_interval = flush_interval
+        self.retention_days = retention_days
+        self.max_buffered = max_buffered
+        self.dropped = 0
+        self._fault: str | None = None  # the fault being reported, so it is logged once
+        self._reset_state()
+        _writers.add(self)
+
+    def _reset_state(self) -> None:
+        # Spans (not yet rows) wait here; deque append/popleft are atomic, so no lock on the request path.
+        self._spans: collections.deque[ReadableSpan] = collections.deque()
+        self._unwritten: list[tuple[Any, ...]] = []  # rows whose segment write failed
+        self._wake = threading.Event()
+        self._flushed = threading.Condition()
+        self._flush_requests = 0
+        self._flushes_done = 0
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+
+    # --- SpanProcessor: the request path --------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._stopped or not is_llm_span(span):
+            return
+        if len(self._spans) + len(self._unwritten) >= self.max_buffered:
+            self._drop()
+            return
+        self._spans.append(span)
+        if self._thread is None:
+            self._start_thread()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 100_000 == 0:
+            logger.error("llmtrace: store buffer full (%d spans); %d span(s) dropped so far", self.max_buffered, self.dropped)
+
+    def _start_thread(self) -> None:
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="llmtrace-store", daemon=True)
+                self._thread.start()
+
+    # --- the writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            with self._flushed:
+                requested = self._flush_requests
+            with internal_errors():
+                self._write_and_merge()
+            with self._flushed:
+                self._flushes_done = requested
+                self._flushed.notify_all()
+            if self._stopped:
+                return
+
+    def _write_and_merge(self) -> None:
+        spans = self._spans
+        rows = self._unwritten
+        self._unwritten = []
+        for _ in range(len(spans)):
+            span = spans.popleft()
+            try:
+                rows.append(row_of(span))
+            except Exception as exc:  # one malformed span must not cost the others their place
+                report(exc)
+        written = 0
+        try:
+            while written < len(rows):
+                batch = rows[written : written + _SEGMENT_ROWS]
+                write_segment(self.paths, rows_to_table(batch))
+                written += len(batch)
+        except OSError as exc:
+            self._unwritten = rows[written:]  # kept: the next round tries again
+            self._report_fault(f"cannot write segments in {self.paths.segments}: {exc}")
+            return
+        try:
+            merge(self.paths, self.retention_days)
+        except Exception as exc:  # a corrupt or future database, a full disk: segments keep the spans
+            self._report_fault(f"cannot merge into {self.paths.db}: {exc}")
+            return
+        if self._fault is not None:
+            logger.warning("llmtrace: store at %s works again", self.paths.db)
+            self._fault = None
+
+    def _report_fault(self, message: str) -> None:
+        if message != self._fault:
+            logger.error("llmtrace: %s (LLM calls are not affected; spans are kept and retried)", message)
+            self._fault = message
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Write and merge everything buffered so far; True when done within the timeout."""
+        if self._thread is None or not self._thread.is_alive():
+            with internal_errors():
+                self._write_and_merge()
+                return True
+            return False
+        with self._flushed:
+            self._flush_requests += 1
+            target = self._flush_requests
+            self._wake.set()
+            return self._flushed.wait_for(lambda: self._flushes_done >= target, timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        self.force_flush()
+        self._stopped = True
+        self._wake.set()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent still owns the spans it had buffered: the child starts empty, with its own thread.
+        self._reset_state()
+
+
+def _flush_all_at_exit() -> None:
+    for writer in list(_writers):
+        writer.force_flush(timeout_millis=10_000)
+
+
+def _reinit_after_fork() -> None:
+    for writer in list(_writers):
+        writer._after_fork_in_child()
+
+
+atexit.register(_flush_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_after_fork)

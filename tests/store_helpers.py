@@ -1,0 +1,55 @@
+"""Emit LLM spans into a store quickly, as llmtrace's own tracer does (used in-process and by child processes)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+
+from llmtrace import attributes as A
+from llmtrace.store import StoreWriter, resolve
+
+
+def provider_with_store(db: str, **kw: Any) -> tuple[TracerProvider, StoreWriter]:
+    provider = TracerProvider(resource=Resource.create({"service.name": "store-test"}))
+    writer = StoreWriter(resolve(db), **kw)
+    provider.add_span_processor(writer)
+    return provider, writer
+
+
+def emit(provider: TracerProvider, count: int, *, tenant: str = "acme", cost: float = 0.001) -> None:
+    tracer = provider.get_tracer("llmtrace")
+    for i in range(count):
+        span = tracer.start_span(
+            "chat gpt-4o-mini",
+            kind=SpanKind.CLIENT,
+            attributes={
+                A.OPERATION_NAME: "chat",
+                A.PROVIDER_NAME: "openai",
+                A.REQUEST_MODEL: "gpt-4o-mini",
+                A.RESPONSE_MODEL: "gpt-4o-mini-2024-07-18",
+                A.TENANT: tenant,
+                A.FEATURE: "search",
+                A.USER_ID: f"user-{i % 10}",
+                A.USAGE_INPUT_TOKENS: 100,
+                A.USAGE_OUTPUT_TOKENS: 20,
+                A.USAGE_UNCACHED_INPUT_TOKENS: 100,
+                A.USAGE_VISIBLE_OUTPUT_TOKENS: 20,
+                A.COST_USD: cost,
+                A.HTTP_ATTEMPTS: 1,
+                "llmtrace.tag.plan": "pro",
+            },
+        )
+        span.end()
+
+
+if __name__ == "__main__":  # python store_helpers.py DB COUNT TENANT [flush_interval]
+    db, count, tenant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    interval = float(sys.argv[4]) if len(sys.argv) > 4 else 0.2
+    provider, writer = provider_with_store(db, flush_interval=interval)
+    emit(provider, count, tenant=tenant)
+    assert writer.force_flush(60_000)
+    print("done", flush=True)

@@ -1,0 +1,268 @@
+"""The DuckDB store: segments, merges, readers, faults, and several real processes at once."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from llmtrace import query
+from llmtrace.store import files, merge, resolve, schema
+from store_helpers import emit, provider_with_store
+
+HERE = Path(__file__).parent
+LAST_DAY = query.TimeRange.last(query.parse_duration("1d"))
+
+
+def _db(tmp_path: Path) -> str:
+    return str(tmp_path / "store" / "llmtrace.duckdb")
+
+
+def _count(db: str) -> dict[str, int]:
+    return query.span_count(db=db)
+
+
+def test_spans_arrive_in_duckdb_with_typed_columns(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 5)
+    provider.get_tracer("the-app").start_span("GET /search").end()  # not an LLM span: not stored
+    assert writer.force_flush()
+    con = duckdb.connect(db, read_only=True)
+    types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name='spans'").fetchall())
+    row = con.execute("SELECT tenant, input_tokens, cost_usd, start_time, service_name, attributes->>'$.\"llmtrace.tag.plan\"' FROM spans LIMIT 1").fetchone()
+    con.close()
+    assert types["start_time"] == "TIMESTAMP" and types["input_tokens"] == "BIGINT" and types["cost_usd"] == "DOUBLE"
+    for public in ("trace_id", "span_id", "parent_span_id", "duration_ms", "provider", "operation", "request_model",
+                   "response_model", "user_id", "tenant", "feature", "output_tokens"):
+        assert public in types
+    assert row[:3] == ("acme", 100, 0.001) and row[4] == "store-test" and row[5] == "pro"
+    assert _count(db) == {"spans": 5, "distinct_span_ids": 5, "pending_segments": 0}
+
+
+def test_readers_see_pending_segments_while_another_process_holds_the_database(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 3)
+    writer.force_flush()
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb,sys,time; c=duckdb.connect({db!r}); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        emit(provider, 4)
+        assert writer.force_flush()  # cannot merge: the rows wait in a segment
+        paths = resolve(db)
+        assert len(paths.pending()) == 1
+        with pytest.raises(query.StoreError, match="held by another process"):
+            query._ATTACH_WAIT_S, saved = 0.2, query._ATTACH_WAIT_S
+            try:
+                _count(db)
+            finally:
+                query._ATTACH_WAIT_S = saved
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert _count(db)["spans"] == 7  # the lock is gone: the reader merged the waiting segment
+
+
+def test_segments_committed_but_not_deleted_are_not_counted_twice(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 10)
+    paths = resolve(db)
+    table = schema.rows_to_table([schema.row_of(s) for s in list(writer._spans)])
+    writer._spans.clear()
+    segment = files.write_segment(paths, table)
+    copy = segment.read_bytes()
+    merge(paths)
+    segment.write_bytes(copy)  # as if the process died after COMMIT, before deleting the file
+    assert _count(db)["spans"] == 10
+    merge(paths)
+    assert not segment.exists() and _count(db)["spans"] == 10
+
+
+def test_truncated_segment_is_quarantined_not_dropped_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    paths = resolve(db)
+    emit(provider, 10)
+    table = schema.rows_to_table([schema.row_of(s) for s in list(writer._spans)])
+    writer._spans.clear()
+    good = files.write_segment(paths, table)
+    bad = files.write_segment(paths, table)
+    bad.write_bytes(bad.read_bytes()[:200])  # a crash mid-write of a file that was renamed anyway
+    outcome = merge(paths)
+    assert outcome.merged_rows == 10 and [p.name for p in outcome.quarantined] == [bad.name]
+    assert (paths.quarantine / bad.name).exists() and not good.exists()
+    assert "unreadable" in caplog.text
+
+
+def test_unwritable_folder_keeps_spans_until_it_is_fixed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = _db(tmp_path)
+    paths = resolve(db)
+    paths.db.parent.mkdir(parents=True)
+    paths.segments.write_text("a file where the segment folder should be")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 6)
+    writer.force_flush()
+    writer.force_flush()
+    assert sum("cannot write segments" in r.message for r in caplog.records) == 1  # one clear line
+    paths.segments.unlink()
+    writer.force_flush()
+    assert _count(db)["spans"] == 6
+    assert "works again" in caplog.text
+
+
+def test_disk_full_keeps_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    real = files.write_segment
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    from llmtrace.store import writer as writer_module
+
+    monkeypatch.setattr(writer_module, "write_segment", full)
+    emit(provider, 4)
+    writer.force_flush()
+    monkeypatch.setattr(writer_module, "write_segment", real)
+    emit(provider, 1)
+    writer.force_flush()
+    assert _count(db)["spans"] == 5
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "future"])
+def test_corrupt_or_future_database_keeps_spans_in_segments(tmp_path: Path, fault: str, caplog: pytest.LogCaptureFixture) -> None:
+    db = _db(tmp_path)
+    paths = resolve(db)
+    paths.db.parent.mkdir(parents=True)
+    if fault == "corrupt":
+        paths.db.write_bytes(b"this is not a duckdb file" * 100)
+    else:
+        con = duckdb.connect(db)
+        schema.migrate(con)
+        con.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', now())")
+        con.close()
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 3)
+    writer.force_flush()
+    assert "cannot merge" in caplog.text
+    assert sum(1 for _ in paths.pending()) == 1  # nothing lost
+    if fault == "future":
+        assert "upgrade llmtrace" in caplog.text
+    if fault == "corrupt":
+        with pytest.raises(query.StoreError, match="cannot be read"):
+            _count(db)
+    else:  # readable as it is: the waiting segment shows up beside what the database holds
+        assert _count(db)["spans"] == 3
+
+
+def test_older_store_is_upgraded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 2)
+    writer.force_flush()
+
+    def m002_test_column(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("ALTER TABLE spans ADD COLUMN upgraded BOOLEAN DEFAULT true")
+
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, ("m002_test_column", m002_test_column)])
+    merge(resolve(db))
+    con = duckdb.connect(db, read_only=True)
+    assert con.execute("SELECT count(*) FROM spans WHERE upgraded").fetchone() == (2,)
+    assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == ["m001_spans", "m002_test_column"]
+    con.close()
+
+
+def test_retention_is_enforced_at_merge(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60, retention_days=1)
+    emit(provider, 3)
+    writer.force_flush()
+    con = duckdb.connect(db)
+    con.execute("UPDATE spans SET start_time = start_time - INTERVAL 3 DAY WHERE span_id IN (SELECT span_id FROM spans LIMIT 2)")
+    con.close()
+    assert merge(resolve(db), retention_days=1).deleted_by_retention == 2
+    assert _count(db)["spans"] == 1
+
+
+def test_four_writer_processes_and_a_reader_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    writers = [
+        subprocess.Popen([sys.executable, str(HERE / "store_helpers.py"), db, "10000", f"tenant-{i}", "0.3"],
+                         stdout=subprocess.PIPE, text=True, cwd=HERE)
+        for i in range(4)
+    ]
+    reads = 0
+    while any(w.poll() is None for w in writers):
+        query.span_count(db=db)  # a reader that also merges, racing the writers
+        reads += 1
+        time.sleep(0.2)
+    for w in writers:
+        assert w.wait() == 0 and w.stdout.read().strip() == "done"
+    counts = _count(db)  # the last writer's merge may have found the lock taken: its segment is read as pending
+    assert counts["spans"] == 40_000 and counts["distinct_span_ids"] == 40_000
+    assert merge(resolve(db)).busy is False
+    assert _count(db) == {"spans": 40_000, "distinct_span_ids": 40_000, "pending_segments": 0}
+    by_tenant = {r["key"]: r for r in query.spend_by("tenant", LAST_DAY, db=db)}
+    assert sorted(by_tenant) == [f"tenant-{i}" for i in range(4)]
+    for row in by_tenant.values():
+        assert row["calls"] == 10_000 and row["cost_usd"] == pytest.approx(10.0)
+    assert reads > 0
+
+
+def test_kill_9_mid_run_loses_at_most_the_unflushed_batch(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    script = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+from store_helpers import provider_with_store, emit
+provider, writer = provider_with_store({db!r}, flush_interval=0.05)
+flushed = 0
+while True:
+    emit(provider, 500)
+    assert writer.force_flush()
+    flushed += 500
+    print(flushed, flush=True)
+"""
+    victim = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    confirmed = 0
+    while confirmed < 5000:
+        confirmed = int(victim.stdout.readline())
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    for line in victim.stdout:  # lines printed before the kill landed
+        confirmed = int(line)
+    counts = _count(db)  # opens, merges what is whole, and counts: the store is not corrupt
+    assert confirmed <= counts["spans"] <= confirmed + 500  # at most the batch in flight is lost
+    assert counts["spans"] == counts["distinct_span_ids"] and counts["pending_segments"] == 0
+    assert not resolve(db).quarantine.exists()  # a file cut by the kill is a .tmp, never read
+
+
+def test_after_fork_the_child_writes_its_own_spans_only(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 3)  # buffered in the parent at fork time
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            emit(provider, 2, tenant="child")
+            code = 0 if writer.force_flush() else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    writer.force_flush()
+    rows = {r["key"]: r["calls"] for r in query.spend_by("tenant", LAST_DAY, db=db)}
+    assert rows == {"acme": 3, "child": 2}

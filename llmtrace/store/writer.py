@@ -96,6 +96,8 @@ class StoreWriter(SpanProcessor):
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
+            if self._stopped:
+                return
             with self._flushed:
                 requested = self._flush_requests
             with internal_errors():
@@ -103,8 +105,6 @@ class StoreWriter(SpanProcessor):
             with self._flushed:
                 self._flushes_done = requested
                 self._flushed.notify_all()
-            if self._stopped:
-                return
 
     def _write_and_merge(self) -> None:
         spans = self._spans
@@ -156,18 +156,23 @@ class StoreWriter(SpanProcessor):
             return self._flushed.wait_for(lambda: self._flushes_done >= target, timeout_millis / 1000)
 
     def shutdown(self) -> None:
+        """Flush, then stop the thread and wait for it: a thread killed inside DuckDB at interpreter
+        exit aborts the process."""
         self.force_flush()
         self._stopped = True
         self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
 
     def _after_fork_in_child(self) -> None:
         # The parent still owns the spans it had buffered: the child starts empty, with its own thread.
         self._reset_state()
 
 
-def _flush_all_at_exit() -> None:
+def _shutdown_all_at_exit() -> None:
     for writer in list(_writers):
-        writer.force_flush(timeout_millis=10_000)
+        writer.shutdown()
 
 
 def _reinit_after_fork() -> None:
@@ -175,6 +180,6 @@ def _reinit_after_fork() -> None:
         writer._after_fork_in_child()
 
 
-atexit.register(_flush_all_at_exit)
+atexit.register(_shutdown_all_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reinit_after_fork)

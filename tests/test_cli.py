@@ -1,0 +1,48 @@
+"""The llmtrace command over a real store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from llmtrace.cli import main
+from store_helpers import emit, provider_with_store
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = str(tmp_path / "cli.duckdb")
+    provider, writer = provider_with_store(path, flush_interval=60)
+    emit(provider, 3, tenant="acme", cost=0.5)
+    emit(provider, 1, tenant="globex", cost=0.25)
+    writer.force_flush()
+    return path
+
+
+def test_report_table_json_csv(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", db]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["tenant", "calls", "errors"]
+    assert table[1].split()[:2] == ["acme", "3"] and "$1.500000" in table[1]
+    assert main(["report", "--db", db, "--by", "model", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["key"] == "gpt-4o-mini-2024-07-18" and rows[0]["calls"] == 4 and rows[0]["cost_usd"] == pytest.approx(1.75)
+    assert main(["report", "--db", db, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("key,calls,errors")
+
+
+def test_empty_store_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", str(tmp_path / "none.duckdb")]) == 0
+    assert "No LLM calls" in capsys.readouterr().out
+    assert main(["report", "--since", "7x", "--db", str(tmp_path / "none.duckdb")]) == 2
+    assert "not a duration" in capsys.readouterr().err
+
+
+def test_compact_and_prices(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compact", "--db", db]) == 0
+    assert "merged" in capsys.readouterr().out
+    assert main(["prices", "gpt-4o-mini"]) == 0
+    assert "input" in capsys.readouterr().out
+    assert main(["prices", "no-such-model"]) == 1

@@ -65,6 +65,8 @@ COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
 ARROW_SCHEMA = pa.schema([(name, arrow_type) for name, _, arrow_type in COLUMNS])
 
 _ATTRIBUTE_KEYS = tuple(attribute for attribute, _, _, _ in _ATTRIBUTE_COLUMNS)
+# One encoder for every row: json.dumps(..., default=...) would build a new one per call.
+_JSON = json.JSONEncoder(default=list, separators=(",", ":"), ensure_ascii=False)
 _COPIED = frozenset(_ATTRIBUTE_KEYS) | {A.RESPONSE_TIME_TO_FIRST_CHUNK}
 
 
@@ -91,9 +93,9 @@ def row_of(span: Any) -> tuple[Any, ...]:
     ttfc = attrs.get(A.RESPONSE_TIME_TO_FIRST_CHUNK)
     extra = {k: v for k, v in attrs.items() if k not in _COPIED}
     return (
-        f"{ctx.trace_id:032x}",
-        f"{ctx.span_id:016x}",
-        f"{parent.span_id:016x}" if parent is not None else None,
+        format(ctx.trace_id, "032x"),
+        format(ctx.span_id, "016x"),
+        format(parent.span_id, "016x") if parent is not None else None,
         span.resource.attributes.get("service.name") if span.resource is not None else None,
         span.name,
         start_ns // 1000,
@@ -101,7 +103,7 @@ def row_of(span: Any) -> tuple[Any, ...]:
         ttfc * 1000 if isinstance(ttfc, (int, float)) else None,
         span.status.status_code.name,
         *[attrs.get(key) for key in _ATTRIBUTE_KEYS],
-        json.dumps(extra, default=list),
+        _JSON.encode(extra) if extra else "{}",
     )
 
 

@@ -29,7 +29,7 @@ logger = logging.getLogger("llmtrace")
 
 DEFAULT_FLUSH_INTERVAL = 2.0
 DEFAULT_MAX_BUFFERED = 1_000_000
-_SEGMENT_ROWS = 200_000  # rows per segment file at most
+_SEGMENT_ROWS = 50_000  # rows per segment file at most (and rows held by the writer at once)
 
 _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 
@@ -106,26 +106,36 @@ class StoreWriter(SpanProcessor):
                 self._flushes_done = requested
                 self._flushed.notify_all()
 
-    def _write_and_merge(self) -> None:
+    def _take_rows(self, limit: int) -> list[tuple[Any, ...]]:
         spans = self._spans
-        rows = self._unwritten
-        self._unwritten = []
-        for _ in range(len(spans)):
+        rows: list[tuple[Any, ...]] = []
+        for _ in range(min(limit, len(spans))):
             span = spans.popleft()
             try:
                 rows.append(row_of(span))
             except Exception as exc:  # one malformed span must not cost the others their place
                 report(exc)
-        written = 0
-        try:
-            while written < len(rows):
-                batch = rows[written : written + _SEGMENT_ROWS]
-                write_segment(self.paths, rows_to_table(batch))
-                written += len(batch)
-        except OSError as exc:
-            self._unwritten = rows[written:]  # kept: the next round tries again
-            self._report_fault(f"cannot write segments in {self.paths.segments}: {exc}")
-            return
+        return rows
+
+    def _write_and_merge(self) -> None:
+        # Segment by segment, so the writer's memory stays bounded by one segment's rows; only what
+        # was buffered when the round began, so a busy app cannot keep the merge from happening.
+        remaining = len(self._spans)
+        while True:
+            if self._unwritten:
+                rows = self._unwritten
+            else:
+                rows = self._take_rows(min(_SEGMENT_ROWS, remaining))
+                remaining -= len(rows)
+            if not rows:
+                break
+            self._unwritten = []
+            try:
+                write_segment(self.paths, rows_to_table(rows))
+            except OSError as exc:
+                self._unwritten = rows  # kept: the next round tries again
+                self._report_fault(f"cannot write segments in {self.paths.segments}: {exc}")
+                return
         try:
             merge(self.paths, self.retention_days)
         except Exception as exc:  # a corrupt or future database, a full disk: segments keep the spans

@@ -1,0 +1,84 @@
+"""Store ingest throughput and writer memory, one process.
+
+Feeds finished LLM spans to a StoreWriter as the OTel SDK would (on_end), then waits until
+every span is written to segments and merged into DuckDB; reports spans/s end to end and the
+process RSS across the run. Span creation is not timed: it is the SDK's cost, not the store's.
+
+    .venv/bin/python benchmarks/store_ingest.py [--spans 1000000] [--db /tmp/ingest.duckdb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider  # noqa: E402
+
+from llmtrace import query  # noqa: E402
+from llmtrace.store import StoreWriter, resolve  # noqa: E402
+from store_helpers import emit  # noqa: E402
+
+DISTINCT = 100_000  # distinct span objects, fed repeatedly (keeps the generator's memory out of the RSS)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Collect(SpanProcessor):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spans", type=int, default=1_000_000)
+    parser.add_argument("--db", default="/tmp/llmtrace-ingest/ingest.duckdb")
+    args = parser.parse_args()
+    shutil.rmtree(Path(args.db).parent, ignore_errors=True)
+
+    collect = Collect()
+    provider = TracerProvider()
+    provider.add_span_processor(collect)
+    emit(provider, DISTINCT)
+    spans = collect.spans
+
+    writer = StoreWriter(resolve(args.db), flush_interval=0.5)
+    rss_start = rss_mb()
+    samples = []
+    start = time.perf_counter()
+    fed = 0
+    while fed < args.spans:
+        for span in spans[: min(DISTINCT, args.spans - fed)]:
+            writer.on_end(span)
+        fed += min(DISTINCT, args.spans - fed)
+        samples.append((fed, rss_mb()))
+    assert writer.force_flush(600_000)
+    elapsed = time.perf_counter() - start
+    writer.shutdown()
+    stored = query.span_count(db=args.db)["spans"]
+    assert stored == args.spans, (stored, args.spans)
+
+    size = Path(args.db).stat().st_size
+    print(f"spans: {args.spans:,} fed, {stored:,} in DuckDB")
+    print(f"ingest: {args.spans / elapsed:,.0f} spans/s end to end (buffer -> rows -> Parquet segments -> merge), {elapsed:.1f} s")
+    print(f"writer RSS: start {rss_start:.0f} MB, during run {min(r for _, r in samples):.0f}-{max(r for _, r in samples):.0f} MB, "
+          f"peak (ru_maxrss) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"disk: {size / 1e6:.1f} MB for {stored:,} spans = {size / stored * 1e6 / 1e6:.1f} MB per million spans")
+
+
+if __name__ == "__main__":
+    main()

@@ -81,7 +81,7 @@ def parse_duration(text: str) -> timedelta:
 def open_store(db: str | os.PathLike[str] | None = None, *, merge_first: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection whose ``spans`` view is the database plus pending segments."""
     paths = resolve(db)
-    if merge_first and (paths.db.exists() or paths.pending()):
+    if merge_first and paths.pending():
         try:
             merge(paths)
         except Exception as exc:  # reading must still work when merging cannot

@@ -1,0 +1,117 @@
+"""Query latency of every llmtrace.query function the dashboard uses, on 10M realistic spans.
+
+Generates the spans inside DuckDB (50 models with a skew, 10k users, 300 tenants, 30 features,
+30 days, ~2% errors, lognormal latency and tokens), into a real store file, then times each query
+cold (first call) and warm (median of 5). Also reports bytes on disk per million spans.
+
+    .venv/bin/python benchmarks/store_queries.py [--spans 10000000] [--db /tmp/llmtrace-queries/q.duckdb]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import duckdb
+
+from llmtrace import query
+from llmtrace.store import resolve
+from llmtrace.store.schema import COLUMN_NAMES, migrate
+
+GENERATE = """
+INSERT INTO spans ({columns})
+WITH base AS (
+    SELECT i,
+           hash(i) AS h,
+           (now() AT TIME ZONE 'UTC') - to_microseconds(CAST(random() * 30 * 86400e6 AS BIGINT)) AS t,
+           CAST(pow(random(), 3) * 50 AS INT) AS model_n,
+           CAST(pow(random(), 2) * 300 AS INT) AS tenant_n,
+           CAST(pow(random(), 2) * 10000 AS INT) AS user_n,
+           CAST(random() * 30 AS INT) AS feature_n,
+           exp(5.5 + 0.9 * sqrt(-2 * ln(random() + 1e-12)) * cos(2 * pi() * random())) AS dur,
+           CAST(exp(6 + sqrt(-2 * ln(random() + 1e-12)) * cos(2 * pi() * random())) AS BIGINT) AS tin,
+           CAST(exp(4.5 + 0.8 * sqrt(-2 * ln(random() + 1e-12)) * cos(2 * pi() * random())) AS BIGINT) AS tout,
+           random() AS r
+    FROM range({n}) r(i)
+)
+SELECT printf('%032x', h), printf('%016x', i), NULL, 'svc-' || (i % 3), 'chat model-' || model_n,
+       t, dur, CASE WHEN i % 3 = 0 THEN dur * 0.2 END,
+       CASE WHEN r < 0.02 THEN 'ERROR' ELSE 'UNSET' END,
+       CASE WHEN r < 0.01 THEN 'RateLimitError' WHEN r < 0.02 THEN 'InternalServerError' END,
+       CASE WHEN r < 0.01 THEN 429 WHEN r < 0.02 THEN 500 END,
+       1 + CAST(r < 0.03 AS INT), CAST(r < 0.01 AS INT),
+       CASE WHEN model_n < 30 THEN 'openai' ELSE 'anthropic' END, 'chat',
+       'model-' || model_n, 'model-' || model_n || '-2025', 'user-' || user_n, 'tenant-' || tenant_n,
+       'feature-' || feature_n, NULL,
+       tin * 0.6, tin * 0.4, 0, tout * 0.9, tout * 0.1, tin, tout, 'provider',
+       CASE WHEN model_n = 49 THEN NULL ELSE (tin * (0.1 + model_n / 10) + tout * (0.4 + model_n / 5)) / 1e6 END,
+       'genai-prices', model_n = 49, i % 3 = 0, '{{"server.address":"api.example.com"}}'
+FROM base
+"""
+
+
+def generate(db: str, spans: int) -> None:
+    paths = resolve(db)
+    shutil.rmtree(paths.db.parent, ignore_errors=True)
+    paths.db.parent.mkdir(parents=True)
+    con = duckdb.connect(str(paths.db))
+    migrate(con)
+    start = time.perf_counter()
+    con.execute(GENERATE.format(columns=", ".join(COLUMN_NAMES), n=spans))
+    con.execute("CHECKPOINT")
+    con.close()
+    print(f"generated {spans:,} spans in {time.perf_counter() - start:.0f} s")
+
+
+def time_call(fn: Callable[[], Any]) -> tuple[float, float]:
+    start = time.perf_counter()
+    fn()
+    cold = time.perf_counter() - start
+    warm = []
+    for _ in range(5):
+        start = time.perf_counter()
+        fn()
+        warm.append(time.perf_counter() - start)
+    return cold, statistics.median(warm)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spans", type=int, default=10_000_000)
+    parser.add_argument("--db", default="/tmp/llmtrace-queries/q.duckdb")
+    args = parser.parse_args()
+    generate(args.db, args.spans)
+    db = args.db
+    month = query.TimeRange.last(timedelta(days=30))
+    day = query.TimeRange.last(timedelta(days=1))
+    acme = query.Filters(tenant="tenant-1")
+    cases: dict[str, Callable[[], Any]] = {
+        "spend_by tenant, 30 d": lambda: query.spend_by("tenant", month, db=db),
+        "spend_by feature, 30 d": lambda: query.spend_by("feature", month, db=db),
+        "spend_by model, 30 d": lambda: query.spend_by("model", month, db=db),
+        "spend_by user (top 20), 30 d": lambda: query.spend_by("user", month, db=db, limit=20),
+        "spend_over_time tenant, 1 day buckets, 30 d": lambda: query.spend_over_time("tenant", month, "1 day", db=db),
+        "spend_over_time model, 1 hour buckets, 1 d": lambda: query.spend_over_time("model", day, "1 hour", db=db),
+        "latency_percentiles by model, 30 d": lambda: query.latency_percentiles(month, db=db),
+        "latency_percentiles by model, 1 hour buckets, 1 d": lambda: query.latency_percentiles(day, bucket="1 hour", db=db),
+        "error_rates by provider, 1 day buckets, 30 d": lambda: query.error_rates(month, bucket="1 day", db=db),
+        "top_calls by cost, 30 d": lambda: query.top_calls(month, db=db),
+        "top_calls by duration, 30 d": lambda: query.top_calls(month, order="duration", db=db),
+        "unpriced_calls, 30 d": lambda: query.unpriced_calls(month, db=db),
+        "spent, one tenant, 30 d": lambda: query.spent(month, acme, db=db),
+    }
+    print(f"\n| query ({args.spans:,} spans) | cold s | warm s |\n|---|---|---|")
+    for name, fn in cases.items():
+        cold, warm = time_call(fn)
+        print(f"| {name} | {cold:.3f} | {warm:.3f} |")
+    size = Path(db).stat().st_size
+    print(f"\ndisk: {size / 1e9:.2f} GB = {size / args.spans * 1e6 / 1e6:.0f} MB per million spans")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,8 @@
 """CPU time that LLM auto-instrumentation adds to one OpenAI SDK call, llmtrace beside its peers.
 
     bash benchmarks/setup.sh                 # once: venvs under /tmp/llmtrace-bench
-    python3 benchmarks/overhead.py --quick   # ~1 min: every config works, spans/call = 1
-    python3 benchmarks/overhead.py           # ~15 min on 2 cores: the numbers in README.md
+    python3 benchmarks/overhead.py --quick   # < 1 min: every config works, spans/call = 1
+    python3 benchmarks/overhead.py           # ~10 min on 2 cores: the numbers in README.md
 
 The driver (system python3, stdlib only) runs every config in its own subprocess under the venv
 it needs (`--worker NAME`). A worker mocks the HTTP layer, blocks sockets, then alternates blocks
@@ -24,9 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/llmtrace-bench"))
@@ -36,18 +38,20 @@ BENCH_DIR = Path(os.environ.get("BENCH_DIR", "/tmp/llmtrace-bench"))
 class Config:
     name: str
     venv: str  # directory under BENCH_DIR (see setup.sh)
+    dist: str  # the distribution whose version the table shows
     label: str
 
 
 CONFIGS = [
-    Config("baseline", "oai3", "bare openai 3.x, nothing toggled: the noise floor"),
-    Config("manual_span", "oai3", "one hand-made OTel span, 10 attributes: the floor"),
-    Config("llmtrace", "oai3", "llmtrace.instrument(), defaults (no content)"),
-    Config("openllmetry", "oai3", "opentelemetry-instrumentation-openai, defaults (captures content)"),
-    Config("openinference", "oai3", "openinference-instrumentation-openai, defaults (captures content)"),
-    Config("otel_v2", "oai3", "opentelemetry-instrumentation-openai-v2, defaults (no content)"),
-    Config("baseline_oai2", "openlit", "bare openai 2.x, nothing toggled: the noise floor"),
-    Config("openlit", "openlit", "openlit.init(), defaults but metrics/events off (captures content)"),
+    Config("baseline", "oai3", "openai", "bare SDK, nothing toggled: the noise floor"),
+    Config("manual_span", "oai3", "opentelemetry-sdk", "one hand-made span, 10 attributes: the floor"),
+    Config("llmtrace", "oai3", "llmtrace", "`llmtrace.instrument(store=False)`: OTel span only (no content)"),
+    Config("llmtrace_store", "oai3", "llmtrace", "`llmtrace.instrument()` defaults: + DuckDB store (no content)"),
+    Config("openllmetry", "oai3", "opentelemetry-instrumentation-openai", "OpenLLMetry, defaults (content on)"),
+    Config("openinference", "oai3", "openinference-instrumentation-openai", "OpenInference, defaults (content on)"),
+    Config("otel_v2", "oai3", "opentelemetry-instrumentation-openai-v2", "official contrib, defaults (no content)"),
+    Config("baseline_oai2", "openlit", "openai", "bare SDK, nothing toggled: the noise floor"),
+    Config("openlit", "openlit", "openlit", "`openlit.init()`, metrics/events off (content on)"),
 ]
 
 # Calls per block. Blocks are short so host drift inside one ABBA quad stays small.
@@ -104,8 +108,12 @@ def mock_bodies() -> tuple[bytes, list[bytes]]:
         **base,
         "object": "chat.completion",
         "choices": [
-            {"index": 0, "finish_reason": "stop", "logprobs": None,
-             "message": {"role": "assistant", "content": EXPECTED_TEXT}}
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": None,
+                "message": {"role": "assistant", "content": EXPECTED_TEXT},
+            }
         ],
         "usage": USAGE,
     }
@@ -145,8 +153,12 @@ def make_clients() -> tuple[Any, Any]:
         return hx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(events))
 
     def client(handler: Callable[[Any], Any]) -> Any:
-        return openai.OpenAI(api_key="x", base_url="https://api.openai.com/v1", max_retries=0,
-                             http_client=hx.Client(transport=hx.MockTransport(handler)))
+        return openai.OpenAI(
+            api_key="x",
+            base_url="https://api.openai.com/v1",
+            max_retries=0,
+            http_client=hx.Client(transport=hx.MockTransport(handler)),
+        )
 
     return client(json_handler), client(sse_handler)
 
@@ -177,6 +189,13 @@ class Toggle:
     on: Callable[[], None]
     off: Callable[[], None]
     notes: str = ""
+    is_on: bool = True
+
+    def set(self, on: bool) -> None:
+        # Only on a change: instrumentors warn (and some would double-wrap) when asked twice.
+        if on != self.is_on:
+            (self.on if on else self.off)()
+            self.is_on = on
 
 
 def setup_baseline(tp: Any) -> Toggle:
@@ -184,17 +203,36 @@ def setup_baseline(tp: Any) -> Toggle:
 
 
 def setup_llmtrace(tp: Any) -> Toggle:
+    """Spans only, toggled with llmtrace's own instrument()/uninstrument()."""
     import llmtrace
 
     def on() -> None:
-        llmtrace.instrument(tracer_provider=tp)
+        llmtrace.instrument(tracer_provider=tp, store=False)
 
     on()
-    return Toggle(on, llmtrace.uninstrument, f"llmtrace {llmtrace.__version__}")
+    return Toggle(on, llmtrace.uninstrument, "instrument(store=False) / uninstrument()")
+
+
+def setup_llmtrace_store(tp: Any) -> Toggle:
+    """Defaults, so the DuckDB store's span processor (and its writer thread) is on.
+
+    Not toggled with instrument()/uninstrument(): every instrument() adds a new store processor to
+    the provider and uninstrument() can only stop it (an SDK provider cannot drop a processor),
+    so stopped processors would pile up in the on arm. Instead instrument() runs once and the
+    toggle swaps the SDK methods it patched, as for the peers whose uninstrument() is broken.
+    The store writes into the worker's temporary cwd (./.llmtrace/).
+    """
+    import llmtrace
+
+    def setup() -> str:
+        llmtrace.instrument(tracer_provider=tp)
+        return "instrument() once"
+
+    return toggle_by_diff(setup)
 
 
 def setup_instrumentor(module: str) -> Callable[[Any], Toggle]:
-    """Peers built on opentelemetry-instrumentation's BaseInstrumentor: toggle with their own API."""
+    """Peers whose BaseInstrumentor uninstrument() really unwraps: toggle with their own API."""
 
     def setup(tp: Any) -> Toggle:
         import importlib
@@ -270,7 +308,7 @@ def setup_manual_span(tp: Any) -> Toggle:
 
 
 def openai_class_attrs() -> dict[tuple[type, str], Any]:
-    """Every attribute of every class defined in an imported `openai.*` module."""
+    """Every non-dunder attribute of every class defined in an imported `openai.*` module."""
     out: dict[tuple[type, str], Any] = {}
     for name, module in list(sys.modules.items()):
         if module is None or not (name == "openai" or name.startswith("openai.")):
@@ -278,16 +316,64 @@ def openai_class_attrs() -> dict[tuple[type, str], Any]:
         for value in list(vars(module).values()):
             if isinstance(value, type) and value.__module__ == name:
                 for attr, member in list(vars(value).items()):
-                    out[(value, attr)] = member
+                    if not attr.startswith("__"):
+                        out[(value, attr)] = member
     return out
+
+
+def toggle_by_diff(setup: Callable[[], str]) -> Toggle:
+    """For libraries whose uninstrument() does not undo their patches: run their setup once, and
+    toggle the openai class attributes it replaced (found by diffing before/after).
+
+    Catches wrapt-style patches of SDK classes, which is how both peers that need it hook chat
+    completions; anything patched elsewhere stays on in both arms (and so is not in the delta).
+    """
+    before = openai_class_attrs()
+    notes = setup()
+    after = openai_class_attrs()
+    # Only wrappers count (pydantic models also rebuild some class attributes lazily). A class
+    # whose module the setup imported itself has no "before": there only wrapper objects count
+    # (openai's own methods are functools.wraps-decorated functions, which have __wrapped__ too),
+    # and the original is what the wrapper wraps.
+    patched = {
+        key: value
+        for key, value in after.items()
+        if hasattr(value, "__wrapped__")
+        and (before[key] is not value if key in before else not isinstance(value, types.FunctionType))
+    }
+    originals = {key: before.get(key, value.__wrapped__) for key, value in patched.items()}
+
+    def apply(values: dict[tuple[type, str], Any]) -> Callable[[], None]:
+        def go() -> None:
+            for (cls, attr), value in values.items():
+                setattr(cls, attr, value)
+
+        return go
+
+    if not patched:
+        raise RuntimeError("setup patched no openai class attribute: nothing to toggle")
+    names = sorted(f"{cls.__name__}.{attr}" for cls, attr in patched)
+    return Toggle(apply(patched), apply(originals), f"{notes}; toggled {len(names)}: {', '.join(names)}")
+
+
+def setup_openllmetry(tp: Any) -> Toggle:
+    """OpenLLMetry. Its uninstrument() unwraps nothing (it calls unwrap(module, "Class.method"),
+    which unwrap() reads as a module attribute named "Class.method"), and instrument() again would
+    stack a second wrapper, so the toggle is by diff."""
+    from opentelemetry.instrumentation.openai import OpenAIInstrumentor
+
+    def setup() -> str:
+        OpenAIInstrumentor().instrument(tracer_provider=tp)
+        return "OpenAIInstrumentor().instrument() once"
+
+    return toggle_by_diff(setup)
 
 
 def setup_openlit(tp: Any) -> Toggle:
     """OpenLIT as a user runs it: openlit.init() with a local pricing file (else it fetches one).
 
-    Its OpenAIInstrumentor._uninstrument is a no-op, so the toggle is the set of openai class
-    attributes that init() replaced (found by diffing before/after); its other instrumentors
-    (httpx, ...) stay on in both arms: they do not fire on MockTransport.
+    Its OpenAIInstrumentor._uninstrument is `pass`, so the toggle is by diff. Its other
+    instrumentors (httpx, ...) stay on in both arms: they do not fire on MockTransport.
     """
     import openlit
 
@@ -297,24 +383,12 @@ def setup_openlit(tp: Any) -> Toggle:
     path = Path(tempfile.mkdtemp()) / "openlit_pricing.json"
     path.write_text(json.dumps(pricing))
 
-    before = openai_class_attrs()
-    # No tracer argument: OpenLIT picks up the global SDK TracerProvider set by the worker.
-    openlit.init(pricing_json=str(path), disable_metrics=True, disable_events=True)
-    after = openai_class_attrs()
-    patched = {key: value for key, value in after.items() if before.get(key) is not value}
-    originals = {key: before.get(key) for key in patched}
+    def setup() -> str:
+        # No tracer argument: OpenLIT picks up the global SDK TracerProvider set by the worker.
+        openlit.init(pricing_json=str(path), disable_metrics=True, disable_events=True)
+        return "openlit.init() once"
 
-    def apply(values: dict[tuple[type, str], Any]) -> Callable[[], None]:
-        def go() -> None:
-            for (cls, attr), value in values.items():
-                if value is None:
-                    delattr(cls, attr)
-                else:
-                    setattr(cls, attr, value)
-
-        return go
-
-    return Toggle(apply(patched), apply(originals), f"{len(patched)} openai class attributes patched")
+    return toggle_by_diff(setup)
 
 
 SETUPS: dict[str, Callable[[Any], Toggle]] = {
@@ -322,7 +396,8 @@ SETUPS: dict[str, Callable[[Any], Toggle]] = {
     "baseline_oai2": setup_baseline,
     "manual_span": setup_manual_span,
     "llmtrace": setup_llmtrace,
-    "openllmetry": setup_instrumentor("opentelemetry.instrumentation.openai"),
+    "llmtrace_store": setup_llmtrace_store,
+    "openllmetry": setup_openllmetry,
     "openinference": setup_instrumentor("openinference.instrumentation.openai"),
     "otel_v2": setup_instrumentor("opentelemetry.instrumentation.openai_v2"),
     "openlit": setup_openlit,
@@ -359,16 +434,42 @@ def timed_block(call: Callable[[Any], str], client: Any, n: int) -> tuple[float,
     return cpu, statistics.median(walls) / 1000
 
 
+def background_cpu_ns() -> dict[int, int]:
+    """CPU time so far of every live thread but the main one (span processors, writers)."""
+    import threading
+
+    out = {}
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and t.ident is not None:
+            try:
+                out[t.ident] = time.clock_gettime_ns(time.pthread_getcpuclockid(t.ident))
+            except (OSError, ProcessLookupError):
+                pass  # it just ended
+    return out
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ["openai", "httpx2", "httpx", "opentelemetry-sdk", "wrapt"] + [c.dist for c in CONFIGS]:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def run_worker(name: str, quads: dict[str, int], warmup: int) -> dict[str, Any]:
     attempts = block_network()
-    import openai
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     exporter = CountingExporter()
     tp = TracerProvider()
-    tp.add_span_processor(BatchSpanProcessor(exporter))  # type: ignore[arg-type]
+    counter = BatchSpanProcessor(exporter)  # type: ignore[arg-type]
+    tp.add_span_processor(counter)
     trace.set_tracer_provider(tp)  # OpenLIT (and anything calling trace.get_tracer) uses the global
     json_client, sse_client = make_clients()
     # Import the SDK's lazily loaded resource modules before any library patches them.
@@ -379,19 +480,25 @@ def run_worker(name: str, quads: dict[str, int], warmup: int) -> dict[str, Any]:
     setup_ms = (time.perf_counter() - t0) * 1000
 
     def count_spans() -> int:
-        # Flushing between blocks (untimed) attributes every span to the block that made it.
-        tp.force_flush()
+        # Flushing between blocks (untimed) attributes every span to the block that made it. Only
+        # our processor: a library's own (llmtrace's store) keeps its production batching.
+        counter.force_flush()
         return exporter.spans
 
-    result: dict[str, Any] = {"config": name, "openai": openai.__version__, "setup_ms": setup_ms,
-                              "notes": toggle.notes, "scenarios": {}}
+    result: dict[str, Any] = {
+        "config": name,
+        "versions": versions(),
+        "setup_ms": setup_ms,
+        "notes": toggle.notes,
+        "scenarios": {},
+    }
     plans = {"sync": (call_sync, json_client, SYNC_BLOCK), "stream": (call_stream, sse_client, STREAM_BLOCK)}
     for scenario, (call, client, block) in plans.items():
         spans = {"on": 0, "off": 0}
         calls = {"on": 0, "off": 0}
         # Warm both arms, checking the app still gets the whole answer either way.
-        for arm, switch in (("on", toggle.on), ("off", toggle.off)):
-            switch()
+        for arm in ("on", "off"):
+            toggle.set(arm == "on")
             base = count_spans()
             for _ in range(warmup):
                 text = call(client)
@@ -400,21 +507,29 @@ def run_worker(name: str, quads: dict[str, int], warmup: int) -> dict[str, Any]:
             spans[arm] += count_spans() - base
             calls[arm] += warmup
         quad_rows = []
+        tp.force_flush()
+        bg_start = background_cpu_ns()
+        calls_on_before = calls["on"]
         for _ in range(quads[scenario]):
             arms: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
             for arm in ("off", "on", "on", "off"):
-                (toggle.on if arm == "on" else toggle.off)()
+                toggle.set(arm == "on")
                 base = count_spans()
                 arms[arm].append(timed_block(call, client, block))
                 spans[arm] += count_spans() - base
                 calls[arm] += block
             quad_rows.append({arm: [sum(x[i] for x in rows) / 2 for i in (0, 1)] for arm, rows in arms.items()})
+        tp.force_flush()  # a library's buffered spans are written now, on its thread, and counted
+        bg = sum(ns - bg_start.get(ident, 0) for ident, ns in background_cpu_ns().items())
         result["scenarios"][scenario] = {
             "block": block,
+            # Other threads' CPU over the timed quads, per instrumented call. Mostly it lands in
+            # both arms alike (it runs on its own schedule), so the A/B delta does not show it.
+            "background_us_per_call": bg / 1000 / (calls["on"] - calls_on_before),
             "quads": quad_rows,  # [{"on": [cpu µs, wall µs], "off": [...]}, ...]
             "spans_per_call": {arm: spans[arm] / calls[arm] for arm in spans},
         }
-    toggle.off()
+    toggle.set(False)
     result["network_attempts"] = attempts
     return result
 
@@ -433,28 +548,37 @@ def summarize(scenario: dict[str, Any], metric: int) -> dict[str, float]:
 def table(results: list[dict[str, Any]], metric: int) -> str:
     kind = "process CPU" if metric == 0 else "wall clock, median call"
     lines = [
-        f"µs added per call ({kind}), median over ABBA quads [interquartile range]; "
-        f"per chunk = (stream − sync) / {STREAM_CHUNKS}.",
+        (
+            f"µs added per call ({kind}), median over ABBA quads [interquartile range]; "
+            f"per chunk = (stream − sync) / {STREAM_CHUNKS}. Other threads: their CPU per instrumented call "
+            "(sync / stream), not in the delta."
+        ),
         "",
-        "| config | what | sync µs/call | stream µs/call | µs/chunk | spans/call | bare sync / stream µs |",
-        "|---|---|---|---|---|---|---|",
+        (
+            "| config | what | version (openai) | sync µs/call | stream µs/call | µs/chunk | spans/call "
+            "| other threads µs/call | bare sync / stream µs |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    labels = {c.name: c.label for c in CONFIGS}
+    cfgs = {c.name: c for c in CONFIGS}
     for r in results:
+        cfg = cfgs[r["config"]]
         if "error" in r:
-            lines.append(f"| {r['config']} | {labels[r['config']]} | BROKEN: {r['error']} | | | | |")
+            lines.append(f"| {cfg.name} | {cfg.label} | | BROKEN: {r['error']} | | | | | |")
             continue
+        v = r["versions"]
         s, st = (summarize(r["scenarios"][k], metric) for k in ("sync", "stream"))
         per_chunk = (st["delta"] - s["delta"]) / STREAM_CHUNKS
         spans = [r["scenarios"][k]["spans_per_call"] for k in ("sync", "stream")]
         span_cell = " / ".join(f"{x['on']:g}" for x in spans)
+        bg_cell = " / ".join(f"{r['scenarios'][k]['background_us_per_call']:.0f}" for k in ("sync", "stream"))
         if any(x["off"] for x in spans):  # spans with the instrumentation off: the toggle leaks
             span_cell += " (off: " + " / ".join(f"{x['off']:g}" for x in spans) + ")"
         lines.append(
-            f"| {r['config']} | {labels[r['config']]} (openai {r['openai']}) "
+            f"| {cfg.name} | {cfg.label} | {v.get(cfg.dist, '?')} ({v['openai']}) "
             f"| {s['delta']:+.0f} [{s['q1']:+.0f}…{s['q3']:+.0f}] "
             f"| {st['delta']:+.0f} [{st['q1']:+.0f}…{st['q3']:+.0f}] "
-            f"| {per_chunk:+.1f} | {span_cell} | {s['bare']:.0f} / {st['bare']:.0f} |"
+            f"| {per_chunk:+.1f} | {span_cell} | {bg_cell} | {s['bare']:.0f} / {st['bare']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -462,11 +586,14 @@ def table(results: list[dict[str, Any]], metric: int) -> str:
 def machine() -> str:
     cpu = "unknown CPU"
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{platform.system()} {platform.release()}, {os.cpu_count()} cores, {cpu}, "
-            f"Python {platform.python_version()}, load avg at start {os.getloadavg()[0]:.2f}")
+    return (
+        f"{platform.system()} {platform.release()}, {os.cpu_count()} cores, {cpu}, "
+        f"Python {platform.python_version()}, load avg at start {os.getloadavg()[0]:.2f}"
+    )
 
 
 def run_config(cfg: Config, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -475,26 +602,35 @@ def run_config(cfg: Config, args: argparse.Namespace, out: Path) -> dict[str, An
         return {"config": cfg.name, "error": f"{python} missing: run benchmarks/setup.sh"}
     params = {"quads": {"sync": args.sync_quads, "stream": args.stream_quads}, "warmup": args.warmup}
     # A clean environment and an empty cwd: no LLMTRACE_*/OTEL_* variables or llmtrace.toml leak in.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LLMTRACE_", "OTEL_", "TRACELOOP_", "OPENLIT_", "OPENAI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LLMTRACE_", "OTEL_", "TRACELOOP_", "OPENLIT_", "OPENAI_"))
+    }
     with tempfile.TemporaryDirectory() as cwd:
-        proc = subprocess.run([str(python), str(Path(__file__).resolve()), "--worker", cfg.name, json.dumps(params)],
-                              cwd=cwd, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [str(python), str(Path(__file__).resolve()), "--worker", cfg.name, json.dumps(params)],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     (out / f"{cfg.name}.stderr").write_text(proc.stderr)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"config": cfg.name, "error": f"exit {proc.returncode}: {tail[:200]}"}
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke test: few quads, ~1 min")
+    ap.add_argument("--quick", action="store_true", help="smoke test: few quads, < 1 min")
     ap.add_argument("--configs", help="comma-separated subset of: " + ",".join(c.name for c in CONFIGS))
-    ap.add_argument("--sync-quads", type=int, default=25, help=f"ABBA quads of {SYNC_BLOCK}-call blocks")
-    ap.add_argument("--stream-quads", type=int, default=20, help=f"ABBA quads of {STREAM_BLOCK}-stream blocks")
-    ap.add_argument("--warmup", type=int, default=50, help="untimed calls per arm and scenario")
+    ap.add_argument("--sync-quads", type=int, default=80, help=f"ABBA quads of {SYNC_BLOCK}-call blocks")
+    ap.add_argument("--stream-quads", type=int, default=60, help=f"ABBA quads of {STREAM_BLOCK}-stream blocks")
+    ap.add_argument("--warmup", type=int, default=100, help="untimed calls per arm and scenario")
     ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "PARAMS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -509,11 +645,19 @@ def main() -> None:
     unknown = set(wanted) - {c.name for c in CONFIGS}
     if unknown:
         ap.error(f"unknown configs: {', '.join(sorted(unknown))}")
-    stamp = dt.datetime.now(dt.timezone.utc)
+    stamp = dt.datetime.now(dt.timezone.utc)  # noqa: UP017 (runs on 3.10 too)
     out = HERE / "results" / (stamp.strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else ""))
     out.mkdir(parents=True)
-    meta = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(), "args": vars(args)}
-    print(f"{meta['date']}  {meta['machine']}\nresults -> {out}", flush=True)
+    # llmtrace is installed editable: record which checkout was measured.
+    git = ["git", "-C", str(HERE.parent), "describe", "--always", "--dirty"]
+    commit = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip() or "unknown"
+    meta = {
+        "date": stamp.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "llmtrace_commit": commit,
+        "args": vars(args),
+    }
+    print(f"{meta['date']}  {meta['machine']}, llmtrace at {commit}\nresults -> {out}", flush=True)
 
     results = []
     for cfg in CONFIGS:
@@ -523,13 +667,15 @@ def main() -> None:
         r = run_config(cfg, args, out)
         results.append(r)
         status = r.get("error") or ", ".join(
-            f"{k} spans/call {v['spans_per_call']['on']:g}" for k, v in r["scenarios"].items())
+            f"{k} spans/call {v['spans_per_call']['on']:g}" for k, v in r["scenarios"].items()
+        )
         print(f"  {cfg.name:14} {time.perf_counter() - t0:5.0f} s  {status}", flush=True)
         if r.get("network_attempts"):
             print(f"    network attempts (blocked): {r['network_attempts'][:3]}", flush=True)
 
     (out / "raw.json").write_text(json.dumps({**meta, "results": results}, indent=1))
-    summary = "\n\n".join([f"{meta['date']} — {meta['machine']}", table(results, 0), table(results, 1)])
+    head = f"{meta['date']} — {meta['machine']}, llmtrace at {commit}"
+    summary = "\n\n".join([head, table(results, 0), table(results, 1)])
     (out / "summary.md").write_text(summary + "\n")
     print("\n" + summary)
 

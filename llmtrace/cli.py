@@ -9,7 +9,8 @@ import sys
 from typing import Any, Sequence
 
 from . import pricing, query
-from .store import merge, resolve
+from .store import resolve
+from .store.merge import merge
 
 _REPORT_COLUMNS = (
     ("key", "{}"),

@@ -6,6 +6,7 @@ import importlib
 import logging
 import sys
 import threading
+import weakref
 from typing import Any
 
 import wrapt
@@ -30,7 +31,9 @@ _lock = threading.Lock()
 _patches: list[tuple[Any, str, Any]] = []
 _patched_sdks: set[str] = set()
 _hooks_registered: set[str] = set()
-_store_writer: Any = None  # the StoreWriter this instrument() added
+_store_writer: Any = None  # the StoreWriter in use since instrument()
+# Tracer provider -> the StoreWriter llmtrace added to it, reused by a later instrument().
+_writers_by_provider: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def instrument(**options: Any) -> None:
@@ -101,19 +104,12 @@ def _patch_sdk(module: Any) -> None:
 
 
 def _span_processors(settings: config.Settings, own_provider: bool, endpoint_option: str | None) -> list[SpanProcessor]:
-    """Processors llmtrace adds: the DuckDB store writer, and OTLP export.
+    """New processors llmtrace adds: OTLP export (the store writer is set up by ``_attach_store``).
 
     OTLP goes to a provider llmtrace made itself whenever an endpoint is configured; to the app's own
     provider only when ``otlp_endpoint`` is passed to ``instrument()`` (the app exports its own spans).
     """
-    global _store_writer
     processors: list[SpanProcessor] = []
-    if settings.store:
-        from .store import StoreWriter, resolve  # DuckDB and Arrow load only when the store is on
-
-        retention = settings.retention_days or None
-        _store_writer = StoreWriter(resolve(settings.db), flush_interval=settings.flush_interval, retention_days=retention)
-        processors.append(_store_writer)
     if settings.otlp_endpoint and (own_provider or endpoint_option):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -122,6 +118,22 @@ def _span_processors(settings: config.Settings, own_provider: bool, endpoint_opt
         exporter = OTLPSpanExporter(endpoint=endpoint_option.rstrip("/") + "/v1/traces") if endpoint_option else OTLPSpanExporter()
         processors.append(BatchSpanProcessor(exporter))
     return processors
+
+
+def _attach_store(provider: Any, settings: config.Settings) -> None:
+    global _store_writer
+    from .store import StoreWriter, resolve
+
+    paths = resolve(settings.db)
+    retention = settings.retention_days or None
+    writer = _writers_by_provider.get(provider)
+    if writer is not None and writer.paths == paths:
+        writer.restart(flush_interval=settings.flush_interval, retention_days=retention)
+    else:
+        writer = StoreWriter(paths, flush_interval=settings.flush_interval, retention_days=retention)
+        provider.add_span_processor(writer)
+        _writers_by_provider[provider] = writer
+    _store_writer = writer
 
 
 def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str | None) -> Any:
@@ -135,6 +147,8 @@ def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str
         own = True
     for processor in _span_processors(settings, own, endpoint_option):
         provider.add_span_processor(processor)
+    if settings.store:
+        _attach_store(provider, settings)
     return provider
 
 

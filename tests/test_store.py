@@ -15,7 +15,8 @@ import duckdb
 import pytest
 
 from llmtrace import query
-from llmtrace.store import files, merge, resolve, schema
+from llmtrace.store import files, resolve, schema
+from llmtrace.store.merge import merge
 from store_helpers import emit, provider_with_store
 
 HERE = Path(__file__).parent
@@ -266,3 +267,27 @@ def test_after_fork_the_child_writes_its_own_spans_only(tmp_path: Path) -> None:
     writer.force_flush()
     rows = {r["key"]: r["calls"] for r in query.spend_by("tenant", LAST_DAY, db=db)}
     assert rows == {"acme": 3, "child": 2}
+
+
+def test_instrument_cycles_reuse_one_store_writer(tmp_path: Path) -> None:
+    import llmtrace
+    from llmtrace.store import writer as writer_module
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    added: list[Any] = []
+    original = provider.add_span_processor
+    provider.add_span_processor = lambda p: (added.append(p), original(p))  # type: ignore[method-assign]
+    db = _db(tmp_path)
+    for _ in range(3):
+        llmtrace.instrument(tracer_provider=provider, db=db, flush_interval=60)
+        emit(provider, 2)
+        llmtrace.uninstrument()
+    assert len(added) == 1 and len([w for w in writer_module._writers if w.paths == resolve(db)]) == 1
+    assert _count(db)["spans"] == 6
+
+
+def test_no_store_file_until_a_span_arrives(tmp_path: Path) -> None:
+    provider, writer = provider_with_store(_db(tmp_path), flush_interval=60)
+    writer.shutdown()
+    assert not resolve(_db(tmp_path)).db.exists()

@@ -1,9 +1,12 @@
-"""The embedded span store: per-process Parquet segments merged into one DuckDB file (DESIGN §4)."""
+"""The embedded span store: per-process Parquet segments merged into one DuckDB file (DESIGN §4).
+
+Importing this package is cheap: DuckDB and Arrow load in the writer thread, or when a module that
+needs them (``merge``, ``schema``, ``llmtrace.query``) is imported.
+"""
 
 from __future__ import annotations
 
 from .files import StorePaths, resolve
-from .merge import MergeOutcome, merge
 from .writer import StoreWriter
 
-__all__ = ["MergeOutcome", "StorePaths", "StoreWriter", "merge", "resolve"]
+__all__ = ["StorePaths", "StoreWriter", "resolve"]

@@ -12,9 +12,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import Any
 
 DEFAULT_DB = Path(".llmtrace") / "llmtrace.duckdb"
 SEGMENT_SUFFIX = ".parquet"
@@ -51,8 +49,10 @@ def new_segment_id() -> str:
     return f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
 
 
-def write_segment(paths: StorePaths, table: pa.Table) -> Path:
-    """Write one segment atomically: a crash leaves a ``.tmp`` file that nothing reads."""
+def write_segment(paths: StorePaths, table: Any) -> Path:
+    """Write one segment (an Arrow table) atomically: a crash leaves a ``.tmp`` file that nothing reads."""
+    import pyarrow.parquet as pq
+
     paths.segments.mkdir(parents=True, exist_ok=True)
     segment_id = new_segment_id()
     final = paths.segments / f"{segment_id}{SEGMENT_SUFFIX}"

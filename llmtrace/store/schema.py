@@ -70,12 +70,6 @@ _JSON = json.JSONEncoder(default=list, separators=(",", ":"), ensure_ascii=False
 _COPIED = frozenset(_ATTRIBUTE_KEYS) | {A.RESPONSE_TIME_TO_FIRST_CHUNK}
 
 
-def is_llm_span(span: Any) -> bool:
-    """Only llmtrace's own LLM-call spans are stored, not the app's HTTP spans and the like."""
-    scope = span.instrumentation_scope
-    return scope is not None and scope.name == "llmtrace"
-
-
 def _plain_attributes(span: Any) -> dict[str, Any]:
     # The SDK keeps attributes in a BoundedAttributes whose per-key access is Python-level; its
     # inner dict is read directly when present (one C-level copy instead of ~40 method calls).

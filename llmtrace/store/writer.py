@@ -22,8 +22,6 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .._guard import internal_errors, report
 from .files import StorePaths, write_segment
-from .merge import merge
-from .schema import is_llm_span, row_of, rows_to_table
 
 logger = logging.getLogger("llmtrace")
 
@@ -32,6 +30,15 @@ DEFAULT_MAX_BUFFERED = 1_000_000
 _SEGMENT_ROWS = 50_000  # rows per segment file at most (and rows held by the writer at once)
 
 _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
+# Merging opens the DuckDB file (tens of ms): done every few flushes, not every one. Readers see
+# unmerged segments anyway, so this does not delay visibility.
+_MERGE_EVERY = 5
+
+
+def is_llm_span(span: ReadableSpan) -> bool:
+    """Only llmtrace's own LLM-call spans are stored, not the app's HTTP spans and the like."""
+    scope = span.instrumentation_scope
+    return scope is not None and scope.name == "llmtrace"
 
 
 class StoreWriter(SpanProcessor):
@@ -93,6 +100,7 @@ class StoreWriter(SpanProcessor):
     # --- the writer thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        rounds = 0
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
@@ -100,13 +108,17 @@ class StoreWriter(SpanProcessor):
                 return
             with self._flushed:
                 requested = self._flush_requests
+            rounds += 1
             with internal_errors():
-                self._write_and_merge()
+                # A flush someone waits for merges at once; periodic ones merge every few rounds.
+                self._write_and_merge(merge_now=requested > self._flushes_done or rounds % _MERGE_EVERY == 0)
             with self._flushed:
                 self._flushes_done = requested
                 self._flushed.notify_all()
 
     def _take_rows(self, limit: int) -> list[tuple[Any, ...]]:
+        from .schema import row_of  # DuckDB and Arrow load here, in the writer thread, not in instrument()
+
         spans = self._spans
         rows: list[tuple[Any, ...]] = []
         for _ in range(min(limit, len(spans))):
@@ -117,7 +129,7 @@ class StoreWriter(SpanProcessor):
                 report(exc)
         return rows
 
-    def _write_and_merge(self) -> None:
+    def _write_and_merge(self, merge_now: bool = True) -> None:
         # Segment by segment, so the writer's memory stays bounded by one segment's rows; only what
         # was buffered when the round began, so a busy app cannot keep the merge from happening.
         remaining = len(self._spans)
@@ -131,12 +143,18 @@ class StoreWriter(SpanProcessor):
                 break
             self._unwritten = []
             try:
+                from .schema import rows_to_table
+
                 write_segment(self.paths, rows_to_table(rows))
             except OSError as exc:
                 self._unwritten = rows  # kept: the next round tries again
                 self._report_fault(f"cannot write segments in {self.paths.segments}: {exc}")
                 return
+        if not merge_now or not self.paths.pending():
+            return
         try:
+            from .merge import merge
+
             merge(self.paths, self.retention_days)
         except Exception as exc:  # a corrupt or future database, a full disk: segments keep the spans
             self._report_fault(f"cannot merge into {self.paths.db}: {exc}")
@@ -174,6 +192,13 @@ class StoreWriter(SpanProcessor):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
+
+    def restart(self, *, flush_interval: float, retention_days: float | None) -> None:
+        """Take spans again after ``shutdown()`` (instrument() after uninstrument() on the same provider:
+        OTel has no way to remove a processor, so the one already there is reused)."""
+        self.flush_interval = flush_interval
+        self.retention_days = retention_days
+        self._reset_state()
 
     def _after_fork_in_child(self) -> None:
         # The parent still owns the spans it had buffered: the child starts empty, with its own thread.

@@ -12,6 +12,6 @@ from __future__ import annotations
 from ._version import __version__
 from .config import ConfigError
 from .context import tags
-from .instrument import instrument, uninstrument
+from .instrumentation import instrument, uninstrument
 
 __all__ = ["ConfigError", "__version__", "instrument", "tags", "uninstrument"]

@@ -291,3 +291,25 @@ def test_no_store_file_until_a_span_arrives(tmp_path: Path) -> None:
     provider, writer = provider_with_store(_db(tmp_path), flush_interval=60)
     writer.shutdown()
     assert not resolve(_db(tmp_path)).db.exists()
+
+
+def test_app_calls_work_while_the_store_is_broken(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import openai
+
+    import llmtrace.testing
+    from conftest import http_module, openai_client
+    from fake_api import FakeAPI
+
+    db = _db(tmp_path)
+    resolve(db).db.parent.mkdir(parents=True)
+    resolve(db).db.write_bytes(b"garbage, not a database" * 50)
+    with llmtrace.testing.capture(store=True, db=db, flush_interval=60) as captured:
+        client = openai_client(FakeAPI(http_module(openai)))
+        result = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        assert result.choices[0].message.content == "hello there"
+        import importlib
+
+        assert importlib.import_module("llmtrace.instrumentation")._store_writer.force_flush()
+    assert len(captured.spans()) == 1
+    assert "cannot merge" in caplog.text
+    assert len(resolve(db).pending()) == 1  # the span waits in its segment

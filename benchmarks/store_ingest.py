@@ -13,6 +13,7 @@ import argparse
 import resource
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spans", type=int, default=1_000_000)
     parser.add_argument("--db", default="/tmp/llmtrace-ingest/ingest.duckdb")
+    parser.add_argument("--rate", type=int, default=0, help="feed this many spans/s (0: as fast as possible, a burst)")
     args = parser.parse_args()
     shutil.rmtree(Path(args.db).parent, ignore_errors=True)
 
@@ -58,24 +60,43 @@ def main() -> None:
 
     writer = StoreWriter(resolve(args.db), flush_interval=0.5)
     rss_start = rss_mb()
-    samples = []
+    samples: list[tuple[int, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:  # RSS through the whole run, the final flush and merge included
+        while not done.wait(0.1):
+            samples.append((0, rss_mb()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     start = time.perf_counter()
     fed = 0
+    chunk = args.rate // 10 if args.rate else DISTINCT
+    next_at = time.perf_counter()
     while fed < args.spans:
-        for span in spans[: min(DISTINCT, args.spans - fed)]:
-            writer.on_end(span)
-        fed += min(DISTINCT, args.spans - fed)
-        samples.append((fed, rss_mb()))
+        n = min(chunk, args.spans - fed)
+        for i in range(fed, fed + n):
+            writer.on_end(spans[i % DISTINCT])
+        fed += n
+        if args.rate:
+            next_at += 0.1
+            time.sleep(max(0.0, next_at - time.perf_counter()))
     assert writer.force_flush(600_000)
     elapsed = time.perf_counter() - start
+    done.set()
+    sampler.join()
     writer.shutdown()
     stored = query.span_count(db=args.db)["spans"]
     assert stored == args.spans, (stored, args.spans)
 
     size = Path(args.db).stat().st_size
+    rss = [r for _, r in samples]
+    tenth = max(1, len(rss) // 10)
+    print("RSS by tenth of the run (MB):", " ".join(f"{max(rss[i:i + tenth]):.0f}" for i in range(0, len(rss), tenth)))
     print(f"spans: {args.spans:,} fed, {stored:,} in DuckDB")
     print(f"ingest: {args.spans / elapsed:,.0f} spans/s end to end (buffer -> rows -> Parquet segments -> merge), {elapsed:.1f} s")
-    print(f"writer RSS: start {rss_start:.0f} MB, during run {min(r for _, r in samples):.0f}-{max(r for _, r in samples):.0f} MB, "
+    mode = f"fed at {args.rate:,} spans/s" if args.rate else "fed as one burst"
+    print(f"writer RSS ({mode}): start {rss_start:.0f} MB, during run {min(r for _, r in samples):.0f}-{max(r for _, r in samples):.0f} MB, "
           f"peak (ru_maxrss) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"disk: {size / 1e6:.1f} MB for {stored:,} spans = {size / stored * 1e6 / 1e6:.1f} MB per million spans")
 

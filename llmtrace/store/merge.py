@@ -22,6 +22,7 @@ logger = logging.getLogger("llmtrace")
 
 # DuckDB refuses a second read-write process with an IOException naming the lock.
 _LOCK_WORDS = ("lock", "Conflicting")
+_MEMORY_LIMIT = "64MB"
 
 
 @dataclass
@@ -47,6 +48,9 @@ def open_for_write(paths: StorePaths) -> duckdb.DuckDBPyConnection | None:
             return None
         raise
     try:
+        # This runs inside the user's process: keep DuckDB's memory and threads modest.
+        con.execute(f"SET memory_limit = '{_MEMORY_LIMIT}'")
+        con.execute("SET threads = 1")
         migrate(con)
     except BaseException:
         con.close()

@@ -27,7 +27,7 @@ logger = logging.getLogger("llmtrace")
 
 DEFAULT_FLUSH_INTERVAL = 2.0
 DEFAULT_MAX_BUFFERED = 1_000_000
-_SEGMENT_ROWS = 50_000  # rows per segment file at most (and rows held by the writer at once)
+_SEGMENT_ROWS = 10_000  # rows per segment file at most (and rows held by the writer at once)
 
 _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 # Merging opens the DuckDB file (tens of ms): done every few flushes, not every one. Readers see

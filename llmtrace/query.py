@@ -196,17 +196,26 @@ def spend_by(
     """Calls, tokens (by bucket), spend and latency percentiles per tenant/user/feature/model/provider."""
     key = _dimension(by)
     where, params = _where(time_range, filters)
+    # Percentiles are the expensive part: with a limit they are computed for the top keys only.
     sql = f"""
-        SELECT {key} AS key, count(*) AS calls, count(error_type) AS errors,
-               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-               sum(cache_read_tokens) AS cache_read_tokens, sum(reasoning_tokens) AS reasoning_tokens,
-               sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
-               quantile_cont(duration_ms, 0.5) AS p50_ms, quantile_cont(duration_ms, 0.99) AS p99_ms
-        FROM spans WHERE {where}
-        GROUP BY 1 ORDER BY cost_usd DESC NULLS LAST, calls DESC
-        {"LIMIT " + str(int(limit)) if limit else ""}"""
+        WITH totals AS (
+            SELECT {key} AS key, count(*) AS calls, count(error_type) AS errors,
+                   sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+                   sum(cache_read_tokens) AS cache_read_tokens, sum(reasoning_tokens) AS reasoning_tokens,
+                   sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls
+            FROM spans WHERE {where}
+            GROUP BY 1 ORDER BY cost_usd DESC NULLS LAST, calls DESC
+            {"LIMIT " + str(int(limit)) if limit else ""}
+        ), latency AS (
+            SELECT {key} AS key, quantile_cont(duration_ms, 0.5) AS p50_ms, quantile_cont(duration_ms, 0.99) AS p99_ms
+            FROM spans WHERE {where} {f"AND {key} IN (SELECT key FROM totals)" if limit else ""}
+            GROUP BY 1
+        )
+        SELECT totals.*, latency.p50_ms, latency.p99_ms
+        FROM totals LEFT JOIN latency ON totals.key IS NOT DISTINCT FROM latency.key
+        ORDER BY cost_usd DESC NULLS LAST, calls DESC"""
     with open_store(db) as con:
-        return _rows(con, sql, params)
+        return _rows(con, sql, params + params)
 
 
 def spend_over_time(

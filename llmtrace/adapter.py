@@ -21,6 +21,12 @@ class Result:
     usage: Usage | None = None
     output_text: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
+    # Reading a whole response's text costs time that is wasted when usage is known and content
+    # capture is off: a non-streamed response hands a function instead, called only when needed.
+    text_of: Callable[[], str] | None = None
+
+    def text(self) -> str:
+        return self.text_of() if self.text_of is not None else self.output_text
 
 
 class Accumulator(Protocol):
@@ -45,7 +51,6 @@ class ClientInfo:
 class Endpoint:
     """One API operation of one provider (e.g. OpenAI chat completions)."""
 
-    provider: str
     operation: str
     request_attributes: Callable[[Mapping[str, Any]], dict[str, Any]]
     parse: Callable[[Any], Result]

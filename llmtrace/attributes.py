@@ -23,7 +23,6 @@ REQUEST_SEED = "gen_ai.request.seed"
 REQUEST_CHOICE_COUNT = "gen_ai.request.choice.count"
 REQUEST_STREAM = "gen_ai.request.stream"
 REQUEST_ENCODING_FORMATS = "gen_ai.request.encoding_formats"
-OUTPUT_TYPE = "gen_ai.output.type"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 
@@ -70,7 +69,6 @@ TAG_PREFIX = "llmtrace.tag."
 # --- content (opt-in) ----------------------------------------------------------------------------
 INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
-SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
 
 # --- metrics -------------------------------------------------------------------------------------
 METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"

@@ -204,7 +204,7 @@ class Call:
         # The provider sent no usage: estimate with the tokenizer (off the common path).
         return Usage(
             uncached_input=self.endpoint.estimate_input(model, self.kwargs),
-            visible_output=_estimate_output(model, result.output_text),
+            visible_output=_estimate_output(model, result.text()),
             source=A.SOURCE_ESTIMATED,
         )
 
@@ -217,8 +217,8 @@ class Call:
             attrs[A.RESPONSE_FINISH_REASONS] = result.finish_reasons
         if result.attributes:
             attrs.update(result.attributes)
-        if self.runtime.settings.capture_content and result.output_text:
-            attrs[A.OUTPUT_MESSAGES] = jsonable([{"role": "assistant", "content": result.output_text}])
+        if self.runtime.settings.capture_content and (text := result.text()):
+            attrs[A.OUTPUT_MESSAGES] = jsonable([{"role": "assistant", "content": text}])
         if usage is None:
             attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
             return None

@@ -82,7 +82,7 @@ def _parse(message: Any) -> Result:
         response_id=_str(get(message, "id")),
         finish_reasons=(reason,) if isinstance(reason, str) else (),
         usage=_usage(get(message, "usage")),
-        output_text=_text_of(get(message, "content")),
+        text_of=lambda: _text_of(get(message, "content")),
     )
 
 
@@ -170,7 +170,6 @@ def _content(kwargs: Mapping[str, Any]) -> Any:
 
 
 MESSAGES = Endpoint(
-    provider="anthropic",
     operation=A.OP_CHAT,
     request_attributes=_request_attributes,
     parse=_parse,

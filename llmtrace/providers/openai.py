@@ -132,14 +132,14 @@ def _choice_text(choice: Any) -> str:
 
 
 def _parse_choices_response(response: Any) -> Result:
-    choices = get(response, "choices") or ()
+    choices = getattr(response, "choices", None) or ()
     return Result(
-        response_model=_str(get(response, "model")),
-        response_id=_str(get(response, "id")),
-        finish_reasons=tuple(r for c in choices if isinstance(r := get(c, "finish_reason"), str)),
-        usage=_chat_usage(get(response, "usage")),
-        output_text="".join(_choice_text(c) for c in choices),
+        response_model=_str(getattr(response, "model", None)),
+        response_id=_str(getattr(response, "id", None)),
+        finish_reasons=tuple(r for c in choices if type(r := getattr(c, "finish_reason", None)) is str),
+        usage=_chat_usage(getattr(response, "usage", None)),
         attributes=_extras(response),
+        text_of=lambda: "".join(_choice_text(c) for c in choices),
     )
 
 
@@ -207,14 +207,13 @@ _RESPONSE_DONE_EVENTS = ("response.completed", "response.incomplete", "response.
 def _parse_response_object(response: Any) -> Result:
     status = _str(get(response, "status"))
     reason = _str(get(get(response, "incomplete_details"), "reason"))
-    text = get(response, "output_text")
     return Result(
         response_model=_str(get(response, "model")),
         response_id=_str(get(response, "id")),
         finish_reasons=(reason or status,) if (reason or status) else (),
         usage=_responses_usage(get(response, "usage")),
-        output_text=text if isinstance(text, str) else "",
         attributes=_extras(response),
+        text_of=lambda: _str(get(response, "output_text")) or "",
     )
 
 
@@ -242,6 +241,7 @@ class _ResponsesAccumulator:
         if self._final is not None:
             return _parse_response_object(self._final)
         partial = _parse_response_object(self._created) if self._created is not None else Result()
+        partial.text_of = None  # the created event has no text yet: what streamed in is the text
         partial.output_text = "".join(self._text)
         return partial
 
@@ -277,7 +277,6 @@ def _embeddings_content(kwargs: Mapping[str, Any]) -> Any:
 
 
 CHAT = Endpoint(
-    provider="openai",
     operation=A.OP_CHAT,
     request_attributes=_chat_request,
     parse=_parse_choices_response,
@@ -288,7 +287,6 @@ CHAT = Endpoint(
     wants_usage_option=True,
 )
 COMPLETIONS = Endpoint(
-    provider="openai",
     operation=A.OP_TEXT_COMPLETION,
     request_attributes=_chat_request,
     parse=_parse_choices_response,
@@ -299,7 +297,6 @@ COMPLETIONS = Endpoint(
     wants_usage_option=True,
 )
 RESPONSES = Endpoint(
-    provider="openai",
     operation=A.OP_CHAT,
     request_attributes=_responses_request,
     parse=_parse_response_object,
@@ -309,7 +306,6 @@ RESPONSES = Endpoint(
     client_info=client_info,
 )
 EMBEDDINGS = Endpoint(
-    provider="openai",
     operation=A.OP_EMBEDDINGS,
     request_attributes=_embeddings_request,
     parse=_parse_embeddings,

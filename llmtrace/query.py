@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import duckdb
 
 from .store.files import StorePaths, resolve
-from .store.merge import is_lock_error, merge
+from .store.merge import is_lock_error, merge, merged_ids
 from .store.schema import COLUMN_NAMES, COLUMNS
 
 logger = logging.getLogger("llmtrace")
@@ -114,11 +114,12 @@ def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> bool:
 def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> None:
     columns = ", ".join(COLUMN_NAMES)
     parts = []
+    pending_paths = paths.pending()
     merged: set[str] = set()
     if _attach(con, paths):
         parts.append(f"SELECT {columns} FROM store.spans")
-        merged = {r[0] for r in con.execute("SELECT segment_id FROM store._segments").fetchall()}
-    pending = [str(p) for p in paths.pending() if p.stem not in merged]
+        merged = merged_ids(con, "store._segments", [p.stem for p in pending_paths])
+    pending = [str(p) for p in pending_paths if p.stem not in merged]
     if pending:
         parts.append(f"SELECT {columns} FROM read_parquet({_list_literal(pending)})")
     if not parts:

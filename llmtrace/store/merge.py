@@ -58,6 +58,14 @@ def open_for_write(paths: StorePaths) -> duckdb.DuckDBPyConnection | None:
     return con
 
 
+def merged_ids(con: duckdb.DuckDBPyConnection, table: str, candidates: list[str]) -> set[str]:
+    """Which of these segment ids are already in the database (looked up by id: the table only grows)."""
+    if not candidates:
+        return set()
+    rows = con.execute(f"SELECT segment_id FROM {table} WHERE segment_id IN (SELECT unnest(?::VARCHAR[]))", [candidates])
+    return {row[0] for row in rows.fetchall()}
+
+
 def _readable(segment: Path) -> int | None:
     """Row count of a complete segment; None for a truncated or corrupt one."""
     try:
@@ -83,7 +91,7 @@ def _merge_with(
     con: duckdb.DuckDBPyConnection, paths: StorePaths, retention_days: float | None, outcome: MergeOutcome
 ) -> None:
     pending = paths.pending()
-    done = {row[0] for row in con.execute("SELECT segment_id FROM _segments").fetchall()} if pending else set()
+    done = merged_ids(con, "_segments", [p.stem for p in pending])
     to_insert: list[tuple[Path, int]] = []
     to_delete: list[Path] = []
     for segment in pending:

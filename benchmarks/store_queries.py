@@ -50,7 +50,9 @@ SELECT printf('%032x', h), printf('%016x', i), NULL, 'svc-' || (i % 3), 'chat mo
        'feature-' || feature_n, NULL,
        tin * 0.6, tin * 0.4, 0, tout * 0.9, tout * 0.1, tin, tout, 'provider',
        CASE WHEN model_n = 49 THEN NULL ELSE (tin * (0.1 + model_n / 10) + tout * (0.4 + model_n / 5)) / 1e6 END,
-       'genai-prices', model_n = 49, i % 3 = 0, '{{"server.address":"api.example.com"}}'
+       'genai-prices', model_n = 49, i % 3 = 0,
+       tin * (0.1 + model_n / 10) / 1e6, tout * (0.4 + model_n / 5) / 1e6, 'model-' || model_n, 'resp-' || i,
+       ['stop'], 'api.example.com', 443, 1024, 0.7, NULL, '{{"gen_ai.request.seed":7}}'
 FROM base
 """
 

@@ -46,6 +46,10 @@ def test_spans_arrive_in_duckdb_with_typed_columns(tmp_path: Path) -> None:
                    "response_model", "user_id", "tenant", "feature", "output_tokens"):
         assert public in types
     assert row[:3] == ("acme", 100, 0.001) and row[4] == "store-test" and row[5] == "pro"
+    from datetime import datetime, timezone
+
+    age = datetime.now(timezone.utc).replace(tzinfo=None) - row[3]
+    assert 0 <= age.total_seconds() < 60  # start_time is the span's start, in UTC
     assert _count(db) == {"spans": 5, "distinct_span_ids": 5, "pending_segments": 0}
 
 
@@ -79,7 +83,7 @@ def test_segments_committed_but_not_deleted_are_not_counted_twice(tmp_path: Path
     provider, writer = provider_with_store(db, flush_interval=60)
     emit(provider, 10)
     paths = resolve(db)
-    table = schema.rows_to_table([schema.row_of(s) for s in list(writer._spans)])
+    table = schema.spans_to_table(list(writer._spans))
     writer._spans.clear()
     segment = files.write_segment(paths, table)
     copy = segment.read_bytes()
@@ -95,7 +99,7 @@ def test_truncated_segment_is_quarantined_not_dropped_silently(tmp_path: Path, c
     provider, writer = provider_with_store(db, flush_interval=60)
     paths = resolve(db)
     emit(provider, 10)
-    table = schema.rows_to_table([schema.row_of(s) for s in list(writer._spans)])
+    table = schema.spans_to_table(list(writer._spans))
     writer._spans.clear()
     good = files.write_segment(paths, table)
     bad = files.write_segment(paths, table)

@@ -20,7 +20,7 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from .._guard import internal_errors, report
+from .._guard import internal_errors
 from .files import StorePaths, write_segment
 
 logger = logging.getLogger("llmtrace")
@@ -62,7 +62,7 @@ class StoreWriter(SpanProcessor):
     def _reset_state(self) -> None:
         # Spans (not yet rows) wait here; deque append/popleft are atomic, so no lock on the request path.
         self._spans: collections.deque[ReadableSpan] = collections.deque()
-        self._unwritten: list[tuple[Any, ...]] = []  # rows whose segment write failed
+        self._unwritten: list[ReadableSpan] = []  # spans whose segment write failed
         self._wake = threading.Event()
         self._flushed = threading.Condition()
         self._flush_requests = 0
@@ -116,38 +116,29 @@ class StoreWriter(SpanProcessor):
                 self._flushes_done = requested
                 self._flushed.notify_all()
 
-    def _take_rows(self, limit: int) -> list[tuple[Any, ...]]:
-        from .schema import row_of  # DuckDB and Arrow load here, in the writer thread, not in instrument()
-
+    def _take_spans(self, limit: int) -> list[ReadableSpan]:
         spans = self._spans
-        rows: list[tuple[Any, ...]] = []
-        for _ in range(min(limit, len(spans))):
-            span = spans.popleft()
-            try:
-                rows.append(row_of(span))
-            except Exception as exc:  # one malformed span must not cost the others their place
-                report(exc)
-        return rows
+        return [spans.popleft() for _ in range(min(limit, len(spans)))]
 
     def _write_and_merge(self, merge_now: bool = True) -> None:
-        # Segment by segment, so the writer's memory stays bounded by one segment's rows; only what
-        # was buffered when the round began, so a busy app cannot keep the merge from happening.
+        # Segment by segment, so the writer's memory stays bounded by one segment; only what was
+        # buffered when the round began, so a busy app cannot keep the merge from happening.
+        from .schema import spans_to_table  # DuckDB and Arrow load here, in the writer thread
+
         remaining = len(self._spans)
         while True:
             if self._unwritten:
-                rows = self._unwritten
+                batch = self._unwritten
             else:
-                rows = self._take_rows(min(_SEGMENT_ROWS, remaining))
-                remaining -= len(rows)
-            if not rows:
+                batch = self._take_spans(min(_SEGMENT_ROWS, remaining))
+                remaining -= len(batch)
+            if not batch:
                 break
             self._unwritten = []
             try:
-                from .schema import rows_to_table
-
-                write_segment(self.paths, rows_to_table(rows))
+                write_segment(self.paths, spans_to_table(batch))
             except OSError as exc:
-                self._unwritten = rows  # kept: the next round tries again
+                self._unwritten = batch  # kept: the next round tries again
                 self._report_fault(f"cannot write segments in {self.paths.segments}: {exc}")
                 return
         if not merge_now or not self.paths.pending():

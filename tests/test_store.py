@@ -317,3 +317,18 @@ def test_app_calls_work_while_the_store_is_broken(tmp_path: Path, caplog: pytest
     assert len(captured.spans()) == 1
     assert "cannot merge" in caplog.text
     assert len(resolve(db).pending()) == 1  # the span waits in its segment
+
+
+def test_an_odd_attribute_value_costs_only_that_cell(tmp_path: Path) -> None:
+    from llmtrace import attributes as A
+
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 2)
+    odd = provider.get_tracer("llmtrace").start_span("chat x", attributes={A.OPERATION_NAME: "chat", A.HTTP_STATUS_CODE: "four-oh-four", A.SERVER_PORT: 2**40})
+    odd.end()
+    writer.force_flush()
+    con = duckdb.connect(db, read_only=True)
+    rows = con.execute("SELECT http_status, server_port FROM spans WHERE span_name = 'chat x'").fetchall()
+    con.close()
+    assert rows == [(None, None)] and _count(db)["spans"] == 3

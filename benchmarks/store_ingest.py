@@ -1,6 +1,8 @@
 """Store ingest throughput and writer memory, one process.
 
-Feeds finished LLM spans to a StoreWriter as the OTel SDK would (on_end), then waits until
+Feeds finished LLM spans (made by llmtrace itself, around real OpenAI SDK calls on a mock transport,
+so they carry every attribute a production span does) to a StoreWriter as the OTel SDK would (on_end),
+then waits until
 every span is written to segments and merged into DuckDB; reports spans/s end to end and the
 process RSS across the run. Span creation is not timed: it is the SDK's cost, not the store's.
 
@@ -21,11 +23,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider  # noqa: E402
 
+import llmtrace  # noqa: E402
 from llmtrace import query  # noqa: E402
 from llmtrace.store import StoreWriter, resolve  # noqa: E402
-from store_helpers import emit  # noqa: E402
 
-DISTINCT = 100_000  # distinct span objects, fed repeatedly (keeps the generator's memory out of the RSS)
+DISTINCT = 20_000  # distinct span objects, fed repeatedly (keeps the generator's memory out of the RSS)
+
+
+def real_spans(provider: TracerProvider) -> None:
+    import openai
+    from conftest import http_module, openai_client
+    from fake_api import FakeAPI
+
+    llmtrace.instrument(tracer_provider=provider, store=False)
+    client = openai_client(FakeAPI(http_module(openai)))
+    for i in range(DISTINCT):
+        with llmtrace.tags(tenant=f"tenant-{i % 300}", feature=f"feature-{i % 30}", user=f"user-{i % 10_000}"):
+            stream = i % 3 == 0
+            result = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                                    temperature=0.2, max_tokens=64, stream=stream)
+            if stream:
+                for _ in result:
+                    pass
+    llmtrace.uninstrument()
 
 
 def rss_mb() -> float:
@@ -55,7 +75,7 @@ def main() -> None:
     collect = Collect()
     provider = TracerProvider()
     provider.add_span_processor(collect)
-    emit(provider, DISTINCT)
+    real_spans(provider)
     spans = collect.spans
 
     writer = StoreWriter(resolve(args.db), flush_interval=0.5)

@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 test: test-latest test-previous
 
 test-latest: $(VENV)/.installed
+	$(VENV)/bin/python -m mypy
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 test-previous: $(VENV_PREV)/.installed

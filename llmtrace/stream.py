@@ -21,7 +21,7 @@ def _abandoned(call: Call) -> None:
     call.end_stream(None)
 
 
-class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class SyncStreamProxy(wrapt.ObjectProxy):
     def __init__(self, stream: Any, call: Call) -> None:
         super().__init__(stream)
         call.begin_stream()
@@ -30,7 +30,7 @@ class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
     def __iter__(self) -> Iterator[Any]:
         call = self._self_call
-        add = call.acc.add  # per-chunk work kept to one call: this loop runs for every token
+        add = call.begin_stream().add  # per-chunk work kept to one call: this loop runs for every token
         try:
             for item in self.__wrapped__:
                 if not call.first_chunk_ns:
@@ -81,7 +81,7 @@ class SyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_call.end_stream(None)
 
 
-class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncStreamProxy(wrapt.ObjectProxy):
     def __init__(self, stream: Any, call: Call) -> None:
         super().__init__(stream)
         call.begin_stream()
@@ -90,7 +90,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
     async def __aiter__(self) -> AsyncIterator[Any]:
         call = self._self_call
-        add = call.acc.add
+        add = call.begin_stream().add
         try:
             async for item in self.__wrapped__:
                 if not call.first_chunk_ns:
@@ -147,7 +147,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_call.end_stream(None)
 
 
-class RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class RawResponseProxy(wrapt.ObjectProxy):
     """``with_raw_response`` / ``with_streaming_response``: the span ends when ``parse()`` is read."""
 
     def __init__(self, response: Any, call: Call) -> None:
@@ -172,18 +172,18 @@ class RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
 
 class AsyncRawResponseProxy(RawResponseProxy):
-    async def parse(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
         parsed = await self.__wrapped__.parse(*args, **kwargs)
         return self._self_call_parsed(parsed)
 
-    async def close(self) -> Any:  # type: ignore[override]
+    async def close(self) -> Any:
         try:
             return await self.__wrapped__.close()
         finally:
             self._self_call.end_stream(None)
 
 
-class StreamManagerProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+class StreamManagerProxy(wrapt.ObjectProxy):
     """anthropic ``messages.stream(...)``: the request is sent (and the span opened) on enter."""
 
     def __init__(self, manager: Any, opener: Any) -> None:

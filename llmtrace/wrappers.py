@@ -53,7 +53,7 @@ def _kind_of(cls: type) -> int:
         elif cls.__name__ == "LegacyAPIResponse":
             kind = _LEGACY_RAW
         elif hasattr(cls, "parse") and (hasattr(cls, "iter_bytes") or hasattr(cls, "aiter_bytes")):
-            kind = _ASYNC_RAW if inspect.iscoroutinefunction(cls.parse) else _RAW
+            kind = _ASYNC_RAW if inspect.iscoroutinefunction(getattr(cls, "parse")) else _RAW
         else:
             kind = _PLAIN
         _kinds[cls] = kind

@@ -45,7 +45,10 @@ def jsonable(value: Any) -> str:
 
 
 
-def pick(kwargs: Any, table: Mapping[str, tuple[str, type | tuple[type, ...]]]) -> dict[str, Any]:
+RequestTable = Mapping[str, tuple[str, "type | tuple[type, ...]"]]
+
+
+def pick(kwargs: Any, table: RequestTable) -> dict[str, Any]:
     """Request attributes from ``kwargs``: kwarg name -> (attribute, accepted type); first match wins."""
     attrs: dict[str, Any] = {}
     for name, value in kwargs.items():

@@ -20,9 +20,9 @@ from ..adapter import (
     Target,
 )
 from ..usage import Usage, as_int
-from ._stainless import client_info_for, get, pick
+from ._stainless import RequestTable, client_info_for, get, pick
 
-_REQUEST = {
+_REQUEST: RequestTable = {
     "model": (A.REQUEST_MODEL, str),
     "max_tokens": (A.REQUEST_MAX_TOKENS, int),
     "temperature": (A.REQUEST_TEMPERATURE, (int, float)),

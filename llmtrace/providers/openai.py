@@ -8,7 +8,7 @@ from .. import attributes as A
 from .. import tokenizer
 from ..adapter import ASYNC_CALL, CALL, RETRY_HOOK, ClientInfo, Endpoint, Result, Target
 from ..usage import Usage, as_int
-from ._stainless import client_info_for, get, pick
+from ._stainless import RequestTable, client_info_for, get, pick
 
 # OpenAI-compatible hosts whose provider has a semconv name (or a well-known one).
 _HOST_PROVIDERS = {
@@ -25,7 +25,7 @@ _HOST_PROVIDERS = {
     "generativelanguage.googleapis.com": "gcp.gemini",
 }
 
-_COMMON = {
+_COMMON: RequestTable = {
     "model": (A.REQUEST_MODEL, str),
     "temperature": (A.REQUEST_TEMPERATURE, (int, float)),
     "top_p": (A.REQUEST_TOP_P, (int, float)),
@@ -35,14 +35,14 @@ _COMMON = {
     "stream": (A.REQUEST_STREAM, bool),
     "stop": (A.REQUEST_STOP_SEQUENCES, str),
 }
-_CHAT_REQUEST = {
+_CHAT_REQUEST: RequestTable = {
     **_COMMON,
     "max_completion_tokens": (A.REQUEST_MAX_TOKENS, int),
     "max_tokens": (A.REQUEST_MAX_TOKENS, int),
     "n": (A.REQUEST_CHOICE_COUNT, int),
 }
-_RESPONSES_REQUEST = {**_COMMON, "max_output_tokens": (A.REQUEST_MAX_TOKENS, int)}
-_EMBEDDINGS_REQUEST = {"model": (A.REQUEST_MODEL, str), "encoding_format": (A.REQUEST_ENCODING_FORMATS, str)}
+_RESPONSES_REQUEST: RequestTable = {**_COMMON, "max_output_tokens": (A.REQUEST_MAX_TOKENS, int)}
+_EMBEDDINGS_REQUEST: RequestTable = {"model": (A.REQUEST_MODEL, str), "encoding_format": (A.REQUEST_ENCODING_FORMATS, str)}
 
 
 def _provider_of(client: Any, host: str) -> str:
@@ -205,12 +205,11 @@ _RESPONSE_DONE_EVENTS = ("response.completed", "response.incomplete", "response.
 
 
 def _parse_response_object(response: Any) -> Result:
-    status = _str(get(response, "status"))
-    reason = _str(get(get(response, "incomplete_details"), "reason"))
+    finish = _str(get(get(response, "incomplete_details"), "reason")) or _str(get(response, "status"))
     return Result(
         response_model=_str(get(response, "model")),
         response_id=_str(get(response, "id")),
-        finish_reasons=(reason or status,) if (reason or status) else (),
+        finish_reasons=(finish,) if finish else (),
         usage=_responses_usage(get(response, "usage")),
         attributes=_extras(response),
         text_of=lambda: _str(get(response, "output_text")) or "",

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, get_current_span
 
 from . import attributes as A
 from . import pricing
@@ -25,12 +25,32 @@ from .usage import Usage
 
 
 @dataclass(frozen=True)
+class UnsampledCall:
+    """What the store needs of a call whose span the app's sampler did not record."""
+
+    name: str
+    context: Any
+    parent: Any
+    start_time: int
+    end_time: int
+    attributes: dict[str, Any]
+    error: bool
+    resource: Any
+
+    @property
+    def status(self) -> Status:
+        return Status(StatusCode.ERROR if self.error else StatusCode.UNSET)
+
+
+@dataclass(frozen=True)
 class Runtime:
     """What ``instrument()`` set up; swapped atomically, read once per call."""
 
     tracer: Tracer
     settings: Settings
     instruments: Instruments | None
+    # Receives calls the app's sampler dropped, so the store (a ledger) still sees every call.
+    ledger: Any = None
 
 
 runtime: Runtime | None = None
@@ -55,6 +75,8 @@ class Call:
         "rate_limited",
         "acc",
         "done",
+        "unsampled",
+        "unsampled_parent",
     )
 
     def __init__(self, endpoint: Endpoint, rt: Runtime, instance: Any, kwargs: dict[str, Any]) -> None:
@@ -69,8 +91,6 @@ class Call:
         attrs.update(current_tags())
         if settings.capture_content:
             attrs[A.INPUT_MESSAGES] = jsonable(endpoint.input_content(kwargs))
-        model = attrs.get(A.REQUEST_MODEL)
-        name = f"{endpoint.operation} {model}" if model else endpoint.operation
         self.endpoint = endpoint
         self.runtime = rt
         self.attrs = attrs
@@ -83,7 +103,13 @@ class Call:
         self.acc: Accumulator | None = None
         self.done = False
         self.start_ns = time.time_ns()
-        self.span = rt.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs, start_time=self.start_ns)
+        self.span = rt.tracer.start_span(self._name(), kind=SpanKind.CLIENT, attributes=attrs, start_time=self.start_ns)
+        # The app's sampler dropped this span: remember its parent, to hand the call to the store anyway.
+        self.unsampled_parent: Any = None
+        self.unsampled = rt.ledger is not None and not self.span.is_recording()
+        if self.unsampled:
+            parent = get_current_span().get_span_context()
+            self.unsampled_parent = parent if parent.is_valid else None
 
     # --- request side --------------------------------------------------------------------------
 
@@ -185,6 +211,19 @@ class Call:
         if error is not None:
             span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error}"[:512]))
         span.end(end_time=end_ns)
+        if self.unsampled:
+            self.runtime.ledger.record_unsampled(
+                UnsampledCall(
+                    name=self._name(),
+                    context=span.get_span_context(),
+                    parent=self.unsampled_parent,
+                    start_time=self.start_ns,
+                    end_time=end_ns,
+                    attributes={**self.attrs, **attrs},
+                    error=error is not None,
+                    resource=getattr(self.runtime.tracer, "resource", None),
+                )
+            )
         instruments = self.runtime.instruments
         if instruments is not None:
             instruments.record(
@@ -196,6 +235,10 @@ class Call:
                 cost,
                 error_type,
             )
+
+    def _name(self) -> str:
+        model = self.attrs.get(A.REQUEST_MODEL)
+        return f"{self.endpoint.operation} {model}" if model else self.endpoint.operation
 
     def _usage_of(self, result: Result) -> Usage | None:
         if result.usage is not None:

@@ -46,6 +46,7 @@ def instrument(**options: Any) -> None:
     ``tracer_provider``, ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError``
     and nothing is applied.
     """
+    global _store_writer
     tracer_provider = options.pop("tracer_provider", None)
     meter_provider = options.pop("meter_provider", None)
     settings = config.load(options)
@@ -55,10 +56,11 @@ def instrument(**options: Any) -> None:
             return
         if settings.prices:
             pricing.set_prices(settings.prices)
+        _store_writer = None
         tracer_provider = _tracer_provider(tracer_provider, settings, options.get("otlp_endpoint"))
         instruments = _instruments(meter_provider, settings)
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
-        core.runtime = core.Runtime(tracer=tracer, settings=settings, instruments=instruments)
+        core.runtime = core.Runtime(tracer=tracer, settings=settings, instruments=instruments, ledger=_store_writer)
         for sdk in PROVIDERS:
             if sdk not in _hooks_registered:
                 _hooks_registered.add(sdk)

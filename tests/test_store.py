@@ -332,3 +332,36 @@ def test_an_odd_attribute_value_costs_only_that_cell(tmp_path: Path) -> None:
     rows = con.execute("SELECT http_status, server_port FROM spans WHERE span_name = 'chat x'").fetchall()
     con.close()
     assert rows == [(None, None)] and _count(db)["spans"] == 3
+
+
+def test_the_store_sees_every_call_when_the_app_samples_traces(tmp_path: Path) -> None:
+    import importlib
+
+    import openai
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    import llmtrace
+    from conftest import http_module, openai_client
+    from fake_api import FakeAPI
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(sampler=TraceIdRatioBased(0.01))
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    db = _db(tmp_path)
+    llmtrace.instrument(tracer_provider=provider, db=db, flush_interval=60)
+    try:
+        client = openai_client(FakeAPI(http_module(openai)))
+        for i in range(200):
+            with llmtrace.tags(tenant=f"t{i % 2}"):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        assert importlib.import_module("llmtrace.instrumentation")._store_writer.force_flush()
+    finally:
+        llmtrace.uninstrument()
+    assert len(exported.get_finished_spans()) < 20  # the traces are sampled...
+    rows = {r["key"]: r for r in query.spend_by("tenant", LAST_DAY, db=db)}
+    assert rows["t0"]["calls"] == rows["t1"]["calls"] == 100  # ...the ledger is not
+    per_call = (56 * 0.15 + 64 * 0.075 + 40 * 0.6) / 1e6  # FakeAPI's usage at gpt-4o-mini's prices
+    assert rows["t0"]["cost_usd"] == pytest.approx(100 * per_call)

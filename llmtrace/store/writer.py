@@ -86,6 +86,17 @@ class StoreWriter(SpanProcessor):
         if self._thread is None:
             self._start_thread()
 
+    def record_unsampled(self, call: Any) -> None:
+        """A call whose span the app's sampler dropped: the ledger still records it (same row shape)."""
+        if self._stopped:
+            return
+        if len(self._spans) + len(self._unwritten) >= self.max_buffered:
+            self._drop()
+            return
+        self._spans.append(call)
+        if self._thread is None:
+            self._start_thread()
+
     def _drop(self) -> None:
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 100_000 == 0:

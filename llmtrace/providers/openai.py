@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from .. import attributes as A
@@ -285,16 +286,8 @@ CHAT = Endpoint(
     client_info=client_info,
     wants_usage_option=True,
 )
-COMPLETIONS = Endpoint(
-    operation=A.OP_TEXT_COMPLETION,
-    request_attributes=_chat_request,
-    parse=_parse_choices_response,
-    accumulator=_ChoicesAccumulator,
-    estimate_input=_estimate_chat_input,
-    input_content=_chat_content,
-    client_info=client_info,
-    wants_usage_option=True,
-)
+# Legacy completions answer in the same shape as chat completions; only the operation differs.
+COMPLETIONS = dataclasses.replace(CHAT, operation=A.OP_TEXT_COMPLETION)
 RESPONSES = Endpoint(
     operation=A.OP_CHAT,
     request_attributes=_responses_request,

@@ -77,23 +77,20 @@ class StoreWriter(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._stopped or not is_llm_span(span):
-            return
-        if len(self._spans) + len(self._unwritten) >= self.max_buffered:
-            self._drop()
-            return
-        self._spans.append(span)
-        if self._thread is None:
-            self._start_thread()
+        if is_llm_span(span):
+            self._buffer(span)
 
     def record_unsampled(self, call: Any) -> None:
         """A call whose span the app's sampler dropped: the ledger still records it (same row shape)."""
+        self._buffer(call)
+
+    def _buffer(self, item: Any) -> None:
         if self._stopped:
             return
         if len(self._spans) + len(self._unwritten) >= self.max_buffered:
             self._drop()
             return
-        self._spans.append(call)
+        self._spans.append(item)
         if self._thread is None:
             self._start_thread()
 

@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 class Settings:
     service_name: str | None = None
     otlp_endpoint: str | None = None
+    otlp_protocol: str | None = None  # http/protobuf (default) or grpc
     capture_content: bool = False
     # Hosts known to accept ``stream_options.include_usage``; others never see the field.
     include_usage_hosts: tuple[str, ...] = DEFAULT_INCLUDE_USAGE_HOSTS

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import call as core
-from . import config, pricing
+from . import config, export, pricing
 from ._guard import internal_errors
 from ._version import __version__
 from .metrics import Instruments
@@ -50,6 +50,9 @@ def instrument(**options: Any) -> None:
     tracer_provider = options.pop("tracer_provider", None)
     meter_provider = options.pop("meter_provider", None)
     settings = config.load(options)
+    if settings.otlp_endpoint:  # a bad protocol fails here, before anything is applied
+        export.protocol_for("TRACES", settings)
+        export.protocol_for("METRICS", settings)
     with _lock:
         if core.runtime is not None:
             logger.debug("llmtrace: already instrumented; instrument() again does nothing")
@@ -58,7 +61,7 @@ def instrument(**options: Any) -> None:
             pricing.set_prices(settings.prices)
         _store_writer = None
         tracer_provider = _tracer_provider(tracer_provider, settings, options.get("otlp_endpoint"))
-        instruments = _instruments(meter_provider, settings)
+        instruments = _instruments(meter_provider, settings, options.get("otlp_endpoint"))
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
         core.runtime = core.Runtime(tracer=tracer, settings=settings, instruments=instruments, ledger=_store_writer)
         for sdk in PROVIDERS:
@@ -113,12 +116,7 @@ def _span_processors(settings: config.Settings, own_provider: bool, endpoint_opt
     """
     processors: list[SpanProcessor] = []
     if settings.otlp_endpoint and (own_provider or endpoint_option):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        # An explicit option is a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT; the variables the
-        # exporter reads itself.
-        exporter = OTLPSpanExporter(endpoint=endpoint_option.rstrip("/") + "/v1/traces") if endpoint_option else OTLPSpanExporter()
-        processors.append(BatchSpanProcessor(exporter))
+        processors.append(BatchSpanProcessor(export.span_exporter(settings, endpoint_option)))
     return processors
 
 
@@ -143,8 +141,7 @@ def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str
     own = False
     if not hasattr(provider, "add_span_processor"):
         # No SDK provider yet: make one and install it globally, as the app would have.
-        resource = Resource.create({SERVICE_NAME: settings.service_name} if settings.service_name else {})
-        provider = TracerProvider(resource=resource)
+        provider = TracerProvider(resource=_resource(settings))
         trace.set_tracer_provider(provider)
         own = True
     for processor in _span_processors(settings, own, endpoint_option):
@@ -154,13 +151,24 @@ def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str
     return provider
 
 
-def _instruments(given: Any, settings: config.Settings) -> Instruments | None:
+def _instruments(given: Any, settings: config.Settings, endpoint_option: str | None) -> Instruments | None:
     provider = given if given is not None else metrics.get_meter_provider()
-    if not isinstance(provider, MeterProvider) and given is None:
-        # No SDK meter provider: recording into the API's no-op meter would only cost time.
-        return None
+    if given is None and not isinstance(provider, MeterProvider):
+        if not settings.otlp_endpoint:
+            # No SDK meter provider and nowhere to send metrics: a no-op meter would only cost time.
+            return None
+        # Metrics go where the spans go: a provider of llmtrace's own, installed globally.
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        reader = PeriodicExportingMetricReader(export.metric_exporter(settings, endpoint_option))
+        provider = MeterProvider(metric_readers=[reader], resource=_resource(settings))
+        metrics.set_meter_provider(provider)
     meter = provider.get_meter("llmtrace", __version__)
     return Instruments(meter, settings.metric_tag_allowlist, settings.metric_tag_top_k)
+
+
+def _resource(settings: config.Settings) -> Resource:
+    return Resource.create({SERVICE_NAME: settings.service_name} if settings.service_name else {})
 
 
 def _warm_prices() -> None:

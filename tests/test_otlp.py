@@ -10,18 +10,21 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
-    received: list[ExportTraceServiceRequest] = []
+def receiver() -> Iterator[tuple[str, list[Any]]]:
+    received: list[Any] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             body = self.rfile.read(int(self.headers["Content-Length"]))
             if self.path == "/v1/traces":
                 received.append(ExportTraceServiceRequest.FromString(body))
+            elif self.path == "/v1/metrics":
+                received.append(ExportMetricsServiceRequest.FromString(body))
             self.send_response(200)
             self.send_header("Content-Type", "application/x-protobuf")
             self.end_headers()
@@ -37,27 +40,32 @@ def receiver() -> Iterator[tuple[str, list[ExportTraceServiceRequest]]]:
 
 
 @pytest.mark.parametrize("how", ["environment", "option"])
-def test_spans_reach_an_otlp_receiver(receiver: tuple[str, list[ExportTraceServiceRequest]], tmp_path: Path, how: str) -> None:
+def test_spans_reach_an_otlp_receiver(receiver: tuple[str, list[Any]], tmp_path: Path, how: str) -> None:
     endpoint, received = receiver
     setup = "llmtrace.instrument()" if how == "environment" else f"llmtrace.instrument(otlp_endpoint={endpoint!r})"
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import llmtrace, openai
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from conftest import openai_client, http_module
 from fake_api import FakeAPI
 {setup}
 with llmtrace.tags(tenant="acme", feature="search"):
     openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
 assert trace.get_tracer_provider().force_flush(10_000)
+assert metrics.get_meter_provider().force_flush(10_000)
 """
     env = {"PATH": "/usr/bin:/bin", "OTEL_SERVICE_NAME": "checkout-api"}
     if how == "environment":
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
-    spans = [(rs, span) for req in received for rs in req.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    traces = [r for r in received if isinstance(r, ExportTraceServiceRequest)]
+    spans = [(rs, span) for req in traces for rs in req.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    metric_names = {m.name for r in received if isinstance(r, ExportMetricsServiceRequest)
+                    for rm in r.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert {"gen_ai.client.token.usage", "llmtrace.cost"} <= metric_names
     assert len(spans) == 1
     resource, span = spans[0]
     attrs = {kv.key: kv.value for kv in span.attributes}

@@ -7,7 +7,10 @@ options: ``otlp_endpoint`` (a base URL, like ``OTEL_EXPORTER_OTLP_ENDPOINT``) an
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 from typing import Any
 
 from .config import ConfigError, Settings
@@ -30,6 +33,7 @@ def protocol_for(signal: str, settings: Settings) -> str:
 
 
 def span_exporter(settings: Settings, endpoint_option: str | None) -> Any:
+    quiet_repeated_export_errors()
     if protocol_for("TRACES", settings) == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 
@@ -42,6 +46,7 @@ def span_exporter(settings: Settings, endpoint_option: str | None) -> Any:
 
 
 def metric_exporter(settings: Settings, endpoint_option: str | None) -> Any:
+    quiet_repeated_export_errors()
     if protocol_for("METRICS", settings) == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
 
@@ -51,3 +56,51 @@ def metric_exporter(settings: Settings, endpoint_option: str | None) -> Any:
     if endpoint_option:
         return OTLPMetricExporter(endpoint=endpoint_option.rstrip("/") + "/v1/metrics")
     return OTLPMetricExporter()
+
+
+# Loggers of the OTLP exporters: each failed batch logs again, which floods an app's logs while a
+# backend is down. llmtrace lets one line through per logger and quiet period.
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+)
+QUIET_PERIOD_S = 300.0
+
+
+class RepeatedExportErrors(logging.Filter):
+    """First export warning or error per logger passes (with a word on what it means); repeats
+    within the quiet period are counted and dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suppressed = 0
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(record.name)
+            if last is not None and now - last < QUIET_PERIOD_S:
+                self.suppressed += 1
+                return False
+            self._last[record.name] = now
+        record.msg = (
+            f"{record.getMessage()} (llmtrace: LLM calls and the local store are not affected; "
+            f"repeats of this are muted for {QUIET_PERIOD_S / 60:.0f} minutes)"
+        )
+        record.args = ()
+        return True
+
+
+export_error_filter = RepeatedExportErrors()
+
+
+def quiet_repeated_export_errors() -> None:
+    for name in _EXPORTER_LOGGERS:
+        exporter_logger = logging.getLogger(name)
+        if export_error_filter not in exporter_logger.filters:
+            exporter_logger.addFilter(export_error_filter)

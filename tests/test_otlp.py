@@ -75,3 +75,40 @@ assert metrics.get_meter_provider().force_flush(10_000)
     assert attrs["llmtrace.tenant"].string_value == "acme"
     service = {kv.key: kv.value.string_value for kv in resource.resource.attributes}["service.name"]
     assert service == "checkout-api"
+
+
+def test_an_unreachable_exporter_logs_once_and_the_store_still_gets_everything(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    db = tmp_path / "down.duckdb"
+    script = f"""
+import sys, logging
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
+import llmtrace, openai
+from opentelemetry import trace
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+from llmtrace import export
+llmtrace.instrument(db={str(db)!r})
+client = openai_client(FakeAPI(http_module(openai)))
+for batch in range(3):
+    for _ in range(100):
+        result = client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+        assert result.choices[0].message.content == "hello there"
+    trace.get_tracer_provider().force_flush(5_000)
+llmtrace.uninstrument()
+from llmtrace import query
+print("STORED", query.span_count(db={str(db)!r})["spans"], "SUPPRESSED", export.export_error_filter.suppressed)
+"""
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    stored, suppressed = out.stdout.split()[1], int(out.stdout.split()[3])
+    assert stored == "300"
+    lines = [line for line in out.stderr.splitlines() if line.startswith("LOG opentelemetry.exporter.otlp.proto.http.trace_exporter")]
+    assert len(lines) == 1 and "not affected" in lines[0]
+    assert suppressed >= 2

@@ -255,3 +255,16 @@ def test_tokenizer_files_match_tiktokens_hashes() -> None:
 
     assert tokenizer.count_text("gpt-4o", "Hello world") == 2
     assert tokenizer.count_text("gpt-3.5-turbo", "Hello world") == 2
+
+
+def test_llm_span_is_a_child_of_the_current_span_or_a_root(captured: Any) -> None:
+    client = openai_client(FakeAPI(HTTP))
+    app_tracer = captured.tracer_provider.get_tracer("the-app")
+    with app_tracer.start_as_current_span("POST /search") as request_span:
+        _chat(client)
+    _chat(client)
+    nested, request, root = captured.spans()
+    assert request.name == "POST /search"
+    assert nested.parent is not None and nested.parent.span_id == request_span.get_span_context().span_id
+    assert nested.context.trace_id == request.context.trace_id
+    assert root.parent is None and root.context.trace_id != request.context.trace_id

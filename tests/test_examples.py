@@ -38,3 +38,35 @@ def test_example_runs_and_fills_the_store(example: str, env_base: str, base_url:
         assert row["cost_usd"] > 0
     else:  # an OpenAI-compatible server on another host is another provider: no price is guessed for it
         assert row["cost_usd"] is None and row["unpriced_calls"] == 2
+
+
+def test_fastapi_example_nests_llm_spans_under_requests(base_url: str, tmp_path: Path) -> None:
+    script = f"""
+import sys
+sys.path.insert(0, {str(EXAMPLES.parent)!r})
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from examples.fastapi_multitenant import app
+exporter = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
+with TestClient(app) as http:
+    for tenant in ("acme", "globex"):
+        reply = http.get("/summarize", params={{"text": "a long text"}}, headers={{"X-Tenant": tenant}})
+        assert reply.status_code == 200 and reply.json()["summary"] == "hello there", reply.text
+spans = exporter.get_finished_spans()
+llm = [s for s in spans if s.name == "chat gpt-4o-mini"]
+requests = {{s.context.span_id: s for s in spans if s.name.startswith("GET /summarize") and s.parent is None}}
+assert len(llm) == 2 and len(requests) == 2, [s.name for s in spans]
+for span in llm:
+    root = span
+    while root.parent is not None:
+        root = next(s for s in spans if s.context.span_id == root.parent.span_id)
+    assert root.context.span_id in requests
+print(sorted(s.attributes["llmtrace.tenant"] for s in llm))
+"""
+    env = {"PATH": "/usr/bin:/bin", "OPENAI_BASE_URL": base_url + "/v1", "OPENAI_API_KEY": "sk-test", "LLMTRACE_STORE": "off"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['acme', 'globex']"

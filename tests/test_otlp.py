@@ -16,11 +16,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[Any]]]:
-    received: list[Any] = []
+    received: list[Any] = []  # decoded requests, then the headers of each as a dict
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append({k.lower(): v for k, v in self.headers.items()})
             if self.path == "/v1/traces":
                 received.append(ExportTraceServiceRequest.FromString(body))
             elif self.path == "/v1/metrics":
@@ -59,6 +60,7 @@ assert metrics.get_meter_provider().force_flush(10_000)
     env = {"PATH": "/usr/bin:/bin", "OTEL_SERVICE_NAME": "checkout-api"}
     if how == "environment":
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+        env["OTEL_EXPORTER_OTLP_HEADERS"] = "x-api-key=s3cret"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     traces = [r for r in received if isinstance(r, ExportTraceServiceRequest)]
@@ -66,6 +68,8 @@ assert metrics.get_meter_provider().force_flush(10_000)
     metric_names = {m.name for r in received if isinstance(r, ExportMetricsServiceRequest)
                     for rm in r.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert {"gen_ai.client.token.usage", "llmtrace.cost"} <= metric_names
+    if how == "environment":  # the standard variables reach the exporter: headers, for one
+        assert all(h.get("x-api-key") == "s3cret" for h in received if isinstance(h, dict))
     assert len(spans) == 1
     resource, span = spans[0]
     attrs = {kv.key: kv.value for kv in span.attributes}

@@ -81,12 +81,36 @@ assert metrics.get_meter_provider().force_flush(10_000)
     assert service == "checkout-api"
 
 
-def test_an_unreachable_exporter_logs_once_and_the_store_still_gets_everything(tmp_path: Path) -> None:
+@pytest.fixture
+def failing_backend() -> Iterator[str]:
+    """An OTLP endpoint that answers every export with HTTP 500."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("fault", ["nobody listening", "HTTP 500"])
+def test_a_failing_exporter_logs_once_and_the_store_still_gets_everything(tmp_path: Path, fault: str, failing_backend: str) -> None:
     import socket
 
-    with socket.socket() as probe:  # a loopback port with nobody listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    if fault == "HTTP 500":
+        endpoint = failing_backend
+    else:
+        with socket.socket() as probe:  # a loopback port with nobody listening
+            probe.bind(("127.0.0.1", 0))
+            endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"
     db = tmp_path / "down.duckdb"
     script = f"""
 import sys, logging
@@ -108,7 +132,7 @@ llmtrace.uninstrument()
 from llmtrace import query
 print("STORED", query.span_count(db={str(db)!r})["spans"], "SUPPRESSED", export.export_error_filter.suppressed)
 """
-    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_EXPORTER_OTLP_TIMEOUT": "1"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=180)
     assert out.returncode == 0, out.stderr
     stored, suppressed = out.stdout.split()[1], int(out.stdout.split()[3])

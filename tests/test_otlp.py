@@ -61,6 +61,7 @@ assert metrics.get_meter_provider().force_flush(10_000)
     if how == "environment":
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         env["OTEL_EXPORTER_OTLP_HEADERS"] = "x-api-key=s3cret"
+        env["OTEL_RESOURCE_ATTRIBUTES"] = "deployment.environment=staging"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     traces = [r for r in received if isinstance(r, ExportTraceServiceRequest)]
@@ -77,8 +78,10 @@ assert metrics.get_meter_provider().force_flush(10_000)
     assert attrs["gen_ai.usage.input_tokens"].int_value == 120
     assert attrs["llmtrace.cost.usd"].double_value > 0
     assert attrs["llmtrace.tenant"].string_value == "acme"
-    service = {kv.key: kv.value.string_value for kv in resource.resource.attributes}["service.name"]
-    assert service == "checkout-api"
+    resource_attributes = {kv.key: kv.value.string_value for kv in resource.resource.attributes}
+    assert resource_attributes["service.name"] == "checkout-api"
+    if how == "environment":
+        assert resource_attributes["deployment.environment"] == "staging"
 
 
 @pytest.fixture

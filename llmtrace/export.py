@@ -7,6 +7,7 @@ options: ``otlp_endpoint`` (a base URL, like ``OTEL_EXPORTER_OTLP_ENDPOINT``) an
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -32,30 +33,40 @@ def protocol_for(signal: str, settings: Settings) -> str:
     return protocol
 
 
-def span_exporter(settings: Settings, endpoint_option: str | None) -> Any:
+# signal -> (gRPC exporter module, HTTP exporter module, class name, HTTP path under a base URL)
+_EXPORTERS = {
+    "TRACES": (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "OTLPSpanExporter",
+        "/v1/traces",
+    ),
+    "METRICS": (
+        "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+        "opentelemetry.exporter.otlp.proto.http.metric_exporter",
+        "OTLPMetricExporter",
+        "/v1/metrics",
+    ),
+}
+
+
+def _exporter(signal: str, settings: Settings, endpoint_option: str | None) -> Any:
     quiet_repeated_export_errors()
-    if protocol_for("TRACES", settings) == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
+    grpc_module, http_module, class_name, http_path = _EXPORTERS[signal]
+    grpc = protocol_for(signal, settings) == "grpc"
+    exporter_class = getattr(importlib.import_module(grpc_module if grpc else http_module), class_name)
+    if not endpoint_option:
+        return exporter_class()  # the OTEL_EXPORTER_OTLP_* variables configure it
+    # An explicit option is a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT.
+    return exporter_class(endpoint=endpoint_option if grpc else endpoint_option.rstrip("/") + http_path)
 
-        return GrpcSpanExporter(endpoint=endpoint_option) if endpoint_option else GrpcSpanExporter()
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    if endpoint_option:
-        return OTLPSpanExporter(endpoint=endpoint_option.rstrip("/") + "/v1/traces")
-    return OTLPSpanExporter()
+def span_exporter(settings: Settings, endpoint_option: str | None) -> Any:
+    return _exporter("TRACES", settings, endpoint_option)
 
 
 def metric_exporter(settings: Settings, endpoint_option: str | None) -> Any:
-    quiet_repeated_export_errors()
-    if protocol_for("METRICS", settings) == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetricExporter
-
-        return GrpcMetricExporter(endpoint=endpoint_option) if endpoint_option else GrpcMetricExporter()
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-
-    if endpoint_option:
-        return OTLPMetricExporter(endpoint=endpoint_option.rstrip("/") + "/v1/metrics")
-    return OTLPMetricExporter()
+    return _exporter("METRICS", settings, endpoint_option)
 
 
 # Loggers of the OTLP exporters: each failed batch logs again, which floods an app's logs while a

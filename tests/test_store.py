@@ -20,7 +20,8 @@ from llmtrace.store.merge import merge
 from store_helpers import emit, provider_with_store
 
 HERE = Path(__file__).parent
-LAST_DAY = query.TimeRange.last(query.parse_duration("1d"))
+def last_day() -> query.TimeRange:
+    return query.TimeRange.last(query.parse_duration("1d"))  # computed when asked: "now" moves
 
 
 def _db(tmp_path: Path) -> str:
@@ -218,7 +219,7 @@ def test_four_writer_processes_and_a_reader_lose_and_duplicate_nothing(tmp_path:
     assert counts["spans"] == 40_000 and counts["distinct_span_ids"] == 40_000
     assert merge(resolve(db)).busy is False
     assert _count(db) == {"spans": 40_000, "distinct_span_ids": 40_000, "pending_segments": 0}
-    by_tenant = {r["key"]: r for r in query.spend_by("tenant", LAST_DAY, db=db)}
+    by_tenant = {r["key"]: r for r in query.spend_by("tenant", last_day(), db=db)}
     assert sorted(by_tenant) == [f"tenant-{i}" for i in range(4)]
     for row in by_tenant.values():
         assert row["calls"] == 10_000 and row["cost_usd"] == pytest.approx(10.0)
@@ -269,7 +270,7 @@ def test_after_fork_the_child_writes_its_own_spans_only(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     writer.force_flush()
-    rows = {r["key"]: r["calls"] for r in query.spend_by("tenant", LAST_DAY, db=db)}
+    rows = {r["key"]: r["calls"] for r in query.spend_by("tenant", last_day(), db=db)}
     assert rows == {"acme": 3, "child": 2}
 
 
@@ -361,7 +362,7 @@ def test_the_store_sees_every_call_when_the_app_samples_traces(tmp_path: Path) -
     finally:
         llmtrace.uninstrument()
     assert len(exported.get_finished_spans()) < 20  # the traces are sampled...
-    rows = {r["key"]: r for r in query.spend_by("tenant", LAST_DAY, db=db)}
+    rows = {r["key"]: r for r in query.spend_by("tenant", last_day(), db=db)}
     assert rows["t0"]["calls"] == rows["t1"]["calls"] == 100  # ...the ledger is not
     per_call = (56 * 0.15 + 64 * 0.075 + 40 * 0.6) / 1e6  # FakeAPI's usage at gpt-4o-mini's prices
     assert rows["t0"]["cost_usd"] == pytest.approx(100 * per_call)

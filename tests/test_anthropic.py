@@ -133,7 +133,7 @@ def test_rate_limit_retries(captured: Any) -> None:
     assert captured.spans()[1].attributes["error.type"] == "RateLimitError"
 
 
-def test_missing_usage_is_not_silently_zero_cost(captured: Any) -> None:
+def test_a_zero_usage_report_is_the_providers_word_and_costs_zero(captured: Any) -> None:
     anthropic_client(_api(usage=False)).messages.create(**KW)
     (span,) = captured.spans()
     # Anthropic always sends usage; an all-zero report is still the provider's word.

@@ -211,6 +211,10 @@ class Call:
         if error is not None:
             span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error}"[:512]))
         span.end(end_time=end_ns)
+        instruments = self.runtime.instruments
+        if not self.unsampled and instruments is None:
+            return
+        all_attrs = {**self.attrs, **attrs}
         if self.unsampled:
             self.runtime.ledger.record_unsampled(
                 UnsampledCall(
@@ -219,15 +223,14 @@ class Call:
                     parent=self.unsampled_parent,
                     start_time=self.start_ns,
                     end_time=end_ns,
-                    attributes={**self.attrs, **attrs},
+                    attributes=all_attrs,
                     error=error is not None,
                     resource=getattr(self.runtime.tracer, "resource", None),
                 )
             )
-        instruments = self.runtime.instruments
         if instruments is not None:
             instruments.record(
-                {**self.attrs, **attrs},
+                all_attrs,
                 (end_ns - self.start_ns) / 1e9,
                 ttfc,
                 usage.input_tokens if usage else None,

@@ -40,7 +40,7 @@ def instrument(**options: Any) -> None:
     """Trace every OpenAI and Anthropic call of this process. Safe to call more than once.
 
     Options (each also ``LLMTRACE_<NAME>`` or ``[llmtrace]`` in ``llmtrace.toml``): ``service_name``,
-    ``otlp_endpoint``, ``capture_content``, ``include_usage_hosts``, ``metric_tag_allowlist``,
+    ``otlp_endpoint``, ``otlp_protocol``, ``capture_content``, ``include_usage_hosts``, ``metric_tag_allowlist``,
     ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``, ``config_file``, ``store``, ``db``,
     ``flush_interval``, ``retention_days``. Code-only:
     ``tracer_provider``, ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError``
@@ -59,8 +59,8 @@ def instrument(**options: Any) -> None:
             return
         if settings.prices:
             pricing.set_prices(settings.prices)
-        _store_writer = None
         tracer_provider = _tracer_provider(tracer_provider, settings, options.get("otlp_endpoint"))
+        _store_writer = _attach_store(tracer_provider, settings) if settings.store else None
         instruments = _instruments(meter_provider, settings, options.get("otlp_endpoint"))
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
         core.runtime = core.Runtime(tracer=tracer, settings=settings, instruments=instruments, ledger=_store_writer)
@@ -81,7 +81,7 @@ def uninstrument() -> None:
         core.runtime = None
         global _store_writer
         if _store_writer is not None:
-            _store_writer.shutdown()  # flushes what it holds; the provider keeps a stopped processor
+            _store_writer.shutdown()  # flushes; it stays on the provider, stopped, for a later instrument()
             _store_writer = None
         while _patches:
             owner, attribute, original = _patches.pop()
@@ -109,7 +109,7 @@ def _patch_sdk(module: Any) -> None:
 
 
 def _span_processors(settings: config.Settings, own_provider: bool, endpoint_option: str | None) -> list[SpanProcessor]:
-    """New processors llmtrace adds: OTLP export (the store writer is set up by ``_attach_store``).
+    """New processors llmtrace adds to the provider: OTLP export (the store writer is ``_attach_store``'s).
 
     OTLP goes to a provider llmtrace made itself whenever an endpoint is configured; to the app's own
     provider only when ``otlp_endpoint`` is passed to ``instrument()`` (the app exports its own spans).
@@ -120,8 +120,8 @@ def _span_processors(settings: config.Settings, own_provider: bool, endpoint_opt
     return processors
 
 
-def _attach_store(provider: Any, settings: config.Settings) -> None:
-    global _store_writer
+def _attach_store(provider: Any, settings: config.Settings) -> Any:
+    """The provider's store writer: the one a previous instrument() added (restarted), or a new one."""
     from .store import StoreWriter, resolve
 
     paths = resolve(settings.db)
@@ -133,7 +133,7 @@ def _attach_store(provider: Any, settings: config.Settings) -> None:
         writer = StoreWriter(paths, flush_interval=settings.flush_interval, retention_days=retention)
         provider.add_span_processor(writer)
         _writers_by_provider[provider] = writer
-    _store_writer = writer
+    return writer
 
 
 def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str | None) -> Any:
@@ -146,8 +146,6 @@ def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str
         own = True
     for processor in _span_processors(settings, own, endpoint_option):
         provider.add_span_processor(processor)
-    if settings.store:
-        _attach_store(provider, settings)
     return provider
 
 

@@ -9,13 +9,26 @@ PREV_SDKS = "openai>=2,<3" "anthropic>=1,<2"
 VENV_PHOENIX ?= .venv-phoenix
 PHOENIX = "arize-phoenix>=12"
 
-.PHONY: demo test test-latest test-previous clean
+# Headless Chromium for the dashboard's browser tests: Debian's package, never a browser download.
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: demo test test-latest test-previous chromium clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[all]'
+	touch $@
+
+chromium:
+	@test -x $(CHROMIUM) || { apt-get update -q && apt-get install -y -q chromium; }
+	@test -x $(CHROMIUM) || { echo "make test needs Debian's chromium at $(CHROMIUM): apt-get install chromium" >&2; exit 1; }
 
 $(VENV_PHOENIX)/.installed:
 	$(PYTHON) -m venv $(VENV_PHOENIX)
@@ -29,16 +42,17 @@ $(VENV_PREV)/.installed: pyproject.toml
 	$(VENV_PREV)/bin/python -m pip install -q -e '.[test]' $(PREV_SDKS)
 	touch $@
 
-demo: $(VENV)/.installed
-	$(VENV)/bin/python examples/recorded_traffic.py
+# The live demo: real SDK calls to a simulated provider, into the default store, then the dashboard.
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/llmtrace demo
 
 test: test-latest test-previous
 
-test-latest: $(VENV)/.installed $(VENV_PHOENIX)/.installed
+test-latest: $(VENV)/.installed $(VENV_PHOENIX)/.installed chromium
 	$(VENV)/bin/python -m mypy
 	LLMTRACE_PHOENIX_PYTHON=$(abspath $(VENV_PHOENIX))/bin/python $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
-test-previous: $(VENV_PREV)/.installed $(VENV_PHOENIX)/.installed
+test-previous: $(VENV_PREV)/.installed $(VENV_PHOENIX)/.installed chromium
 	LLMTRACE_PHOENIX_PYTHON=$(abspath $(VENV_PHOENIX))/bin/python $(VENV_PREV)/bin/python -m pytest -q -p no:cacheprovider
 
 clean:

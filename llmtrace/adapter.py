@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from .config import Settings
 from .usage import Usage
 
 
@@ -57,7 +58,7 @@ class Endpoint:
     accumulator: Callable[[bool], Accumulator]  # arg: hide the usage-only chunk we asked for
     estimate_input: Callable[[str, Mapping[str, Any]], int]
     input_content: Callable[[Mapping[str, Any]], Any]
-    client_info: Callable[[Any, tuple[str, ...]], ClientInfo]  # (SDK resource, include-usage hosts)
+    client_info: Callable[[Any, Settings], ClientInfo]  # (SDK resource, settings)
     # Adds ``stream_options.include_usage`` (OpenAI chat/completions streams); None elsewhere.
     wants_usage_option: bool = False
 

@@ -52,6 +52,8 @@ COST_OUTPUT_USD = "llmtrace.cost.output_usd"
 COST_SOURCE = "llmtrace.cost.source"
 COST_UNPRICED = "llmtrace.cost.unpriced"
 COST_PRICED_MODEL = "llmtrace.cost.priced_model"
+# Set only on calls that read or wrote a prompt cache: USD saved against the full input rate.
+COST_CACHE_SAVINGS_USD = "llmtrace.cost.cache_savings_usd"
 
 # --- errors and transport ------------------------------------------------------------------------
 ERROR_TYPE = "error.type"

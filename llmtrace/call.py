@@ -81,7 +81,7 @@ class Call:
 
     def __init__(self, endpoint: Endpoint, rt: Runtime, instance: Any, kwargs: dict[str, Any]) -> None:
         settings = rt.settings
-        info = endpoint.client_info(instance, settings.include_usage_hosts)
+        info = endpoint.client_info(instance, settings)
         attrs = endpoint.request_attributes(kwargs)
         attrs[A.OPERATION_NAME] = endpoint.operation
         attrs[A.PROVIDER_NAME] = info.provider
@@ -286,6 +286,8 @@ class Call:
         attrs[A.COST_OUTPUT_USD] = cost.output
         attrs[A.COST_SOURCE] = price.source
         attrs[A.COST_PRICED_MODEL] = price.model
+        if cost.cache_savings:
+            attrs[A.COST_CACHE_SAVINGS_USD] = cost.cache_savings
         return cost.total
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import sys
+import time
 from typing import Any, Sequence
 
-from . import pricing, query
+from . import dashboard, pricing, query
 from .store import resolve
 from .store.merge import merge
 
@@ -76,6 +78,63 @@ def cmd_prices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the Streamlit dashboard over the store (on 127.0.0.1 unless --host says otherwise)."""
+    process = dashboard.start(args.db, args.host, args.port, args.refresh)
+    print(f"llmtrace dashboard: http://{args.host}:{args.port} over {resolve(args.db).db}", file=sys.stderr)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        return process.wait()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Drive a simulated OpenAI/Anthropic API with the real SDKs under llmtrace, then open the dashboard."""
+    from . import demo
+    from .instrumentation import uninstrument
+    from .simulator import SimulatedProvider
+
+    with SimulatedProvider(seed=args.seed) as sim:
+        demo.instrument_for_demo(args.db, sim)
+        try:
+            traffic = demo.Traffic(sim, seed=args.seed)
+            print(f"llmtrace demo: {args.calls} calls through the real openai and anthropic SDKs to a simulated "
+                  f"API at {sim.url}", file=sys.stderr)
+            run = demo.run_burst(traffic, args.calls, args.concurrency, demo.ProgressBar(args.calls))
+            demo.flush()
+            window = query.TimeRange.starting_at(run.started - 1)
+            rows = query.spend_by("tenant", window, query.Filters(service=demo.SERVICE_NAME), db=args.db)
+            print()
+            _print_table(rows, "tenant")
+            print(f"\n{run.calls} calls ({run.errors} failed after the SDKs' retries) stored in {resolve(args.db).db}")
+            if args.no_dashboard:
+                return 0
+            return _serve_with_live_traffic(args, traffic)
+        finally:
+            uninstrument()
+
+
+def _serve_with_live_traffic(args: argparse.Namespace, traffic: Any) -> int:
+    process = dashboard.start(args.db, args.host, args.port)
+    url = f"http://{args.host}:{args.port}"
+    try:
+        dashboard.wait_until_up(process, url)
+        print(f"\nDashboard: {url}\nLive traffic goes on (about one call a second) so you can watch it arrive; "
+              "Ctrl-C stops both.", flush=True)
+        dashboard.open_in_browser(url)
+        pause = random.Random(args.seed)
+        while process.poll() is None:
+            traffic.call()
+            time.sleep(pause.uniform(0.0, 0.6))
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmtrace", description="LLM cost and latency from the llmtrace store")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("model")
     prices.add_argument("--provider", default="openai")
     prices.set_defaults(run=cmd_prices)
+
+    board = commands.add_parser("dashboard", help=cmd_dashboard.__doc__)
+    board.add_argument("--db")
+    board.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    board.add_argument("--port", type=int, default=dashboard.DEFAULT_PORT)
+    board.add_argument("--refresh", type=float, default=None,
+                       help=f"seconds between automatic refreshes, 0 = off (default {dashboard.DEFAULT_REFRESH_S:g})")
+    board.set_defaults(run=cmd_dashboard)
+
+    demo = commands.add_parser("demo", help=cmd_demo.__doc__)
+    demo.add_argument("--calls", type=int, default=500, help="calls in the first burst (default 500)")
+    demo.add_argument("--concurrency", type=int, default=48)
+    demo.add_argument("--db")
+    demo.add_argument("--no-dashboard", action="store_true", help="stop after the burst")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=dashboard.DEFAULT_PORT)
+    demo.add_argument("--seed", type=int, default=None, help="repeatable traffic")
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 
@@ -103,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (query.StoreError, ValueError) as exc:
+    except (query.StoreError, ValueError, dashboard.DashboardUnavailable) as exc:
         print(f"llmtrace: {exc}", file=sys.stderr)
         return 2
 

@@ -28,6 +28,9 @@ class Settings:
     capture_content: bool = False
     # Hosts known to accept ``stream_options.include_usage``; others never see the field.
     include_usage_hosts: tuple[str, ...] = DEFAULT_INCLUDE_USAGE_HOSTS
+    # ``host=provider`` pairs: OpenAI-compatible calls to a gateway, proxy or local server that fronts
+    # a known provider are named (and priced) as that provider, e.g. ``llm-gateway.internal=openai``.
+    provider_hosts: tuple[str, ...] = ()
     # Tenant/feature values allowed as metric labels; the top ``metric_tag_top_k`` seen are kept
     # too, everything else becomes ``__other__`` so metric cardinality stays bounded.
     metric_tag_allowlist: tuple[str, ...] = ()
@@ -41,6 +44,10 @@ class Settings:
     db: str | None = None  # default ./.llmtrace/llmtrace.duckdb
     flush_interval: float = 2.0  # seconds until a span is visible to readers, at most
     retention_days: int = 0  # 0 keeps spans forever
+
+    def host_providers(self) -> dict[str, str]:
+        """``provider_hosts`` as host -> provider (validated by ``load``)."""
+        return dict(pair.split("=", 1) for pair in self.provider_hosts)
 
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
@@ -144,4 +151,11 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
             values[name] = _coerce(name, file_values[name], default, f"{config_file} [llmtrace]")
     if config_file:
         values["config_file"] = str(config_file)
+    for pair in values.get("provider_hosts", ()):
+        host, _, provider = pair.partition("=")
+        if not host.strip() or not provider.strip():
+            raise ConfigError(f"provider_hosts: {pair!r} is not host=provider (e.g. llm-gateway.internal=openai)")
+    values["provider_hosts"] = tuple(
+        "=".join(part.strip() for part in pair.split("=", 1)) for pair in values.get("provider_hosts", ())
+    )
     return Settings(**values)

@@ -89,6 +89,9 @@ class Cost:
     total: float
     input: float
     output: float
+    # What prompt caching saved against paying the full input rate for the cached tokens; negative
+    # when cache writes cost more than cache reads saved. 0 for calls that touched no cache.
+    cache_savings: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,21 @@ class Price:
     exact: Any = field(default=None, compare=False)
 
     def cost(self, usage: Usage) -> Cost:
-        if self.exact is not None:
-            return _exact_cost(self.exact, usage)
+        cost = _exact_cost(self.exact, usage) if self.exact is not None else self._fast_cost(usage)
+        if not (usage.cache_read or usage.cache_write):
+            return cost
+        return Cost(cost.total, cost.input, cost.output, self._cache_savings(usage))
+
+    def _cache_savings(self, usage: Usage) -> float:
+        total_input = usage.input_tokens
+        full = self.input.at(total_input)
+        return (
+            usage.cache_read * (full - self.cache_read.at(total_input))
+            - (usage.cache_write - usage.cache_write_1h) * (self.cache_write.at(total_input) - full)
+            - usage.cache_write_1h * (self.cache_write_1h.at(total_input) - full)
+        )
+
+    def _fast_cost(self, usage: Usage) -> Cost:
         total_input = usage.input_tokens
         cost_in = (
             usage.uncached_input * self.input.at(total_input)

@@ -34,6 +34,11 @@ DIMENSIONS = {
     "service": "service_name",
 }
 _ATTACH_WAIT_S = 5.0
+# Time-bucket widths the over-time questions accept, with their length in seconds.
+BUCKETS = {
+    "1 second": 1, "5 seconds": 5, "10 seconds": 10, "30 seconds": 30, "1 minute": 60, "5 minutes": 300,
+    "15 minutes": 900, "1 hour": 3600, "6 hours": 21600, "1 day": 86400, "1 week": 604800,
+}  # fmt: skip
 
 
 class StoreError(RuntimeError):
@@ -59,6 +64,11 @@ class TimeRange:
     def last(cls, span: timedelta) -> TimeRange:
         now = _utcnow()
         return cls(now - span, now + timedelta(minutes=1))
+
+    @classmethod
+    def starting_at(cls, epoch_s: float) -> TimeRange:
+        """From a ``time.time()`` value until now."""
+        return cls(datetime.fromtimestamp(epoch_s, timezone.utc).replace(tzinfo=None), _utcnow() + timedelta(minutes=1))
 
 
 def _utcnow() -> datetime:
@@ -112,21 +122,21 @@ def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> bool:
 
 
 def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> None:
-    columns = ", ".join(COLUMN_NAMES)
-    parts = []
+    # Every part is unioned by name onto an empty table of today's columns: a database or segment
+    # written by an older llmtrace lacks the newer columns, which then read as NULL.
+    ddl = ", ".join(f"{name} {sql_type}" for name, sql_type, _ in COLUMNS)
+    con.execute(f"CREATE TEMP TABLE _columns ({ddl})")
+    parts = ["SELECT * FROM _columns"]
     pending_paths = paths.pending()
     merged: set[str] = set()
     if _attach(con, paths):
-        parts.append(f"SELECT {columns} FROM store.spans")
+        parts.append("SELECT * FROM store.spans")
         merged = merged_ids(con, "store._segments", [p.stem for p in pending_paths])
     pending = [str(p) for p in pending_paths if p.stem not in merged]
     if pending:
-        parts.append(f"SELECT {columns} FROM read_parquet({_list_literal(pending)})")
-    if not parts:
-        ddl = ", ".join(f"{name} {sql_type}" for name, sql_type, _ in COLUMNS)
-        con.execute(f"CREATE TEMP TABLE spans ({ddl})")
-        return
-    con.execute(f"CREATE TEMP VIEW spans AS {' UNION ALL '.join(parts)}")
+        parts.append(f"SELECT * FROM read_parquet({_list_literal(pending)}, union_by_name = true)")
+    union = " UNION ALL BY NAME ".join(parts)
+    con.execute(f"CREATE TEMP VIEW spans AS SELECT {', '.join(COLUMN_NAMES)} FROM ({union})")
 
 
 def _list_literal(values: list[str]) -> str:
@@ -177,9 +187,8 @@ def _grouping(by: str, bucket: str | None) -> tuple[str, str]:
 
 def _bucket(bucket: str | None) -> str:
     # time_bucket needs an INTERVAL literal; only known widths are accepted, never free text.
-    allowed = {"1 minute", "5 minutes", "15 minutes", "1 hour", "6 hours", "1 day", "1 week"}
-    if bucket not in allowed:
-        raise ValueError(f"bucket must be one of {sorted(allowed)}")
+    if bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}")
     return f"time_bucket(INTERVAL '{bucket}', start_time)"
 
 
@@ -296,7 +305,7 @@ def top_calls(
     where, params = _where(time_range, filters)
     sql = f"""
         SELECT trace_id, span_id, start_time, service_name, provider, {_MODEL} AS model, tenant, feature,
-               user_id, input_tokens, output_tokens, cost_usd, duration_ms, ttft_ms, error_type
+               user_id, input_tokens, output_tokens, cost_usd, duration_ms, ttft_ms, error_type, http_attempts
         FROM spans WHERE {where} AND {column} IS NOT NULL
         ORDER BY {column} DESC LIMIT {int(limit)}"""
     with open_store(db) as con:
@@ -324,6 +333,94 @@ def spent(
     with open_store(db) as con:
         row = con.execute(f"SELECT coalesce(sum(cost_usd), 0) FROM spans WHERE {where}", params).fetchone()
     return float(row[0]) if row else 0.0
+
+
+def summary(
+    time_range: TimeRange, filters: Filters | None = None, *, db: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """Headline numbers: calls, errors, 429s, spend, unpriced calls, tokens, P50/P99 latency, first/last call."""
+    where, params = _where(time_range, filters)
+    sql = f"""
+        SELECT count(*) AS calls, count(error_type) AS errors,
+               count(*) FILTER (WHERE http_status = 429 OR rate_limited > 0) AS rate_limited_calls,
+               coalesce(sum(cost_usd), 0) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
+               coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
+               quantile_cont(duration_ms, 0.5) AS p50_ms, quantile_cont(duration_ms, 0.99) AS p99_ms,
+               quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms,
+               min(start_time) AS first_call, max(start_time) AS last_call
+        FROM spans WHERE {where}"""
+    with open_store(db) as con:
+        return _rows(con, sql, params)[0]
+
+
+def token_usage(
+    time_range: TimeRange,
+    filters: Filters | None = None,
+    *,
+    bucket: str | None = None,
+    db: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Tokens in their five disjoint buckets, spend and what prompt caching saved, optionally over time."""
+    keys, group = (f"{_bucket(bucket)} AS bucket", "1") if bucket else ("NULL AS bucket", "ALL")
+    where, params = _where(time_range, filters)
+    sql = f"""
+        SELECT {keys}, count(*) AS calls,
+               coalesce(sum(uncached_input_tokens), 0) AS uncached_input_tokens,
+               coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
+               coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
+               coalesce(sum(visible_output_tokens), 0) AS visible_output_tokens,
+               coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+               coalesce(sum(cost_usd), 0) AS cost_usd, coalesce(sum(cache_savings_usd), 0) AS cache_savings_usd
+        FROM spans WHERE {where} GROUP BY {group} ORDER BY 1"""
+    with open_store(db) as con:
+        return _rows(con, sql, params)
+
+
+def latency_histogram(
+    time_range: TimeRange,
+    filters: Filters | None = None,
+    *,
+    by: str = "model",
+    bins_per_decade: int = 5,
+    db: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Calls per latency bin, per model (or provider); bins are even on a log scale (LLM latency is heavy-tailed)."""
+    key = _dimension(by)
+    step = int(bins_per_decade)
+    where, params = _where(time_range, filters)
+    sql = f"""
+        WITH binned AS (
+            SELECT {key} AS key, floor(log10(greatest(duration_ms, 1)) * {step}) AS bin
+            FROM spans WHERE {where} AND duration_ms IS NOT NULL
+        )
+        SELECT key, pow(10, bin / {step}) AS bin_start_ms, pow(10, (bin + 1) / {step}) AS bin_end_ms, count(*) AS calls
+        FROM binned GROUP BY key, bin ORDER BY key, bin"""
+    with open_store(db) as con:
+        return _rows(con, sql, params)
+
+
+def dimension_values(
+    time_range: TimeRange, *, limit: int = 500, db: str | os.PathLike[str] | None = None
+) -> dict[str, list[str]]:
+    """The values each filter can take in the range (service, provider, model, tenant, feature), most calls first."""
+    where, params = _where(time_range, None)
+    names = ("service", "provider", "model", "tenant", "feature")
+    selects = " UNION ALL ".join(
+        f"(SELECT '{name}' AS dimension, {DIMENSIONS[name]} AS value, count(*) AS calls FROM spans "
+        f"WHERE {where} AND {DIMENSIONS[name]} IS NOT NULL GROUP BY 2 ORDER BY 3 DESC, 2 LIMIT {int(limit)})"
+        for name in names
+    )
+    values: dict[str, list[str]] = {name: [] for name in names}
+    with open_store(db) as con:
+        for dimension, value, _ in con.execute(selects, params * len(names)).fetchall():
+            values[dimension].append(value)
+    return values
+
+
+def store_exists(db: str | os.PathLike[str] | None = None) -> bool:
+    """Whether anything was ever written at this store (the database file or pending segments)."""
+    paths = resolve(db)
+    return paths.db.exists() or bool(paths.pending())
 
 
 def span_count(*, db: str | os.PathLike[str] | None = None) -> dict[str, int]:

@@ -94,6 +94,28 @@ def test_include_usage_hosts_setting_extends_the_list() -> None:
     assert captured.spans()[0].attributes["llmtrace.usage.source"] == "provider"
 
 
+def test_provider_hosts_names_and_prices_a_gateway_as_its_provider() -> None:
+    import llmtrace.testing
+
+    with llmtrace.testing.capture(provider_hosts=["llm-gateway.internal = openai"]) as captured:
+        openai_client(_api(), base_url="https://llm-gateway.internal/v1").chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+        openai_client(_api(), base_url="https://other.internal/v1").chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES
+        )
+    gateway, other = (span.attributes for span in captured.spans())
+    assert gateway["gen_ai.provider.name"] == "openai" and gateway["llmtrace.cost.usd"] > 0
+    assert other["gen_ai.provider.name"] == "other.internal" and other["llmtrace.cost.unpriced"] is True
+
+
+def test_provider_hosts_must_be_host_equals_provider() -> None:
+    import llmtrace
+
+    with pytest.raises(llmtrace.ConfigError, match="'gateway-only' is not host=provider"):
+        llmtrace.instrument(provider_hosts=["gateway-only"])
+
+
 @pytest.mark.parametrize("is_async", [False, True])
 async def test_early_break_ends_the_span_once(captured: Any, is_async: bool) -> None:
     client = openai_client(_api(chunks=20, is_async=is_async), is_async=is_async)

@@ -178,14 +178,32 @@ def test_older_store_is_upgraded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     emit(provider, 2)
     writer.force_flush()
 
-    def m002_test_column(con: duckdb.DuckDBPyConnection) -> None:
+    def m003_test_column(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ALTER TABLE spans ADD COLUMN upgraded BOOLEAN DEFAULT true")
 
-    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, ("m002_test_column", m002_test_column)])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, ("m003_test_column", m003_test_column)])
     merge(resolve(db))
     con = duckdb.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM spans WHERE upgraded").fetchone() == (2,)
-    assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == ["m001_spans", "m002_test_column"]
+    assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == ["m001_spans", "m002_cache_savings", "m003_test_column"]
+    con.close()
+
+
+def test_segments_from_an_older_llmtrace_read_and_merge_with_null_new_columns(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 2)
+    writer.force_flush()
+    paths = resolve(db)
+    con = duckdb.connect(db, read_only=True)
+    older = con.sql("SELECT * FROM spans").to_arrow_table().drop_columns(["cache_savings_usd"])  # as before m002
+    con.close()
+    files.write_segment(paths, older)
+    assert _count(db)["spans"] == 4  # the old segment is read while pending, beside the merged rows
+    assert query.token_usage(last_day(), db=db)[0]["cache_savings_usd"] == 0
+    merge(paths)
+    con = duckdb.connect(db, read_only=True)
+    assert con.execute("SELECT count(*), count(cache_savings_usd) FROM spans").fetchone() == (4, 0)
     con.close()
 
 

@@ -6,30 +6,31 @@ import json
 from typing import Any, Callable, Mapping
 
 from ..adapter import ClientInfo
+from ..config import Settings
 
-# id(base_url object) -> (that object, its info). Holding the URL keeps its id from being reused;
-# a client whose base_url is reassigned gets a new URL object and so a fresh lookup.
-_info_cache: dict[tuple[int, tuple[str, ...]], tuple[Any, ClientInfo]] = {}
+# (id(base_url object), id(settings)) -> (that object, those settings, its info). Holding both keeps
+# their ids from being reused; a client whose base_url is reassigned gets a fresh lookup.
+_info_cache: dict[tuple[int, int], tuple[Any, Settings, ClientInfo]] = {}
 
 
 def client_info_for(
-    resource: Any, usage_hosts: tuple[str, ...], provider_of: Callable[[Any, str], str]
+    resource: Any, settings: Settings, provider_of: Callable[[Any, str, Settings], str]
 ) -> ClientInfo:
     client = resource._client
     url = client.base_url
-    key = (id(url), usage_hosts)
+    key = (id(url), id(settings))
     entry = _info_cache.get(key)
-    if entry is not None and entry[0] is url:
-        return entry[1]
+    if entry is not None and entry[0] is url and entry[1] is settings:
+        return entry[2]
     host = url.host or None
     info = ClientInfo(
-        provider=provider_of(client, host or ""),
+        provider=provider_of(client, host or "", settings),
         address=host,
         port=url.port or (443 if url.scheme == "https" else 80),
         base_url=str(url),
-        accepts_usage_option=host in usage_hosts,
+        accepts_usage_option=host in settings.include_usage_hosts,
     )
-    _info_cache[key] = (url, info)
+    _info_cache[key] = (url, settings, info)
     return info
 
 

@@ -19,6 +19,7 @@ from ..adapter import (
     Result,
     Target,
 )
+from ..config import Settings
 from ..usage import Usage, as_int
 from ._stainless import RequestTable, client_info_for, get, pick
 
@@ -33,7 +34,7 @@ _REQUEST: RequestTable = {
 }
 
 
-def _provider_of(client: Any, host: str) -> str:
+def _provider_of(client: Any, host: str, settings: Settings) -> str:
     name = type(client).__name__
     if "Bedrock" in name:
         return "aws.bedrock"
@@ -42,8 +43,8 @@ def _provider_of(client: Any, host: str) -> str:
     return "anthropic"
 
 
-def client_info(resource: Any, usage_hosts: tuple[str, ...]) -> ClientInfo:
-    return client_info_for(resource, usage_hosts, _provider_of)
+def client_info(resource: Any, settings: Settings) -> ClientInfo:
+    return client_info_for(resource, settings, _provider_of)
 
 
 def _request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:

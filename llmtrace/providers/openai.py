@@ -8,6 +8,7 @@ from typing import Any, Mapping
 from .. import attributes as A
 from .. import tokenizer
 from ..adapter import ASYNC_CALL, CALL, RETRY_HOOK, ClientInfo, Endpoint, Result, Target
+from ..config import Settings
 from ..usage import Usage, as_int
 from ._stainless import RequestTable, client_info_for, get, pick
 
@@ -46,14 +47,15 @@ _RESPONSES_REQUEST: RequestTable = {**_COMMON, "max_output_tokens": (A.REQUEST_M
 _EMBEDDINGS_REQUEST: RequestTable = {"model": (A.REQUEST_MODEL, str), "encoding_format": (A.REQUEST_ENCODING_FORMATS, str)}
 
 
-def _provider_of(client: Any, host: str) -> str:
+def _provider_of(client: Any, host: str, settings: Settings) -> str:
     if "Azure" in type(client).__name__ or host.endswith(".openai.azure.com"):
         return "azure.ai.openai"
-    return _HOST_PROVIDERS.get(host, host or "openai")
+    # A gateway, proxy or local server the settings name (provider_hosts) is the provider behind it.
+    return settings.host_providers().get(host) or _HOST_PROVIDERS.get(host, host or "openai")
 
 
-def client_info(resource: Any, usage_hosts: tuple[str, ...]) -> ClientInfo:
-    return client_info_for(resource, usage_hosts, _provider_of)
+def client_info(resource: Any, settings: Settings) -> ClientInfo:
+    return client_info_for(resource, settings, _provider_of)
 
 
 def _chat_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from .files import StorePaths, quarantine
-from .schema import COLUMN_NAMES, migrate
+from .schema import migrate
 
 logger = logging.getLogger("llmtrace")
 
@@ -105,12 +105,12 @@ def _merge_with(
                          segment.name, paths.quarantine)
             continue
         to_insert.append((segment, rows))
-    columns = ", ".join(COLUMN_NAMES)
     con.execute("BEGIN")
     try:
         if to_insert:
             files = [str(segment) for segment, _ in to_insert]
-            con.execute(f"INSERT INTO spans ({columns}) SELECT {columns} FROM read_parquet(?)", [files])
+            # By name: a segment written by an older llmtrace lacks later columns, which become NULL.
+            con.execute("INSERT INTO spans BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [files])
             con.executemany(
                 "INSERT INTO _segments VALUES (?, ?, now())", [[segment.stem, rows] for segment, rows in to_insert]
             )

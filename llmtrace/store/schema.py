@@ -63,6 +63,7 @@ _ATTRIBUTE_COLUMNS = (
     (A.REQUEST_MAX_TOKENS, "request_max_tokens", "BIGINT", _I64),
     (A.REQUEST_TEMPERATURE, "request_temperature", "DOUBLE", _F64),
     (A.REQUEST_TOP_P, "request_top_p", "DOUBLE", _F64),
+    (A.COST_CACHE_SAVINGS_USD, "cache_savings_usd", "DOUBLE", _F64),  # m002
 )
 # Every other attribute, as JSON.
 _JSON_COLUMN = ("attributes", "JSON", _STR)
@@ -165,11 +166,20 @@ def migration(func: Migration) -> Migration:
     return func
 
 
+# Columns that later migrations add: m001 has shipped and must keep creating the table it always did.
+_ADDED_LATER = frozenset({"cache_savings_usd"})
+
+
 @migration
 def m001_spans(con: duckdb.DuckDBPyConnection) -> None:
-    columns = ",\n    ".join(f"{name} {sql_type}" for name, sql_type, _ in COLUMNS)
+    columns = ",\n    ".join(f"{name} {sql_type}" for name, sql_type, _ in COLUMNS if name not in _ADDED_LATER)
     con.execute(f"CREATE TABLE spans (\n    {columns}\n)")
     con.execute("CREATE TABLE _segments (segment_id VARCHAR PRIMARY KEY, rows BIGINT, merged_at TIMESTAMP)")
+
+
+@migration
+def m002_cache_savings(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE spans ADD COLUMN cache_savings_usd DOUBLE")
 
 
 class StoreFromTheFuture(RuntimeError):

@@ -1,0 +1,75 @@
+"""The Streamlit dashboard (``app.py``), and how ``llmtrace dashboard`` / ``llmtrace demo`` start it.
+
+Importing this package does not import Streamlit: the CLI starts the app in a process of its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from ..store import resolve
+
+APP = Path(__file__).with_name("app.py")
+DEFAULT_PORT = 8501
+DEFAULT_REFRESH_S = 10.0
+ENV_REFRESH = "LLMTRACE_DASHBOARD_REFRESH"  # seconds between refreshes; 0 turns it off
+ENV_TRACE_URL = "LLMTRACE_TRACE_URL"  # e.g. http://localhost:16686/trace/{trace_id}
+
+
+class DashboardUnavailable(RuntimeError):
+    """Streamlit is not installed, or the server did not come up."""
+
+
+def command(host: str, port: int) -> list[str]:
+    if importlib.util.find_spec("streamlit") is None:
+        raise DashboardUnavailable("the dashboard needs Streamlit: pip install 'llmtrace[dashboard]'")
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.address", host,
+        "--server.port", str(port),
+        "--server.headless", "true",  # no e-mail prompt, no browser opened by Streamlit itself
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",  # offline machines; and nobody asked for telemetry
+        "--theme.base", "light",
+        "--client.toolbarMode", "minimal",  # no "Deploy" button: this is a local tool
+    ]  # fmt: skip
+
+
+def start(
+    db: str | None, host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float | None = None
+) -> subprocess.Popen[bytes]:
+    """The dashboard as a child process, reading the store at ``db`` (default: the usual store)."""
+    env = {**os.environ, "LLMTRACE_DB": str(resolve(db).db)}
+    if refresh_s is not None:
+        env[ENV_REFRESH] = str(refresh_s)
+    return subprocess.Popen(command(host, port), env=env)
+
+
+def wait_until_up(process: subprocess.Popen[bytes], url: str, timeout_s: float = 60.0) -> None:
+    """Return once Streamlit answers its health check; raise if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DashboardUnavailable(f"the dashboard exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise DashboardUnavailable(f"the dashboard did not answer at {url} within {timeout_s:.0f} s")
+
+
+def open_in_browser(url: str) -> None:
+    """Open the page where there is a screen to show it; on a server, printing the URL is enough."""
+    if sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        import webbrowser
+
+        webbrowser.open(url)

@@ -1,0 +1,143 @@
+"""Altair charts and number formats for the dashboard: readable titles, units on every axis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+from ..query import BUCKETS
+
+UNTAGGED = "(untagged)"
+OTHER = "other"
+_HEIGHT = 280
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if abs(value) >= 100:
+        return f"${value:,.0f}"
+    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:,.4f}"
+
+
+def duration(ms: float | None) -> str:
+    if ms is None:
+        return "–"
+    return f"{ms:,.0f} ms" if ms < 1000 else f"{ms / 1000:,.2f} s"
+
+
+def percent(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "–"
+
+
+def frame(rows: list[dict[str, Any]], key: str = "key", top: int | None = None, weight: str = "cost_usd") -> pd.DataFrame:
+    """Rows as a frame; missing keys read "(untagged)", and beyond the ``top`` heaviest keys, "other"."""
+    data = pd.DataFrame(rows)
+    if data.empty or key not in data:
+        return data
+    data[key] = data[key].fillna(UNTAGGED).astype(str)
+    if top is not None and data[key].nunique() > top:
+        keep = data.groupby(key)[weight].sum().nlargest(top).index
+        data[key] = data[key].where(data[key].isin(keep), OTHER)
+    return data
+
+
+def _time_axis(bucket: str) -> alt.X:
+    """Labels as fine as the bucket and no finer: ticks at most one a bucket."""
+    seconds = BUCKETS[bucket]
+    fmt = "%H:%M:%S" if seconds < 60 else "%H:%M" if seconds < 86400 else "%b %d"
+    return alt.X("bucket:T", title="Time (UTC)", axis=alt.Axis(format=fmt, labelAngle=0, tickMinStep=seconds * 1000))
+
+
+def stacked_bars_over_time(
+    data: pd.DataFrame, bucket: str, value: str, value_title: str, key_title: str, fmt: str
+) -> alt.Chart:
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            x=_time_axis(bucket),
+            y=alt.Y(f"sum({value}):Q", title=value_title, axis=alt.Axis(format=fmt)),
+            color=alt.Color("key:N", title=key_title, scale=alt.Scale(scheme="tableau10")),
+            tooltip=[alt.Tooltip("bucket:T", title="From", format="%Y-%m-%d %H:%M:%S"), alt.Tooltip("key:N", title=key_title),
+                     alt.Tooltip(f"sum({value}):Q", title=value_title, format=fmt)],
+        )
+        .properties(height=_HEIGHT)
+    )
+
+
+def lines_over_time(
+    data: pd.DataFrame, bucket: str, value: str, value_title: str, key_title: str, fmt: str = ",.0f"
+) -> alt.Chart:
+    return (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=_time_axis(bucket),
+            y=alt.Y(f"{value}:Q", title=value_title, axis=alt.Axis(format=fmt)),
+            color=alt.Color("key:N", title=key_title, scale=alt.Scale(scheme="tableau10")),
+            tooltip=[alt.Tooltip("bucket:T", title="From", format="%Y-%m-%d %H:%M:%S"), alt.Tooltip("key:N", title=key_title),
+                     alt.Tooltip(f"{value}:Q", title=value_title, format=fmt), alt.Tooltip("calls:Q", title="Calls")],
+        )
+        .properties(height=_HEIGHT)
+    )
+
+
+def ranked_bars(data: pd.DataFrame, value: str, value_title: str, key_title: str, fmt: str) -> alt.Chart:
+    return (
+        alt.Chart(data)
+        .mark_bar(color="#4c78a8")
+        .encode(
+            x=alt.X(f"{value}:Q", title=value_title, axis=alt.Axis(format=fmt)),
+            y=alt.Y("key:N", title=key_title, sort="-x", axis=alt.Axis(labelOverlap=False, labelLimit=220)),
+            tooltip=[alt.Tooltip("key:N", title=key_title), alt.Tooltip(f"{value}:Q", title=value_title, format=fmt),
+                     alt.Tooltip("calls:Q", title="Calls", format=",")],
+        )
+        .properties(height=max(160, 36 * len(data)))
+    )
+
+
+def latency_histogram(data: pd.DataFrame, key_title: str) -> alt.Chart:
+    return (
+        alt.Chart(data)
+        .mark_bar(stroke="white", strokeWidth=0.5)
+        .encode(
+            x=alt.X("bin_start_ms:Q", title="Latency (ms, log scale)", scale=alt.Scale(type="log")),
+            x2="bin_end_ms:Q",
+            y=alt.Y("sum(calls):Q", title="Calls", stack=True),
+            color=alt.Color("key:N", title=key_title, scale=alt.Scale(scheme="tableau10")),
+            tooltip=[alt.Tooltip("key:N", title=key_title), alt.Tooltip("bin_start_ms:Q", title="From (ms)", format=",.0f"),
+                     alt.Tooltip("bin_end_ms:Q", title="To (ms)", format=",.0f"), alt.Tooltip("sum(calls):Q", title="Calls")],
+        )
+        .properties(height=_HEIGHT)
+    )
+
+
+TOKEN_BUCKETS = {
+    "uncached_input_tokens": "Input, uncached",
+    "cache_read_tokens": "Input, read from cache",
+    "cache_write_tokens": "Input, written to cache",
+    "visible_output_tokens": "Output, visible",
+    "reasoning_tokens": "Output, reasoning",
+}
+
+
+def token_buckets_over_time(rows: list[dict[str, Any]], bucket: str) -> alt.Chart:
+    data = pd.DataFrame(rows).melt(id_vars=["bucket"], value_vars=list(TOKEN_BUCKETS), var_name="kind", value_name="tokens")
+    data["kind"] = data["kind"].map(TOKEN_BUCKETS)
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            x=_time_axis(bucket),
+            y=alt.Y("sum(tokens):Q", title="Tokens", axis=alt.Axis(format="~s")),
+            color=alt.Color("kind:N", title="Tokens", sort=list(TOKEN_BUCKETS.values()),
+                            scale=alt.Scale(domain=list(TOKEN_BUCKETS.values()),
+                                            range=["#4c78a8", "#9ecae9", "#f58518", "#54a24b", "#b279a2"])),
+            tooltip=[alt.Tooltip("bucket:T", title="From", format="%Y-%m-%d %H:%M:%S"), alt.Tooltip("kind:N", title="Tokens"),
+                     alt.Tooltip("sum(tokens):Q", title="Count", format=",")],
+        )
+        .properties(height=_HEIGHT)
+    )

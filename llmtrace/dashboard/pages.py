@@ -1,0 +1,281 @@
+"""The dashboard's pages. Each reads only through ``llmtrace.query`` and draws with ``charts``."""
+
+from __future__ import annotations
+
+import calendar
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
+
+import pandas as pd
+import streamlit as st
+
+from .. import query
+from . import ENV_TRACE_URL
+from . import charts as C
+
+# How many keys a stacked chart shows before lumping the rest into "other".
+_TOP_KEYS = 8
+
+
+@dataclass(frozen=True)
+class View:
+    """What every page shows: the time range, the sidebar's filters, the chart bucket and the store."""
+
+    time_range: query.TimeRange
+    filters: query.Filters
+    bucket: str
+    label: str  # "the last 24 hours"
+    db: str | None
+    summary: dict[str, Any]  # query.summary() of the range and filters: headline numbers, first and last call
+
+
+def _when_empty(view: View, rows: Any) -> bool:
+    if rows:
+        return False
+    st.info(f"No LLM calls in {view.label} for these filters.")
+    return True
+
+
+def _chart(chart: Any) -> None:
+    st.altair_chart(chart, width="stretch")
+
+
+def _ms(label: str) -> Any:
+    return st.column_config.NumberColumn(label, format="%.0f ms")
+
+
+def _count(label: str) -> Any:
+    return st.column_config.NumberColumn(label, format="localized")
+
+
+# --- Overview ------------------------------------------------------------------------------------
+
+
+def overview(view: View) -> None:
+    now = query.TimeRange.last(timedelta(0)).until - timedelta(minutes=1)
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    month_start = day_start.replace(day=1)
+    today = query.spent(query.TimeRange(day_start, now + timedelta(minutes=1)), view.filters, db=view.db)
+    month = query.spent(query.TimeRange(month_start, now + timedelta(minutes=1)), view.filters, db=view.db)
+    days_in_month = calendar.monthrange(now.year, now.month)[1]
+    elapsed_days = (now - month_start).total_seconds() / 86400
+    projection = month / elapsed_days * days_in_month if elapsed_days > 0 else None
+
+    s = view.summary
+    head = st.columns(4)
+    head[0].metric("Spend today (UTC)", C.money(today))
+    head[1].metric("Month to date", C.money(month))
+    head[2].metric("Projected month end", C.money(projection),
+                   help="Month-to-date spend divided by the days elapsed, times the days in the month.")
+    head[3].metric(f"Unpriced calls, {view.label}", f"{s['unpriced_calls']:,}")
+
+    st.subheader(f"Traffic in {view.label}")
+    traffic = st.columns(5)
+    traffic[0].metric("Calls", f"{s['calls']:,}")
+    traffic[1].metric("Spend", C.money(s["cost_usd"]))
+    traffic[2].metric("Error rate", C.percent(s["errors"], s["calls"]))
+    traffic[3].metric("P50 latency", C.duration(s["p50_ms"]))
+    traffic[4].metric("P99 latency", C.duration(s["p99_ms"]))
+    if s["unpriced_calls"]:
+        models = query.unpriced_calls(view.time_range, view.filters, db=view.db)
+        names = ", ".join(f"{r['model']} ({r['provider']}, {r['calls']:,} calls)" for r in models[:5])
+        st.warning(
+            f"{s['unpriced_calls']:,} calls have no cost: no price is known for {names}. Their spend is missing from "
+            "every total here. Give them a price with `[prices.\"model\"]` in llmtrace.toml, or "
+            "`llmtrace.pricing.set_price(...)`."
+        )
+    if _when_empty(view, s["calls"]):
+        return
+    left, right = st.columns(2)
+    for column, by, title in ((left, "tenant", "Tenant"), (right, "feature", "Feature")):
+        rows = query.spend_by(by, view.time_range, view.filters, db=view.db, limit=10)
+        column.markdown(f"**Top {title.lower()}s by spend**")
+        column.altair_chart(C.ranked_bars(C.frame(rows), "cost_usd", "Spend (USD)", title, "$,.2f"), width="stretch")
+
+
+# --- Latency -------------------------------------------------------------------------------------
+
+
+def latency(view: View) -> None:
+    rows = query.latency_percentiles(view.time_range, view.filters, by="model", db=view.db)
+    if _when_empty(view, rows):
+        return
+    table = pd.DataFrame(rows)
+    table["ratio"] = table["latency_p99_ms"] / table["latency_p50_ms"]
+    st.markdown("**Latency by model** — P99/P50 shows how heavy the tail is (LLM APIs typically run 1:8 to 1:15).")
+    st.dataframe(
+        table[["key", "calls", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ratio", "ttft_p50_ms", "ttft_p95_ms",
+               "ttft_p99_ms"]],
+        hide_index=True, width="stretch",
+        column_config={
+            "key": "Model", "calls": _count("Calls"),
+            "latency_p50_ms": _ms("P50"),
+            "latency_p95_ms": _ms("P95"),
+            "latency_p99_ms": _ms("P99"),
+            "ratio": st.column_config.NumberColumn("P99 / P50", format="%.1f×"),
+            "ttft_p50_ms": _ms("First token P50"),
+            "ttft_p95_ms": _ms("First token P95"),
+            "ttft_p99_ms": _ms("First token P99"),
+        },
+    )
+    over_time = C.frame(query.latency_percentiles(view.time_range, view.filters, by="model", bucket=view.bucket, db=view.db),
+                        top=_TOP_KEYS, weight="calls")
+    pct = st.segmented_control("Percentile", ["P50", "P95", "P99"], default="P99", key="latency_pct") or "P99"
+    column = f"latency_{pct.lower()}_ms"
+    st.markdown(f"**{pct} latency per model over time**")
+    _chart(C.lines_over_time(over_time, view.bucket, column, f"{pct} latency (ms)", "Model"))
+    ttft = over_time.dropna(subset=[f"ttft_{pct.lower()}_ms"]) if not over_time.empty else over_time
+    st.markdown(f"**{pct} time to first token per model over time** (streamed calls)")
+    if ttft.empty:
+        st.info("No streamed calls in this range.")
+    else:
+        _chart(C.lines_over_time(ttft, view.bucket, f"ttft_{pct.lower()}_ms", f"{pct} time to first token (ms)", "Model"))
+    st.markdown("**How latency is spread** (calls per latency band)")
+    histogram = C.frame(query.latency_histogram(view.time_range, view.filters, db=view.db), top=_TOP_KEYS, weight="calls")
+    _chart(C.latency_histogram(histogram, "Model"))
+
+
+# --- Spend ---------------------------------------------------------------------------------------
+
+
+def spend(view: View) -> None:
+    totals = query.token_usage(view.time_range, view.filters, db=view.db)[0]
+    if _when_empty(view, totals["calls"]):
+        return
+    input_tokens = totals["uncached_input_tokens"] + totals["cache_read_tokens"] + totals["cache_write_tokens"]
+    cols = st.columns(4)
+    cols[0].metric("Spend", C.money(totals["cost_usd"]))
+    cols[1].metric("Saved by prompt caching", C.money(totals["cache_savings_usd"]),
+                   help="What cached input tokens would have cost at the full input price, less the price of cache "
+                        "reads, less the premium paid for cache writes.")
+    cols[2].metric("Input read from cache", C.percent(totals["cache_read_tokens"], input_tokens))
+    cols[3].metric("Reasoning share of output", C.percent(
+        totals["reasoning_tokens"], totals["visible_output_tokens"] + totals["reasoning_tokens"]))
+    for by, title in (("tenant", "Tenant"), ("feature", "Feature"), ("model", "Model")):
+        rows = query.spend_over_time(by, view.time_range, view.bucket, view.filters, db=view.db)
+        st.markdown(f"**Spend per {title.lower()} over time**")
+        _chart(C.stacked_bars_over_time(C.frame(rows, top=_TOP_KEYS), view.bucket, "cost_usd", "Spend (USD)", title, "$,.2f"))
+    st.markdown("**Tokens by kind over time** — cached input is billed at a discount, cache writes at a premium")
+    _chart(C.token_buckets_over_time(
+        query.token_usage(view.time_range, view.filters, bucket=view.bucket, db=view.db), view.bucket
+    ))
+    st.markdown("**Spend per tenant**")
+    rows = query.spend_by("tenant", view.time_range, view.filters, db=view.db, limit=50)
+    st.dataframe(
+        C.frame(rows)[["key", "calls", "input_tokens", "cache_read_tokens", "output_tokens", "reasoning_tokens",
+                       "cost_usd", "p50_ms", "p99_ms"]],
+        hide_index=True, width="stretch",
+        column_config={
+            "key": "Tenant", "calls": _count("Calls"),
+            "input_tokens": _count("Input tokens"),
+            "cache_read_tokens": _count("Cached input"),
+            "output_tokens": _count("Output tokens"),
+            "reasoning_tokens": _count("Reasoning"),
+            "cost_usd": st.column_config.NumberColumn("Spend", format="dollar"),
+            "p50_ms": _ms("P50"),
+            "p99_ms": _ms("P99"),
+        },
+    )
+
+
+# --- Reliability ---------------------------------------------------------------------------------
+
+
+def reliability(view: View) -> None:
+    s = view.summary
+    if _when_empty(view, s["calls"]):
+        return
+    by_model = query.error_rates(view.time_range, view.filters, by="model", db=view.db)
+    retries = sum(r["retries"] or 0 for r in by_model)
+    cols = st.columns(4)
+    cols[0].metric("Error rate", C.percent(s["errors"], s["calls"]), help="Calls that failed after the SDK's own retries.")
+    cols[1].metric("Rate-limited calls", C.percent(s["rate_limited_calls"], s["calls"]),
+                   help="Calls that got at least one HTTP 429, retried or not.")
+    cols[2].metric("Retries", f"{retries:,}", help="HTTP attempts beyond the first, made by the SDKs' retry logic.")
+    cols[3].metric("Failed calls", f"{s['errors']:,}")
+    over_time = C.frame(query.error_rates(view.time_range, view.filters, by="provider", bucket=view.bucket, db=view.db),
+                        weight="calls")
+    left, right = st.columns(2)
+    left.markdown("**Error rate per provider over time**")
+    left.altair_chart(C.lines_over_time(over_time, view.bucket, "error_rate", "Error rate", "Provider", ".0%"), width="stretch")
+    right.markdown("**429 (rate-limited) rate per provider over time**")
+    right.altair_chart(C.lines_over_time(over_time, view.bucket, "rate_limited_rate", "Rate-limited calls", "Provider", ".0%"),
+                       width="stretch")
+    st.markdown("**By model**")
+    table = C.frame(by_model, weight="calls")
+    table["attempts_per_call"] = table["http_attempts"] / table["calls"]
+    st.dataframe(
+        table[["key", "calls", "errors", "error_rate", "rate_limited_calls", "rate_limited_rate", "retries",
+               "attempts_per_call"]],
+        hide_index=True, width="stretch",
+        column_config={
+            "key": "Model", "calls": _count("Calls"),
+            "errors": "Errors", "error_rate": st.column_config.NumberColumn("Error rate", format="percent"),
+            "rate_limited_calls": "Calls with a 429",
+            "rate_limited_rate": st.column_config.NumberColumn("429 rate", format="percent"),
+            "retries": "Retries", "attempts_per_call": st.column_config.NumberColumn("HTTP attempts per call", format="%.2f"),
+        },
+    )
+
+
+# --- Calls ---------------------------------------------------------------------------------------
+
+
+def calls(view: View) -> None:
+    template = os.environ.get(ENV_TRACE_URL, "")
+    if not template:
+        st.caption(f"Set `{ENV_TRACE_URL}` (e.g. `http://localhost:16686/trace/{{trace_id}}` for Jaeger) to link each "
+                   "call to its trace.")
+    for order, title in (("cost", "Most expensive calls"), ("duration", "Slowest calls")):
+        rows = query.top_calls(view.time_range, view.filters, order=order, limit=20, db=view.db)
+        st.markdown(f"**{title}**")
+        if _when_empty(view, rows):
+            return
+        table = C.frame(rows, key="tenant")
+        table["trace"] = [template.format(trace_id=t) if template else t for t in table["trace_id"]]
+        st.dataframe(
+            table[["start_time", "model", "tenant", "feature", "user_id", "input_tokens", "output_tokens", "cost_usd",
+                   "duration_ms", "ttft_ms", "http_attempts", "error_type", "trace"]],
+            hide_index=True, width="stretch",
+            column_config={
+                "start_time": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+                "model": "Model", "tenant": "Tenant", "feature": "Feature", "user_id": "User",
+                "input_tokens": _count("Input tokens"),
+                "output_tokens": _count("Output tokens"),
+                "cost_usd": st.column_config.NumberColumn("Cost", format="$%.4f"),
+                "duration_ms": _ms("Latency"),
+                "ttft_ms": _ms("First token"),
+                "http_attempts": "HTTP attempts", "error_type": "Error",
+                "trace": st.column_config.LinkColumn("Trace", display_text="open trace") if template else "Trace id",
+            },
+        )
+
+
+# --- Budgets -------------------------------------------------------------------------------------
+
+
+def budgets(view: View) -> None:
+    st.info("No budgets are configured.")
+    st.markdown(
+        "Budgets put a limit on spend per tenant, user, feature, model or in total, per day, week or month, "
+        "with an alert as the limit nears and, if you ask for it, a hard stop. Declare them in `llmtrace.toml`:"
+    )
+    st.code(
+        '[[budgets]]\nscope = "tenant"      # global | tenant | user | feature | model\nkey = "*"             # one tenant, '
+        'or "*" for each separately\nperiod = "day"        # day | week | month | 24h | 7d\nlimit_usd = 50.0\n'
+        'warn_at = 0.8\naction = "alert"      # alert | block',
+        language="toml",
+    )
+
+
+PAGES: dict[str, Callable[[View], None]] = {
+    "Overview": overview,
+    "Latency": latency,
+    "Spend": spend,
+    "Reliability": reliability,
+    "Calls": calls,
+    "Budgets": budgets,
+}
+

@@ -1,0 +1,219 @@
+"""The demo end to end, and the dashboard over the store it fills: Streamlit's AppTest for every page
+and every store state, then the real server in headless Chromium (screenshots in ``screenshots/``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from llmtrace import dashboard, query
+from llmtrace.demo import SERVICE_NAME
+
+HERE = Path(__file__).parent
+SCREENSHOTS = Path(os.environ.get("LLMTRACE_SCREENSHOTS", HERE.parent / "screenshots"))
+CHROMIUM = "/usr/bin/chromium"
+DEMO_CALLS = 120
+# Page -> (what it must say, how many charts it must draw).
+PAGES = {
+    "Overview": ("Spend today (UTC)", 2),
+    "Latency": ("Latency by model", 3),
+    "Spend": ("Saved by prompt caching", 4),
+    "Reliability": ("Rate-limited calls", 2),
+    "Calls": ("Most expensive calls", 0),
+    "Budgets": ("No budgets are configured", 0),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A store filled by ``llmtrace demo`` run as a real process (the real SDKs against the simulator)."""
+    db = str(tmp_path_factory.mktemp("demo") / "demo.duckdb")
+    done = subprocess.run(
+        [sys.executable, "-m", "llmtrace.cli", "demo", "--calls", str(DEMO_CALLS), "--no-dashboard", "--db", db,
+         "--seed", "11", "--concurrency", "40"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{DEMO_CALLS} calls" in done.stdout and "tenant" in done.stdout
+    return db
+
+
+def test_demo_fills_the_store_through_the_real_sdks(demo_db: str) -> None:
+    window = query.TimeRange.last(timedelta(hours=1))
+    assert query.span_count(db=demo_db)["spans"] == DEMO_CALLS  # one span a call, retries included in it
+    tenants = query.spend_by("tenant", window, query.Filters(service=SERVICE_NAME), db=demo_db)
+    assert len(tenants) >= 3 and all(row["cost_usd"] > 0 for row in tenants)
+    providers = {row["key"] for row in query.spend_by("provider", window, db=demo_db)}
+    assert providers == {"openai", "anthropic"}
+    usage = query.token_usage(window, db=demo_db)[0]
+    assert usage["cache_read_tokens"] > 0 and usage["reasoning_tokens"] > 0 and usage["cache_savings_usd"] > 0
+    assert query.summary(window, db=demo_db)["unpriced_calls"] > 0  # the self-hosted model has no price
+
+
+# --- AppTest ---------------------------------------------------------------------------------------
+
+
+def _app(db: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("LLMTRACE_DB", db)
+    monkeypatch.setenv(dashboard.ENV_REFRESH, "0")
+    return AppTest.from_file(str(dashboard.APP), default_timeout=60)
+
+
+def _texts(at: AppTest) -> str:
+    parts: list[Any] = [*at.markdown, *at.info, *at.warning, *at.error, *at.title, *at.subheader, *at.caption]
+    return "\n".join(str(p.value) for p in parts) + "\n" + "\n".join(m.label for m in at.metric)
+
+
+def test_every_page_renders_numbers_and_charts(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(demo_db, monkeypatch)
+    at.run()
+    for page, (says, charts) in PAGES.items():
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception, (page, at.exception)
+        assert says in _texts(at), page
+        assert len(at.get("vega_lite_chart")) == charts, page
+    at.sidebar.radio(key="page").set_value("Overview").run()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Calls"] == f"{DEMO_CALLS:,}"
+    assert metrics["Spend today (UTC)"].startswith("$") and metrics["Spend today (UTC)"] != "$0.0000"
+    assert any("have no cost" in w.value for w in at.warning)  # the unpriced self-hosted model is flagged
+
+
+def test_filters_narrow_every_number(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(demo_db, monkeypatch)
+    at.run()
+    all_calls = int(next(m.value for m in at.metric if m.label == "Calls").replace(",", ""))
+    at.sidebar.selectbox(key="filter_provider").set_value("anthropic").run()
+    anthropic_calls = int(next(m.value for m in at.metric if m.label == "Calls").replace(",", ""))
+    window = query.TimeRange.last(timedelta(days=1))
+    expected = query.summary(window, query.Filters(provider="anthropic"), db=demo_db)["calls"]
+    assert 0 < anthropic_calls == expected < all_calls
+    at.sidebar.radio(key="page").set_value("Calls").run()
+    assert all(model.startswith("claude") for model in at.dataframe[0].value["model"])
+
+
+def test_missing_store_says_how_to_fill_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(str(tmp_path / "nothing-here.duckdb"), monkeypatch)
+    at.run()
+    assert not at.exception
+    assert "No llmtrace store" in at.info[0].value and "llmtrace demo" in at.info[0].value
+
+
+def test_empty_range_says_so_on_every_page(demo_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(demo_db, monkeypatch)
+    at.run()
+    at.sidebar.selectbox(key="range").set_value("Custom").run()
+    at.sidebar.date_input(key="days").set_value((date(2020, 1, 1), date(2020, 1, 2))).run()
+    for page in PAGES:
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception, page
+        if page != "Budgets":
+            assert any("No LLM calls in 2020-01-01 – 2020-01-02" in i.value for i in at.info), page
+
+
+def test_store_locked_by_a_writer_shows_a_clear_message(demo_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "locked.duckdb"
+    shutil.copy(demo_db, db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('held', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        at = _app(str(db), monkeypatch)
+        at.run()
+        assert not at.exception
+        assert "held by another process" in at.error[0].value
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- a real server in a real browser ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def served(demo_db: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    db = tmp_path / "served.duckdb"
+    shutil.copy(demo_db, db)
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "llmtrace.cli", "dashboard", "--db", str(db), "--port", str(port), "--refresh", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        dashboard.wait_until_up(process, url)
+        yield url, str(db)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    with sync_playwright() as p:
+        # The closed network refuses Chromium's background connections: turn them off.
+        flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        yield instance
+        instance.close()
+
+
+_METRIC_JS = """label => {
+    for (const m of document.querySelectorAll('[data-testid="stMetric"]')) {
+        const l = m.querySelector('[data-testid="stMetricLabel"]');
+        if (l && l.innerText.trim() === label) return m.querySelector('[data-testid="stMetricValue"]').innerText;
+    }
+    return null;
+}"""
+
+
+def test_each_page_in_headless_chromium(served: tuple[str, str], browser: Any) -> None:
+    url, _ = served
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    for name, (says, charts) in PAGES.items():
+        page.goto(f"{url}/?page={name.lower()}")
+        page.get_by_text(says).first.wait_for(timeout=30_000)
+        # Charts are drawn by Vega in the browser: wait until each has its canvas or SVG.
+        page.wait_for_function(
+            "n => document.querySelectorAll('[data-testid=\"stVegaLiteChart\"] canvas, "
+            "[data-testid=\"stVegaLiteChart\"] svg.marks').length >= n", arg=charts, timeout=30_000)
+        assert page.locator('[data-testid="stException"]').count() == 0, name
+        assert page.get_by_text("Traceback").count() == 0, name
+        page.screenshot(path=str(SCREENSHOTS / f"{name.lower()}.png"), full_page=True)
+    page.goto(f"{url}/?page=overview")
+    page.get_by_text("Spend today (UTC)").wait_for(timeout=30_000)
+    assert page.evaluate(_METRIC_JS, "Calls") == f"{DEMO_CALLS:,}"
+
+
+def test_a_running_apps_calls_appear_without_a_reload(served: tuple[str, str], browser: Any) -> None:
+    url, db = served
+    page = browser.new_page()
+    page.goto(f"{url}/?page=overview")
+    page.get_by_text("Spend today (UTC)").wait_for(timeout=30_000)
+    assert page.evaluate(_METRIC_JS, "Calls") == f"{DEMO_CALLS:,}"
+    # Another process (the "app") writes 7 more LLM spans into the store; the open page picks them up.
+    subprocess.run([sys.executable, str(HERE / "store_helpers.py"), db, "7", "late-tenant"], check=True, timeout=60)
+    page.wait_for_function(f"() => ({_METRIC_JS})('Calls') === '{DEMO_CALLS + 7:,}'", timeout=30_000)

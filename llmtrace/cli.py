@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from . import dashboard, pricing, query
+from . import budgets, config, dashboard, pricing, query
 from .store import resolve
 from .store.merge import merge
 
@@ -26,15 +26,17 @@ _REPORT_COLUMNS = (
 )
 
 
-def _print_table(rows: list[dict[str, Any]], by: str) -> None:
-    headers = [by if name == "key" else name for name, _ in _REPORT_COLUMNS]
-    cells = [
-        [("-" if row[name] is None else fmt.format(row[name])) for name, fmt in _REPORT_COLUMNS] for row in rows
-    ]
+def _print_table(headers: list[str], cells: list[list[str]]) -> None:
+    """Left-aligned first column, the rest right-aligned, each as wide as its widest cell."""
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
-    for row in cells:
+    for row in [headers, *cells]:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def _report_table(rows: list[dict[str, Any]], by: str) -> None:
+    headers = [by if name == "key" else name for name, _ in _REPORT_COLUMNS]
+    _print_table(headers, [[("-" if row[name] is None else fmt.format(row[name])) for name, fmt in _REPORT_COLUMNS]
+                           for row in rows])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -49,7 +51,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif not rows:
         print(f"No LLM calls in the last {args.since} in {resolve(args.db).db}")
     else:
-        _print_table(rows, args.by)
+        _report_table(rows, args.by)
     return 0
 
 
@@ -78,9 +80,26 @@ def cmd_prices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budgets(args: argparse.Namespace) -> int:
+    """Spend against every budget in the config file this period: spent, limit, % used, projection."""
+    path = config.config_path(args.config)
+    declared = budgets.load_file(path) if path else []
+    if not declared:
+        print(f"No budgets in {path or 'llmtrace.toml (not found)'}; declare them with [[budgets]] tables.")
+        return 0
+    cells = [
+        [s.budget.target, s.key or "-", s.budget.period, f"${s.spent_usd:,.2f}", f"${s.budget.limit_usd:,.2f}",
+         f"{s.used:.1%}", "-" if s.projected_usd is None else f"${s.projected_usd:,.2f}", s.state,
+         f"{s.period_end:%Y-%m-%d %H:%M}"]
+        for s in budgets.status(declared, db=args.db)
+    ]
+    _print_table(["budget", "key", "period", "spent", "limit", "used", "projected", "state", "period ends (UTC)"], cells)
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the Streamlit dashboard over the store (on 127.0.0.1 unless --host says otherwise)."""
-    process = dashboard.start(args.db, args.host, args.port, args.refresh)
+    process = dashboard.start(args.db, args.host, args.port, args.refresh, args.config)
     print(f"llmtrace dashboard: http://{args.host}:{args.port} over {resolve(args.db).db}", file=sys.stderr)
     try:
         return process.wait()
@@ -106,7 +125,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             window = query.TimeRange.starting_at(run.started - 1)
             rows = query.spend_by("tenant", window, query.Filters(service=demo.SERVICE_NAME), db=args.db)
             print()
-            _print_table(rows, "tenant")
+            _report_table(rows, "tenant")
             print(f"\n{run.calls} calls ({run.errors} failed after the SDKs' retries) stored in {resolve(args.db).db}")
             if args.no_dashboard:
                 return 0
@@ -156,8 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("--provider", default="openai")
     prices.set_defaults(run=cmd_prices)
 
+    budget = commands.add_parser("budgets", help=cmd_budgets.__doc__)
+    budget.add_argument("--config", help="config file (default $LLMTRACE_CONFIG or ./llmtrace.toml)")
+    budget.add_argument("--db")
+    budget.set_defaults(run=cmd_budgets)
+
     board = commands.add_parser("dashboard", help=cmd_dashboard.__doc__)
     board.add_argument("--db")
+    board.add_argument("--config", help="config file whose budgets the Budgets page shows")
     board.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     board.add_argument("--port", type=int, default=dashboard.DEFAULT_PORT)
     board.add_argument("--refresh", type=float, default=None,
@@ -180,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (query.StoreError, ValueError, dashboard.DashboardUnavailable) as exc:
+    except (query.StoreError, ValueError, dashboard.DashboardUnavailable) as exc:  # ConfigError is a ValueError
         print(f"llmtrace: {exc}", file=sys.stderr)
         return 2
 

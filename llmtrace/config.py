@@ -112,6 +112,15 @@ def _read_file(path: Path) -> dict[str, Any]:
     return result
 
 
+def config_path(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The config file in force: the one named, else ``$LLMTRACE_CONFIG``, else ``./llmtrace.toml`` if present."""
+    env = os.environ if environ is None else environ
+    named = explicit or env.get("LLMTRACE_CONFIG")
+    if named:
+        return Path(named)
+    return Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None
+
+
 def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve settings from ``options`` > environment > config file > defaults."""
     env = os.environ if environ is None else environ
@@ -120,13 +129,8 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     if unknown:
         raise ConfigError(f"instrument(): unknown option(s) {', '.join(sorted(unknown))}")
 
-    config_file = options.get("config_file") or env.get("LLMTRACE_CONFIG")
-    file_values: dict[str, Any] = {}
-    if config_file:
-        file_values = _read_file(Path(config_file))
-    elif Path(DEFAULT_CONFIG_FILE).is_file():
-        config_file = DEFAULT_CONFIG_FILE
-        file_values = _read_file(Path(config_file))
+    config_file = config_path(options.get("config_file"), env)
+    file_values = _read_file(config_file) if config_file else {}
     bad = set(file_values) - set(names) - {"config_file"}
     if bad:
         raise ConfigError(f"{config_file}: unknown setting(s) {', '.join(sorted(bad))} in [llmtrace]")

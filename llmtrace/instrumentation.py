@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import call as core
-from . import config, export, pricing
+from . import budgets, config, export, pricing
 from ._guard import internal_errors
 from ._version import __version__
 from .metrics import Instruments
@@ -50,6 +50,8 @@ def instrument(**options: Any) -> None:
     tracer_provider = options.pop("tracer_provider", None)
     meter_provider = options.pop("meter_provider", None)
     settings = config.load(options)
+    if settings.config_file:  # a malformed budget fails here too, before anything is applied
+        budgets.load_file(settings.config_file)
     if settings.otlp_endpoint:  # a bad protocol fails here, before anything is applied
         export.protocol_for("TRACES", settings)
         export.protocol_for("METRICS", settings)

@@ -42,12 +42,18 @@ def command(host: str, port: int) -> list[str]:
 
 
 def start(
-    db: str | None, host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float | None = None
+    db: str | None,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    refresh_s: float | None = None,
+    config_file: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """The dashboard as a child process, reading the store at ``db`` (default: the usual store)."""
     env = {**os.environ, "LLMTRACE_DB": str(resolve(db).db)}
     if refresh_s is not None:
         env[ENV_REFRESH] = str(refresh_s)
+    if config_file is not None:
+        env["LLMTRACE_CONFIG"] = str(Path(config_file).absolute())
     return subprocess.Popen(command(host, port), env=env)
 
 

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import pandas as pd
 import streamlit as st
 
-from .. import query
+from .. import budgets as budget_config
+from .. import config, query
 from . import ENV_TRACE_URL
 from . import charts as C
 
@@ -257,10 +258,47 @@ def calls(view: View) -> None:
 
 
 def budgets(view: View) -> None:
+    path = config.config_path()
+    try:
+        declared = budget_config.load_file(path) if path else []
+    except config.ConfigError as exc:
+        st.error(f"The budgets cannot be read: {exc}")
+        return
+    if not declared:
+        _how_to_declare_budgets()
+        return
+    st.caption(f"From `{path}`. Each budget counts over its own period; the sidebar's filters do not apply here.")
+    rows = budget_config.status(declared, db=view.db)
+    table = pd.DataFrame([
+        {"budget": s.budget.target, "key": s.key or "", "period": s.budget.period, "spent": s.spent_usd,
+         "limit": s.budget.limit_usd, "used": min(s.used, 1.0), "projected": s.projected_usd, "state": s.state,
+         "action": s.budget.action, "ends": s.period_end}
+        for s in rows
+    ])
+    over = table[table["state"] != "ok"]
+    if not over.empty:
+        st.warning(f"{len(over)} budget(s) past their warning threshold or limit: "
+                   + ", ".join(f"{b} ({k})" if k else b for b, k in zip(over["budget"], over["key"])))
+    st.dataframe(
+        table, hide_index=True, width="stretch",
+        column_config={
+            "budget": "Budget", "key": "Key", "period": "Period", "state": "State", "action": "Action",
+            "spent": st.column_config.NumberColumn("Spent", format="dollar"),
+            "limit": st.column_config.NumberColumn("Limit", format="dollar"),
+            "used": st.column_config.ProgressColumn("Used", format="percent", min_value=0.0, max_value=1.0),
+            "projected": st.column_config.NumberColumn("Projected by period end", format="dollar"),
+            "ends": st.column_config.DatetimeColumn("Period ends (UTC)", format="YYYY-MM-DD HH:mm"),
+        },
+    )
+    st.caption("Alert history will show here once alerts are recorded (not in this version yet).")
+
+
+def _how_to_declare_budgets() -> None:
     st.info("No budgets are configured.")
     st.markdown(
         "Budgets put a limit on spend per tenant, user, feature, model or in total, per day, week or month, "
-        "with an alert as the limit nears and, if you ask for it, a hard stop. Declare them in `llmtrace.toml`:"
+        "with an alert as the limit nears and, if you ask for it, a hard stop. Declare them in `llmtrace.toml` "
+        "(or the file `LLMTRACE_CONFIG` names; `llmtrace dashboard --config PATH`):"
     )
     st.code(
         '[[budgets]]\nscope = "tenant"      # global | tenant | user | feature | model\nkey = "*"             # one tenant, '

@@ -1,0 +1,244 @@
+"""Budgets: a limit on spend per scope and key over a period, declared in ``llmtrace.toml`` or in code.
+
+    [[budgets]]
+    scope = "tenant"        # global | tenant | user | feature | model
+    key = "acme"            # or "*" for each key separately
+    period = "day"          # day | week | month (calendar, in `timezone`) | 24h | 7d (rolling)
+    limit_usd = 50.0
+    warn_at = 0.8
+    action = "alert"        # alert | block
+    timezone = "UTC"        # for calendar periods
+
+    llmtrace.budgets.add(scope="tenant", key="*", period="day", limit_usd=50)
+
+``status()`` says what each budget has spent from the store, and where the period is heading.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import tomllib
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .config import ConfigError
+
+SCOPES = ("global", "tenant", "user", "feature", "model")
+PERIODS = ("day", "week", "month", "24h", "7d")
+ACTIONS = ("alert", "block")
+_ROLLING = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+_FIELDS = ("scope", "key", "period", "limit_usd", "warn_at", "action", "timezone")
+EACH = "*"
+
+
+@dataclass(frozen=True)
+class Budget:
+    scope: str
+    key: str | None  # an exact key, "*" for each key separately, None for the global scope
+    period: str
+    limit_usd: float
+    warn_at: float = 0.8
+    action: str = "alert"
+    timezone: str = "UTC"
+
+    @property
+    def target(self) -> str:
+        """What it limits: ``global``, ``tenant=acme``, ``tenant=*``."""
+        return "global" if self.scope == "global" else f"{self.scope}={self.key}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.target} {self.period} ${self.limit_usd:g}"
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        """The current period as naive UTC datetimes (how the store keeps time): [start, end)."""
+        if self.period in _ROLLING:
+            return now - _ROLLING[self.period], now
+        local = now.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(self.timezone))
+        start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        if self.period == "week":
+            start -= timedelta(days=start.weekday())  # weeks start on Monday
+        elif self.period == "month":
+            start = start.replace(day=1)
+        end = _next_period_start(start, self.period)
+        return _utc(start), _utc(end)
+
+
+def _next_period_start(start: datetime, period: str) -> datetime:
+    if period == "day":
+        naive = start.replace(tzinfo=None) + timedelta(days=1)
+    elif period == "week":
+        naive = start.replace(tzinfo=None) + timedelta(days=7)
+    else:
+        naive = (start.replace(tzinfo=None, day=28) + timedelta(days=4)).replace(day=1)
+    return naive.replace(tzinfo=start.tzinfo)  # local midnight again, across a DST change too
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+# --- declaring ---------------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_declared: list[Budget] = []
+
+
+def add(
+    *,
+    scope: str,
+    period: str,
+    limit_usd: float,
+    key: str | None = None,
+    warn_at: float = 0.8,
+    action: str = "alert",
+    timezone: str = "UTC",
+) -> Budget:
+    """Declare a budget in code; raises ``llmtrace.ConfigError`` for a malformed one."""
+    budget = _validated({"scope": scope, "key": key, "period": period, "limit_usd": limit_usd, "warn_at": warn_at,
+                         "action": action, "timezone": timezone}, "llmtrace.budgets.add()")
+    with _lock:
+        _declared.append(budget)
+    return budget
+
+
+def declared() -> tuple[Budget, ...]:
+    with _lock:
+        return tuple(_declared)
+
+
+def clear() -> None:
+    with _lock:
+        _declared.clear()
+
+
+def load_file(path: str | os.PathLike[str]) -> list[Budget]:
+    """The ``[[budgets]]`` of a config file; every error names the file, the line and the field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    tables = data.get("budgets", [])
+    if not isinstance(tables, list):
+        raise ConfigError(f"{path}: `budgets` must be an array of tables ([[budgets]])")
+    budgets = []
+    for index, table in enumerate(tables):
+        lines = _table_lines(text, index)
+        budgets.append(_validated(table, str(path), lambda field: lines.get(field, lines.get("", 0))))
+    return budgets
+
+
+def _table_lines(text: str, index: int) -> dict[str, int]:
+    """Line numbers of the ``index``-th ``[[budgets]]`` header ("") and of each field under it."""
+    lines: dict[str, int] = {}
+    seen = -1
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            if seen == index:
+                break
+            if re.fullmatch(r"\[\[\s*budgets\s*\]\](\s*#.*)?", stripped):
+                seen += 1
+                if seen == index:
+                    lines[""] = number
+            continue
+        if seen == index and (match := re.match(r"([A-Za-z_][\w-]*)\s*=", stripped)):
+            lines.setdefault(match.group(1), number)
+    return lines
+
+
+def _validated(raw: Mapping[str, Any], origin: str, line_of: Any = None) -> Budget:
+    def fail(field: str, message: str) -> ConfigError:
+        where = f"{origin}, line {line_of(field)}" if line_of else origin
+        return ConfigError(f"{where}: budget field `{field}`: {message}")
+
+    if not isinstance(raw, Mapping):
+        raise fail("", "each [[budgets]] entry must be a table")
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise fail(unknown[0], f"unknown field (known: {', '.join(_FIELDS)})")
+    scope = raw.get("scope")
+    if scope not in SCOPES:
+        raise fail("scope", f"{scope!r} is not one of {', '.join(SCOPES)}")
+    key = raw.get("key")
+    if scope == "global":
+        if key not in (None, EACH):
+            raise fail("key", "a global budget has no key")
+        key = None
+    elif not isinstance(key, str) or not key:
+        raise fail("key", f'a {scope} budget needs a key: the {scope} it limits, or "*" for each {scope}')
+    period = raw.get("period")
+    if period not in PERIODS:
+        raise fail("period", f"{period!r} is not one of {', '.join(PERIODS)}")
+    limit = raw.get("limit_usd")
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        raise fail("limit_usd", f"must be a positive number of USD, got {limit!r}")
+    warn_at = raw.get("warn_at", 0.8)
+    if isinstance(warn_at, bool) or not isinstance(warn_at, (int, float)) or not 0 < warn_at <= 1:
+        raise fail("warn_at", f"must be a fraction of the limit in (0, 1], got {warn_at!r}")
+    action = raw.get("action", "alert")
+    if action not in ACTIONS:
+        raise fail("action", f"{action!r} is not one of {', '.join(ACTIONS)}")
+    zone = raw.get("timezone", "UTC")
+    try:
+        ZoneInfo(str(zone))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise fail("timezone", f"unknown time zone {zone!r} (use an IANA name such as Europe/Paris)") from None
+    return Budget(str(scope), key, str(period), float(limit), float(warn_at), str(action), str(zone))
+
+
+# --- status --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Status:
+    budget: Budget
+    key: str | None  # for "*" budgets, the key this row is about
+    spent_usd: float
+    period_start: datetime
+    period_end: datetime
+    projected_usd: float | None  # at this pace, by the end of the period
+
+    @property
+    def used(self) -> float:
+        return self.spent_usd / self.budget.limit_usd
+
+    @property
+    def state(self) -> str:
+        if self.used >= 1:
+            return "exceeded"
+        return "warning" if self.used >= self.budget.warn_at else "ok"
+
+
+def status(budgets: tuple[Budget, ...] | list[Budget], *, db: str | None = None, now: datetime | None = None) -> list[Status]:
+    """Each budget's spend this period from the store (one row per key for "*" budgets)."""
+    from . import query
+
+    now = now or query.TimeRange.last(timedelta(0)).since
+    rows = []
+    for budget in budgets:
+        start, end = budget.window(now)
+        window = query.TimeRange(start, now + timedelta(seconds=1))
+        elapsed = (now - start).total_seconds()
+
+        def projected(spent: float) -> float | None:
+            return spent / elapsed * (end - start).total_seconds() if elapsed > 0 else None
+
+        if budget.key == EACH:
+            for row in query.spend_by(budget.scope, window, db=db):
+                spent = float(row["cost_usd"] or 0.0)
+                rows.append(Status(budget, row["key"], spent, start, end, projected(spent)))
+            continue
+        filters = query.Filters(**{budget.scope: budget.key}) if budget.key is not None else None
+        spent = query.spent(window, filters, db=db)
+        rows.append(Status(budget, budget.key, spent, start, end, projected(spent)))
+    return rows

@@ -1,0 +1,169 @@
+"""Budgets: declaring them (file and code), their periods, and their status from a real store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+import llmtrace
+from llmtrace import budgets
+from llmtrace.cli import main
+from store_helpers import emit, provider_with_store
+
+GOOD = """
+[llmtrace]
+store = true
+
+[[budgets]]
+scope = "tenant"        # global | tenant | user | feature | model
+key = "acme"            # or "*" for each key separately
+period = "day"          # day | week | month | 24h | 7d
+limit_usd = 50.0
+warn_at = 0.8
+action = "block"        # alert | block
+
+[[budgets]]
+scope = "tenant"
+key = "*"
+period = "month"
+limit_usd = 1.0
+timezone = "America/New_York"
+
+[alerts]
+webhook_url = "https://hooks.example.com/llm-spend"
+"""
+
+
+def test_the_documented_file_format_loads_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "llmtrace.toml"
+    path.write_text(GOOD)
+    first, second = budgets.load_file(path)
+    assert first == budgets.Budget("tenant", "acme", "day", 50.0, 0.8, "block", "UTC")
+    assert (second.key, second.period, second.warn_at, second.action, second.timezone) == (
+        "*", "month", 0.8, "alert", "America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "line", "says"),
+    [
+        ("scope", '"team"', 6, "'team' is not one of global, tenant"),
+        ("limit_usd", "-5.0", 9, "must be a positive number"),
+        ("period", '"fortnight"', 8, "'fortnight' is not one of"),
+        ("action", '"shout"', 11, "'shout' is not one of alert, block"),
+        ("warn_at", "1.5", 10, "fraction of the limit"),
+    ],
+)
+def test_a_bad_budget_names_file_line_and_field(tmp_path: Path, field: str, bad: str, line: int, says: str) -> None:
+    path = tmp_path / "llmtrace.toml"
+    text = GOOD.replace(f"{field} = ", f"{field} = {bad} #", 1)
+    path.write_text(text)
+    assert text.splitlines()[line - 1].startswith(f"{field} = {bad}")
+    with pytest.raises(llmtrace.ConfigError) as caught:
+        budgets.load_file(path)
+    assert f"{path}, line {line}: budget field `{field}`" in str(caught.value) and says in str(caught.value)
+
+
+def test_malformed_toml_and_unknown_fields_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "llmtrace.toml"
+    path.write_text("[[budgets]]\nscope = \n")
+    with pytest.raises(llmtrace.ConfigError, match="malformed TOML"):
+        budgets.load_file(path)
+    path.write_text('[[budgets]]\nscope = "global"\nperiod = "day"\nlimit_usd = 1\nceiling = 3\n')
+    with pytest.raises(llmtrace.ConfigError, match=r"line 5: budget field `ceiling`: unknown field"):
+        budgets.load_file(path)
+
+
+def test_budgets_declared_in_code_are_validated_too() -> None:
+    budgets.clear()
+    with pytest.raises(llmtrace.ConfigError, match="a tenant budget needs a key"):
+        budgets.add(scope="tenant", period="day", limit_usd=5)
+    added = budgets.add(scope="global", period="7d", limit_usd=100)
+    assert budgets.declared() == (added,) and added.name == "global 7d $100"
+    budgets.clear()
+
+
+@pytest.mark.parametrize(
+    ("period", "zone", "now", "start", "end"),
+    [
+        ("day", "UTC", "2026-11-23 17:00", "2026-11-23 00:00", "2026-11-24 00:00"),
+        ("day", "America/New_York", "2026-11-23 03:00", "2026-11-22 05:00", "2026-11-23 05:00"),
+        ("week", "UTC", "2026-11-26 12:00", "2026-11-23 00:00", "2026-11-30 00:00"),  # Monday to Monday
+        ("month", "UTC", "2026-12-31 23:59", "2026-12-01 00:00", "2027-01-01 00:00"),
+        ("month", "Europe/Paris", "2026-03-15 12:00", "2026-02-28 23:00", "2026-03-31 22:00"),  # DST starts in March
+        ("24h", "UTC", "2026-11-23 17:00", "2026-11-22 17:00", "2026-11-23 17:00"),
+        ("7d", "UTC", "2026-11-23 17:00", "2026-11-16 17:00", "2026-11-23 17:00"),
+    ],
+)
+def test_period_windows(period: str, zone: str, now: str, start: str, end: str) -> None:
+    budget = budgets.Budget("global", None, period, 1.0, timezone=zone)
+    parse = datetime.fromisoformat
+    assert budget.window(parse(now)) == (parse(start), parse(end))
+
+
+def test_status_from_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "budgets.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 4, tenant="acme", cost=0.25)  # $1.00
+    emit(provider, 1, tenant="globex", cost=0.5)
+    writer.force_flush()
+    each = budgets.Budget("tenant", "*", "day", 0.9)
+    one = budgets.Budget("tenant", "globex", "24h", 2.0)
+    total = budgets.Budget("global", None, "month", 10.0)
+    rows = {(s.budget, s.key): s for s in budgets.status([each, one, total], db=db)}
+    assert rows[(each, "acme")].spent_usd == pytest.approx(1.0) and rows[(each, "acme")].state == "exceeded"
+    assert rows[(each, "globex")].spent_usd == pytest.approx(0.5) and rows[(each, "globex")].state == "ok"
+    assert rows[(one, "globex")].used == pytest.approx(0.25)
+    assert rows[(total, None)].spent_usd == pytest.approx(1.5)
+    assert rows[(total, None)].projected_usd is not None and rows[(total, None)].projected_usd >= 1.5
+    warned = budgets.status([budgets.Budget("tenant", "acme", "day", 1.2)], db=db)[0]
+    assert warned.state == "warning"  # $1.00 of $1.20 is past the default 80%
+
+    config = tmp_path / "llmtrace.toml"
+    config.write_text(GOOD)
+    assert main(["budgets", "--config", str(config), "--db", db]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["budget", "key", "period"]
+    acme = next(line for line in out if line.startswith("tenant=acme"))
+    assert "$1.00" in acme and "$50.00" in acme and "2.0%" in acme and "ok" in acme
+    assert any(line.startswith("tenant=*") and "acme" in line and "exceeded" in line for line in out)
+
+
+def test_instrument_refuses_a_bad_budget_and_applies_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtrace import call
+
+    path = tmp_path / "llmtrace.toml"
+    path.write_text(GOOD.replace('scope = "tenant"        #', 'scope = "team"        #', 1))
+    monkeypatch.setenv("LLMTRACE_CONFIG", str(path))
+    with pytest.raises(llmtrace.ConfigError, match=rf"{path}, line 6: budget field `scope`: 'team'"):
+        llmtrace.instrument(store=False)
+    assert call.runtime is None
+
+
+def test_budgets_command_without_a_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["budgets", "--db", str(tmp_path / "none.duckdb")]) == 0
+    assert "No budgets in llmtrace.toml (not found)" in capsys.readouterr().out
+
+
+def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from llmtrace import dashboard
+
+    db = str(tmp_path / "budgets.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 4, tenant="acme", cost=0.25)
+    writer.force_flush()
+    config = tmp_path / "llmtrace.toml"
+    config.write_text(GOOD)
+    for name, value in (("LLMTRACE_DB", db), ("LLMTRACE_CONFIG", str(config)), (dashboard.ENV_REFRESH, "0")):
+        monkeypatch.setenv(name, value)
+    at = AppTest.from_file(str(dashboard.APP), default_timeout=60)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Budgets").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["budget"]) == ["tenant=acme", "tenant=*"] and list(table["key"]) == ["acme", "acme"]
+    assert list(table["state"]) == ["ok", "exceeded"] and table["spent"][0] == pytest.approx(1.0)
+    assert "tenant=* (acme)" in at.warning[0].value

@@ -99,13 +99,8 @@ def cmd_budgets(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the Streamlit dashboard over the store (on 127.0.0.1 unless --host says otherwise)."""
-    process = dashboard.start(args.db, args.host, args.port, args.refresh, args.config)
-    print(f"llmtrace dashboard: http://{args.host}:{args.port} over {resolve(args.db).db}", file=sys.stderr)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        return process.wait()
+    print(f"llmtrace dashboard: http://{args.host}:{args.port} over {resolve(args.db).db}", file=sys.stderr, flush=True)
+    dashboard.replace_process(args.db, args.host, args.port, args.refresh, args.config)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

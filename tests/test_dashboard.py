@@ -217,3 +217,17 @@ def test_a_running_apps_calls_appear_without_a_reload(served: tuple[str, str], b
     # Another process (the "app") writes 7 more LLM spans into the store; the open page picks them up.
     subprocess.run([sys.executable, str(HERE / "store_helpers.py"), db, "7", "late-tenant"], check=True, timeout=60)
     page.wait_for_function(f"() => ({_METRIC_JS})('Calls') === '{DEMO_CALLS + 7:,}'", timeout=30_000)
+
+
+def test_stopping_the_dashboard_command_stops_the_server(tmp_path: Path) -> None:
+    import urllib.request
+
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "llmtrace.cli", "dashboard", "--db", str(tmp_path / "x.duckdb"),
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    dashboard.wait_until_up(process, url)
+    process.terminate()  # what a supervisor (systemd, a test fixture) sends
+    process.wait(timeout=20)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)

@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
 from ..store import resolve
 
@@ -41,6 +42,15 @@ def command(host: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def _environment(db: str | None, refresh_s: float | None, config_file: str | None) -> dict[str, str]:
+    env = {**os.environ, "LLMTRACE_DB": str(resolve(db).db)}
+    if refresh_s is not None:
+        env[ENV_REFRESH] = str(refresh_s)
+    if config_file is not None:
+        env["LLMTRACE_CONFIG"] = str(Path(config_file).absolute())
+    return env
+
+
 def start(
     db: str | None,
     host: str = "127.0.0.1",
@@ -49,12 +59,16 @@ def start(
     config_file: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """The dashboard as a child process, reading the store at ``db`` (default: the usual store)."""
-    env = {**os.environ, "LLMTRACE_DB": str(resolve(db).db)}
-    if refresh_s is not None:
-        env[ENV_REFRESH] = str(refresh_s)
-    if config_file is not None:
-        env["LLMTRACE_CONFIG"] = str(Path(config_file).absolute())
-    return subprocess.Popen(command(host, port), env=env)
+    return subprocess.Popen(command(host, port), env=_environment(db, refresh_s, config_file))
+
+
+def replace_process(
+    db: str | None, host: str, port: int, refresh_s: float | None = None, config_file: str | None = None
+) -> NoReturn:
+    """Become the dashboard server: signals (Ctrl-C, SIGTERM from a supervisor) reach Streamlit itself,
+    so stopping ``llmtrace dashboard`` can never leave an orphaned server holding the port."""
+    args = command(host, port)
+    os.execve(args[0], args, _environment(db, refresh_s, config_file))
 
 
 def wait_until_up(process: subprocess.Popen[bytes], url: str, timeout_s: float = 60.0) -> None:

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 from ._version import __version__
+from .budgets import BudgetExceeded
 from .config import ConfigError
 from .context import tags
 from .instrumentation import instrument, uninstrument
 
-__all__ = ["ConfigError", "__version__", "instrument", "tags", "uninstrument"]
+__all__ = ["BudgetExceeded", "ConfigError", "__version__", "instrument", "tags", "uninstrument"]

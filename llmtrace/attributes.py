@@ -25,6 +25,8 @@ REQUEST_STREAM = "gen_ai.request.stream"
 REQUEST_ENCODING_FORMATS = "gen_ai.request.encoding_formats"
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
+# A keyed hash of model + messages (never the text): finds the same request sent again.
+REQUEST_HASH = "llmtrace.request.hash"
 
 # --- response ------------------------------------------------------------------------------------
 RESPONSE_MODEL = "gen_ai.response.model"

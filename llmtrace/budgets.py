@@ -12,6 +12,7 @@
     llmtrace.budgets.add(scope="tenant", key="*", period="day", limit_usd=50)
 
 ``status()`` says what each budget has spent from the store, and where the period is heading.
+A ``model`` budget limits the model the app asks for (the request model, known before the call).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from . import attributes as A
 from .config import ConfigError
 
 SCOPES = ("global", "tenant", "user", "feature", "model")
@@ -34,6 +36,30 @@ ACTIONS = ("alert", "block")
 _ROLLING = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 _FIELDS = ("scope", "key", "period", "limit_usd", "warn_at", "action", "timezone")
 EACH = "*"
+# The span attribute each scope reads on the request path, and the store column it groups by.
+SCOPE_ATTRIBUTES = {"tenant": A.TENANT, "user": A.USER_ID, "feature": A.FEATURE, "model": A.REQUEST_MODEL}
+SCOPE_DIMENSIONS = {"tenant": "tenant", "user": "user", "feature": "feature", "model": "request_model"}
+
+
+class BudgetExceeded(Exception):
+    """A ``block`` budget is spent: the call was not sent to the provider.
+
+    ``period_end`` (UTC) is when a calendar period starts over; None for rolling 24h/7d windows.
+    """
+
+    def __init__(self, budget: Budget, key: str | None, spent_usd: float, period_end: datetime | None) -> None:
+        self.budget = budget
+        self.scope = budget.scope
+        self.key = key
+        self.limit_usd = budget.limit_usd
+        self.spent_usd = spent_usd
+        self.period_end = period_end
+        target = "global" if key is None else f"{budget.scope}={key}"
+        until = f"until {period_end:%Y-%m-%d %H:%M} UTC" if period_end else f"over the last {budget.period}"
+        super().__init__(
+            f"llmtrace budget for {target} is spent: ${spent_usd:,.2f} of ${budget.limit_usd:,.2f} per "
+            f"{budget.period} ({until}); the call was not sent"
+        )
 
 
 @dataclass(frozen=True)
@@ -87,6 +113,8 @@ def _utc(value: datetime) -> datetime:
 
 _lock = threading.Lock()
 _declared: list[Budget] = []
+# Told when code declares or clears budgets (the running monitor picks them up at once).
+_listeners: list[Callable[[], None]] = []
 
 
 def add(
@@ -104,6 +132,7 @@ def add(
                          "action": action, "timezone": timezone}, "llmtrace.budgets.add()")
     with _lock:
         _declared.append(budget)
+    _changed()
     return budget
 
 
@@ -115,6 +144,17 @@ def declared() -> tuple[Budget, ...]:
 def clear() -> None:
     with _lock:
         _declared.clear()
+    _changed()
+
+
+def on_change(listener: Callable[[], None] | None) -> None:
+    """Call ``listener`` whenever code declares or clears budgets (one listener: the monitor's)."""
+    _listeners[:] = [listener] if listener is not None else []
+
+
+def _changed() -> None:
+    for listener in list(_listeners):
+        listener()
 
 
 def load_file(path: str | os.PathLike[str]) -> list[Budget]:
@@ -224,21 +264,21 @@ def status(budgets: tuple[Budget, ...] | list[Budget], *, db: str | None = None,
     from . import query
 
     now = now or query.TimeRange.last(timedelta(0)).since
+    windows = [budget.window(now) for budget in budgets]
+    spends = query.budget_spend([spend_question(budget, start, now) for budget, (start, _) in zip(budgets, windows)], db=db)
     rows = []
-    for budget in budgets:
-        start, end = budget.window(now)
-        window = query.TimeRange(start, now + timedelta(seconds=1))
+    for budget, (start, end), spend in zip(budgets, windows, spends):
         elapsed = (now - start).total_seconds()
-
-        def projected(spent: float) -> float | None:
-            return spent / elapsed * (end - start).total_seconds() if elapsed > 0 else None
-
-        if budget.key == EACH:
-            for row in query.spend_by(budget.scope, window, db=db):
-                spent = float(row["cost_usd"] or 0.0)
-                rows.append(Status(budget, row["key"], spent, start, end, projected(spent)))
-            continue
-        filters = query.Filters(**{budget.scope: budget.key}) if budget.key is not None else None
-        spent = query.spent(window, filters, db=db)
-        rows.append(Status(budget, budget.key, spent, start, end, projected(spent)))
+        if budget.key != EACH and not spend:
+            spend = {budget.key: 0.0}
+        for key, spent in spend.items():
+            projected = spent / elapsed * (end - start).total_seconds() if elapsed > 0 else None
+            rows.append(Status(budget, key, spent, start, end, projected))
     return rows
+
+
+def spend_question(budget: Budget, since: datetime, now: datetime) -> tuple[str | None, str | None, datetime, datetime]:
+    """What to ask ``query.budget_spend`` for this budget's period so far."""
+    dimension = None if budget.scope == "global" else SCOPE_DIMENSIONS[budget.scope]
+    key = None if budget.key == EACH else budget.key
+    return dimension, key, since, now + timedelta(seconds=1)

@@ -7,6 +7,7 @@ so every entry point either contains its own errors or is only called inside ``i
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,9 @@ class Runtime:
     instruments: Instruments | None
     # Receives calls the app's sampler dropped, so the store (a ledger) still sees every call.
     ledger: Any = None
+    guard: Any = None  # the SpendGuard enforcing ``block`` budgets (llmtrace.enforce)
+    # Key of the request hash that finds duplicate calls (shared by the store's processes); None: no hash.
+    request_hash_key: bytes | None = None
 
 
 runtime: Runtime | None = None
@@ -77,6 +81,7 @@ class Call:
         "done",
         "unsampled",
         "unsampled_parent",
+        "hold",
     )
 
     def __init__(self, endpoint: Endpoint, rt: Runtime, instance: Any, kwargs: dict[str, Any]) -> None:
@@ -91,6 +96,9 @@ class Call:
         attrs.update(current_tags())
         if settings.capture_content:
             attrs[A.INPUT_MESSAGES] = jsonable(endpoint.input_content(kwargs))
+        if rt.request_hash_key is not None:
+            attrs[A.REQUEST_HASH] = _request_hash(rt.request_hash_key, attrs.get(A.REQUEST_MODEL), endpoint.input_content(kwargs))
+        self.hold: Any = None  # what a block budget reserved for this call (llmtrace.enforce.Hold)
         self.endpoint = endpoint
         self.runtime = rt
         self.attrs = attrs
@@ -112,6 +120,21 @@ class Call:
             self.unsampled_parent = parent if parent.is_valid else None
 
     # --- request side --------------------------------------------------------------------------
+
+    def admit(self) -> Any:
+        """Reserve this call against the block budgets it counts against; a BudgetExceeded if one is spent."""
+        outcome = self.runtime.guard.admit(self.attrs, self._worst_cost)
+        if outcome is not None and not isinstance(outcome, Exception):
+            self.hold = outcome
+            return None
+        return outcome
+
+    def _worst_cost(self) -> float:
+        max_tokens = self.attrs.get(A.REQUEST_MAX_TOKENS)
+        if not isinstance(max_tokens, int):
+            return 0.0  # no ceiling given: the call counts when it ends
+        price = pricing.price_for(self.attrs[A.PROVIDER_NAME], self.attrs.get(A.REQUEST_MODEL) or "", self.base_url)
+        return max_tokens * price.worst_output_per_token() if price is not None else 0.0
 
     def request_kwargs(self) -> dict[str, Any]:
         """The kwargs to send: OpenAI streams ask for usage unless the caller chose stream_options."""
@@ -176,7 +199,13 @@ class Call:
         if not self.done:
             self.done = True
             with internal_errors():
+                self._release(None)
                 self.span.end()
+
+    def _release(self, cost: float | None) -> None:
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            self.runtime.guard.settle(hold, cost)
 
     def finish(self, result: Result | None, error: BaseException | None) -> None:
         if self.done:
@@ -206,6 +235,7 @@ class Call:
             cost = self._add_result(attrs, result, usage)
         else:
             attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
+        self._release(cost)
         span = self.span
         span.set_attributes(attrs)
         if error is not None:
@@ -289,6 +319,11 @@ class Call:
         if cost.cache_savings:
             attrs[A.COST_CACHE_SAVINGS_USD] = cost.cache_savings
         return cost.total
+
+
+def _request_hash(key: bytes, model: Any, content: Any) -> str:
+    # repr is C-fast and stable for the plain lists/dicts/strings requests are made of.
+    return hashlib.blake2b(repr((model, content)).encode(), digest_size=8, key=key).hexdigest()
 
 
 def _estimate_output(model: str, text: str) -> int:

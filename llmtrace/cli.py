@@ -8,6 +8,7 @@ import json
 import random
 import sys
 import time
+from datetime import timedelta
 from typing import Any, Sequence
 
 from . import budgets, config, dashboard, pricing, query
@@ -81,20 +82,30 @@ def cmd_prices(args: argparse.Namespace) -> int:
 
 
 def cmd_budgets(args: argparse.Namespace) -> int:
-    """Spend against every budget in the config file this period: spent, limit, % used, projection."""
+    """Spend against every budget in the config file this period (spent, limit, % used, projection), and
+    the alerts of the last 7 days."""
     path = config.config_path(args.config)
     declared = budgets.load_file(path) if path else []
-    if not declared:
+    if declared:
+        _budget_table(declared, args.db)
+    else:
         print(f"No budgets in {path or 'llmtrace.toml (not found)'}; declare them with [[budgets]] tables.")
-        return 0
+    if query.store_exists(args.db):
+        fired = query.alert_history(query.TimeRange.last(timedelta(days=7)), db=args.db)
+        print(f"\nAlerts (last 7 days): {len(fired) or 'none'}")
+        for row in fired:
+            print(f"  {row['fired_at']:%Y-%m-%d %H:%M} UTC  {row['message']}")
+    return 0
+
+
+def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
     cells = [
         [s.budget.target, s.key or "-", s.budget.period, f"${s.spent_usd:,.2f}", f"${s.budget.limit_usd:,.2f}",
          f"{s.used:.1%}", "-" if s.projected_usd is None else f"${s.projected_usd:,.2f}", s.state,
          f"{s.period_end:%Y-%m-%d %H:%M}"]
-        for s in budgets.status(declared, db=args.db)
+        for s in budgets.status(declared, db=db)
     ]
     _print_table(["budget", "key", "period", "spent", "limit", "used", "projected", "state", "period ends (UTC)"], cells)
-    return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

@@ -14,6 +14,9 @@ from typing import Any, Mapping
 
 DEFAULT_CONFIG_FILE = "llmtrace.toml"
 DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com",)
+ANOMALY_DETECTORS = ("spend_spike", "prompt_growth", "duplicate_calls", "model_drift", "error_rate")
+# Tables of llmtrace.toml whose keys are settings with a prefix: [alerts] webhook_url = alert_webhook_url.
+_PREFIXED_TABLES = {"alerts": "alert_", "anomalies": "anomaly_"}
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,25 @@ class Settings:
     db: str | None = None  # default ./.llmtrace/llmtrace.duckdb
     flush_interval: float = 2.0  # seconds until a span is visible to readers, at most
     retention_days: int = 0  # 0 keeps spans forever
+    # Budgets and alerts (``[alerts]`` keys of llmtrace.toml are these without ``alert_``).
+    budget_refresh_interval: float = 2.0  # seconds between reads of the store's spend (off the request path)
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout: float = 5.0
+    # Anomaly detectors (``[anomalies]`` keys are these without ``anomaly_``).
+    anomaly_detectors: tuple[str, ...] = ANOMALY_DETECTORS
+    anomaly_interval: float = 60.0  # seconds between runs
+    anomaly_recent_window: float = 3600.0  # "now": the last hour...
+    anomaly_baseline_window: float = 7 * 86400.0  # ...against the week before it
+    anomaly_min_calls: int = 20  # fewer calls than this (recent or baseline) decide nothing
+    anomaly_spend_spike_factor: float = 3.0
+    anomaly_spend_spike_min_usd: float = 1.0
+    anomaly_prompt_growth: float = 0.5  # median input tokens up 50%
+    anomaly_duplicate_count: int = 2  # the same request this many times...
+    anomaly_duplicate_window: float = 5.0  # ...within this many seconds
+    anomaly_error_rate: float = 0.1
+    anomaly_rate_limit_rate: float = 0.2
+    anomaly_rate_window: float = 900.0
+    anomaly_require_pinned_models: bool = False
 
     def host_providers(self) -> dict[str, str]:
         """``provider_hosts`` as host -> provider (validated by ``load``)."""
@@ -107,6 +129,14 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [llmtrace] must be a table")
     result = dict(section)
+    for table, prefix in _PREFIXED_TABLES.items():
+        values = data.get(table, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [{table}] must be a table")
+        unknown = sorted(k for k in values if prefix + k not in Settings.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} in [{table}]")
+        result.update({prefix + key: value for key, value in values.items()})
     if "prices" in data:
         result["prices"] = data["prices"]
     return result
@@ -159,6 +189,14 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
         host, _, provider = pair.partition("=")
         if not host.strip() or not provider.strip():
             raise ConfigError(f"provider_hosts: {pair!r} is not host=provider (e.g. llm-gateway.internal=openai)")
+    webhook = values.get("alert_webhook_url")
+    if webhook and not webhook.startswith(("http://", "https://")):
+        raise ConfigError(f"alert_webhook_url: {webhook!r} is not an http:// or https:// URL")
+    unknown_detectors = set(values.get("anomaly_detectors", ())) - set(ANOMALY_DETECTORS)
+    if unknown_detectors:
+        raise ConfigError(
+            f"anomaly_detectors: unknown {', '.join(sorted(unknown_detectors))} (known: {', '.join(ANOMALY_DETECTORS)})"
+        )
     values["provider_hosts"] = tuple(
         "=".join(part.strip() for part in pair.split("=", 1)) for pair in values.get("provider_hosts", ())
     )

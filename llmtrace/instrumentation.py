@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import sys
@@ -20,7 +21,11 @@ from . import call as core
 from . import budgets, config, export, pricing
 from ._guard import internal_errors
 from ._version import __version__
+from .alerts import Alerter, Webhook
+from .enforce import SpendGuard
 from .metrics import Instruments
+from .monitor import Monitor
+from .store.files import request_hash_key
 from .providers import PROVIDERS
 from .wrappers import wrapper_for
 
@@ -32,6 +37,7 @@ _patches: list[tuple[Any, str, Any]] = []
 _patched_sdks: set[str] = set()
 _hooks_registered: set[str] = set()
 _store_writer: Any = None  # the StoreWriter in use since instrument()
+_monitor: Any = None  # the budgets-and-anomalies Monitor in use since instrument()
 # Tracer provider -> the StoreWriter llmtrace added to it, reused by a later instrument().
 _writers_by_provider: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -46,12 +52,12 @@ def instrument(**options: Any) -> None:
     ``tracer_provider``, ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError``
     and nothing is applied.
     """
-    global _store_writer
+    global _store_writer, _monitor
     tracer_provider = options.pop("tracer_provider", None)
     meter_provider = options.pop("meter_provider", None)
     settings = config.load(options)
-    if settings.config_file:  # a malformed budget fails here too, before anything is applied
-        budgets.load_file(settings.config_file)
+    # A malformed budget fails here too, before anything is applied.
+    file_budgets = budgets.load_file(settings.config_file) if settings.config_file else []
     if settings.otlp_endpoint:  # a bad protocol fails here, before anything is applied
         export.protocol_for("TRACES", settings)
         export.protocol_for("METRICS", settings)
@@ -65,7 +71,18 @@ def instrument(**options: Any) -> None:
         _store_writer = _attach_store(tracer_provider, settings) if settings.store else None
         instruments = _instruments(meter_provider, settings, options.get("otlp_endpoint"))
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
-        core.runtime = core.Runtime(tracer=tracer, settings=settings, instruments=instruments, ledger=_store_writer)
+        guard = hash_key = None
+        if _store_writer is not None:
+            guard = SpendGuard()
+            _monitor = _start_monitor(settings, _store_writer, file_budgets, guard)
+            if "duplicate_calls" in settings.anomaly_detectors:
+                hash_key = request_hash_key(_store_writer.paths)
+        elif file_budgets or budgets.declared():
+            logger.warning("llmtrace: budgets need the store (store=false): they are neither enforced nor alerted on")
+        core.runtime = core.Runtime(
+            tracer=tracer, settings=settings, instruments=instruments, ledger=_store_writer, guard=guard,
+            request_hash_key=hash_key,
+        )  # fmt: skip
         for sdk in PROVIDERS:
             if sdk not in _hooks_registered:
                 _hooks_registered.add(sdk)
@@ -74,6 +91,10 @@ def instrument(**options: Any) -> None:
                 module = sys.modules.get(sdk)
                 if module is not None:
                     _patch_sdk(module)
+    with internal_errors():
+        # Imported here, not in the thread below: it imports httpx2, which openai 2.x looks up in sys.modules
+        # on every request; a half-imported httpx2 seen from the app's thread would break the app's call.
+        import genai_prices  # noqa: F401
     threading.Thread(target=_warm_prices, name="llmtrace-warm-prices", daemon=True).start()
 
 
@@ -81,7 +102,10 @@ def uninstrument() -> None:
     """Restore every patched SDK method and stop tracing."""
     with _lock:
         core.runtime = None
-        global _store_writer
+        global _store_writer, _monitor
+        if _monitor is not None:
+            _monitor.stop()
+            _monitor = None
         if _store_writer is not None:
             _store_writer.shutdown()  # flushes; it stays on the provider, stopped, for a later instrument()
             _store_writer = None
@@ -138,6 +162,26 @@ def _attach_store(provider: Any, settings: config.Settings) -> Any:
     return writer
 
 
+def _start_monitor(settings: config.Settings, writer: Any, file_budgets: list[Any], guard: SpendGuard) -> Monitor:
+    """Budgets and anomalies, off the request path; the first budget read happens now, so that
+    ``block`` budgets hold from the first call."""
+    webhook = Webhook(settings.alert_webhook_url, timeout=settings.alert_webhook_timeout) if settings.alert_webhook_url else None
+    monitor = Monitor(settings, writer, Alerter(writer.paths, webhook), file_budgets, guard)
+    declared = monitor.budgets
+    if declared:
+        with internal_errors():
+            monitor.alerter.fire(monitor.refresh_budgets(declared))
+    monitor.start()
+    return monitor
+
+
+def _stop_monitor_at_exit() -> None:
+    # Before the store writers' own exit flush: a thread killed inside DuckDB at exit aborts the process.
+    monitor = _monitor
+    if monitor is not None:
+        monitor.stop()
+
+
 def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str | None) -> Any:
     provider = given if given is not None else trace.get_tracer_provider()
     own = False
@@ -175,3 +219,6 @@ def _warm_prices() -> None:
     # genai-prices loads its data (~0.3 s) on first use: do it now, off the request path.
     with internal_errors():
         import genai_prices.data  # noqa: F401
+
+
+atexit.register(_stop_monitor_at_exit)

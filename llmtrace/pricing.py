@@ -83,6 +83,9 @@ class Rate:
                 return price
         return self.per_token
 
+    def worst(self) -> float:
+        return max([self.per_token, *(price for _, price in self.tiers)])
+
 
 @dataclass(frozen=True)
 class Cost:
@@ -108,6 +111,10 @@ class Price:
     # Set when the model's prices use units the fast path does not model: cost then comes from
     # genai-prices' exact (slower) calculation.
     exact: Any = field(default=None, compare=False)
+
+    def worst_output_per_token(self) -> float:
+        """The dearest rate an output token can have (budgets reserve ``max_tokens`` at it)."""
+        return max(rate.worst() for rate in (self.output, self.reasoning))
 
     def cost(self, usage: Usage) -> Cost:
         cost = _exact_cost(self.exact, usage) if self.exact is not None else self._fast_cost(usage)

@@ -30,6 +30,7 @@ DIMENSIONS = {
     "user": "user_id",
     "feature": "feature",
     "model": _MODEL,
+    "request_model": "request_model",  # the model asked for (budgets limit it)
     "provider": "provider",
     "service": "service_name",
 }
@@ -88,8 +89,13 @@ def parse_duration(text: str) -> timedelta:
 
 
 @contextmanager
-def open_store(db: str | os.PathLike[str] | None = None, *, merge_first: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection whose ``spans`` view is the database plus pending segments."""
+def open_store(
+    db: str | os.PathLike[str] | None = None, *, merge_first: bool = True, in_app: bool = False
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection whose ``spans`` view is the database plus pending segments.
+
+    ``in_app``: the reader runs inside the user's process (the budget monitor): one thread, little memory.
+    """
     paths = resolve(db)
     if merge_first and paths.pending():
         try:
@@ -98,6 +104,9 @@ def open_store(db: str | os.PathLike[str] | None = None, *, merge_first: bool = 
             logger.warning("llmtrace: could not merge pending segments into %s: %s", paths.db, exc)
     con = duckdb.connect(":memory:")
     try:
+        if in_app:
+            con.execute("SET threads = 1")
+            con.execute("SET memory_limit = '128MB'")
         _create_view(con, paths)
         yield con
     finally:
@@ -274,11 +283,16 @@ def error_rates(
     *,
     by: str = "provider",
     bucket: str | None = None,
+    excluded_error: str | None = None,
     db: str | os.PathLike[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Error and 429 rates and HTTP attempts (retries), per provider/model, optionally over time."""
+    """Error and 429 rates and HTTP attempts (retries), per provider/model, optionally over time.
+    Calls that failed with ``excluded_error`` (e.g. llmtrace's own BudgetExceeded) are left out."""
     keys, group = _grouping(by, bucket)
     where, params = _where(time_range, filters)
+    if excluded_error is not None:
+        where += " AND error_type IS DISTINCT FROM ?"
+        params.append(excluded_error)
     sql = f"""
         SELECT {keys}, count(*) AS calls, count(error_type) AS errors,
                count(*) FILTER (WHERE http_status = 429 OR rate_limited > 0) AS rate_limited_calls,
@@ -333,6 +347,32 @@ def spent(
     with open_store(db) as con:
         row = con.execute(f"SELECT coalesce(sum(cost_usd), 0) FROM spans WHERE {where}", params).fetchone()
     return float(row[0]) if row else 0.0
+
+
+BudgetQuestion = tuple[str | None, str | None, datetime, datetime]
+
+
+def budget_spend(
+    questions: list[BudgetQuestion], *, db: str | os.PathLike[str] | None = None, in_app: bool = False
+) -> list[dict[str | None, float]]:
+    """For each ``(dimension, key, since, until)``: USD spent per key (only ``key`` when given; the total
+    under None when the dimension is None). One store opening for all of them: budgets ask together."""
+    answers: list[dict[str | None, float]] = []
+    if not questions:
+        return answers
+    with open_store(db, merge_first=False, in_app=in_app) as con:
+        for dimension, key, since, until in questions:
+            column = _dimension(dimension) if dimension else "NULL"
+            sql = f"SELECT {column} AS key, sum(cost_usd) FROM spans WHERE start_time >= ? AND start_time < ?"
+            params: list[Any] = [since, until]
+            if dimension and key is not None:
+                sql += f" AND {column} = ?"
+                params.append(key)
+            elif dimension:
+                sql += f" AND {column} IS NOT NULL"
+            rows = con.execute(sql + " GROUP BY 1", params).fetchall()
+            answers.append({row[0]: float(row[1] or 0.0) for row in rows})
+    return answers
 
 
 def summary(
@@ -428,3 +468,102 @@ def span_count(*, db: str | os.PathLike[str] | None = None) -> dict[str, int]:
     with open_store(db, merge_first=False) as con:
         total, distinct = con.execute("SELECT count(*), count(DISTINCT span_id) FROM spans").fetchone()  # type: ignore[misc]
     return {"spans": int(total), "distinct_span_ids": int(distinct), "pending_segments": len(resolve(db).pending())}
+
+
+# --- anomaly detection (the monitor asks these off the request path) -----------------------------
+
+
+def spend_rates(
+    by: str, recent: TimeRange, baseline: TimeRange, bucket_s: float, *, db: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Per key: spend and calls in ``recent``; spend in ``baseline`` and how many ``bucket_s``-long buckets
+    of it had calls (so a tenant active in office hours is compared with its active hours)."""
+    key = _dimension(by)
+    step = float(bucket_s)
+    sql = f"""
+        WITH recent AS (
+            SELECT {key} AS key, coalesce(sum(cost_usd), 0) AS usd, count(*) AS calls FROM spans
+            WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL GROUP BY 1
+        ), base AS (
+            SELECT {key} AS key, coalesce(sum(cost_usd), 0) AS usd,
+                   count(DISTINCT floor(epoch(start_time) / {step})) AS buckets
+            FROM spans WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL GROUP BY 1
+        )
+        SELECT recent.key, recent.usd AS recent_usd, recent.calls AS recent_calls,
+               coalesce(base.usd, 0) AS baseline_usd, coalesce(base.buckets, 0) AS baseline_buckets
+        FROM recent LEFT JOIN base ON recent.key = base.key ORDER BY recent_usd DESC"""
+    with open_store(db, merge_first=False, in_app=True) as con:
+        return _rows(con, sql, [recent.since, recent.until, baseline.since, baseline.until])
+
+
+def input_token_medians(
+    by: str, recent: TimeRange, baseline: TimeRange, *, db: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Per key: median input tokens and calls, in ``recent`` and in ``baseline``."""
+    key = _dimension(by)
+    part = f"""SELECT {key} AS key, median(input_tokens) AS median_tokens, count(*) AS calls FROM spans
+               WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL AND input_tokens IS NOT NULL GROUP BY 1"""
+    sql = f"""
+        WITH recent AS ({part}), base AS ({part})
+        SELECT recent.key, recent.median_tokens AS recent_median, recent.calls AS recent_calls,
+               base.median_tokens AS baseline_median, coalesce(base.calls, 0) AS baseline_calls
+        FROM recent LEFT JOIN base ON recent.key = base.key ORDER BY recent.key"""
+    with open_store(db, merge_first=False, in_app=True) as con:
+        return _rows(con, sql, [recent.since, recent.until, baseline.since, baseline.until])
+
+
+def repeated_requests(
+    time_range: TimeRange, window_s: float, min_count: int, *, db: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Successful calls with the same request hash, tenant and feature, ``min_count`` or more within ``window_s``."""
+    sql = f"""
+        WITH windowed AS (
+            SELECT tenant, feature, request_hash, start_time,
+                   count(*) OVER (PARTITION BY tenant, feature, request_hash ORDER BY start_time
+                                  RANGE BETWEEN to_microseconds({int(float(window_s) * 1e6)}) PRECEDING AND CURRENT ROW) AS n
+            FROM spans WHERE start_time >= ? AND start_time < ? AND request_hash IS NOT NULL AND error_type IS NULL
+        )
+        SELECT tenant, feature, request_hash, max(n) AS repeats, count(*) AS calls,
+               min(start_time) AS first_call, max(start_time) AS last_call
+        FROM windowed GROUP BY 1, 2, 3 HAVING max(n) >= ? ORDER BY repeats DESC"""
+    with open_store(db, merge_first=False, in_app=True) as con:
+        return _rows(con, sql, [time_range.since, time_range.until, int(min_count)])
+
+
+def response_models(
+    recent: TimeRange, baseline: TimeRange, *, db: str | os.PathLike[str] | None = None
+) -> list[dict[str, Any]]:
+    """Per provider, request model and response model: calls in ``recent`` and in ``baseline``."""
+    sql = """
+        SELECT provider, request_model, response_model,
+               count(*) FILTER (WHERE start_time >= ? AND start_time < ?) AS recent_calls,
+               count(*) FILTER (WHERE start_time >= ? AND start_time < ?) AS baseline_calls
+        FROM spans
+        WHERE start_time >= least(?, ?) AND start_time < greatest(?, ?)
+              AND request_model IS NOT NULL AND response_model IS NOT NULL
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"""
+    params = [recent.since, recent.until, baseline.since, baseline.until,
+              recent.since, baseline.since, recent.until, baseline.until]  # fmt: skip
+    with open_store(db, merge_first=False, in_app=True) as con:
+        return _rows(con, sql, params)
+
+
+def request_models(time_range: TimeRange, *, db: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """The models calls asked for in the range, with their provider and call count."""
+    sql = """SELECT provider, request_model, count(*) AS calls FROM spans
+             WHERE start_time >= ? AND start_time < ? AND request_model IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"""
+    with open_store(db, merge_first=False, in_app=True) as con:
+        return _rows(con, sql, [time_range.since, time_range.until])
+
+
+def alert_history(time_range: TimeRange, *, limit: int = 200, db: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Alerts fired in the range, newest first (none for a store that has not recorded any yet)."""
+    with open_store(db, merge_first=False) as con:
+        tables = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'store' AND table_name = 'alerts'"
+        ).fetchone()
+        if not tables or not tables[0]:
+            return []
+        sql = f"""SELECT fired_at, kind, subject, message, details, alert_id FROM store.alerts
+                  WHERE fired_at >= ? AND fired_at < ? ORDER BY fired_at DESC LIMIT {int(limit)}"""
+        return _rows(con, sql, [time_range.since, time_range.until])

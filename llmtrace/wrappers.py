@@ -90,13 +90,22 @@ def returned(call: Call, response: Any) -> Any:
 
 
 def _start(endpoint: Endpoint, instance: Any, kwargs: dict[str, Any]) -> tuple[Call, dict[str, Any]] | None:
+    """The call's span and the kwargs to send; raises ``BudgetExceeded`` (and nothing else) when a block
+    budget is spent, so the provider is never called."""
     rt = core.runtime
     if rt is None or active_call.get() is not None:
         return None
+    started = None
+    refused = None
     with internal_errors():
         call = Call(endpoint, rt, instance, kwargs)
-        return call, call.request_kwargs()
-    return None
+        started = call, call.request_kwargs()
+        if rt.guard is not None:
+            refused = call.admit()
+    if refused is not None and started is not None:
+        started[0].fail(refused)  # the span says why the call did not happen
+        raise refused
+    return started
 
 
 def _activate(call: Call) -> tuple[object, contextvars.Token[Call | None]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,24 +147,30 @@ def test_budgets_command_without_a_config(tmp_path: Path, capsys: pytest.Capture
     assert "No budgets in llmtrace.toml (not found)" in capsys.readouterr().out
 
 
-def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def open_budgets_page(monkeypatch: pytest.MonkeyPatch, db: str, config: Path) -> Any:
+    """The dashboard's Budgets page over this store and config, run by Streamlit's AppTest."""
     from streamlit.testing.v1 import AppTest
 
     from llmtrace import dashboard
 
-    db = str(tmp_path / "budgets.duckdb")
-    provider, writer = provider_with_store(db, flush_interval=60)
-    emit(provider, 4, tenant="acme", cost=0.25)
-    writer.force_flush()
-    config = tmp_path / "llmtrace.toml"
-    config.write_text(GOOD)
     for name, value in (("LLMTRACE_DB", db), ("LLMTRACE_CONFIG", str(config)), (dashboard.ENV_REFRESH, "0")):
         monkeypatch.setenv(name, value)
     at = AppTest.from_file(str(dashboard.APP), default_timeout=60)
     at.run()
     at.sidebar.radio(key="page").set_value("Budgets").run()
     assert not at.exception
-    table = at.dataframe[0].value
+    return at
+
+
+def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = str(tmp_path / "budgets.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 4, tenant="acme", cost=0.25)
+    writer.force_flush()
+    config = tmp_path / "llmtrace.toml"
+    config.write_text(GOOD)
+    page = open_budgets_page(monkeypatch, db, config)
+    table = page.dataframe[0].value
     assert list(table["budget"]) == ["tenant=acme", "tenant=*"] and list(table["key"]) == ["acme", "acme"]
     assert list(table["state"]) == ["ok", "exceeded"] and table["spent"][0] == pytest.approx(1.0)
-    assert "tenant=* (acme)" in at.warning[0].value
+    assert "tenant=* (acme)" in page.warning[0].value

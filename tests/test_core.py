@@ -33,7 +33,7 @@ def _chat(client: Any, **kw: Any) -> Any:
 
 def test_public_api_is_small() -> None:
     assert sorted(llmtrace.__all__) == llmtrace.__all__
-    assert set(llmtrace.__all__) == {"ConfigError", "__version__", "instrument", "tags", "uninstrument"}
+    assert set(llmtrace.__all__) == {"BudgetExceeded", "ConfigError", "__version__", "instrument", "tags", "uninstrument"}
 
 
 def test_attribute_names_live_in_one_module() -> None:
@@ -268,3 +268,11 @@ def test_llm_span_is_a_child_of_the_current_span_or_a_root(captured: Any) -> Non
     assert nested.parent is not None and nested.parent.span_id == request_span.get_span_context().span_id
     assert nested.context.trace_id == request.context.trace_id
     assert root.parent is None and root.context.trace_id != request.context.trace_id
+
+
+def test_instrument_leaves_no_half_imported_module_for_the_apps_first_call() -> None:
+    """genai-prices imports httpx2, which openai 2.x looks up in sys.modules on each request: imported by the
+    warm-up thread, the app's first call could see it half-initialised (seen: AttributeError in create())."""
+    code = "import sys, llmtrace; llmtrace.instrument(store=False); print('genai_prices' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True", done.stderr

@@ -178,14 +178,15 @@ def test_older_store_is_upgraded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     emit(provider, 2)
     writer.force_flush()
 
-    def m003_test_column(con: duckdb.DuckDBPyConnection) -> None:
+    def m999_test_column(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("ALTER TABLE spans ADD COLUMN upgraded BOOLEAN DEFAULT true")
 
-    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, ("m003_test_column", m003_test_column)])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, ("m999_test_column", m999_test_column)])
     merge(resolve(db))
     con = duckdb.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM spans WHERE upgraded").fetchone() == (2,)
-    assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == ["m001_spans", "m002_cache_savings", "m003_test_column"]
+    assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == [
+        "m001_spans", "m002_cache_savings", "m003_alerts", "m999_test_column"]
     con.close()
 
 

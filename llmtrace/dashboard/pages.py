@@ -263,10 +263,15 @@ def budgets(view: View) -> None:
         declared = budget_config.load_file(path) if path else []
     except config.ConfigError as exc:
         st.error(f"The budgets cannot be read: {exc}")
-        return
-    if not declared:
+        declared = None
+    if declared == []:
         _how_to_declare_budgets()
-        return
+    elif declared:
+        _budget_status(view, declared, path)
+    _alert_history(view)
+
+
+def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) -> None:
     st.caption(f"From `{path}`. Each budget counts over its own period; the sidebar's filters do not apply here.")
     rows = budget_config.status(declared, db=view.db)
     table = pd.DataFrame([
@@ -290,7 +295,23 @@ def budgets(view: View) -> None:
             "ends": st.column_config.DatetimeColumn("Period ends (UTC)", format="YYYY-MM-DD HH:mm"),
         },
     )
-    st.caption("Alert history will show here once alerts are recorded (not in this version yet).")
+
+
+def _alert_history(view: View) -> None:
+    st.subheader("Alerts")
+    rows = query.alert_history(view.time_range, db=view.db)
+    if not rows:
+        st.caption(f"No alert fired in {view.label}. Budgets alert at their warning threshold and limit; anomaly "
+                   "detectors watch for spend spikes, prompt growth, duplicate calls, model drift and error rates.")
+        return
+    table = pd.DataFrame([{k: row[k] for k in ("fired_at", "kind", "subject", "message")} for row in rows])
+    st.dataframe(
+        table, hide_index=True, width="stretch",
+        column_config={
+            "fired_at": st.column_config.DatetimeColumn("Fired (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+            "kind": "Kind", "subject": "About", "message": st.column_config.TextColumn("Alert", width="large"),
+        },
+    )
 
 
 def _how_to_declare_budgets() -> None:

@@ -7,6 +7,7 @@ file); ``<db>.segments/quarantine/`` holds segments that could not be read, kept
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -27,6 +28,11 @@ class StorePaths:
         return self.db.with_name(self.db.name + ".segments")
 
     @property
+    def key(self) -> Path:
+        """The secret that keys request hashes, shared by every process writing this store."""
+        return self.db.with_name(self.db.name + ".key")
+
+    @property
     def quarantine(self) -> Path:
         return self.segments / "quarantine"
 
@@ -42,6 +48,27 @@ def resolve(db: str | os.PathLike[str] | None = None) -> StorePaths:
     """The store at ``db``, else ``$LLMTRACE_DB``, else ``./.llmtrace/llmtrace.duckdb``."""
     chosen = db if db is not None else os.environ.get("LLMTRACE_DB") or DEFAULT_DB
     return StorePaths(Path(chosen).expanduser().absolute())
+
+
+def request_hash_key(paths: StorePaths) -> bytes:
+    """The store's hash key, created on first use (readable by its owner only). Where the folder cannot
+    be written, a key of this process's own: duplicates are then found within each process only."""
+    try:
+        paths.db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(paths.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            key = paths.key.read_bytes()
+            if len(key) >= 16:
+                return key[:64]
+            raise OSError(f"{paths.key} is too short to be a key") from None
+        key = os.urandom(32)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+    except OSError as exc:
+        logging.getLogger("llmtrace").warning("llmtrace: cannot use %s (%s); request hashes are per process", paths.key, exc)
+        return os.urandom(32)
 
 
 def new_segment_id() -> str:

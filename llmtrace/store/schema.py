@@ -64,6 +64,7 @@ _ATTRIBUTE_COLUMNS = (
     (A.REQUEST_TEMPERATURE, "request_temperature", "DOUBLE", _F64),
     (A.REQUEST_TOP_P, "request_top_p", "DOUBLE", _F64),
     (A.COST_CACHE_SAVINGS_USD, "cache_savings_usd", "DOUBLE", _F64),  # m002
+    (A.REQUEST_HASH, "request_hash", "VARCHAR", _STR),  # m003
 )
 # Every other attribute, as JSON.
 _JSON_COLUMN = ("attributes", "JSON", _STR)
@@ -167,7 +168,7 @@ def migration(func: Migration) -> Migration:
 
 
 # Columns that later migrations add: m001 has shipped and must keep creating the table it always did.
-_ADDED_LATER = frozenset({"cache_savings_usd"})
+_ADDED_LATER = frozenset({"cache_savings_usd", "request_hash"})
 
 
 @migration
@@ -180,6 +181,16 @@ def m001_spans(con: duckdb.DuckDBPyConnection) -> None:
 @migration
 def m002_cache_savings(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE spans ADD COLUMN cache_savings_usd DOUBLE")
+
+
+@migration
+def m003_alerts(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("ALTER TABLE spans ADD COLUMN request_hash VARCHAR")
+    # What fired: its id is the dedupe key, so each alert fires once across every process.
+    con.execute(
+        "CREATE TABLE alerts (alert_id VARCHAR PRIMARY KEY, fired_at TIMESTAMP, kind VARCHAR, "
+        "subject VARCHAR, message VARCHAR, details JSON)"
+    )
 
 
 class StoreFromTheFuture(RuntimeError):

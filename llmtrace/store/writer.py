@@ -67,6 +67,7 @@ class StoreWriter(SpanProcessor):
         self._flushed = threading.Condition()
         self._flush_requests = 0
         self._flushes_done = 0
+        self._merge_requested = False
         self._stopped = False
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
@@ -116,10 +117,11 @@ class StoreWriter(SpanProcessor):
                 return
             with self._flushed:
                 requested = self._flush_requests
+                merge_requested, self._merge_requested = self._merge_requested, False
             rounds += 1
             with internal_errors():
-                # A flush someone waits for merges at once; periodic ones merge every few rounds.
-                self._write_and_merge(merge_now=requested > self._flushes_done or rounds % _MERGE_EVERY == 0)
+                # A flush someone waits for may merge at once; periodic ones merge every few rounds.
+                self._write_and_merge(merge_now=merge_requested or rounds % _MERGE_EVERY == 0)
             with self._flushed:
                 self._flushes_done = requested
                 self._flushed.notify_all()
@@ -169,14 +171,21 @@ class StoreWriter(SpanProcessor):
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Write and merge everything buffered so far; True when done within the timeout."""
+    @property
+    def healthy(self) -> bool:
+        """False while segments cannot be written or merged (the fault is logged)."""
+        return self._fault is None
+
+    def force_flush(self, timeout_millis: int = 30_000, merge: bool = True) -> bool:
+        """Write everything buffered so far to segments (readers see them) and, with ``merge``, merge
+        them into the database; True when done within the timeout."""
         if self._thread is None or not self._thread.is_alive():
             with internal_errors():
-                self._write_and_merge()
+                self._write_and_merge(merge_now=merge)
                 return True
             return False
         with self._flushed:
+            self._merge_requested = self._merge_requested or merge
             self._flush_requests += 1
             target = self._flush_requests
             self._wake.set()

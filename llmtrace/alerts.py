@@ -1,0 +1,172 @@
+"""Alerts: budgets crossing their thresholds and anomalies, delivered once each, across processes.
+
+Each alert has an id that says what it is about (``budget:tenant=acme day $50:acme:2026-11-23:limit``).
+Before delivering, the monitor records it in the store's ``alerts`` table; only the process whose
+insert wins delivers it, so a fleet of processes sends one alert, not one each. Channels: the
+``llmtrace`` logger (always), a webhook (JSON POST with a Slack-compatible ``text``, sent by its own
+thread with a timeout and retries), and Python callbacks registered with ``on_alert``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from ._guard import internal_errors
+from .store.files import StorePaths
+
+logger = logging.getLogger("llmtrace")
+
+
+@dataclass(frozen=True)
+class Alert:
+    alert_id: str  # what it is about; the same situation always gets the same id
+    kind: str  # budget_warning, budget_exceeded, spend_spike, prompt_growth, duplicate_calls, model_drift, ...
+    subject: str  # what it concerns: tenant=acme, feature=search, provider=openai, model=gpt-4o
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    fired_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
+
+    def payload(self) -> dict[str, Any]:
+        """The webhook body: ``text`` for Slack-compatible receivers, the fields for everyone else."""
+        fields = asdict(self)
+        fields["fired_at"] = self.fired_at.isoformat() + "Z"
+        return {"text": f"llmtrace: {self.message}", "alert": fields}
+
+
+Callback = Callable[[Alert], Any]
+_callbacks: list[Callback] = []
+_callbacks_lock = threading.Lock()
+
+
+def on_alert(callback: Callback) -> Callback:
+    """Call ``callback(alert)`` for every alert this process delivers (from llmtrace's monitor thread)."""
+    with _callbacks_lock:
+        _callbacks.append(callback)
+    return callback
+
+
+def remove_callback(callback: Callback) -> None:
+    with _callbacks_lock:
+        if callback in _callbacks:
+            _callbacks.remove(callback)
+
+
+class Webhook:
+    """POSTs alerts from its own thread: a slow or failing receiver never holds up the app or the monitor."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0, attempts: int = 3, backoff: float = 1.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.failed = 0  # alerts given up on
+        self._queue: queue.Queue[Alert | None] = queue.Queue(maxsize=1000)
+        self._thread = threading.Thread(target=self._run, name="llmtrace-webhook", daemon=True)
+        self._thread.start()
+
+    def send(self, alert: Alert) -> None:
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            self.failed += 1
+            logger.error("llmtrace: webhook queue full; alert %s not sent to %s", alert.alert_id, self.url)
+
+    def join(self, timeout: float = 30.0) -> bool:
+        """Wait until everything queued was sent or given up on (tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            alert = self._queue.get()
+            try:
+                if alert is None:
+                    return
+                with internal_errors():
+                    self._deliver(alert)
+            finally:
+                self._queue.task_done()
+
+    def _deliver(self, alert: Alert) -> None:
+        body = json.dumps(alert.payload()).encode()
+        for attempt in range(1, self.attempts + 1):
+            retry = True
+            request = urllib.request.Request(
+                self.url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "llmtrace"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    response.read()
+                return
+            except urllib.error.HTTPError as exc:
+                problem = f"HTTP {exc.code}"
+                retry = exc.code >= 500 or exc.code == 429  # any other refusal: resending will not help
+            except (OSError, ValueError) as exc:  # unreachable, timed out, refused, malformed URL
+                problem = str(exc)
+            if not retry or attempt >= self.attempts:
+                self.failed += 1
+                logger.error("llmtrace: webhook %s failed for alert %s (%s); gave up", self.url, alert.alert_id, problem)
+                return
+            time.sleep(self.backoff * 2 ** (attempt - 1))
+
+
+class Alerter:
+    """Records alerts in the store, then delivers those no process delivered before."""
+
+    def __init__(self, paths: StorePaths, webhook: Webhook | None = None) -> None:
+        self.paths = paths
+        self.webhook = webhook
+        self._known: set[str] = set()  # ids recorded already (by this process or another): never retried
+        self._waiting: dict[str, Alert] = {}  # not recorded yet: the store was busy
+        self._lock = threading.Lock()
+
+    def fire(self, alerts: list[Alert]) -> list[Alert]:
+        """Deliver the alerts that fire for the first time; returns them."""
+        with self._lock:
+            return self._fire(alerts)
+
+    def _fire(self, alerts: list[Alert]) -> list[Alert]:
+        from .store.alerts import record
+
+        for alert in alerts:
+            if alert.alert_id not in self._known:
+                self._waiting.setdefault(alert.alert_id, alert)
+        if not self._waiting:
+            return []
+        rows = [(a.alert_id, a.fired_at, a.kind, a.subject, a.message, json.dumps(a.details, default=str))
+                for a in self._waiting.values()]
+        inserted = record(self.paths, rows)
+        if inserted is None:  # another process holds the database: try again next round
+            return []
+        fresh = [alert for alert in self._waiting.values() if alert.alert_id in inserted]
+        self._known.update(self._waiting)
+        self._waiting.clear()
+        for alert in fresh:
+            self._deliver(alert)
+        return fresh
+
+    def _deliver(self, alert: Alert) -> None:
+        logger.warning("llmtrace alert: %s", alert.message)
+        if self.webhook is not None:
+            self.webhook.send(alert)
+        with _callbacks_lock:
+            callbacks = list(_callbacks)
+        for callback in callbacks:
+            try:
+                callback(alert)
+            except Exception as exc:  # the app's callback failed: its error, not llmtrace's; keep going
+                logger.error("llmtrace: alert callback %r raised %r", callback, exc)

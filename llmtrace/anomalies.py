@@ -1,0 +1,185 @@
+"""Anomaly detectors: cost and reliability problems nobody set a budget for, found in the store.
+
+Each detector reads the store through ``llmtrace.query`` (off the request path, in the monitor
+thread) and returns alerts whose ids make each situation fire once (per hour, per window, or ever).
+Thresholds are settings (``anomaly_*``, or the ``[anomalies]`` table of llmtrace.toml).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Callable
+
+from . import query
+from .alerts import Alert
+from .config import Settings
+
+Detector = Callable[[Settings, "str | None", datetime], list[Alert]]
+
+# A model name that names a snapshot: a date (2024-08-06, 20241022), a -MMDD suffix (gpt-4-0613) or a
+# -00N version (gemini-1.5-pro-002). Anything else is an alias the provider may repoint.
+_PINNED = re.compile(r"(?:20\d\d-?[01]\d-?[0-3]\d|-[01]\d[0-3]\d$|-\d{3}$|@\d{8}$)")
+BUDGET_EXCEEDED = "BudgetExceeded"
+
+
+def is_pinned(model: str) -> bool:
+    return bool(_PINNED.search(model)) and not model.endswith("-latest")
+
+
+def _windows(settings: Settings, now: datetime) -> tuple[query.TimeRange, query.TimeRange]:
+    """The recent window (ending now) and the baseline before it."""
+    recent_start = now - timedelta(seconds=settings.anomaly_recent_window)
+    recent = query.TimeRange(recent_start, now + timedelta(seconds=1))
+    baseline = query.TimeRange(recent_start - timedelta(seconds=settings.anomaly_baseline_window), recent_start)
+    return recent, baseline
+
+
+def _slot(now: datetime, seconds: float) -> int:
+    """Which ``seconds``-long slot of time ``now`` is in: alerts about a lasting situation repeat once per slot."""
+    return int(now.timestamp() // seconds)
+
+
+def spend_spikes(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+    recent, baseline = _windows(settings, now)
+    window = settings.anomaly_recent_window
+    alerts = []
+    for by in ("tenant", "feature"):
+        for row in query.spend_rates(by, recent, baseline, window, db=db):
+            if row["baseline_buckets"] < 2 or row["recent_calls"] < settings.anomaly_min_calls:
+                continue  # too little history (or traffic) to call anything a spike
+            usual = row["baseline_usd"] / row["baseline_buckets"]
+            spent = row["recent_usd"]
+            if spent < settings.anomaly_spend_spike_min_usd or spent < settings.anomaly_spend_spike_factor * usual:
+                continue
+            ratio = spent / usual if usual > 0 else float("inf")
+            alerts.append(Alert(
+                f"spend_spike:{by}={row['key']}:{_slot(now, window)}", "spend_spike", f"{by}={row['key']}",
+                f"Spend spike: {by} {row['key']} spent ${spent:,.2f} in the last {_span(window)}, "
+                f"{ratio:,.1f}x its usual ${usual:,.2f}",
+                {"spent_usd": spent, "usual_usd": usual, "ratio": ratio, "calls": row["recent_calls"]},
+            ))  # fmt: skip
+    return alerts
+
+
+def prompt_growth(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+    recent, baseline = _windows(settings, now)
+    alerts = []
+    for row in query.input_token_medians("feature", recent, baseline, db=db):
+        calls = min(row["recent_calls"], row["baseline_calls"])
+        before, after = row["baseline_median"], row["recent_median"]
+        if calls < settings.anomaly_min_calls or not before or after < before * (1 + settings.anomaly_prompt_growth):
+            continue
+        alerts.append(Alert(
+            f"prompt_growth:feature={row['key']}:{_slot(now, settings.anomaly_recent_window)}", "prompt_growth",
+            f"feature={row['key']}",
+            f"Prompt growth: feature {row['key']} now sends a median {after:,.0f} input tokens a call, "
+            f"up {after / before - 1:.0%} from {before:,.0f}",
+            {"median_input_tokens": after, "baseline_median_input_tokens": before, "calls": row["recent_calls"]},
+        ))  # fmt: skip
+    return alerts
+
+
+def duplicate_calls(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+    since = now - timedelta(seconds=settings.anomaly_recent_window)
+    rows = query.repeated_requests(
+        query.TimeRange(since, now + timedelta(seconds=1)), settings.anomaly_duplicate_window,
+        settings.anomaly_duplicate_count, db=db,
+    )  # fmt: skip
+    groups: dict[tuple[str | None, str | None], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["tenant"], row["feature"]), []).append(row)
+    alerts = []
+    for (tenant, feature), repeated in groups.items():
+        most = max(row["repeats"] for row in repeated)
+        subject = f"tenant={tenant} feature={feature}"
+        alerts.append(Alert(
+            f"duplicate_calls:{subject}:{_slot(now, settings.anomaly_recent_window)}", "duplicate_calls", subject,
+            f"Duplicate calls: tenant {tenant}, feature {feature} sent {len(repeated)} request(s) again within "
+            f"{settings.anomaly_duplicate_window:g} s (up to {most} times each)",
+            {"requests": len(repeated), "most_repeats": most, "request_hashes": [r["request_hash"] for r in repeated][:20]},
+        ))  # fmt: skip
+    return alerts
+
+
+def model_drift(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+    recent, baseline = _windows(settings, now)
+    seen: dict[tuple[str, str], dict[str, dict]] = {}
+    for row in query.response_models(recent, baseline, db=db):
+        seen.setdefault((row["provider"], row["request_model"]), {})[row["response_model"]] = row
+    alerts = []
+    for (provider, requested), answers in seen.items():
+        before = [m for m, r in answers.items() if r["baseline_calls"] >= settings.anomaly_min_calls]
+        if not before:
+            continue
+        for model, row in answers.items():
+            if row["recent_calls"] and not row["baseline_calls"]:
+                alerts.append(Alert(
+                    f"model_drift:{provider}:{requested}:{model}", "model_drift", f"model={requested}",
+                    f"Model drift: {provider} now answers {requested} with {model} (before: {', '.join(before)})",
+                    {"provider": provider, "request_model": requested, "response_model": model, "before": before},
+                ))  # fmt: skip
+    if settings.anomaly_require_pinned_models:
+        day = _slot(now, 86400)
+        for row in query.request_models(recent, db=db):
+            model = row["request_model"]
+            if not is_pinned(model):
+                alerts.append(Alert(
+                    f"unpinned_model:{row['provider']}:{model}:{day}", "unpinned_model", f"model={model}",
+                    f"Unpinned model: {row['calls']} call(s) to {row['provider']} asked for {model}, an alias the "
+                    "provider can repoint; the config asks for pinned (dated) models",
+                    {"provider": row["provider"], "request_model": model, "calls": row["calls"]},
+                ))  # fmt: skip
+    return alerts
+
+
+def failure_rates(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+    window = settings.anomaly_rate_window
+    since = now - timedelta(seconds=window)
+    rows = query.error_rates(
+        query.TimeRange(since, now + timedelta(seconds=1)), by="provider", excluded_error=BUDGET_EXCEEDED, db=db
+    )
+    alerts = []
+    slot = _slot(now, window)
+    for row in rows:
+        if row["calls"] < settings.anomaly_min_calls:
+            continue
+        for kind, count, threshold, what in (
+            ("error_rate", row["errors"], settings.anomaly_error_rate, "failed"),
+            ("rate_limit_rate", row["rate_limited_calls"], settings.anomaly_rate_limit_rate, "were rate-limited (429)"),
+        ):
+            rate = count / row["calls"]
+            if rate >= threshold:
+                alerts.append(Alert(
+                    f"{kind}:provider={row['key']}:{slot}", kind, f"provider={row['key']}",
+                    f"{kind.replace('_', ' ').capitalize()}: {rate:.0%} of {row['calls']} calls to {row['key']} {what} "
+                    f"in the last {_span(window)} (threshold {threshold:.0%})",
+                    {"rate": rate, "calls": row["calls"], "count": count, "threshold": threshold},
+                ))  # fmt: skip
+    return alerts
+
+
+def _span(seconds: float) -> str:
+    if seconds % 3600 == 0:
+        hours = int(seconds // 3600)
+        return "hour" if hours == 1 else f"{hours} hours"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)} minutes"
+    return f"{seconds:g} s"
+
+
+DETECTORS: dict[str, Detector] = {
+    "spend_spike": spend_spikes,
+    "prompt_growth": prompt_growth,
+    "duplicate_calls": duplicate_calls,
+    "model_drift": model_drift,
+    "error_rate": failure_rates,
+}
+
+
+def detect(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+    """Every enabled detector's alerts (``anomaly_detectors`` names them)."""
+    alerts: list[Alert] = []
+    for name in settings.anomaly_detectors:
+        alerts.extend(DETECTORS[name](settings, db, now))
+    return alerts

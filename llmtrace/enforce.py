@@ -1,0 +1,157 @@
+"""``block`` budgets on the request path: refuse a call before it is sent when its budget is spent.
+
+What a budget has spent, as this process sees it:
+
+    the store's figure at the last refresh (the monitor thread reads it, off the request path)
+  + what this process's calls cost since that refresh
+  + reservations of this process's calls still in flight, at their worst case (``max_tokens`` at the
+    model's dearest output rate), replaced by their real cost when they end.
+
+The request path takes one short lock (no I/O, no price lookup beyond the cached one) and only when a
+``block`` budget applies to the call. Across processes, what others spent reaches this one at its next
+refresh after they wrote it: the overspend bound is documented in the README ("Budgets").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+from .budgets import EACH, SCOPE_ATTRIBUTES, Budget, BudgetExceeded
+
+Slot = tuple[Budget, "str | None"]  # a budget, and the key a call counts against (None: global)
+
+
+class Hold:
+    """What an admitted call reserved, released when it ends."""
+
+    __slots__ = ("slots", "amount")
+
+    def __init__(self, slots: list[Slot], amount: float) -> None:
+        self.slots = slots
+        self.amount = amount
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the guard had counted when a refresh began, and the windows the refresh must read."""
+
+    finished: dict[Slot, float]
+    windows: dict[Budget, tuple[datetime, datetime]]  # naive UTC [start, now]
+
+
+class SpendGuard:
+    def __init__(self, budgets: tuple[Budget, ...] | list[Budget] = ()) -> None:
+        self._lock = threading.Lock()
+        self._finished: dict[Slot, float] = {}  # cost of this process's calls that ended, ever
+        self._held: dict[Slot, float] = {}  # reservations of calls in flight
+        self._base: dict[Slot, float] = {}  # the store's figure minus ``_finished`` when it was read
+        self._rules: tuple[tuple[Budget, str | None], ...] = ()  # (budget, span attribute it reads)
+        self._period: dict[Budget, tuple[datetime, float]] = {}  # calendar budgets: (start, end as epoch)
+        self.set_budgets(budgets)
+
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        return tuple(budget for budget, _ in self._rules)
+
+    def set_budgets(self, budgets: tuple[Budget, ...] | list[Budget]) -> None:
+        """Enforce these (``block`` ones only); counts kept for budgets that stay."""
+        blocking = tuple(dict.fromkeys(b for b in budgets if b.action == "block"))
+        now = _utcnow()
+        with self._lock:
+            for budget in blocking:
+                if budget not in self._period and budget.period in ("day", "week", "month"):
+                    self._period[budget] = _period_of(budget, now)
+            self._rules = tuple((b, SCOPE_ATTRIBUTES.get(b.scope)) for b in blocking)
+
+    # --- the request path -----------------------------------------------------------------------
+
+    def admit(self, attrs: Mapping[str, Any], worst_cost: Callable[[], float]) -> Hold | BudgetExceeded | None:
+        """Reserve the call's worst case against every budget it counts against, or say which is spent."""
+        slots: list[Slot] = []
+        for budget, attribute in self._rules:
+            if attribute is None:
+                slots.append((budget, None))
+                continue
+            key = attrs.get(attribute)
+            if key is not None and (budget.key == EACH or key == budget.key):
+                slots.append((budget, key))
+        if not slots:
+            return None
+        amount = worst_cost()
+        now = time.time()
+        with self._lock:
+            for slot in slots:
+                budget = slot[0]
+                period = self._period.get(budget)
+                if period is not None and now >= period[1]:
+                    period = self._roll_over(budget)
+                spent = self._spent(slot)
+                if spent >= budget.limit_usd:
+                    end = datetime.fromtimestamp(period[1], timezone.utc) if period else None
+                    return BudgetExceeded(budget, slot[1], spent, end)
+            held = self._held
+            for slot in slots:
+                held[slot] = held.get(slot, 0.0) + amount
+        return Hold(slots, amount)
+
+    def settle(self, hold: Hold, cost: float | None) -> None:
+        """The call ended: its reservation becomes its real cost (0 when it failed or is unpriced)."""
+        with self._lock:
+            for slot in hold.slots:
+                self._held[slot] = self._held.get(slot, 0.0) - hold.amount
+                if cost:
+                    self._finished[slot] = self._finished.get(slot, 0.0) + cost
+
+    def spent(self, budget: Budget, key: str | None) -> float:
+        with self._lock:
+            return self._spent((budget, key))
+
+    def _spent(self, slot: Slot) -> float:
+        return self._base.get(slot, 0.0) + self._finished.get(slot, 0.0) + self._held.get(slot, 0.0)
+
+    def _roll_over(self, budget: Budget) -> tuple[datetime, float]:
+        """A calendar period ended: what was spent before no longer counts (lock held)."""
+        period = self._period[budget] = _period_of(budget, _utcnow())
+        for slot, finished in self._finished.items():
+            if slot[0] == budget:
+                self._base[slot] = -finished
+        return period
+
+    # --- the monitor's refresh (off the request path) -------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Taken before the refresh flushes this process's spans: everything counted here is in the store after."""
+        now = _utcnow()
+        with self._lock:
+            windows = {}
+            for budget, _ in self._rules:
+                period = self._period.get(budget)
+                windows[budget] = (period[0] if period else budget.window(now)[0], now)
+            return Snapshot(dict(self._finished), windows)
+
+    def refresh(self, snapshot: Snapshot, figures: Mapping[Budget, Mapping[str | None, float]]) -> None:
+        """The store's figures for the snapshot's windows: they replace what was counted up to the snapshot."""
+        with self._lock:
+            for budget, spend in figures.items():
+                period = self._period.get(budget)
+                if period is not None and period[0] != snapshot.windows[budget][0]:
+                    continue  # the period rolled over while the store was read: that figure is stale
+                keys = set(spend) | {key for b, key in self._finished if b == budget} | {
+                    key for b, key in self._base if b == budget
+                }
+                for key in keys:
+                    slot = (budget, key)
+                    self._base[slot] = spend.get(key, 0.0) - snapshot.finished.get(slot, 0.0)
+
+
+def _period_of(budget: Budget, now: datetime) -> tuple[datetime, float]:
+    start, end = budget.window(now)
+    return start, end.replace(tzinfo=timezone.utc).timestamp()
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)

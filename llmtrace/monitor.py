@@ -1,0 +1,158 @@
+"""The monitor thread: budgets and anomalies, evaluated against the store, off the request path.
+
+Every ``budget_refresh_interval`` seconds it (1) notes what the spend guard has counted, (2) has this
+process's store writer write its buffered spans, (3) reads every budget's spend from the store, which
+then includes those spans and everything other processes wrote, (4) hands the figures to the guard,
+and (5) fires the budget alerts that are due. Every ``anomaly_interval`` seconds it runs the anomaly
+detectors too. Nothing here runs in an application thread; every failure is contained and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from . import budgets
+from ._guard import internal_errors
+from .alerts import Alert, Alerter
+from .budgets import EACH, Budget
+from .config import Settings
+from .enforce import SpendGuard
+
+logger = logging.getLogger("llmtrace")
+
+
+class Monitor:
+    def __init__(
+        self,
+        settings: Settings,
+        writer: Any,
+        alerter: Alerter,
+        file_budgets: list[Budget],
+        guard: SpendGuard | None = None,
+    ) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.alerter = alerter
+        self.guard = guard
+        self.db = str(writer.paths.db)
+        self._file_budgets = tuple(file_budgets)
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._next_anomaly_run = 0.0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def budgets(self) -> tuple[Budget, ...]:
+        return self._file_budgets + budgets.declared()
+
+    def start(self) -> None:
+        budgets.on_change(self.wake)
+        self._thread = threading.Thread(target=self._run, name="llmtrace-monitor", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Budgets were declared in code: enforce them now, and read their spend from the store at once."""
+        if self.guard is not None:
+            self.guard.set_budgets(self.budgets)
+        self._wake.set()
+
+    def stop(self) -> None:
+        budgets.on_change(None)
+        self._stopped.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+        webhook = self.alerter.webhook
+        if webhook is not None:  # alerts already fired still go out (within the webhook's timeout)
+            webhook.join(timeout=webhook.timeout)
+            webhook.stop()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.wait(self.settings.budget_refresh_interval)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
+            with internal_errors():
+                self.run_once()
+
+    def run_once(self, now: datetime | None = None) -> list[Alert]:
+        """One round; returns the alerts this process delivered."""
+        declared = self.budgets
+        alerts: list[Alert] = []
+        if declared:
+            alerts.extend(self.refresh_budgets(declared, now))
+        if self.settings.anomaly_detectors and time.monotonic() >= self._next_anomaly_run:
+            self._next_anomaly_run = time.monotonic() + self.settings.anomaly_interval
+            from . import anomalies  # DuckDB loads here, in the monitor thread, not at ``import llmtrace``
+
+            alerts.extend(anomalies.detect(self.settings, self.db, now or _utcnow()))
+        return self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
+
+    def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:
+        """Read every budget's spend from the store, update the guard, and return the alerts that are due."""
+        guard = self.guard
+        if guard is not None:
+            guard.set_budgets(declared)
+        snapshot = guard.snapshot() if guard is not None and guard.budgets else None
+        # The spans this process counted before the snapshot must be in the store when it is read.
+        if not self.writer.force_flush(30_000, merge=False) or not self.writer.healthy:
+            logger.warning("llmtrace: budgets not refreshed: the store is not writable (see the error above)")
+            return []
+        now = now or _utcnow()
+        windows = [
+            snapshot.windows[budget] if snapshot is not None and budget in snapshot.windows else (budget.window(now)[0], now)
+            for budget in declared
+        ]
+        from . import query
+
+        questions = [budgets.spend_question(budget, start, until) for budget, (start, until) in zip(declared, windows)]
+        figures = query.budget_spend(questions, db=self.db, in_app=True)
+        if snapshot is not None and guard is not None:
+            guard.refresh(snapshot, {b: f for b, f in zip(declared, figures) if b in snapshot.windows})
+        alerts = []
+        for budget, (start, _), spend in zip(declared, windows, figures):
+            for key, spent in spend.items():
+                alerts.extend(budget_alerts(budget, key, spent, start, now))
+        return alerts
+
+
+def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: datetime, now: datetime) -> list[Alert]:
+    """The alerts a budget's spend calls for (warn, limit, or both), each with its once-per-period id."""
+    used = spent / budget.limit_usd
+    levels = [level for level, at in (("warning", budget.warn_at), ("exceeded", 1.0)) if used >= at]
+    if not levels:
+        return []
+    if budget.period in ("24h", "7d"):  # rolling: once per day (24h) or per 7 days
+        length = 86400 if budget.period == "24h" else 7 * 86400
+        period = f"{budget.period}#{int(now.replace(tzinfo=timezone.utc).timestamp() // length)}"
+    else:
+        period = period_start.isoformat()
+    target = "global" if key is None else f"{budget.scope}={key}"
+    label = budget.target if budget.key != EACH else f"{budget.target} ({key})"
+    alerts = []
+    for level in dict.fromkeys(levels):
+        if level == "exceeded":
+            consequence = "calls are refused until the period ends" if budget.action == "block" else "alert only"
+            message = (f"Budget exceeded: {label} spent ${spent:,.2f} of ${budget.limit_usd:,.2f} this {budget.period} "
+                       f"({used:.0%}; {consequence})")  # fmt: skip
+        else:
+            message = (f"Budget warning: {label} spent ${spent:,.2f} of ${budget.limit_usd:,.2f} this {budget.period} "
+                       f"({used:.0%}, warning at {budget.warn_at:.0%})")  # fmt: skip
+        alerts.append(Alert(
+            f"budget:{budget.name}:{target}:{period}:{level}", f"budget_{level}", target, message,
+            {"budget": budget.name, "scope": budget.scope, "key": key, "period": budget.period,
+             "period_start": period_start.isoformat(), "spent_usd": spent, "limit_usd": budget.limit_usd,
+             "used": used, "action": budget.action},
+        ))  # fmt: skip
+    return alerts
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+

@@ -1,0 +1,205 @@
+"""Alerts: budget thresholds fire once per budget, key and period across processes, through the logger,
+a webhook (a real HTTP server on loopback) and callbacks; the store, the CLI and the dashboard show them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Iterator
+
+import openai
+import pytest
+
+import llmtrace
+import llmtrace.testing
+from conftest import http_module, openai_client
+from fake_api import FakeAPI
+from llmtrace import alerts, budgets, query
+from llmtrace.cli import main
+from store_helpers import emit, provider_with_store
+from test_budgets import open_budgets_page
+
+HERE = Path(__file__).parent
+
+
+class Receiver:
+    """A webhook receiver on loopback: records each POST's JSON; can fail or hang on demand."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.fail_first = 0  # answer 500 to this many requests
+        self.status = 200
+        self.hang = threading.Event()  # when set, requests wait for `release`
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if receiver.hang.is_set():
+                    receiver.release.wait(10)
+                receiver.bodies.append(body)
+                status = receiver.status
+                if receiver.fail_first:
+                    receiver.fail_first -= 1
+                    status = 500
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kinds(self) -> list[str]:
+        return sorted(body["alert"]["kind"] for body in self.bodies)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.release.set()
+    r.server.shutdown()
+
+
+def _store_with_spend(tmp_path: Path, dollars: float, tenant: str = "acme") -> str:
+    db = str(tmp_path / "alerts.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 4, tenant=tenant, cost=dollars / 4)
+    writer.shutdown()
+    return db
+
+
+CONFIG = """
+[[budgets]]
+scope = "tenant"
+key = "acme"
+period = "day"
+limit_usd = 1.2
+warn_at = 0.8
+
+[[budgets]]
+scope = "global"
+period = "month"
+limit_usd = 0.5
+
+[alerts]
+webhook_url = "{url}"
+"""
+
+
+def test_budget_alerts_fire_once_across_processes(tmp_path: Path, receiver: Receiver) -> None:
+    db = _store_with_spend(tmp_path, 1.0)  # acme: $1.00 of $1.20 (past 80%); everyone: $1.00 of $0.50
+    config = tmp_path / "llmtrace.toml"
+    config.write_text(CONFIG.format(url=receiver.url))
+    app = ("import time, llmtrace; llmtrace.instrument(budget_refresh_interval=0.1, anomaly_detectors=[]); "
+           "time.sleep(1.5); llmtrace.uninstrument()")  # fmt: skip
+    env = {**os.environ, "LLMTRACE_DB": db, "LLMTRACE_CONFIG": str(config), "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+    processes = [subprocess.Popen([sys.executable, "-c", app], env=env, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for process in processes:
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    # Three processes evaluated the same budgets about fifteen times each: each alert went out once.
+    assert receiver.kinds() == ["budget_exceeded", "budget_warning", "budget_warning"]
+    texts = sorted(body["text"] for body in receiver.bodies)
+    assert texts[0].startswith("llmtrace: Budget exceeded: global spent $1.00 of $0.50 this month (200%")
+    assert texts[1].startswith("llmtrace: Budget warning: global spent $1.00 of $0.50")
+    assert texts[2] == "llmtrace: Budget warning: tenant=acme spent $1.00 of $1.20 this day (83%, warning at 80%)"
+    acme = next(b["alert"] for b in receiver.bodies if b["alert"]["subject"] == "tenant=acme")
+    assert acme["details"]["spent_usd"] == pytest.approx(1.0) and acme["details"]["limit_usd"] == 1.2
+    history = query.alert_history(query.TimeRange.last(timedelta(hours=1)), db=db)
+    assert sorted(row["kind"] for row in history) == receiver.kinds()
+
+
+def test_logger_and_callbacks_get_each_alert_and_a_failing_callback_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = _store_with_spend(tmp_path, 1.0)
+    received: list[alerts.Alert] = []
+
+    def broken(alert: alerts.Alert) -> None:
+        raise RuntimeError("the app's callback is broken")
+
+    alerts.on_alert(broken)
+    alerts.on_alert(received.append)
+    budgets.add(scope="tenant", key="*", period="day", limit_usd=0.9)
+    try:
+        # The first budget read happens inside instrument(): acme's alerts fire there.
+        with llmtrace.testing.capture(store=True, db=db, budget_refresh_interval=3600, anomaly_detectors=[]):
+            pass
+    finally:
+        alerts.remove_callback(broken)
+        alerts.remove_callback(received.append)
+        budgets.clear()
+    assert [a.kind for a in received] == ["budget_warning", "budget_exceeded"]
+    assert received[1].subject == "tenant=acme" and received[1].details["spent_usd"] == pytest.approx(1.0)
+    logged = [r.getMessage() for r in caplog.records]
+    assert "llmtrace alert: Budget exceeded: tenant=* (acme) spent $1.00 of $0.90 this day (111%; alert only)" in logged
+    assert any("the app's callback is broken" in line for line in logged)
+
+
+def test_a_failing_webhook_is_retried_then_given_up_on(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
+    alert = alerts.Alert("test:1", "budget_warning", "global", "a test alert")
+    receiver.fail_first = 2
+    hook = alerts.Webhook(receiver.url, timeout=5, attempts=3, backoff=0.01)
+    hook.send(alert)
+    assert hook.join()
+    assert len(receiver.bodies) == 3 and hook.failed == 0  # 500, 500, then 200
+    assert receiver.bodies[0] == {"text": "llmtrace: a test alert", "alert": receiver.bodies[0]["alert"]}
+
+    receiver.status = 404  # refused: not retried
+    hook.send(alert)
+    assert hook.join()
+    assert len(receiver.bodies) == 4 and hook.failed == 1
+    unreachable = alerts.Webhook("http://127.0.0.1:9/nothing-listens", timeout=1, attempts=2, backoff=0.01)
+    unreachable.send(alert)
+    assert unreachable.join()
+    assert unreachable.failed == 1
+    assert any("gave up" in r.getMessage() and "127.0.0.1:9" in r.getMessage() for r in caplog.records)
+
+
+def test_a_hanging_webhook_never_holds_up_the_app(tmp_path: Path, receiver: Receiver) -> None:
+    db = _store_with_spend(tmp_path, 1.0)
+    receiver.hang.set()
+    api = FakeAPI(http_module(openai))
+    client = openai_client(api)
+    budgets.add(scope="global", period="day", limit_usd=0.5)
+    try:
+        with llmtrace.testing.capture(store=True, db=db, alert_webhook_url=receiver.url, alert_webhook_timeout=10,
+                                      budget_refresh_interval=3600, anomaly_detectors=[]):  # fmt: skip
+            for _ in range(5):  # the alerts' POST is stuck on the receiver meanwhile
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            assert len(api.requests) == 5 and receiver.bodies == []
+            receiver.release.set()
+    finally:
+        budgets.clear()
+    assert receiver.kinds() == ["budget_exceeded", "budget_warning"]  # delivered before uninstrument() returned
+
+
+def test_budgets_command_and_dashboard_show_alert_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _store_with_spend(tmp_path, 1.0)
+    config = tmp_path / "llmtrace.toml"
+    config.write_text(CONFIG.format(url="http://127.0.0.1:9/unused").replace("[alerts]\nwebhook_url", "[alerts]\n# webhook_url"))
+    with llmtrace.testing.capture(store=True, db=db, config_file=str(config), budget_refresh_interval=3600,
+                                  anomaly_detectors=[]):  # fmt: skip
+        pass
+    assert main(["budgets", "--config", str(config), "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "Alerts (last 7 days)" in out
+    assert "Budget exceeded: global spent $1.00 of $0.50 this month" in out
+
+    history = open_budgets_page(monkeypatch, db, config).dataframe[1].value
+    assert sorted(history["kind"]) == ["budget_exceeded", "budget_warning", "budget_warning"]
+    assert any("Budget exceeded: global" in message for message in history["message"])

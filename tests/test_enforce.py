@@ -1,0 +1,174 @@
+"""``block`` budgets: refused before the provider is called, counted from the store, this process's calls
+and in-flight reservations, and across processes within the documented bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+import llmtrace
+import llmtrace.testing
+from conftest import anthropic_client, http_module, openai_client
+from fake_api import FakeAPI
+from llmtrace import attributes as A
+from llmtrace import budgets, query
+from store_helpers import emit, provider_with_store
+
+HERE = Path(__file__).parent
+HI = [{"role": "user", "content": "hi"}]
+NO_REFRESH = {"budget_refresh_interval": 3600, "anomaly_detectors": []}  # only the first read, at instrument()
+
+
+@pytest.fixture(autouse=True)
+def _no_code_budgets() -> Any:
+    budgets.clear()
+    yield
+    budgets.clear()
+
+
+def _config(tmp_path: Path, *tables: str) -> str:
+    path = tmp_path / "llmtrace.toml"
+    path.write_text("\n".join(f"[[budgets]]\n{table}\n" for table in tables))
+    return str(path)
+
+
+def _cost_of_one_call() -> float:
+    with llmtrace.testing.capture() as captured:
+        openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o-mini", messages=HI)
+    cost = captured.spans()[0].attributes[A.COST_USD]
+    assert cost > 0
+    return float(cost)
+
+
+def test_a_spent_budget_refuses_the_call_before_it_is_sent(tmp_path: Path) -> None:
+    db = str(tmp_path / "spend.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 4, tenant="acme", cost=0.25)  # $1.00 spent today, by another process say
+    writer.shutdown()
+    config = _config(tmp_path, 'scope = "tenant"\nkey = "acme"\nperiod = "day"\nlimit_usd = 1.0\naction = "block"')
+    api = FakeAPI(http_module(openai))
+    client = openai_client(api)
+    with llmtrace.testing.capture(store=True, db=db, config_file=config, **NO_REFRESH) as captured:
+        with llmtrace.tags(tenant="acme"), pytest.raises(llmtrace.BudgetExceeded) as refused:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with llmtrace.tags(tenant="globex"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert len(api.requests) == 1  # globex's call; acme's never left the process
+    exc = refused.value
+    assert (exc.scope, exc.key, exc.limit_usd) == ("tenant", "acme", 1.0)
+    assert exc.spent_usd == pytest.approx(1.0)
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert exc.period_end == tomorrow
+    assert "tenant=acme is spent: $1.00 of $1.00 per day" in str(exc)
+    blocked, sent = captured.spans()
+    assert blocked.attributes[A.ERROR_TYPE] == "BudgetExceeded" and A.COST_USD not in blocked.attributes
+    assert sent.attributes[A.TENANT] == "globex" and sent.attributes[A.COST_USD] > 0
+
+
+def test_this_process_calls_count_before_the_store_is_read_again(tmp_path: Path) -> None:
+    cost = _cost_of_one_call()
+    budgets.add(scope="global", period="24h", limit_usd=2.5 * cost, action="block")
+    api = FakeAPI(http_module(openai))
+    client = openai_client(api)
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), **NO_REFRESH):
+        for _ in range(3):  # $0, $1c, $2c spent before each: all under 2.5c
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        with pytest.raises(llmtrace.BudgetExceeded) as refused:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert len(api.requests) == 3
+    assert refused.value.spent_usd == pytest.approx(3 * cost) and refused.value.period_end is None
+
+
+def test_a_budget_declared_in_code_after_instrument_counts_the_store_from_the_next_refresh(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 2, tenant="acme", cost=0.5)
+    writer.shutdown()
+    api = FakeAPI(http_module(openai))
+    client = openai_client(api)
+    with llmtrace.testing.capture(store=True, db=db, budget_refresh_interval=0.05, anomaly_detectors=[]):
+        with llmtrace.tags(tenant="acme"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            budgets.add(scope="tenant", key="*", period="month", limit_usd=1.0, action="block")
+            with pytest.raises(llmtrace.BudgetExceeded) as refused:
+                for _ in range(500):  # the store's $1.00 arrives at the next refresh, which add() woke
+                    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+                    time.sleep(0.01)
+    assert refused.value.key == "acme" and refused.value.spent_usd >= 1.0
+    assert len(api.requests) < 500
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_a_stream_in_flight_holds_its_worst_case_until_it_ends(tmp_path: Path, sdk: str) -> None:
+    from llmtrace import pricing
+
+    model = "gpt-4o-mini" if sdk == "openai" else "claude-3-5-haiku-20241022"
+    price = pricing.price_for(sdk, model)
+    assert price is not None
+    max_tokens = 100_000
+    worst = max_tokens * price.worst_output_per_token()
+    budgets.add(scope="feature", key="chat", period="day", limit_usd=0.9 * worst, action="block")
+    api = FakeAPI(http_module(openai if sdk == "openai" else anthropic))
+    client = openai_client(api) if sdk == "openai" else anthropic_client(api)
+
+    def one_call() -> None:
+        if sdk == "openai":
+            client.chat.completions.create(model=model, messages=HI, max_tokens=10)
+        else:
+            client.messages.create(model=model, messages=HI, max_tokens=10)
+
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), **NO_REFRESH) as captured:
+        with llmtrace.tags(feature="chat"):
+            if sdk == "openai":
+                stream = client.chat.completions.create(model=model, messages=HI, max_tokens=max_tokens, stream=True)
+                with pytest.raises(llmtrace.BudgetExceeded) as refused:
+                    one_call()  # the open stream may yet cost `worst`
+                list(stream)
+            else:
+                with client.messages.stream(model=model, messages=HI, max_tokens=max_tokens) as stream:
+                    with pytest.raises(llmtrace.BudgetExceeded) as refused:
+                        one_call()
+                    list(stream.text_stream)
+            one_call()  # the stream ended and cost far less than its reservation
+    assert refused.value.spent_usd == pytest.approx(worst)
+    streamed = next(s for s in captured.spans() if s.attributes.get(A.REQUEST_MAX_TOKENS) == max_tokens)
+    assert 0 < streamed.attributes[A.COST_USD] < 0.01 * worst
+    assert len(api.requests) == 2
+
+
+def test_processes_sharing_a_store_overspend_at_most_the_documented_bound(tmp_path: Path) -> None:
+    """README, "Budgets": across processes the overspend is at most
+    (budget_refresh_interval + flush_interval) x the call rate of all processes x the cost of a call."""
+    cost = _cost_of_one_call()
+    limit = 150 * cost
+    db = str(tmp_path / "shared.duckdb")
+    config = _config(tmp_path, f'scope = "global"\nperiod = "day"\nlimit_usd = {limit}\naction = "block"')
+    workers = [
+        subprocess.Popen([sys.executable, str(HERE / "budget_worker.py"), db, config, "20"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                         env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": ""})
+        for _ in range(3)
+    ]  # fmt: skip
+    reports = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    assert all(r["refused"] for r in reports)  # each process stopped because the shared budget was spent
+    calls = sum(r["calls"] for r in reports)
+    rate = sum(r["calls"] / r["elapsed"] for r in reports)  # calls per second, all processes together
+    spent = query.spent(query.TimeRange.last(timedelta(hours=1)), db=db)
+    assert spent == pytest.approx(calls * cost)
+    staleness = 0.5 + 0.5 + 1.0  # refresh + flush interval, + 1 s for a refresh's own flush and read on a busy machine
+    assert limit - 3 * cost <= spent <= limit + rate * staleness * cost
+    assert spent < 1.5 * limit  # without the shared figure each process would have spent the whole limit

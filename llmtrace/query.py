@@ -477,7 +477,8 @@ def spend_rates(
     by: str, recent: TimeRange, baseline: TimeRange, bucket_s: float, *, db: str | os.PathLike[str] | None = None
 ) -> list[dict[str, Any]]:
     """Per key: spend and calls in ``recent``; spend in ``baseline`` and how many ``bucket_s``-long buckets
-    of it had calls (so a tenant active in office hours is compared with its active hours)."""
+    of it had calls (so a tenant active in office hours is compared with its active hours). Buckets are
+    counted back from the start of ``recent``, so each is as long and as aligned as the recent window."""
     key = _dimension(by)
     step = float(bucket_s)
     sql = f"""
@@ -486,14 +487,14 @@ def spend_rates(
             WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL GROUP BY 1
         ), base AS (
             SELECT {key} AS key, coalesce(sum(cost_usd), 0) AS usd,
-                   count(DISTINCT floor(epoch(start_time) / {step})) AS buckets
+                   count(DISTINCT floor((epoch(start_time) - epoch(?::TIMESTAMP)) / {step})) AS buckets
             FROM spans WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL GROUP BY 1
         )
         SELECT recent.key, recent.usd AS recent_usd, recent.calls AS recent_calls,
                coalesce(base.usd, 0) AS baseline_usd, coalesce(base.buckets, 0) AS baseline_buckets
         FROM recent LEFT JOIN base ON recent.key = base.key ORDER BY recent_usd DESC"""
     with open_store(db, merge_first=False, in_app=True) as con:
-        return _rows(con, sql, [recent.since, recent.until, baseline.since, baseline.until])
+        return _rows(con, sql, [recent.since, recent.until, recent.since, baseline.since, baseline.until])
 
 
 def input_token_medians(

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -10,6 +13,7 @@ import llmtrace.testing
 from llmtrace import _guard, pricing
 
 DATA = Path(__file__).parent / "data" / "provider_responses.jsonl"
+DEMO_CALLS = 120
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +43,23 @@ def _stop_store_writers() -> Iterator[None]:
 
     for store_writer in list(writer._writers):
         store_writer.shutdown()
+
+
+def run_demo(db: str, calls: int, seed: int) -> str:
+    """Fill a store with ``llmtrace demo`` run as a real process (the real SDKs against the simulator)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "llmtrace.cli", "demo", "--calls", str(calls), "--no-dashboard", "--db", db,
+         "--seed", str(seed), "--concurrency", "40"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{calls} calls" in done.stdout and "tenant" in done.stdout
+    return db
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return run_demo(str(tmp_path_factory.mktemp("demo") / "demo.duckdb"), DEMO_CALLS, seed=11)
 
 
 @pytest.fixture

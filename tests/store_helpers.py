@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
@@ -44,6 +45,18 @@ def emit(provider: TracerProvider, count: int, *, tenant: str = "acme", cost: fl
             },
         )
         span.end()
+
+
+def emit_at(provider: TracerProvider, start: datetime, duration_s: float = 0.5, **attributes: Any) -> None:
+    """One LLM span that started at ``start`` (naive UTC), with these attributes over a plain chat call's."""
+    base = {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: "openai", A.REQUEST_MODEL: "gpt-4o-mini",
+            A.RESPONSE_MODEL: "gpt-4o-mini-2024-07-18", A.TENANT: "acme", A.FEATURE: "search",
+            A.USAGE_INPUT_TOKENS: 100, A.USAGE_OUTPUT_TOKENS: 20, A.COST_USD: 0.001, A.HTTP_ATTEMPTS: 1}  # fmt: skip
+    start_ns = int(start.replace(tzinfo=timezone.utc).timestamp() * 1e9)
+    span = provider.get_tracer("llmtrace").start_span(
+        "chat", kind=SpanKind.CLIENT, attributes={**base, **attributes}, start_time=start_ns
+    )
+    span.end(end_time=start_ns + int(duration_s * 1e9))
 
 
 if __name__ == "__main__":  # python store_helpers.py DB COUNT TENANT [flush_interval]

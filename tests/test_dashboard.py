@@ -16,12 +16,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from llmtrace import dashboard, query
+from conftest import DEMO_CALLS
 from llmtrace.demo import SERVICE_NAME
 
 HERE = Path(__file__).parent
 SCREENSHOTS = Path(os.environ.get("LLMTRACE_SCREENSHOTS", HERE.parent / "screenshots"))
 CHROMIUM = "/usr/bin/chromium"
-DEMO_CALLS = 120
 # Page -> (what it must say, how many charts it must draw).
 PAGES = {
     "Overview": ("Spend today (UTC)", 2),
@@ -31,20 +31,6 @@ PAGES = {
     "Calls": ("Most expensive calls", 0),
     "Budgets": ("No budgets are configured", 0),
 }
-
-
-@pytest.fixture(scope="module")
-def demo_db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A store filled by ``llmtrace demo`` run as a real process (the real SDKs against the simulator)."""
-    db = str(tmp_path_factory.mktemp("demo") / "demo.duckdb")
-    done = subprocess.run(
-        [sys.executable, "-m", "llmtrace.cli", "demo", "--calls", str(DEMO_CALLS), "--no-dashboard", "--db", db,
-         "--seed", "11", "--concurrency", "40"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": ""},
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"{DEMO_CALLS} calls" in done.stdout and "tenant" in done.stdout
-    return db
 
 
 def test_demo_fills_the_store_through_the_real_sdks(demo_db: str) -> None:

@@ -1,0 +1,159 @@
+"""Anomaly detectors: each fires on crafted traffic in a real store, and stays silent on the traffic the
+demo sends through the real SDKs to the simulated provider."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llmtrace
+import llmtrace.testing
+from conftest import http_module, openai_client, run_demo
+from fake_api import FakeAPI
+from llmtrace import anomalies, config, query
+from llmtrace import attributes as A
+from store_helpers import emit_at, provider_with_store
+
+NOW = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+HOUR = timedelta(hours=1)
+
+
+def _settings(**overrides: Any) -> config.Settings:
+    return config.load(overrides, environ={})
+
+
+def _store(tmp_path: Path, calls: list[tuple[datetime, dict[str, Any]]]) -> str:
+    db = str(tmp_path / "anomalies.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    for start, attributes in calls:
+        emit_at(provider, start, **attributes)
+    writer.shutdown()
+    return db
+
+
+def _spread(start: datetime, end: datetime, count: int, **attributes: Any) -> list[tuple[datetime, dict[str, Any]]]:
+    step = (end - start) / count
+    return [(start + i * step, attributes) for i in range(count)]
+
+
+def test_spend_spike_fires_for_the_tenant_and_feature_that_spiked(tmp_path: Path) -> None:
+    calls = []
+    for hours_ago in range(2, 8):  # usual: $0.30 an hour for acme/search, $0.30 for globex/chat
+        start = NOW - hours_ago * HOUR
+        calls += _spread(start, start + HOUR, 30, **{A.COST_USD: 0.01})
+        calls += _spread(start, start + HOUR, 30, **{A.COST_USD: 0.01, A.TENANT: "globex", A.FEATURE: "chat"})
+    calls += _spread(NOW - HOUR, NOW, 40, **{A.COST_USD: 0.05})  # acme/search: $2.00 this hour
+    calls += _spread(NOW - HOUR, NOW, 30, **{A.COST_USD: 0.011, A.TENANT: "globex", A.FEATURE: "chat"})
+    alerts = anomalies.spend_spikes(_settings(), _store(tmp_path, calls), NOW)
+    assert sorted(a.subject for a in alerts) == ["feature=search", "tenant=acme"]
+    acme = next(a for a in alerts if a.subject == "tenant=acme")
+    assert acme.details["spent_usd"] == pytest.approx(2.0) and acme.details["usual_usd"] == pytest.approx(0.3)
+    assert acme.message == "Spend spike: tenant acme spent $2.00 in the last hour, 6.7x its usual $0.30"
+
+
+def test_prompt_growth_fires_for_the_feature_whose_prompts_grew(tmp_path: Path) -> None:
+    calls = _spread(NOW - 3 * HOUR, NOW - HOUR, 30, **{A.USAGE_INPUT_TOKENS: 1000})
+    calls += _spread(NOW - 3 * HOUR, NOW - HOUR, 30, **{A.USAGE_INPUT_TOKENS: 500, A.FEATURE: "chat"})
+    calls += _spread(NOW - HOUR, NOW, 30, **{A.USAGE_INPUT_TOKENS: 3000})  # a refactor added 2,000 tokens
+    calls += _spread(NOW - HOUR, NOW, 30, **{A.USAGE_INPUT_TOKENS: 550, A.FEATURE: "chat"})  # +10%: normal
+    alerts = anomalies.prompt_growth(_settings(), _store(tmp_path, calls), NOW)
+    assert [a.subject for a in alerts] == ["feature=search"]
+    assert alerts[0].message == (
+        "Prompt growth: feature search now sends a median 3,000 input tokens a call, up 200% from 1,000"
+    )
+
+
+def test_duplicate_calls_are_found_by_a_hash_that_never_holds_the_text(tmp_path: Path) -> None:
+    db = str(tmp_path / "dup.duckdb")
+    client = openai_client(FakeAPI(http_module(openai)))
+    secret = "the customer's account number is 12345"
+    with llmtrace.testing.capture(store=True, db=db, budget_refresh_interval=3600, anomaly_detectors=["duplicate_calls"]):
+        with llmtrace.tags(tenant="acme", feature="checkout"):
+            for _ in range(2):  # a bug sends the request twice
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": secret}])
+        with llmtrace.tags(tenant="acme", feature="search"):
+            for i in range(5):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{i}"}])
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "q0"}])  # another model
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    alerts = anomalies.duplicate_calls(_settings(), db, now)
+    assert [a.subject for a in alerts] == ["tenant=acme feature=checkout"]
+    assert alerts[0].details["most_repeats"] == 2
+    with query.open_store(db) as con:
+        hashes = con.execute("SELECT DISTINCT request_hash FROM spans").fetchall()
+        stored = con.execute("SELECT * FROM spans").fetchall()
+    assert len(hashes) == 7 and all(len(h[0]) == 16 for h in hashes)  # 8 calls, one sent twice
+    assert secret not in repr(stored) and "12345" not in repr(stored)
+    assert (Path(db + ".key").stat().st_mode & 0o777) == 0o600
+
+
+def test_model_drift_and_unpinned_models(tmp_path: Path) -> None:
+    dated = {A.REQUEST_MODEL: "gpt-4o", A.RESPONSE_MODEL: "gpt-4o-2024-08-06"}
+    calls = _spread(NOW - 3 * HOUR, NOW - HOUR, 30, **dated)
+    calls += _spread(NOW - HOUR, NOW, 5, **dated)
+    calls += _spread(NOW - HOUR, NOW, 5, **{A.REQUEST_MODEL: "gpt-4o", A.RESPONSE_MODEL: "gpt-4o-2024-11-20"})
+    calls += _spread(NOW - 3 * HOUR, NOW, 40, **{A.PROVIDER_NAME: "anthropic", A.REQUEST_MODEL: "claude-3-5-haiku-20241022",
+                                                 A.RESPONSE_MODEL: "claude-3-5-haiku-20241022"})  # fmt: skip
+    db = _store(tmp_path, calls)
+    alerts = anomalies.model_drift(_settings(), db, NOW)
+    assert [a.message for a in alerts] == [
+        "Model drift: openai now answers gpt-4o with gpt-4o-2024-11-20 (before: gpt-4o-2024-08-06)"
+    ]
+    pinned = anomalies.model_drift(_settings(anomaly_require_pinned_models=True), db, NOW)
+    assert sorted(a.kind for a in pinned) == ["model_drift", "unpinned_model"]
+    assert next(a for a in pinned if a.kind == "unpinned_model").subject == "model=gpt-4o"
+
+
+@pytest.mark.parametrize(
+    ("model", "pinned"),
+    [("gpt-4o", False), ("gpt-4o-2024-08-06", True), ("claude-3-5-sonnet-20241022", True), ("gpt-4-0613", True),
+     ("claude-sonnet-4-5", False), ("claude-3-5-sonnet-latest", False), ("gemini-1.5-pro-002", True),
+     ("o3-mini", False), ("claude-opus-4-1@20250805", True)],
+)  # fmt: skip
+def test_which_model_names_are_pinned(model: str, pinned: bool) -> None:
+    assert anomalies.is_pinned(model) is pinned
+
+
+def test_error_and_rate_limit_rates(tmp_path: Path) -> None:
+    recent = (NOW - timedelta(minutes=14), NOW)
+    calls = _spread(*recent, 20, **{A.PROVIDER_NAME: "openai"})
+    calls += _spread(*recent, 10, **{A.PROVIDER_NAME: "openai", A.ERROR_TYPE: "InternalServerError", A.HTTP_STATUS_CODE: 500})
+    calls += _spread(*recent, 20, **{A.PROVIDER_NAME: "anthropic"})
+    calls += _spread(*recent, 10, **{A.PROVIDER_NAME: "anthropic", A.HTTP_RATE_LIMITED: 1, A.HTTP_ATTEMPTS: 2})
+    calls += _spread(*recent, 30, **{A.PROVIDER_NAME: "mistral"})
+    calls += _spread(*recent, 30, **{A.PROVIDER_NAME: "mistral", A.ERROR_TYPE: "BudgetExceeded"})  # the app's own limit
+    calls += _spread(NOW - 3 * HOUR, NOW - 2 * HOUR, 30, **{A.PROVIDER_NAME: "mistral", A.ERROR_TYPE: "APIError"})  # long ago
+    alerts = anomalies.failure_rates(_settings(), _store(tmp_path, calls), NOW)
+    assert sorted((a.kind, a.subject) for a in alerts) == [("error_rate", "provider=openai"),
+                                                            ("rate_limit_rate", "provider=anthropic")]  # fmt: skip
+    assert next(a for a in alerts if a.kind == "error_rate").message == (
+        "Error rate: 33% of 30 calls to openai failed in the last 15 minutes (threshold 10%)"
+    )
+
+
+def test_detectors_stay_silent_on_the_demos_traffic(tmp_path: Path) -> None:
+    """600 demo calls (real SDKs, simulated provider: 4% 429s, 1% 5xx per attempt, SDK retries) split in
+    time: the last third of the run is "recent", the two thirds before it the baseline; thresholds and minimums at
+    their defaults (but for the spike's $1 floor, which a run of seconds never reaches)."""
+    demo_db = run_demo(str(tmp_path / "demo.duckdb"), 600, seed=5)
+    extent = query.summary(query.TimeRange.last(timedelta(hours=1)), db=demo_db)
+    first, last = extent["first_call"], extent["last_call"]
+    run = (last - first).total_seconds()
+    settings = _settings(
+        anomaly_recent_window=run / 3, anomaly_baseline_window=2 * run / 3, anomaly_rate_window=run,
+        anomaly_spend_spike_min_usd=1e-9,
+    )  # fmt: skip
+    now = last + timedelta(microseconds=1)
+    recent, baseline = anomalies._windows(settings, now)
+    # Enough traffic that the detectors compare something, or the test would prove nothing:
+    spend = query.spend_rates("tenant", recent, baseline, run / 3, db=demo_db)
+    assert sum(row["recent_calls"] >= 20 and row["baseline_buckets"] >= 2 for row in spend) >= 3
+    prompts = query.input_token_medians("feature", recent, baseline, db=demo_db)
+    assert sum(min(row["recent_calls"], row["baseline_calls"]) >= 20 for row in prompts) >= 3
+    assert anomalies.detect(settings, demo_db, now) == []
+    fired = query.alert_history(query.TimeRange.last(timedelta(hours=1)), db=demo_db)
+    assert fired == []  # nor did the demo process's own monitor, at the default settings

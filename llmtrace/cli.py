@@ -121,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .simulator import SimulatedProvider
 
     with SimulatedProvider(seed=args.seed) as sim:
-        demo.instrument_for_demo(args.db, sim)
+        demo.instrument_for_demo(args.db)
         try:
             traffic = demo.Traffic(sim, seed=args.seed)
             print(f"llmtrace demo: {args.calls} calls through the real openai and anthropic SDKs to a simulated "

@@ -134,7 +134,7 @@ def _drain(result: Any, stream: bool) -> None:
             pass
 
 
-def instrument_for_demo(db: str | None, sim: SimulatedProvider) -> None:
+def instrument_for_demo(db: str | None) -> None:
     """instrument() as an app would, naming the simulator's host as OpenAI (priced, usage in streams)."""
     instrument(
         db=db,

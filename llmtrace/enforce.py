@@ -15,14 +15,16 @@ refresh after they wrote it: the overspend bound is documented in the README ("B
 from __future__ import annotations
 
 import threading
-import time
+from time import time as _epoch_now
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from .budgets import EACH, SCOPE_ATTRIBUTES, Budget, BudgetExceeded
 
-Slot = tuple[Budget, "str | None"]  # a budget, and the key a call counts against (None: global)
+# A budget (by its token: hashing a Budget per call costs microseconds) and the key a call counts
+# against (None: global).
+Slot = tuple[int, "str | None"]
 
 
 class Hold:
@@ -41,6 +43,7 @@ class Snapshot:
 
     finished: dict[Slot, float]
     windows: dict[Budget, tuple[datetime, datetime]]  # naive UTC [start, now]
+    tokens: dict[Budget, int]
 
 
 class SpendGuard:
@@ -49,13 +52,15 @@ class SpendGuard:
         self._finished: dict[Slot, float] = {}  # cost of this process's calls that ended, ever
         self._held: dict[Slot, float] = {}  # reservations of calls in flight
         self._base: dict[Slot, float] = {}  # the store's figure minus ``_finished`` when it was read
-        self._rules: tuple[tuple[Budget, str | None], ...] = ()  # (budget, span attribute it reads)
-        self._period: dict[Budget, tuple[datetime, float]] = {}  # calendar budgets: (start, end as epoch)
+        # (token, budget, the span attribute it reads or None for global)
+        self._rules: tuple[tuple[int, Budget, str | None], ...] = ()
+        self._tokens: dict[Budget, int] = {}  # every budget ever enforced keeps its token (and its counts)
+        self._period: dict[int, tuple[datetime, float]] = {}  # calendar budgets: (start, end as epoch)
         self.set_budgets(budgets)
 
     @property
     def budgets(self) -> tuple[Budget, ...]:
-        return tuple(budget for budget, _ in self._rules)
+        return tuple(budget for _, budget, _ in self._rules)
 
     def set_budgets(self, budgets: tuple[Budget, ...] | list[Budget]) -> None:
         """Enforce these (``block`` ones only); counts kept for budgets that stay."""
@@ -63,32 +68,35 @@ class SpendGuard:
         now = _utcnow()
         with self._lock:
             for budget in blocking:
-                if budget not in self._period and budget.period in ("day", "week", "month"):
-                    self._period[budget] = _period_of(budget, now)
-            self._rules = tuple((b, SCOPE_ATTRIBUTES.get(b.scope)) for b in blocking)
+                token = self._tokens.setdefault(budget, len(self._tokens))
+                if token not in self._period and budget.period in ("day", "week", "month"):
+                    self._period[token] = _period_of(budget, now)
+            self._rules = tuple((self._tokens[b], b, SCOPE_ATTRIBUTES.get(b.scope)) for b in blocking)
 
     # --- the request path -----------------------------------------------------------------------
 
     def admit(self, attrs: Mapping[str, Any], worst_cost: Callable[[], float]) -> Hold | BudgetExceeded | None:
         """Reserve the call's worst case against every budget it counts against, or say which is spent."""
         slots: list[Slot] = []
-        for budget, attribute in self._rules:
+        applying: list[Budget] = []
+        for token, budget, attribute in self._rules:
             if attribute is None:
-                slots.append((budget, None))
-                continue
-            key = attrs.get(attribute)
-            if key is not None and (budget.key == EACH or key == budget.key):
-                slots.append((budget, key))
+                key = None
+            else:
+                key = attrs.get(attribute)
+                if key is None or (budget.key != EACH and key != budget.key):
+                    continue
+            slots.append((token, key))
+            applying.append(budget)
         if not slots:
             return None
         amount = worst_cost()
-        now = time.time()
+        now = _epoch_now()
         with self._lock:
-            for slot in slots:
-                budget = slot[0]
-                period = self._period.get(budget)
+            for slot, budget in zip(slots, applying):
+                period = self._period.get(slot[0])
                 if period is not None and now >= period[1]:
-                    period = self._roll_over(budget)
+                    period = self._roll_over(slot[0], budget)
                 spent = self._spent(slot)
                 if spent >= budget.limit_usd:
                     end = datetime.fromtimestamp(period[1], timezone.utc) if period else None
@@ -108,16 +116,17 @@ class SpendGuard:
 
     def spent(self, budget: Budget, key: str | None) -> float:
         with self._lock:
-            return self._spent((budget, key))
+            token = self._tokens.get(budget)
+            return self._spent((token, key)) if token is not None else 0.0
 
     def _spent(self, slot: Slot) -> float:
         return self._base.get(slot, 0.0) + self._finished.get(slot, 0.0) + self._held.get(slot, 0.0)
 
-    def _roll_over(self, budget: Budget) -> tuple[datetime, float]:
+    def _roll_over(self, token: int, budget: Budget) -> tuple[datetime, float]:
         """A calendar period ended: what was spent before no longer counts (lock held)."""
-        period = self._period[budget] = _period_of(budget, _utcnow())
+        period = self._period[token] = _period_of(budget, _utcnow())
         for slot, finished in self._finished.items():
-            if slot[0] == budget:
+            if slot[0] == token:
                 self._base[slot] = -finished
         return period
 
@@ -128,23 +137,24 @@ class SpendGuard:
         now = _utcnow()
         with self._lock:
             windows = {}
-            for budget, _ in self._rules:
-                period = self._period.get(budget)
+            for token, budget, _ in self._rules:
+                period = self._period.get(token)
                 windows[budget] = (period[0] if period else budget.window(now)[0], now)
-            return Snapshot(dict(self._finished), windows)
+            return Snapshot(dict(self._finished), windows, dict(self._tokens))
 
     def refresh(self, snapshot: Snapshot, figures: Mapping[Budget, Mapping[str | None, float]]) -> None:
         """The store's figures for the snapshot's windows: they replace what was counted up to the snapshot."""
         with self._lock:
             for budget, spend in figures.items():
-                period = self._period.get(budget)
+                token = snapshot.tokens[budget]
+                period = self._period.get(token)
                 if period is not None and period[0] != snapshot.windows[budget][0]:
                     continue  # the period rolled over while the store was read: that figure is stale
-                keys = set(spend) | {key for b, key in self._finished if b == budget} | {
-                    key for b, key in self._base if b == budget
+                keys = set(spend) | {key for t, key in self._finished if t == token} | {
+                    key for t, key in self._base if t == token
                 }
                 for key in keys:
-                    slot = (budget, key)
+                    slot = (token, key)
                     self._base[slot] = spend.get(key, 0.0) - snapshot.finished.get(slot, 0.0)
 
 

@@ -167,10 +167,8 @@ def _start_monitor(settings: config.Settings, writer: Any, file_budgets: list[An
     ``block`` budgets hold from the first call."""
     webhook = Webhook(settings.alert_webhook_url, timeout=settings.alert_webhook_timeout) if settings.alert_webhook_url else None
     monitor = Monitor(settings, writer, Alerter(writer.paths, webhook), file_budgets, guard)
-    declared = monitor.budgets
-    if declared:
-        with internal_errors():
-            monitor.alerter.fire(monitor.refresh_budgets(declared))
+    if monitor.budgets:
+        monitor.first_round()
     monitor.start()
     return monitor
 

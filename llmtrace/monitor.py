@@ -44,6 +44,7 @@ class Monitor:
         self._stopped = threading.Event()
         self._next_anomaly_run = 0.0
         self._thread: threading.Thread | None = None
+        self._fault: str | None = None  # the store fault being reported, so it is logged once
 
     @property
     def budgets(self) -> tuple[Budget, ...]:
@@ -79,19 +80,46 @@ class Monitor:
             if self._stopped.is_set():
                 return
             with internal_errors():
-                self.run_once()
+                self._round()
 
-    def run_once(self, now: datetime | None = None) -> list[Alert]:
+    def first_round(self) -> None:
+        """Budgets only, now (``instrument()`` calls it, so that ``block`` budgets hold from the first call)."""
+        with internal_errors():
+            self._round(anomalies=False)
+
+    def _round(self, anomalies: bool = True) -> None:
+        try:
+            self.run_once(anomalies=anomalies)
+        except OSError as exc:  # the store cannot be read or written (locked, corrupt, disk full): not a bug
+            self._report_fault(exc)
+            return
+        except Exception as exc:
+            if not _is_store_error(exc):
+                raise
+            self._report_fault(exc)
+            return
+        if self._fault is not None:
+            logger.warning("llmtrace: budgets and alerts work again")
+            self._fault = None
+
+    def _report_fault(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        if message != self._fault:
+            logger.error("llmtrace: budgets and alerts cannot use the store (%s); the app is not affected, "
+                         "block budgets keep their last figures, and this is retried", message)  # fmt: skip
+            self._fault = message
+
+    def run_once(self, now: datetime | None = None, anomalies: bool = True) -> list[Alert]:
         """One round; returns the alerts this process delivered."""
         declared = self.budgets
         alerts: list[Alert] = []
         if declared:
             alerts.extend(self.refresh_budgets(declared, now))
-        if self.settings.anomaly_detectors and time.monotonic() >= self._next_anomaly_run:
+        if anomalies and self.settings.anomaly_detectors and time.monotonic() >= self._next_anomaly_run:
             self._next_anomaly_run = time.monotonic() + self.settings.anomaly_interval
-            from . import anomalies  # DuckDB loads here, in the monitor thread, not at ``import llmtrace``
+            from . import anomalies as detectors  # DuckDB loads here, in the monitor thread, not at import
 
-            alerts.extend(anomalies.detect(self.settings, self.db, now or _utcnow()))
+            alerts.extend(detectors.detect(self.settings, self.db, now or _utcnow()))
         return self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
 
     def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:
@@ -120,6 +148,15 @@ class Monitor:
             for key, spent in spend.items():
                 alerts.extend(budget_alerts(budget, key, spent, start, now))
         return alerts
+
+
+def _is_store_error(exc: Exception) -> bool:
+    import duckdb
+
+    from .query import StoreError
+    from .store.schema import StoreFromTheFuture
+
+    return isinstance(exc, (duckdb.Error, StoreError, StoreFromTheFuture))
 
 
 def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: datetime, now: datetime) -> list[Alert]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -203,3 +204,21 @@ def test_budgets_command_and_dashboard_show_alert_history(
     history = open_budgets_page(monkeypatch, db, config).dataframe[1].value
     assert sorted(history["kind"]) == ["budget_exceeded", "budget_warning", "budget_warning"]
     assert any("Budget exceeded: global" in message for message in history["message"])
+
+
+def test_a_broken_store_is_reported_once_and_the_app_carries_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "broken.duckdb"
+    db.write_bytes(b"this is not a DuckDB file" * 100)
+    api = FakeAPI(http_module(openai))
+    client = openai_client(api)
+    budgets.add(scope="global", period="day", limit_usd=1.0, action="block")
+    try:
+        with llmtrace.testing.capture(store=True, db=str(db), budget_refresh_interval=0.05, flush_interval=0.05):
+            for _ in range(20):
+                client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+                time.sleep(0.02)
+    finally:
+        budgets.clear()
+    assert len(api.requests) == 20
+    faults = [r for r in caplog.records if "budgets and alerts cannot use the store" in r.getMessage()]
+    assert len(faults) == 1 and str(db) in faults[0].getMessage()

@@ -172,3 +172,19 @@ def test_processes_sharing_a_store_overspend_at_most_the_documented_bound(tmp_pa
     staleness = 0.5 + 0.5 + 1.0  # refresh + flush interval, + 1 s for a refresh's own flush and read on a busy machine
     assert limit - 3 * cost <= spent <= limit + rate * staleness * cost
     assert spent < 1.5 * limit  # without the shared figure each process would have spent the whole limit
+
+
+def test_a_calendar_period_starts_over_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtrace import enforce
+
+    clock = [datetime(2026, 11, 23, 23, 59)]
+    monkeypatch.setattr(enforce, "_utcnow", lambda: clock[0])
+    monkeypatch.setattr(enforce, "_epoch_now", lambda: clock[0].replace(tzinfo=timezone.utc).timestamp())
+    guard = enforce.SpendGuard([budgets.Budget("global", None, "day", 1.0, action="block")])
+    hold = guard.admit({}, lambda: 0.0)
+    assert isinstance(hold, enforce.Hold)
+    guard.settle(hold, 1.5)
+    refused = guard.admit({}, lambda: 0.0)
+    assert isinstance(refused, llmtrace.BudgetExceeded) and refused.period_end == datetime(2026, 11, 24, tzinfo=timezone.utc)
+    clock[0] = datetime(2026, 11, 24, 0, 0, 1)  # midnight UTC passed: a new day, nothing spent yet
+    assert isinstance(guard.admit({}, lambda: 0.0), enforce.Hold)

@@ -188,3 +188,21 @@ def test_a_calendar_period_starts_over_at_its_end(monkeypatch: pytest.MonkeyPatc
     assert isinstance(refused, llmtrace.BudgetExceeded) and refused.period_end == datetime(2026, 11, 24, tzinfo=timezone.utc)
     clock[0] = datetime(2026, 11, 24, 0, 0, 1)  # midnight UTC passed: a new day, nothing spent yet
     assert isinstance(guard.admit({}, lambda: 0.0), enforce.Hold)
+
+
+def test_stream_managers_and_async_clients_are_refused_too(tmp_path: Path) -> None:
+    import asyncio
+
+    budgets.add(scope="global", period="day", limit_usd=1e-9, action="block")  # spent by the first call
+    api = FakeAPI(http_module(anthropic))
+    client = anthropic_client(api)
+    async_api = FakeAPI(http_module(openai), is_async=True)
+    async_client = openai_client(async_api, is_async=True)
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), **NO_REFRESH):
+        client.messages.create(model="claude-3-5-haiku-20241022", messages=HI, max_tokens=10)
+        with pytest.raises(llmtrace.BudgetExceeded):
+            with client.messages.stream(model="claude-3-5-haiku-20241022", messages=HI, max_tokens=10) as stream:
+                list(stream.text_stream)
+        with pytest.raises(llmtrace.BudgetExceeded):
+            asyncio.run(async_client.chat.completions.create(model="gpt-4o-mini", messages=HI))
+    assert len(api.requests) == 1 and async_api.requests == []

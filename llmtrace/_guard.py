@@ -67,3 +67,23 @@ _INSTANCE = _InternalErrors()
 def internal_errors() -> _InternalErrors:
     """Context manager that contains (logs, counts, swallows) any ``Exception`` raised inside it."""
     return _INSTANCE
+
+
+class Fault:
+    """A condition outside llmtrace (a disk, a database) that stops part of it: logged once when it starts or
+    changes, once when it clears, never once per retry. ``problem`` is a %-format for the details."""
+
+    def __init__(self, problem: str, recovered: str) -> None:
+        self.problem = problem
+        self.recovered = recovered
+        self.current: str | None = None  # the details being reported; None while all is well
+
+    def report(self, details: str) -> None:
+        if details != self.current:
+            logger.error(self.problem, details)
+            self.current = details
+
+    def clear(self) -> None:
+        if self.current is not None:
+            logger.warning(self.recovered)
+            self.current = None

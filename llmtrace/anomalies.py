@@ -137,7 +137,7 @@ def failure_rates(settings: Settings, db: str | None, now: datetime) -> list[Ale
     window = settings.anomaly_rate_window
     since = now - timedelta(seconds=window)
     rows = query.error_rates(
-        query.TimeRange(since, now + timedelta(seconds=1)), by="provider", excluded_error=BUDGET_EXCEEDED, db=db
+        query.TimeRange(since, now + timedelta(seconds=1)), by="provider", excluded_error=BUDGET_EXCEEDED, db=db, in_app=True
     )
     alerts = []
     slot = _slot(now, window)

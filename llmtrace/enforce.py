@@ -114,11 +114,6 @@ class SpendGuard:
                 if cost:
                     self._finished[slot] = self._finished.get(slot, 0.0) + cost
 
-    def spent(self, budget: Budget, key: str | None) -> float:
-        with self._lock:
-            token = self._tokens.get(budget)
-            return self._spent((token, key)) if token is not None else 0.0
-
     def _spent(self, slot: Slot) -> float:
         return self._base.get(slot, 0.0) + self._finished.get(slot, 0.0) + self._held.get(slot, 0.0)
 

@@ -9,20 +9,18 @@ detectors too. Nothing here runs in an application thread; every failure is cont
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from . import budgets
-from ._guard import internal_errors
+from ._guard import Fault, internal_errors
 from .alerts import Alert, Alerter
 from .budgets import EACH, Budget
 from .config import Settings
 from .enforce import SpendGuard
 
-logger = logging.getLogger("llmtrace")
 
 
 class Monitor:
@@ -44,7 +42,12 @@ class Monitor:
         self._stopped = threading.Event()
         self._next_anomaly_run = 0.0
         self._thread: threading.Thread | None = None
-        self._fault: str | None = None  # the store fault being reported, so it is logged once
+        self._fault = Fault(
+            "llmtrace: budgets and alerts cannot use the store (%s); the app is not affected, block budgets keep "
+            "their last figures, and this is retried", "llmtrace: budgets and alerts work again",
+        )  # fmt: skip
+        if guard is not None:
+            guard.set_budgets(self.budgets)  # and again whenever code declares budgets (wake)
 
     @property
     def budgets(self) -> tuple[Budget, ...]:
@@ -90,24 +93,15 @@ class Monitor:
     def _round(self, anomalies: bool = True) -> None:
         try:
             self.run_once(anomalies=anomalies)
-        except OSError as exc:  # the store cannot be read or written (locked, corrupt, disk full): not a bug
-            self._report_fault(exc)
-            return
+        except _SpansNotWritten:
+            return  # the store writer logged why; budgets keep their last figures (and the round waits) until it recovers
         except Exception as exc:
-            if not _is_store_error(exc):
+            # The store cannot be read or written (locked, corrupt, disk full): not a bug of llmtrace's.
+            if not isinstance(exc, OSError) and not _is_store_error(exc):
                 raise
-            self._report_fault(exc)
+            self._fault.report(f"{type(exc).__name__}: {exc}")
             return
-        if self._fault is not None:
-            logger.warning("llmtrace: budgets and alerts work again")
-            self._fault = None
-
-    def _report_fault(self, exc: Exception) -> None:
-        message = f"{type(exc).__name__}: {exc}"
-        if message != self._fault:
-            logger.error("llmtrace: budgets and alerts cannot use the store (%s); the app is not affected, "
-                         "block budgets keep their last figures, and this is retried", message)  # fmt: skip
-            self._fault = message
+        self._fault.clear()
 
     def run_once(self, now: datetime | None = None, anomalies: bool = True) -> list[Alert]:
         """One round; returns the alerts this process delivered."""
@@ -125,13 +119,10 @@ class Monitor:
     def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:
         """Read every budget's spend from the store, update the guard, and return the alerts that are due."""
         guard = self.guard
-        if guard is not None:
-            guard.set_budgets(declared)
         snapshot = guard.snapshot() if guard is not None and guard.budgets else None
         # The spans this process counted before the snapshot must be in the store when it is read.
         if not self.writer.force_flush(30_000, merge=False) or not self.writer.healthy:
-            logger.warning("llmtrace: budgets not refreshed: the store is not writable (see the error above)")
-            return []
+            raise _SpansNotWritten()
         now = now or _utcnow()
         windows = [
             snapshot.windows[budget] if snapshot is not None and budget in snapshot.windows else (budget.window(now)[0], now)
@@ -148,6 +139,10 @@ class Monitor:
             for key, spent in spend.items():
                 alerts.extend(budget_alerts(budget, key, spent, start, now))
         return alerts
+
+
+class _SpansNotWritten(Exception):
+    """This process's spans could not be written, so the store's figures would leave them out."""
 
 
 def _is_store_error(exc: Exception) -> bool:

@@ -285,6 +285,7 @@ def error_rates(
     bucket: str | None = None,
     excluded_error: str | None = None,
     db: str | os.PathLike[str] | None = None,
+    in_app: bool = False,
 ) -> list[dict[str, Any]]:
     """Error and 429 rates and HTTP attempts (retries), per provider/model, optionally over time.
     Calls that failed with ``excluded_error`` (e.g. llmtrace's own BudgetExceeded) are left out."""
@@ -300,7 +301,7 @@ def error_rates(
                count(*) FILTER (WHERE http_status = 429 OR rate_limited > 0) / count(*) AS rate_limited_rate,
                sum(http_attempts) AS http_attempts, sum(http_attempts) - count(*) AS retries
         FROM spans WHERE {where} GROUP BY {group} ORDER BY {group}"""
-    with open_store(db) as con:
+    with open_store(db, in_app=in_app) as con:
         return _rows(con, sql, params)
 
 

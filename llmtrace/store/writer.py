@@ -20,7 +20,7 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from .._guard import internal_errors
+from .._guard import Fault, internal_errors
 from .files import StorePaths, write_segment
 
 logger = logging.getLogger("llmtrace")
@@ -55,7 +55,9 @@ class StoreWriter(SpanProcessor):
         self.retention_days = retention_days
         self.max_buffered = max_buffered
         self.dropped = 0
-        self._fault: str | None = None  # the fault being reported, so it is logged once
+        self._fault = Fault(
+            "llmtrace: %s (LLM calls are not affected; spans are kept and retried)", f"llmtrace: store at {paths.db} works again"
+        )
         self._reset_state()
         _writers.add(self)
 
@@ -149,7 +151,7 @@ class StoreWriter(SpanProcessor):
                 write_segment(self.paths, spans_to_table(batch))
             except OSError as exc:
                 self._unwritten = batch  # kept: the next round tries again
-                self._report_fault(f"cannot write segments in {self.paths.segments}: {exc}")
+                self._fault.report(f"cannot write segments in {self.paths.segments}: {exc}")
                 return
         if not merge_now or not self.paths.pending():
             return
@@ -158,23 +160,16 @@ class StoreWriter(SpanProcessor):
 
             merge(self.paths, self.retention_days)
         except Exception as exc:  # a corrupt or future database, a full disk: segments keep the spans
-            self._report_fault(f"cannot merge into {self.paths.db}: {exc}")
+            self._fault.report(f"cannot merge into {self.paths.db}: {exc}")
             return
-        if self._fault is not None:
-            logger.warning("llmtrace: store at %s works again", self.paths.db)
-            self._fault = None
-
-    def _report_fault(self, message: str) -> None:
-        if message != self._fault:
-            logger.error("llmtrace: %s (LLM calls are not affected; spans are kept and retried)", message)
-            self._fault = message
+        self._fault.clear()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     @property
     def healthy(self) -> bool:
         """False while segments cannot be written or merged (the fault is logged)."""
-        return self._fault is None
+        return self._fault.current is None
 
     def force_flush(self, timeout_millis: int = 30_000, merge: bool = True) -> bool:
         """Write everything buffered so far to segments (readers see them) and, with ``merge``, merge

@@ -13,7 +13,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from .usage import Usage
 
@@ -87,14 +87,17 @@ class Rate:
         return max([self.per_token, *(price for _, price in self.tiers)])
 
 
-@dataclass(frozen=True)
-class Cost:
+class Cost(NamedTuple):
     total: float
     input: float
     output: float
     # What prompt caching saved against paying the full input rate for the cached tokens; negative
     # when cache writes cost more than cache reads saved. 0 for calls that touched no cache.
     cache_savings: float = 0.0
+
+
+# Per-token rates in this order: input, output, cache read, cache write, cache write (1 h), reasoning.
+Rates = tuple[float, float, float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -111,38 +114,43 @@ class Price:
     # Set when the model's prices use units the fast path does not model: cost then comes from
     # genai-prices' exact (slower) calculation.
     exact: Any = field(default=None, compare=False)
+    # The rates when none depends on the input size (most models): computed once, not per call.
+    _flat: Rates | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not any(rate.tiers for rate in self._rate_list()):
+            object.__setattr__(self, "_flat", self._rates_at(0))
 
     def worst_output_per_token(self) -> float:
         """The dearest rate an output token can have (budgets reserve ``max_tokens`` at it)."""
         return max(rate.worst() for rate in (self.output, self.reasoning))
 
+    def _rate_list(self) -> tuple[Rate, ...]:
+        return (self.input, self.output, self.cache_read, self.cache_write, self.cache_write_1h, self.reasoning)
+
+    def _rates_at(self, total_input: int) -> Rates:
+        return tuple(rate.at(total_input) for rate in self._rate_list())  # type: ignore[return-value]
+
     def cost(self, usage: Usage) -> Cost:
-        cost = _exact_cost(self.exact, usage) if self.exact is not None else self._fast_cost(usage)
-        if not (usage.cache_read or usage.cache_write):
-            return cost
-        return Cost(cost.total, cost.input, cost.output, self._cache_savings(usage))
-
-    def _cache_savings(self, usage: Usage) -> float:
-        total_input = usage.input_tokens
-        full = self.input.at(total_input)
-        return (
-            usage.cache_read * (full - self.cache_read.at(total_input))
-            - (usage.cache_write - usage.cache_write_1h) * (self.cache_write.at(total_input) - full)
-            - usage.cache_write_1h * (self.cache_write_1h.at(total_input) - full)
-        )
-
-    def _fast_cost(self, usage: Usage) -> Cost:
-        total_input = usage.input_tokens
+        """Runs on the request path for every priced call: plain float arithmetic, one tuple built."""
+        total_input = usage.uncached_input + usage.cache_read + usage.cache_write
+        inp, out, cache_read, cache_write, cache_write_1h, reasoning = self._flat or self._rates_at(total_input)
+        write_1h = usage.cache_write_1h
+        write_short = usage.cache_write - write_1h
+        savings = 0.0
+        if usage.cache_read or usage.cache_write:
+            savings = (
+                usage.cache_read * (inp - cache_read)
+                - write_short * (cache_write - inp)
+                - write_1h * (cache_write_1h - inp)
+            )
+        if self.exact is not None:
+            return _exact_cost(self.exact, usage)._replace(cache_savings=savings)
         cost_in = (
-            usage.uncached_input * self.input.at(total_input)
-            + usage.cache_read * self.cache_read.at(total_input)
-            + (usage.cache_write - usage.cache_write_1h) * self.cache_write.at(total_input)
-            + usage.cache_write_1h * self.cache_write_1h.at(total_input)
+            usage.uncached_input * inp + usage.cache_read * cache_read + write_short * cache_write + write_1h * cache_write_1h
         )
-        cost_out = usage.visible_output * self.output.at(total_input) + usage.reasoning * self.reasoning.at(
-            total_input
-        )
-        return Cost(cost_in + cost_out + self.per_request, cost_in, cost_out)
+        cost_out = usage.visible_output * out + usage.reasoning * reasoning
+        return Cost(cost_in + cost_out + self.per_request, cost_in, cost_out, savings)
 
 
 _cache: dict[tuple[str, str], Price | None] = {}

@@ -276,3 +276,39 @@ def test_instrument_leaves_no_half_imported_module_for_the_apps_first_call() -> 
     code = "import sys, llmtrace; llmtrace.instrument(store=False); print('genai_prices' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True", done.stderr
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_attribute_length": 6}, {"max_span_attributes": 12}], ids=["default", "short", "few"])
+def test_end_attributes_are_what_the_sdks_own_path_makes(limits: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    # llmtrace writes a call's end attributes into the SDK span directly when nothing needs cleaning:
+    # the span must equal what set_attributes() makes, and limits the app set must still apply.
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from llmtrace import call
+
+    def one_span() -> Any:
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(span_limits=SpanLimits(**limits))
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        llmtrace.instrument(tracer_provider=provider, store=False)
+        try:
+            with llmtrace.tags(tenant="acme-corporation", user="u-1"):
+                _chat(openai_client(FakeAPI(HTTP)), temperature=0.5, max_tokens=20)
+        finally:
+            llmtrace.uninstrument()
+        (span,) = exporter.get_finished_spans()
+        return span
+
+    direct = one_span()
+    monkeypatch.setattr(call, "add_attributes", lambda span, attrs: span.set_attributes(attrs))
+    public = one_span()
+    assert dict(direct.attributes) == dict(public.attributes)
+    assert direct.dropped_attributes == public.dropped_attributes
+    if limits.get("max_attribute_length"):
+        assert direct.attributes["llmtrace.tenant"] == "acme-c"
+    if limits.get("max_span_attributes"):
+        assert len(direct.attributes) == 12 and direct.dropped_attributes > 0
+    else:
+        assert direct.dropped_attributes == 0 and direct.attributes["gen_ai.usage.input_tokens"] > 0

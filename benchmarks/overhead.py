@@ -55,8 +55,12 @@ CONFIGS = [
 ]
 
 # Calls per block. Blocks are short so host drift inside one ABBA quad stays small.
-SYNC_BLOCK, STREAM_BLOCK = 100, 20
+SYNC_BLOCK, STREAM_BLOCK, LONG_STREAM_BLOCK = 100, 20, 3
 STREAM_CHUNKS = 50  # parsed chunks per mocked stream: role + 47 content + finish + usage
+# The long stream repeats the text this many times (role + 470 content + finish + usage): the cost per
+# chunk is the difference between the two streams, which resolves it far better than stream - sync.
+LONG_REPEAT = 10
+LONG_STREAM_CHUNKS = 47 * LONG_REPEAT + 3
 
 
 # =============================================================================================
@@ -101,8 +105,8 @@ REQUEST: dict[str, Any] = {
 }
 
 
-def mock_bodies() -> tuple[bytes, list[bytes]]:
-    """A chat.completion JSON body, and an SSE body as one bytes item per event."""
+def mock_bodies(repeat: int = 1) -> tuple[bytes, list[bytes]]:
+    """A chat.completion JSON body, and an SSE body (the text ``repeat`` times) as one bytes item per event."""
     base = {"id": "chatcmpl-bench", "created": 1_700_000_000, "model": MODEL, "system_fingerprint": "fp_b"}
     completion = {
         **base,
@@ -124,14 +128,14 @@ def mock_bodies() -> tuple[bytes, list[bytes]]:
         return b"data: " + json.dumps(body).encode() + b"\n\n"
 
     events = [chunk({"role": "assistant", "content": ""})]
-    events += [chunk({"content": w}) for w in TEXT_WORDS]
+    events += [chunk({"content": w}) for w in TEXT_WORDS * repeat]
     events += [chunk({}, "stop"), chunk(None, usage=USAGE), b"data: [DONE]\n\n"]
-    assert len(events) - 1 == STREAM_CHUNKS
+    assert len(events) - 1 == (STREAM_CHUNKS if repeat == 1 else LONG_STREAM_CHUNKS)
     return json.dumps(completion).encode(), events
 
 
-def make_clients() -> tuple[Any, Any]:
-    """Two clients (JSON / SSE) on a mock transport, so the handler never has to parse the request.
+def make_clients() -> tuple[Any, Any, Any]:
+    """Three clients (JSON / SSE / long SSE) on a mock transport, so the handler never has to parse the request.
 
     base_url is the real OpenAI host because llmtrace only asks for stream usage there; nothing
     leaves the process (MockTransport, plus the socket guard).
@@ -144,13 +148,17 @@ def make_clients() -> tuple[Any, Any]:
     else:
         import httpx as hx  # type: ignore[no-redef]
     json_body, events = mock_bodies()
+    long_events = mock_bodies(LONG_REPEAT)[1]
 
     def json_handler(request: Any) -> Any:
         return hx.Response(200, headers={"content-type": "application/json"}, content=json_body)
 
-    def sse_handler(request: Any) -> Any:
-        # An iterator, so the SDK receives and parses the stream event by event.
-        return hx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(events))
+    def sse_handler(body: list[bytes]) -> Callable[[Any], Any]:
+        def handler(request: Any) -> Any:
+            # An iterator, so the SDK receives and parses the stream event by event.
+            return hx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(body))
+
+        return handler
 
     def client(handler: Callable[[Any], Any]) -> Any:
         return openai.OpenAI(
@@ -160,7 +168,7 @@ def make_clients() -> tuple[Any, Any]:
             http_client=hx.Client(transport=hx.MockTransport(handler)),
         )
 
-    return client(json_handler), client(sse_handler)
+    return client(json_handler), client(sse_handler(events)), client(sse_handler(long_events))
 
 
 class CountingExporter:
@@ -471,7 +479,7 @@ def run_worker(name: str, quads: dict[str, int], warmup: int) -> dict[str, Any]:
     counter = BatchSpanProcessor(exporter)  # type: ignore[arg-type]
     tp.add_span_processor(counter)
     trace.set_tracer_provider(tp)  # OpenLIT (and anything calling trace.get_tracer) uses the global
-    json_client, sse_client = make_clients()
+    json_client, sse_client, long_client = make_clients()
     # Import the SDK's lazily loaded resource modules before any library patches them.
     call_sync(json_client)
 
@@ -492,20 +500,25 @@ def run_worker(name: str, quads: dict[str, int], warmup: int) -> dict[str, Any]:
         "notes": toggle.notes,
         "scenarios": {},
     }
-    plans = {"sync": (call_sync, json_client, SYNC_BLOCK), "stream": (call_stream, sse_client, STREAM_BLOCK)}
-    for scenario, (call, client, block) in plans.items():
+    plans = {
+        "sync": (call_sync, json_client, SYNC_BLOCK, EXPECTED_TEXT, warmup),
+        "stream": (call_stream, sse_client, STREAM_BLOCK, EXPECTED_TEXT, warmup),
+        # A long stream takes ten short ones' time: a tenth of the warm-up calls.
+        "long_stream": (call_stream, long_client, LONG_STREAM_BLOCK, EXPECTED_TEXT * LONG_REPEAT, max(1, warmup // 10)),
+    }
+    for scenario, (call, client, block, expected, warmup_calls) in plans.items():
         spans = {"on": 0, "off": 0}
         calls = {"on": 0, "off": 0}
         # Warm both arms, checking the app still gets the whole answer either way.
         for arm in ("on", "off"):
             toggle.set(arm == "on")
             base = count_spans()
-            for _ in range(warmup):
+            for _ in range(warmup_calls):
                 text = call(client)
-                if text != EXPECTED_TEXT:
+                if text != expected:
                     raise AssertionError(f"{scenario}/{arm}: app got {text[:60]!r}")
             spans[arm] += count_spans() - base
-            calls[arm] += warmup
+            calls[arm] += warmup_calls
         quad_rows = []
         tp.force_flush()
         bg_start = background_cpu_ns()
@@ -550,7 +563,8 @@ def table(results: list[dict[str, Any]], metric: int) -> str:
     lines = [
         (
             f"µs added per call ({kind}), median over ABBA quads [interquartile range]; "
-            f"per chunk = (stream − sync) / {STREAM_CHUNKS}. Other threads: their CPU per instrumented call "
+            f"per chunk = (long stream − stream) / {LONG_STREAM_CHUNKS - STREAM_CHUNKS}, the long stream "
+            f"having {LONG_STREAM_CHUNKS} chunks. Other threads: their CPU per instrumented call "
             "(sync / stream), not in the delta."
         ),
         "",
@@ -567,8 +581,8 @@ def table(results: list[dict[str, Any]], metric: int) -> str:
             lines.append(f"| {cfg.name} | {cfg.label} | | BROKEN: {r['error']} | | | | | |")
             continue
         v = r["versions"]
-        s, st = (summarize(r["scenarios"][k], metric) for k in ("sync", "stream"))
-        per_chunk = (st["delta"] - s["delta"]) / STREAM_CHUNKS
+        s, st, long = (summarize(r["scenarios"][k], metric) for k in ("sync", "stream", "long_stream"))
+        per_chunk = (long["delta"] - st["delta"]) / (LONG_STREAM_CHUNKS - STREAM_CHUNKS)
         spans = [r["scenarios"][k]["spans_per_call"] for k in ("sync", "stream")]
         span_cell = " / ".join(f"{x['on']:g}" for x in spans)
         bg_cell = " / ".join(f"{r['scenarios'][k]['background_us_per_call']:.0f}" for k in ("sync", "stream"))
@@ -600,7 +614,8 @@ def run_config(cfg: Config, args: argparse.Namespace, out: Path) -> dict[str, An
     python = BENCH_DIR / cfg.venv / "bin" / "python"
     if not python.exists():
         return {"config": cfg.name, "error": f"{python} missing: run benchmarks/setup.sh"}
-    params = {"quads": {"sync": args.sync_quads, "stream": args.stream_quads}, "warmup": args.warmup}
+    quads = {"sync": args.sync_quads, "stream": args.stream_quads, "long_stream": args.long_stream_quads}
+    params = {"quads": quads, "warmup": args.warmup}
     # A clean environment and an empty cwd: no LLMTRACE_*/OTEL_* variables or llmtrace.toml leak in.
     env = {
         k: v
@@ -630,6 +645,9 @@ def main() -> None:
     ap.add_argument("--configs", help="comma-separated subset of: " + ",".join(c.name for c in CONFIGS))
     ap.add_argument("--sync-quads", type=int, default=80, help=f"ABBA quads of {SYNC_BLOCK}-call blocks")
     ap.add_argument("--stream-quads", type=int, default=60, help=f"ABBA quads of {STREAM_BLOCK}-stream blocks")
+    ap.add_argument(
+        "--long-stream-quads", type=int, default=30, help=f"ABBA quads of {LONG_STREAM_BLOCK}-stream blocks, {LONG_STREAM_CHUNKS} chunks each"
+    )
     ap.add_argument("--warmup", type=int, default=100, help="untimed calls per arm and scenario")
     ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "PARAMS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -640,7 +658,7 @@ def main() -> None:
         return
 
     if args.quick:
-        args.sync_quads, args.stream_quads, args.warmup = 3, 3, 10
+        args.sync_quads, args.stream_quads, args.long_stream_quads, args.warmup = 3, 3, 2, 10
     wanted = args.configs.split(",") if args.configs else [c.name for c in CONFIGS]
     unknown = set(wanted) - {c.name for c in CONFIGS}
     if unknown:

@@ -134,30 +134,29 @@ class Alerter:
         self._waiting: dict[str, Alert] = {}  # not recorded yet: the store was busy
         self._lock = threading.Lock()
 
-    def fire(self, alerts: list[Alert]) -> list[Alert]:
-        """Deliver the alerts that fire for the first time; returns them."""
+    def fire(self, alerts: list[Alert]) -> None:
+        """Deliver the alerts that fire for the first time (and those still waiting for the store)."""
         with self._lock:
-            return self._fire(alerts)
+            self._fire(alerts)
 
-    def _fire(self, alerts: list[Alert]) -> list[Alert]:
+    def _fire(self, alerts: list[Alert]) -> None:
         from .store.alerts import record
 
         for alert in alerts:
             if alert.alert_id not in self._known:
                 self._waiting.setdefault(alert.alert_id, alert)
         if not self._waiting:
-            return []
+            return
         rows = [(a.alert_id, a.fired_at, a.kind, a.subject, a.message, json.dumps(a.details, default=str))
                 for a in self._waiting.values()]
         inserted = record(self.paths, rows)
         if inserted is None:  # another process holds the database: try again next round
-            return []
+            return
         fresh = [alert for alert in self._waiting.values() if alert.alert_id in inserted]
         self._known.update(self._waiting)
         self._waiting.clear()
         for alert in fresh:
             self._deliver(alert)
-        return fresh
 
     def _deliver(self, alert: Alert) -> None:
         logger.warning("llmtrace alert: %s", alert.message)

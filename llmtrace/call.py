@@ -95,10 +95,12 @@ class Call:
             attrs[A.SERVER_ADDRESS] = info.address
             attrs[A.SERVER_PORT] = info.port
         attrs.update(current_tags())
-        if settings.capture_content:
-            attrs[A.INPUT_MESSAGES] = jsonable(endpoint.input_content(kwargs))
-        if rt.request_hash_key is not None:
-            attrs[A.REQUEST_HASH] = _request_hash(rt.request_hash_key, attrs.get(A.REQUEST_MODEL), endpoint.input_content(kwargs))
+        if settings.capture_content or rt.request_hash_key is not None:
+            content = endpoint.input_content(kwargs)
+            if settings.capture_content:
+                attrs[A.INPUT_MESSAGES] = jsonable(content)
+            if rt.request_hash_key is not None:
+                attrs[A.REQUEST_HASH] = _request_hash(rt.request_hash_key, attrs.get(A.REQUEST_MODEL), content)
         self.hold: Any = None  # what a block budget reserved for this call (llmtrace.enforce.Hold)
         self.endpoint = endpoint
         self.runtime = rt

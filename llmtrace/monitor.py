@@ -103,8 +103,8 @@ class Monitor:
             return
         self._fault.clear()
 
-    def run_once(self, now: datetime | None = None, anomalies: bool = True) -> list[Alert]:
-        """One round; returns the alerts this process delivered."""
+    def run_once(self, now: datetime | None = None, anomalies: bool = True) -> None:
+        """One round: budgets, then anomalies when due; alerts go out through the alerter."""
         declared = self.budgets
         alerts: list[Alert] = []
         if declared:
@@ -114,7 +114,7 @@ class Monitor:
             from . import anomalies as detectors  # DuckDB loads here, in the monitor thread, not at import
 
             alerts.extend(detectors.detect(self.settings, self.db, now or _utcnow()))
-        return self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
+        self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
 
     def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:
         """Read every budget's spend from the store, update the guard, and return the alerts that are due."""

@@ -17,11 +17,11 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable
 
 from ._guard import internal_errors
-from .store.files import StorePaths
+from .store.files import StorePaths, utc_now
 
 logger = logging.getLogger("llmtrace")
 
@@ -33,7 +33,7 @@ class Alert:
     subject: str  # what it concerns: tenant=acme, feature=search, provider=openai, model=gpt-4o
     message: str
     details: dict[str, Any] = field(default_factory=dict)
-    fired_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
+    fired_at: datetime = field(default_factory=utc_now)
 
     def payload(self) -> dict[str, Any]:
         """The webhook body: ``text`` for Slack-compatible receivers, the fields for everyone else."""

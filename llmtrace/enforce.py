@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from .budgets import EACH, SCOPE_ATTRIBUTES, Budget, BudgetExceeded
+from .store.files import utc_now
 
 # A budget (by its token: hashing a Budget per call costs microseconds) and the key a call counts
 # against (None: global).
@@ -65,7 +66,7 @@ class SpendGuard:
     def set_budgets(self, budgets: tuple[Budget, ...] | list[Budget]) -> None:
         """Enforce these (``block`` ones only); counts kept for budgets that stay."""
         blocking = tuple(dict.fromkeys(b for b in budgets if b.action == "block"))
-        now = _utcnow()
+        now = utc_now()
         with self._lock:
             for budget in blocking:
                 token = self._tokens.setdefault(budget, len(self._tokens))
@@ -119,7 +120,7 @@ class SpendGuard:
 
     def _roll_over(self, token: int, budget: Budget) -> tuple[datetime, float]:
         """A calendar period ended: what was spent before no longer counts (lock held)."""
-        period = self._period[token] = _period_of(budget, _utcnow())
+        period = self._period[token] = _period_of(budget, utc_now())
         for slot, finished in self._finished.items():
             if slot[0] == token:
                 self._base[slot] = -finished
@@ -129,7 +130,7 @@ class SpendGuard:
 
     def snapshot(self) -> Snapshot:
         """Taken before the refresh flushes this process's spans: everything counted here is in the store after."""
-        now = _utcnow()
+        now = utc_now()
         with self._lock:
             windows = {}
             for token, budget, _ in self._rules:
@@ -156,7 +157,3 @@ class SpendGuard:
 def _period_of(budget: Budget, now: datetime) -> tuple[datetime, float]:
     start, end = budget.window(now)
     return start, end.replace(tzinfo=timezone.utc).timestamp()
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)

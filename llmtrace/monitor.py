@@ -20,7 +20,7 @@ from .alerts import Alert, Alerter
 from .budgets import EACH, Budget
 from .config import Settings
 from .enforce import SpendGuard
-
+from .store.files import utc_now
 
 
 class Monitor:
@@ -113,7 +113,7 @@ class Monitor:
             self._next_anomaly_run = time.monotonic() + self.settings.anomaly_interval
             from . import anomalies as detectors  # DuckDB loads here, in the monitor thread, not at import
 
-            alerts.extend(detectors.detect(self.settings, self.db, now or _utcnow()))
+            alerts.extend(detectors.detect(self.settings, self.db, now or utc_now()))
         self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
 
     def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:
@@ -123,7 +123,7 @@ class Monitor:
         # The spans this process counted before the snapshot must be in the store when it is read.
         if not self.writer.force_flush(30_000, merge=False) or not self.writer.healthy:
             raise _SpansNotWritten()
-        now = now or _utcnow()
+        now = now or utc_now()
         windows = [
             snapshot.windows[budget] if snapshot is not None and budget in snapshot.windows else (budget.window(now)[0], now)
             for budget in declared
@@ -168,7 +168,7 @@ def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: d
     target = "global" if key is None else f"{budget.scope}={key}"
     label = budget.target if budget.key != EACH else f"{budget.target} ({key})"
     alerts = []
-    for level in dict.fromkeys(levels):
+    for level in levels:
         if level == "exceeded":
             consequence = "calls are refused until the period ends" if budget.action == "block" else "alert only"
             message = (f"Budget exceeded: {label} spent ${spent:,.2f} of ${budget.limit_usd:,.2f} this {budget.period} "
@@ -183,8 +183,4 @@ def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: d
              "used": used, "action": budget.action},
         ))  # fmt: skip
     return alerts
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import duckdb
 
-from .store.files import StorePaths, resolve
+from .store.files import StorePaths, resolve, utc_now
 from .store.merge import is_lock_error, merge, merged_ids
 from .store.schema import COLUMN_NAMES, COLUMNS
 
@@ -63,17 +63,15 @@ class TimeRange:
 
     @classmethod
     def last(cls, span: timedelta) -> TimeRange:
-        now = _utcnow()
+        now = utc_now()
         return cls(now - span, now + timedelta(minutes=1))
 
     @classmethod
     def starting_at(cls, epoch_s: float) -> TimeRange:
         """From a ``time.time()`` value until now."""
-        return cls(datetime.fromtimestamp(epoch_s, timezone.utc).replace(tzinfo=None), _utcnow() + timedelta(minutes=1))
+        return cls(datetime.fromtimestamp(epoch_s, timezone.utc).replace(tzinfo=None), utc_now() + timedelta(minutes=1))
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def parse_duration(text: str) -> timedelta:

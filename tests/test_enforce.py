@@ -178,7 +178,7 @@ def test_a_calendar_period_starts_over_at_its_end(monkeypatch: pytest.MonkeyPatc
     from llmtrace import enforce
 
     clock = [datetime(2026, 11, 23, 23, 59)]
-    monkeypatch.setattr(enforce, "_utcnow", lambda: clock[0])
+    monkeypatch.setattr(enforce, "utc_now", lambda: clock[0])
     monkeypatch.setattr(enforce, "_epoch_now", lambda: clock[0].replace(tzinfo=timezone.utc).timestamp())
     guard = enforce.SpendGuard([budgets.Budget("global", None, "day", 1.0, action="block")])
     hold = guard.admit({}, lambda: 0.0)

@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ def request_hash_key(paths: StorePaths) -> bytes:
     except OSError as exc:
         logging.getLogger("llmtrace").warning("llmtrace: cannot use %s (%s); request hashes are per process", paths.key, exc)
         return os.urandom(32)
+
+
+def utc_now() -> datetime:
+    """Now, as the store keeps time: naive UTC (its TIMESTAMP columns have no time zone)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def new_segment_id() -> str:

@@ -8,14 +8,14 @@ already recorded: the next merge deletes them without inserting them again.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 
-from .files import StorePaths, quarantine
+from .files import StorePaths, quarantine, utc_now
 from .schema import migrate
 
 logger = logging.getLogger("llmtrace")
@@ -115,7 +115,7 @@ def _merge_with(
                 "INSERT INTO _segments VALUES (?, ?, now())", [[segment.stem, rows] for segment, rows in to_insert]
             )
         if retention_days is not None:
-            cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=retention_days)
+            cutoff = utc_now() - timedelta(days=retention_days)
             deleted = con.execute("DELETE FROM spans WHERE start_time < ?", [cutoff]).fetchone()
             outcome.deleted_by_retention = int(deleted[0]) if deleted else 0
         con.execute("COMMIT")

@@ -35,6 +35,8 @@ DIMENSIONS = {
     "service": "service_name",
 }
 _ATTACH_WAIT_S = 5.0
+# A call that met HTTP 429: it failed with one, or the SDK retried after one.
+_RATE_LIMITED = "http_status = 429 OR rate_limited > 0"
 # Time-bucket widths the over-time questions accept, with their length in seconds.
 BUCKETS = {
     "1 second": 1, "5 seconds": 5, "10 seconds": 10, "30 seconds": 30, "1 minute": 60, "5 minutes": 300,
@@ -70,8 +72,6 @@ class TimeRange:
     def starting_at(cls, epoch_s: float) -> TimeRange:
         """From a ``time.time()`` value until now."""
         return cls(datetime.fromtimestamp(epoch_s, timezone.utc).replace(tzinfo=None), utc_now() + timedelta(minutes=1))
-
-
 
 
 def parse_duration(text: str) -> timedelta:
@@ -294,9 +294,9 @@ def error_rates(
         params.append(excluded_error)
     sql = f"""
         SELECT {keys}, count(*) AS calls, count(error_type) AS errors,
-               count(*) FILTER (WHERE http_status = 429 OR rate_limited > 0) AS rate_limited_calls,
+               count(*) FILTER (WHERE {_RATE_LIMITED}) AS rate_limited_calls,
                count(error_type) / count(*) AS error_rate,
-               count(*) FILTER (WHERE http_status = 429 OR rate_limited > 0) / count(*) AS rate_limited_rate,
+               count(*) FILTER (WHERE {_RATE_LIMITED}) / count(*) AS rate_limited_rate,
                sum(http_attempts) AS http_attempts, sum(http_attempts) - count(*) AS retries
         FROM spans WHERE {where} GROUP BY {group} ORDER BY {group}"""
     with open_store(db, in_app=in_app) as con:
@@ -381,7 +381,7 @@ def summary(
     where, params = _where(time_range, filters)
     sql = f"""
         SELECT count(*) AS calls, count(error_type) AS errors,
-               count(*) FILTER (WHERE http_status = 429 OR rate_limited > 0) AS rate_limited_calls,
+               count(*) FILTER (WHERE {_RATE_LIMITED}) AS rate_limited_calls,
                coalesce(sum(cost_usd), 0) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
                coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
                quantile_cont(duration_ms, 0.5) AS p50_ms, quantile_cont(duration_ms, 0.99) AS p99_ms,

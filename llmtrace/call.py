@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import marshal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -357,8 +358,14 @@ def add_attributes(span: Span, attrs: dict[str, Any]) -> None:
 
 
 def _request_hash(key: bytes, model: Any, content: Any) -> str:
-    # repr is C-fast and stable for the plain lists/dicts/strings requests are made of.
-    return hashlib.blake2b(repr((model, content)).encode(), digest_size=8, key=key).hexdigest()
+    try:
+        # The plain lists/dicts/strings requests are made of, serialized in C at memcpy speed (repr, which
+        # escapes every character, took 4 us for a 1.6 kB request, 15 us for 10 kB). Version 0 writes
+        # neither back-references nor interning marks: equal content gives equal bytes however it was built.
+        data = marshal.dumps((model, content), 0)
+    except ValueError:  # an object marshal does not know (an SDK model in the messages): its repr
+        data = repr((model, content)).encode()
+    return hashlib.blake2b(data, digest_size=8, key=key).hexdigest()
 
 
 def _estimate_output(model: str, text: str) -> int:

@@ -4,7 +4,8 @@ Every ``budget_refresh_interval`` seconds it (1) notes what the spend guard has 
 process's store writer write its buffered spans, (3) reads every budget's spend from the store, which
 then includes those spans and everything other processes wrote, (4) hands the figures to the guard,
 and (5) fires the budget alerts that are due. Every ``anomaly_interval`` seconds it runs the anomaly
-detectors too. Nothing here runs in an application thread; every failure is contained and logged.
+detectors too, unless another process writing the same store ran them within that interval (they
+read the whole store, so one run serves every process). Nothing here runs in an application thread; every failure is contained and logged.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .alerts import Alert, Alerter
 from .budgets import EACH, Budget
 from .config import Settings
 from .enforce import SpendGuard
-from .store.files import utc_now
+from .store.files import claim_round, utc_now
 
 
 class Monitor:
@@ -110,10 +111,13 @@ class Monitor:
         if declared:
             alerts.extend(self.refresh_budgets(declared, now))
         if anomalies and self.settings.anomaly_detectors and time.monotonic() >= self._next_anomaly_run:
-            self._next_anomaly_run = time.monotonic() + self.settings.anomaly_interval
-            from . import anomalies as detectors  # DuckDB loads here, in the monitor thread, not at import
+            interval = self.settings.anomaly_interval
+            self._next_anomaly_run = time.monotonic() + interval
+            # The detectors read the whole store: one process per interval runs them for all.
+            if claim_round(self.writer.paths.anomaly_stamp, interval):
+                from . import anomalies as detectors  # DuckDB loads here, in the monitor thread, not at import
 
-            alerts.extend(detectors.detect(self.settings, self.db, now or utc_now()))
+                alerts.extend(detectors.detect(self.settings, self.db, now or utc_now()))
         self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
 
     def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:

@@ -3,6 +3,8 @@ demo sends through the real SDKs to the simulated provider."""
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import llmtrace.testing
 from conftest import http_module, openai_client, run_demo
 from fake_api import FakeAPI
 from llmtrace import anomalies, config, query
+from llmtrace.alerts import Alerter
+from llmtrace.monitor import Monitor
 from llmtrace import attributes as A
 from store_helpers import emit_at, provider_with_store
 
@@ -91,6 +95,28 @@ def test_duplicate_calls_are_found_by_a_hash_that_never_holds_the_text(tmp_path:
     assert (Path(db + ".key").stat().st_mode & 0o777) == 0o600
 
 
+def test_equal_requests_hash_alike_however_they_were_built(tmp_path: Path) -> None:
+    """The hash compares content, not how the app built its objects; an SDK object in the messages hashes too."""
+    client = openai_client(FakeAPI(http_module(openai)))
+    question = "what is my balance?"
+    built = "".join(["what is ", "my balance?"])  # equal to `question`, another object, not interned
+    previous = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    requests = [
+        [{"role": "user", "content": question}, {"role": "user", "content": question}],  # one object twice
+        [{"role": "user", "content": built}, {"role": "user", "content": question}],
+        [{"role": "user", "content": question}, {"role": "user", "content": "what is my balance"}],  # differs
+        [{"role": "user", "content": question}, previous.choices[0].message],  # an SDK model: hashed by its repr
+        [{"role": "user", "content": question}, previous.choices[0].message],
+    ]
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "h.duckdb"), budget_refresh_interval=3600,
+                                  anomaly_detectors=["duplicate_calls"]) as captured:
+        for messages in requests:
+            client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    hashes = [span.attributes[A.REQUEST_HASH] for span in captured.spans()]
+    assert hashes[0] == hashes[1] and hashes[3] == hashes[4]
+    assert len({hashes[0], hashes[2], hashes[3]}) == 3
+
+
 def test_model_drift_and_unpinned_models(tmp_path: Path) -> None:
     dated = {A.REQUEST_MODEL: "gpt-4o", A.RESPONSE_MODEL: "gpt-4o-2024-08-06"}
     calls = _spread(NOW - 3 * HOUR, NOW - HOUR, 30, **dated)
@@ -157,3 +183,32 @@ def test_detectors_stay_silent_on_the_demos_traffic(tmp_path: Path) -> None:
     assert anomalies.detect(settings, demo_db, now) == []
     fired = query.alert_history(query.TimeRange.last(timedelta(hours=1)), db=demo_db)
     assert fired == []  # nor did the demo process's own monitor, at the default settings
+
+
+def test_one_process_per_interval_runs_the_detectors_for_the_whole_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = str(tmp_path / "shared.duckdb")
+    runs: list[str] = []
+    monkeypatch.setattr(anomalies, "detect", lambda settings, db, now: runs.append(db) or [])
+    settings = _settings(anomaly_interval=1.0)
+    writers = [provider_with_store(db, flush_interval=60)[1] for _ in range(2)]  # two processes' worth
+    first, second = (Monitor(settings, writer, Alerter(writer.paths), []) for writer in writers)
+    try:
+        first.run_once()
+        second.run_once()  # the same interval: the first one's run served the store
+        assert len(runs) == 1
+        time.sleep(1.1)
+        second.run_once()  # a new interval: whichever process comes first runs them
+        first.run_once()
+        assert len(runs) == 2
+        Path(db + ".anomalies").unlink()
+        os.chmod(tmp_path, 0o500)  # no stamp can be written: every process runs them, as if alone
+        try:
+            time.sleep(1.1)
+            first.run_once()
+            second.run_once()
+        finally:
+            os.chmod(tmp_path, 0o700)
+        assert len(runs) == 4 or os.geteuid() == 0  # root writes anyway
+    finally:
+        for writer in writers:
+            writer.shutdown()

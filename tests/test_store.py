@@ -385,3 +385,26 @@ def test_the_store_sees_every_call_when_the_app_samples_traces(tmp_path: Path) -
     assert rows["t0"]["calls"] == rows["t1"]["calls"] == 100  # ...the ledger is not
     per_call = (56 * 0.15 + 64 * 0.075 + 40 * 0.6) / 1e6  # FakeAPI's usage at gpt-4o-mini's prices
     assert rows["t0"]["cost_usd"] == pytest.approx(100 * per_call)
+
+
+def _read_key_at_barrier(db: str, barrier: Any, keys: Any) -> None:
+    barrier.wait()
+    keys.put(files.request_hash_key(resolve(db)).hex())
+
+
+def test_processes_starting_together_share_one_request_hash_key(tmp_path: Path) -> None:
+    """Duplicate calls are found across processes only if they all hash with the store's one key."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for attempt in range(8):  # each attempt a fresh store, eight processes released at once
+        db = str(tmp_path / f"race{attempt}.duckdb")
+        barrier, keys = context.Barrier(8), context.Queue()
+        workers = [context.Process(target=_read_key_at_barrier, args=(db, barrier, keys)) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        seen = [keys.get(timeout=60) for _ in workers]
+        for worker in workers:
+            worker.join(timeout=60)
+        assert set(seen) == {Path(db + ".key").read_bytes().hex()}
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".race{attempt}")) == []  # no temporary left

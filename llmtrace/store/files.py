@@ -34,6 +34,11 @@ class StorePaths:
         return self.db.with_name(self.db.name + ".key")
 
     @property
+    def anomaly_stamp(self) -> Path:
+        """Touched by the process that runs the anomaly detectors for the whole store (``claim_round``)."""
+        return self.db.with_name(self.db.name + ".anomalies")
+
+    @property
     def quarantine(self) -> Path:
         return self.segments / "quarantine"
 
@@ -56,20 +61,48 @@ def request_hash_key(paths: StorePaths) -> bytes:
     be written, a key of this process's own: duplicates are then found within each process only."""
     try:
         paths.db.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(paths.key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            key = paths.key.read_bytes()
-            if len(key) >= 16:
-                return key[:64]
-            raise OSError(f"{paths.key} is too short to be a key") from None
-        key = os.urandom(32)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        return key
+        if not paths.key.exists():
+            _publish_new_key(paths.key)
+        key = paths.key.read_bytes()
+        if len(key) < 16:
+            raise OSError(f"{paths.key} is too short to be a key")
+        return key[:64]
     except OSError as exc:
         logging.getLogger("llmtrace").warning("llmtrace: cannot use %s (%s); request hashes are per process", paths.key, exc)
         return os.urandom(32)
+
+
+def _publish_new_key(key_file: Path) -> None:
+    """Write a key under a private name, then link it into place: the link appears with the whole key in
+    it, so a process starting at the same moment reads either no key file or a complete one; when two
+    race, the first link wins and both use its key."""
+    temporary = key_file.with_name(f".{key_file.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+        try:
+            os.link(temporary, key_file)
+        except FileExistsError:
+            pass  # another process published its key first
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def claim_round(stamp: Path, interval: float) -> bool:
+    """For a periodic job that any one of the store's processes can do for all: True (and the round is
+    claimed) when no process claimed one in the last ``interval`` seconds. When the stamp cannot be
+    read or written the answer is True: the job then runs in every process, as if uncoordinated."""
+    try:
+        if time.time() - stamp.stat().st_mtime < interval:
+            return False
+    except OSError:
+        pass  # no stamp yet (or unreadable)
+    try:
+        stamp.touch()
+    except OSError:
+        pass
+    return True
 
 
 def utc_now() -> datetime:

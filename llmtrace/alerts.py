@@ -82,10 +82,9 @@ class Webhook:
 
     def join(self, timeout: float = 30.0) -> bool:
         """Wait until everything queued was sent or given up on (tests and shutdown)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return not self._queue.unfinished_tasks
+        done = self._queue.all_tasks_done  # the condition Queue.join() waits on, here with a timeout
+        with done:
+            return done.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
 
     def stop(self) -> None:
         self._queue.put(None)

@@ -22,7 +22,7 @@ from .alerts import Alert, Alerter
 from .budgets import EACH, Budget
 from .config import Settings
 from .enforce import SpendGuard
-from .store.files import claim_round, utc_now
+from .store.files import claim_round, release_round, utc_now
 
 
 class Monitor:
@@ -115,10 +115,15 @@ class Monitor:
             interval = self.settings.anomaly_interval
             self._next_anomaly_run = time.monotonic() + interval
             # The detectors read the whole store: one process per interval runs them for all.
-            if claim_round(self.writer.paths.anomaly_stamp, interval):
+            stamp = self.writer.paths.anomaly_stamp
+            if claim_round(stamp, interval):
                 from . import anomalies as detectors  # DuckDB loads here, in the monitor thread, not at import
 
-                alerts.extend(detectors.detect(self.settings, self.db, now or utc_now()))
+                try:
+                    alerts.extend(detectors.detect(self.settings, self.db, now or utc_now()))
+                except BaseException:
+                    release_round(stamp)
+                    raise
         self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
 
     def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:

@@ -163,6 +163,12 @@ def test_a_failing_webhook_is_retried_then_given_up_on(receiver: Receiver, caplo
     hook.send(alert)
     assert hook.join()
     assert len(receiver.bodies) == 4 and hook.failed == 1
+    receiver.hang.set()  # a POST in flight: join says so when its timeout ends, and waits it out otherwise
+    hook.send(alert)
+    assert not hook.join(timeout=0.2)
+    receiver.release.set()
+    assert hook.join()
+    assert len(receiver.bodies) == 5
     unreachable = alerts.Webhook("http://127.0.0.1:9/nothing-listens", timeout=1, attempts=2, backoff=0.01)
     unreachable.send(alert)
     assert unreachable.join()

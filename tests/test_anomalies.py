@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import openai
 import pytest
 
@@ -16,7 +17,7 @@ import llmtrace.testing
 from conftest import http_module, openai_client, run_demo
 from fake_api import FakeAPI
 from llmtrace import anomalies, config, query
-from llmtrace.alerts import Alerter
+from llmtrace.alerts import Alert, Alerter
 from llmtrace.monitor import Monitor
 from llmtrace.store.files import StorePaths
 from llmtrace import attributes as A
@@ -207,6 +208,32 @@ def test_one_process_per_interval_runs_the_detectors_for_the_whole_store(tmp_pat
         first.run_once()
         second.run_once()
         assert len(runs) == 4
+    finally:
+        for writer in writers:
+            writer.shutdown()
+
+
+def test_a_round_whose_detectors_fail_is_left_to_the_next_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = str(tmp_path / "shared.duckdb")
+    runs: list[str] = []
+
+    def detect(settings: config.Settings, db: str, now: datetime) -> list[Alert]:
+        runs.append(db)
+        if len(runs) == 1:
+            raise duckdb.IOException("Could not set lock on file: Conflicting lock is held")
+        return []
+
+    monkeypatch.setattr(anomalies, "detect", detect)
+    writers = [provider_with_store(db, flush_interval=60)[1] for _ in range(2)]
+    first, second = (Monitor(_settings(anomaly_interval=60.0), writer, Alerter(writer.paths), []) for writer in writers)
+    try:
+        with pytest.raises(duckdb.IOException):
+            first.run_once()
+        second.run_once()  # the same interval, but the first process could not do it
+        assert len(runs) == 2
+        first._next_anomaly_run = 0.0  # due again in this process too: the second one's run served the store
+        first.run_once()
+        assert len(runs) == 2
     finally:
         for writer in writers:
             writer.shutdown()

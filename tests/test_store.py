@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 
 from llmtrace import query
 from llmtrace.store import files, resolve, schema
+from llmtrace.store import merge as merge_module
 from llmtrace.store.merge import merge
 from store_helpers import emit, provider_with_store
 
@@ -408,3 +410,29 @@ def test_processes_starting_together_share_one_request_hash_key(tmp_path: Path) 
             worker.join(timeout=60)
         assert set(seen) == {Path(db + ".key").read_bytes().hex()}
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".race{attempt}")) == []  # no temporary left
+
+
+def test_a_reader_and_the_writer_in_one_process_wait_for_each_other(tmp_path: Path) -> None:
+    """DuckDB lets one process open a file through one database instance at a time: the writer's merge
+    and a reader (the budget monitor, a dashboard session) meeting in one process take turns, no error."""
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 3)
+    assert writer.force_flush()
+    paths = resolve(db)
+    with query.open_store(db) as reader:  # the store attached for reading
+        emit(provider, 2)
+        assert writer.force_flush(merge=False)
+        assert merge(paths).busy  # the merge waits its turn
+        assert writer.healthy
+        assert reader.execute("SELECT count(*) FROM spans").fetchone() == (3,)
+    held = merge_module.open_for_write(paths)  # now the writer holds it; a reader waits for it
+    assert held is not None
+    release = threading.Timer(0.3, held.close)
+    release.start()
+    try:
+        # The reader waited for the database; the 2 spans the merge left are read from their segment.
+        assert _count(db) == {"spans": 5, "distinct_span_ids": 5, "pending_segments": 1}
+    finally:
+        release.join()
+    assert merge(paths).merged_rows == 2

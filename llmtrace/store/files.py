@@ -105,6 +105,15 @@ def claim_round(stamp: Path, interval: float) -> bool:
     return True
 
 
+def release_round(stamp: Path) -> None:
+    """Give back a round ``claim_round`` claimed but could not do (the store was locked, say), so the
+    next process due runs it instead of every process skipping the whole interval."""
+    try:
+        os.utime(stamp, (0, 0))
+    except OSError:
+        pass  # no stamp: nothing was claimed
+
+
 def utc_now() -> datetime:
     """Now, as the store keeps time: naive UTC (its TIMESTAMP columns have no time zone)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)

@@ -22,6 +22,9 @@ logger = logging.getLogger("llmtrace")
 
 # DuckDB refuses a second read-write process with an IOException naming the lock.
 _LOCK_WORDS = ("lock", "Conflicting")
+# Within one process it refuses a second database instance on the same file (the writer's merge and a
+# reader such as the budget monitor, at the same moment) with this: as brief, and as harmless, as a lock.
+_IN_USE: type[Exception] | tuple[()] = getattr(duckdb, "ResourceInUseException", ())
 _MEMORY_LIMIT = "64MB"
 
 
@@ -35,15 +38,18 @@ class MergeOutcome:
 
 
 def is_lock_error(exc: BaseException) -> bool:
-    return isinstance(exc, duckdb.IOException) and any(word in str(exc) for word in _LOCK_WORDS)
+    """The database is in use by another writer (or, in this process, another connection): try again later."""
+    if isinstance(exc, duckdb.IOException):
+        return any(word in str(exc) for word in _LOCK_WORDS)
+    return isinstance(exc, _IN_USE)
 
 
 def open_for_write(paths: StorePaths) -> duckdb.DuckDBPyConnection | None:
-    """The database, migrated, or None when another process holds it. Other faults raise."""
+    """The database, migrated, or None when another writer holds it. Other faults raise."""
     paths.db.parent.mkdir(parents=True, exist_ok=True)
     try:
         con = duckdb.connect(str(paths.db))
-    except duckdb.IOException as exc:
+    except duckdb.Error as exc:
         if is_lock_error(exc):
             return None
         raise

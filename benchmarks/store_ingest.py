@@ -27,17 +27,14 @@ import llmtrace  # noqa: E402
 from llmtrace import query  # noqa: E402
 from llmtrace.store import StoreWriter, resolve  # noqa: E402
 
-DISTINCT = 20_000  # distinct span objects, fed repeatedly (keeps the generator's memory out of the RSS)
-
-
-def real_spans(provider: TracerProvider) -> None:
+def real_spans(provider: TracerProvider, distinct: int) -> None:
     import openai
     from conftest import http_module, openai_client
     from fake_api import FakeAPI
 
     llmtrace.instrument(tracer_provider=provider, store=False)
     client = openai_client(FakeAPI(http_module(openai)))
-    for i in range(DISTINCT):
+    for i in range(distinct):
         with llmtrace.tags(tenant=f"tenant-{i % 300}", feature=f"feature-{i % 30}", user=f"user-{i % 10_000}"):
             stream = i % 3 == 0
             result = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
@@ -69,13 +66,15 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=1_000_000)
     parser.add_argument("--db", default="/tmp/llmtrace-ingest/ingest.duckdb")
     parser.add_argument("--rate", type=int, default=0, help="feed this many spans/s (0: as fast as possible, a burst)")
+    parser.add_argument("--distinct", type=int, default=20_000,
+                        help="distinct spans made, then fed repeatedly (keeps the generator's memory out of the RSS)")
     args = parser.parse_args()
     shutil.rmtree(Path(args.db).parent, ignore_errors=True)
 
     collect = Collect()
     provider = TracerProvider()
     provider.add_span_processor(collect)
-    real_spans(provider)
+    real_spans(provider, args.distinct)
     spans = collect.spans
 
     writer = StoreWriter(resolve(args.db), flush_interval=0.5)
@@ -87,16 +86,17 @@ def main() -> None:
         while not done.wait(0.1):
             samples.append((0, rss_mb()))
 
+    samples.append((0, rss_start))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
     fed = 0
-    chunk = args.rate // 10 if args.rate else DISTINCT
+    chunk = args.rate // 10 if args.rate else args.distinct
     next_at = time.perf_counter()
     while fed < args.spans:
         n = min(chunk, args.spans - fed)
         for i in range(fed, fed + n):
-            writer.on_end(spans[i % DISTINCT])
+            writer.on_end(spans[i % args.distinct])
         fed += n
         if args.rate:
             next_at += 0.1

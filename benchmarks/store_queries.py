@@ -21,10 +21,10 @@ import duckdb
 
 from llmtrace import query
 from llmtrace.store import resolve
-from llmtrace.store.schema import COLUMN_NAMES, migrate
+from llmtrace.store.schema import migrate
 
 GENERATE = """
-INSERT INTO spans ({columns})
+INSERT INTO spans BY NAME
 WITH base AS (
     SELECT i,
            hash(i) AS h,
@@ -39,20 +39,27 @@ WITH base AS (
            random() AS r
     FROM range({n}) r(i)
 )
-SELECT printf('%032x', h), printf('%016x', i), NULL, 'svc-' || (i % 3), 'chat model-' || model_n,
-       t, dur, CASE WHEN i % 3 = 0 THEN dur * 0.2 END,
-       CASE WHEN r < 0.02 THEN 'ERROR' ELSE 'UNSET' END,
-       CASE WHEN r < 0.01 THEN 'RateLimitError' WHEN r < 0.02 THEN 'InternalServerError' END,
-       CASE WHEN r < 0.01 THEN 429 WHEN r < 0.02 THEN 500 END,
-       1 + CAST(r < 0.03 AS INT), CAST(r < 0.01 AS INT),
-       CASE WHEN model_n < 30 THEN 'openai' ELSE 'anthropic' END, 'chat',
-       'model-' || model_n, 'model-' || model_n || '-2025', 'user-' || user_n, 'tenant-' || tenant_n,
-       'feature-' || feature_n, NULL,
-       tin * 0.6, tin * 0.4, 0, tout * 0.9, tout * 0.1, tin, tout, 'provider',
-       CASE WHEN model_n = 49 THEN NULL ELSE (tin * (0.1 + model_n / 10) + tout * (0.4 + model_n / 5)) / 1e6 END,
-       'genai-prices', model_n = 49, i % 3 = 0,
-       tin * (0.1 + model_n / 10) / 1e6, tout * (0.4 + model_n / 5) / 1e6, 'model-' || model_n, 'resp-' || i,
-       ['stop'], 'api.example.com', 443, 1024, 0.7, NULL, '{{"gen_ai.request.seed":7}}'
+SELECT printf('%032x', h) AS trace_id, printf('%016x', i) AS span_id, NULL AS parent_span_id,
+       'svc-' || (i % 3) AS service_name, 'chat model-' || model_n AS span_name,
+       t AS start_time, dur AS duration_ms, CASE WHEN i % 3 = 0 THEN dur * 0.2 END AS ttft_ms,
+       CASE WHEN r < 0.02 THEN 'ERROR' ELSE 'UNSET' END AS status,
+       CASE WHEN r < 0.01 THEN 'RateLimitError' WHEN r < 0.02 THEN 'InternalServerError' END AS error_type,
+       CASE WHEN r < 0.01 THEN 429 WHEN r < 0.02 THEN 500 END AS http_status,
+       1 + CAST(r < 0.03 AS INT) AS http_attempts, CAST(r < 0.01 AS INT) AS rate_limited,
+       CASE WHEN model_n < 30 THEN 'openai' ELSE 'anthropic' END AS provider, 'chat' AS operation,
+       'model-' || model_n AS request_model, 'model-' || model_n || '-2025' AS response_model,
+       'user-' || user_n AS user_id, 'tenant-' || tenant_n AS tenant, 'feature-' || feature_n AS feature,
+       NULL AS session_id,
+       tin * 0.6 AS uncached_input_tokens, tin * 0.4 AS cache_read_tokens, 0 AS cache_write_tokens,
+       tout * 0.9 AS visible_output_tokens, tout * 0.1 AS reasoning_tokens, tin AS input_tokens,
+       tout AS output_tokens, 'provider' AS usage_source,
+       CASE WHEN model_n = 49 THEN NULL ELSE (tin * (0.1 + model_n / 10) + tout * (0.4 + model_n / 5)) / 1e6 END AS cost_usd,
+       'genai-prices' AS cost_source, model_n = 49 AS unpriced, i % 3 = 0 AS stream,
+       tin * (0.1 + model_n / 10) / 1e6 AS cost_input_usd, tout * (0.4 + model_n / 5) / 1e6 AS cost_output_usd,
+       'model-' || model_n AS priced_model, 'resp-' || i AS response_id, ['stop'] AS finish_reasons,
+       'api.example.com' AS server_address, 443 AS server_port, 1024 AS request_max_tokens,
+       0.7 AS request_temperature, tin * 0.4 * (0.09 + model_n / 11) / 1e6 AS cache_savings_usd,
+       printf('%016x', hash(user_n, i % 50)) AS request_hash, '{{"gen_ai.request.seed":7}}' AS attributes
 FROM base
 """
 
@@ -64,7 +71,7 @@ def generate(db: str, spans: int) -> None:
     con = duckdb.connect(str(paths.db))
     migrate(con)
     start = time.perf_counter()
-    con.execute(GENERATE.format(columns=", ".join(COLUMN_NAMES), n=spans))
+    con.execute(GENERATE.format(n=spans))
     con.execute("CHECKPOINT")
     con.close()
     print(f"generated {spans:,} spans in {time.perf_counter() - start:.0f} s")
@@ -106,6 +113,13 @@ def main() -> None:
         "top_calls by duration, 30 d": lambda: query.top_calls(month, order="duration", db=db),
         "unpriced_calls, 30 d": lambda: query.unpriced_calls(month, db=db),
         "spent, one tenant, 30 d": lambda: query.spent(month, acme, db=db),
+        "summary, 30 d": lambda: query.summary(month, db=db),
+        "dimension_values (sidebar filters), 30 d": lambda: query.dimension_values(month, db=db),
+        "token_usage, 30 d": lambda: query.token_usage(month, db=db),
+        "token_usage, 1 day buckets, 30 d": lambda: query.token_usage(month, bucket="1 day", db=db),
+        "latency_histogram by model, 30 d": lambda: query.latency_histogram(month, db=db),
+        "error_rates by model, 30 d": lambda: query.error_rates(month, by="model", db=db),
+        "alert_history, 30 d": lambda: query.alert_history(month, db=db),
     }
     print(f"\n| query ({args.spans:,} spans) | cold s | warm s |\n|---|---|---|")
     for name, fn in cases.items():

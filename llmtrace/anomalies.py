@@ -15,7 +15,7 @@ from . import query
 from .alerts import Alert
 from .config import Settings
 
-Detector = Callable[[Settings, "str | None", datetime], list[Alert]]
+Detector = Callable[[Settings, query.Store, datetime], list[Alert]]
 
 # A model name that names a snapshot: a date (2024-08-06, 20241022), a -MMDD suffix (gpt-4-0613) or a
 # -00N version (gemini-1.5-pro-002). Anything else is an alias the provider may repoint.
@@ -40,7 +40,7 @@ def _slot(now: datetime, seconds: float) -> int:
     return int(now.timestamp() // seconds)
 
 
-def spend_spikes(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+def spend_spikes(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
     recent, baseline = _windows(settings, now)
     window = settings.anomaly_recent_window
     alerts = []
@@ -62,7 +62,7 @@ def spend_spikes(settings: Settings, db: str | None, now: datetime) -> list[Aler
     return alerts
 
 
-def prompt_growth(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+def prompt_growth(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
     recent, baseline = _windows(settings, now)
     alerts = []
     for row in query.input_token_medians("feature", recent, baseline, db=db):
@@ -80,7 +80,7 @@ def prompt_growth(settings: Settings, db: str | None, now: datetime) -> list[Ale
     return alerts
 
 
-def duplicate_calls(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+def duplicate_calls(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
     since = now - timedelta(seconds=settings.anomaly_recent_window)
     rows = query.repeated_requests(
         query.TimeRange(since, now + timedelta(seconds=1)), settings.anomaly_duplicate_window,
@@ -102,7 +102,7 @@ def duplicate_calls(settings: Settings, db: str | None, now: datetime) -> list[A
     return alerts
 
 
-def model_drift(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+def model_drift(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
     recent, baseline = _windows(settings, now)
     seen: dict[tuple[str, str], dict[str, dict]] = {}
     for row in query.response_models(recent, baseline, db=db):
@@ -133,7 +133,7 @@ def model_drift(settings: Settings, db: str | None, now: datetime) -> list[Alert
     return alerts
 
 
-def failure_rates(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
+def failure_rates(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
     window = settings.anomaly_rate_window
     since = now - timedelta(seconds=window)
     rows = query.error_rates(
@@ -177,9 +177,10 @@ DETECTORS: dict[str, Detector] = {
 }
 
 
-def detect(settings: Settings, db: str | None, now: datetime) -> list[Alert]:
-    """Every enabled detector's alerts (``anomaly_detectors`` names them)."""
+def detect(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
+    """Every enabled detector's alerts (``anomaly_detectors`` names them), all read from one snapshot."""
     alerts: list[Alert] = []
-    for name in settings.anomaly_detectors:
-        alerts.extend(DETECTORS[name](settings, db, now))
+    with query.open_store(db, merge_first=False, in_app=True) as store:
+        for name in settings.anomaly_detectors:
+            alerts.extend(DETECTORS[name](settings, store, now))
     return alerts

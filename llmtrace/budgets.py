@@ -24,11 +24,14 @@ import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import attributes as A
 from .config import ConfigError
+
+if TYPE_CHECKING:
+    from . import query  # at run time imported where used: it loads DuckDB, which `import llmtrace` must not
 
 SCOPES = ("global", "tenant", "user", "feature", "model")
 PERIODS = ("day", "week", "month", "24h", "7d")
@@ -259,7 +262,7 @@ class Status:
         return "warning" if self.used >= self.budget.warn_at else "ok"
 
 
-def status(budgets: tuple[Budget, ...] | list[Budget], *, db: str | None = None, now: datetime | None = None) -> list[Status]:
+def status(budgets: tuple[Budget, ...] | list[Budget], *, db: query.Store = None, now: datetime | None = None) -> list[Status]:
     """Each budget's spend this period from the store (one row per key for "*" budgets)."""
     from . import query
 

@@ -44,6 +44,12 @@ BUCKETS = {
 }  # fmt: skip
 
 
+# Where a question reads: a store's path (None: the default store), or a connection ``open_store`` gave,
+# so that several questions read one snapshot and the store is opened once (opening costs ~20 ms: most
+# of that is DuckDB creating a database, which it does for every connection to a new in-memory one).
+Store = str | os.PathLike[str] | duckdb.DuckDBPyConnection | None
+
+
 class StoreError(RuntimeError):
     """The store cannot be read; the message says why and where."""
 
@@ -87,13 +93,15 @@ def parse_duration(text: str) -> timedelta:
 
 
 @contextmanager
-def open_store(
-    db: str | os.PathLike[str] | None = None, *, merge_first: bool = True, in_app: bool = False
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection whose ``spans`` view is the database plus pending segments.
+def open_store(db: Store = None, *, merge_first: bool = True, in_app: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection whose ``spans`` view is the database plus pending segments; pass it as ``db`` to
+    ask several questions of one snapshot (given one, this yields it as it is).
 
     ``in_app``: the reader runs inside the user's process (the budget monitor): one thread, little memory.
     """
+    if isinstance(db, duckdb.DuckDBPyConnection):
+        yield db
+        return
     paths = resolve(db)
     if merge_first and paths.pending():
         try:
@@ -207,7 +215,7 @@ def spend_by(
     time_range: TimeRange,
     filters: Filters | None = None,
     *,
-    db: str | os.PathLike[str] | None = None,
+    db: Store = None,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Calls, tokens (by bucket), spend and latency percentiles per tenant/user/feature/model/provider."""
@@ -236,7 +244,7 @@ def spend_by(
 
 
 def spend_over_time(
-    by: str, time_range: TimeRange, bucket: str, filters: Filters | None = None, *, db: str | os.PathLike[str] | None = None
+    by: str, time_range: TimeRange, bucket: str, filters: Filters | None = None, *, db: Store = None
 ) -> list[dict[str, Any]]:
     """Spend and tokens per time bucket and per key (for stacked charts)."""
     keys, group = _grouping(by, bucket)
@@ -255,7 +263,7 @@ def latency_percentiles(
     *,
     by: str = "model",
     bucket: str | None = None,
-    db: str | os.PathLike[str] | None = None,
+    db: Store = None,
 ) -> list[dict[str, Any]]:
     """P50/P95/P99 of duration and time to first chunk, per model (or provider), optionally over time."""
     keys, group = _grouping(by, bucket)
@@ -282,7 +290,7 @@ def error_rates(
     by: str = "provider",
     bucket: str | None = None,
     excluded_error: str | None = None,
-    db: str | os.PathLike[str] | None = None,
+    db: Store = None,
     in_app: bool = False,
 ) -> list[dict[str, Any]]:
     """Error and 429 rates and HTTP attempts (retries), per provider/model, optionally over time.
@@ -309,7 +317,7 @@ def top_calls(
     *,
     order: str = "cost",
     limit: int = 20,
-    db: str | os.PathLike[str] | None = None,
+    db: Store = None,
 ) -> list[dict[str, Any]]:
     """The most expensive (``order="cost"``) or slowest (``order="duration"``) calls."""
     column = {"cost": "cost_usd", "duration": "duration_ms"}.get(order)
@@ -326,7 +334,7 @@ def top_calls(
 
 
 def unpriced_calls(
-    time_range: TimeRange, filters: Filters | None = None, *, db: str | os.PathLike[str] | None = None
+    time_range: TimeRange, filters: Filters | None = None, *, db: Store = None
 ) -> list[dict[str, Any]]:
     """Calls whose model had no price, per provider and model."""
     where, params = _where(time_range, filters)
@@ -339,7 +347,7 @@ def unpriced_calls(
 
 
 def spent(
-    time_range: TimeRange, filters: Filters | None = None, *, db: str | os.PathLike[str] | None = None
+    time_range: TimeRange, filters: Filters | None = None, *, db: Store = None
 ) -> float:
     """Total USD spent in the range (what budgets compare against their limit)."""
     where, params = _where(time_range, filters)
@@ -352,7 +360,7 @@ BudgetQuestion = tuple[str | None, str | None, datetime, datetime]
 
 
 def budget_spend(
-    questions: list[BudgetQuestion], *, db: str | os.PathLike[str] | None = None, in_app: bool = False
+    questions: list[BudgetQuestion], *, db: Store = None, in_app: bool = False
 ) -> list[dict[str | None, float]]:
     """For each ``(dimension, key, since, until)``: USD spent per key (only ``key`` when given; the total
     under None when the dimension is None). One store opening for all of them: budgets ask together."""
@@ -375,7 +383,7 @@ def budget_spend(
 
 
 def summary(
-    time_range: TimeRange, filters: Filters | None = None, *, db: str | os.PathLike[str] | None = None
+    time_range: TimeRange, filters: Filters | None = None, *, db: Store = None
 ) -> dict[str, Any]:
     """Headline numbers: calls, errors, 429s, spend, unpriced calls, tokens, P50/P99 latency, first/last call."""
     where, params = _where(time_range, filters)
@@ -397,7 +405,7 @@ def token_usage(
     filters: Filters | None = None,
     *,
     bucket: str | None = None,
-    db: str | os.PathLike[str] | None = None,
+    db: Store = None,
 ) -> list[dict[str, Any]]:
     """Tokens in their five disjoint buckets, spend and what prompt caching saved, optionally over time."""
     keys, group = (f"{_bucket(bucket)} AS bucket", "1") if bucket else ("NULL AS bucket", "ALL")
@@ -421,7 +429,7 @@ def latency_histogram(
     *,
     by: str = "model",
     bins_per_decade: int = 5,
-    db: str | os.PathLike[str] | None = None,
+    db: Store = None,
 ) -> list[dict[str, Any]]:
     """Calls per latency bin, per model (or provider); bins are even on a log scale (LLM latency is heavy-tailed)."""
     key = _dimension(by)
@@ -439,7 +447,7 @@ def latency_histogram(
 
 
 def dimension_values(
-    time_range: TimeRange, *, limit: int = 500, db: str | os.PathLike[str] | None = None
+    time_range: TimeRange, *, limit: int = 500, db: Store = None
 ) -> dict[str, list[str]]:
     """The values each filter can take in the range (service, provider, model, tenant, feature), most calls first."""
     where, params = _where(time_range, None)
@@ -473,7 +481,7 @@ def span_count(*, db: str | os.PathLike[str] | None = None) -> dict[str, int]:
 
 
 def spend_rates(
-    by: str, recent: TimeRange, baseline: TimeRange, bucket_s: float, *, db: str | os.PathLike[str] | None = None
+    by: str, recent: TimeRange, baseline: TimeRange, bucket_s: float, *, db: Store = None
 ) -> list[dict[str, Any]]:
     """Per key: spend and calls in ``recent``; spend in ``baseline`` and how many ``bucket_s``-long buckets
     of it had calls (so a tenant active in office hours is compared with its active hours). Buckets are
@@ -497,7 +505,7 @@ def spend_rates(
 
 
 def input_token_medians(
-    by: str, recent: TimeRange, baseline: TimeRange, *, db: str | os.PathLike[str] | None = None
+    by: str, recent: TimeRange, baseline: TimeRange, *, db: Store = None
 ) -> list[dict[str, Any]]:
     """Per key: median input tokens and calls, in ``recent`` and in ``baseline``."""
     key = _dimension(by)
@@ -513,7 +521,7 @@ def input_token_medians(
 
 
 def repeated_requests(
-    time_range: TimeRange, window_s: float, min_count: int, *, db: str | os.PathLike[str] | None = None
+    time_range: TimeRange, window_s: float, min_count: int, *, db: Store = None
 ) -> list[dict[str, Any]]:
     """Successful calls with the same request hash, tenant and feature, ``min_count`` or more within ``window_s``."""
     sql = f"""
@@ -531,7 +539,7 @@ def repeated_requests(
 
 
 def response_models(
-    recent: TimeRange, baseline: TimeRange, *, db: str | os.PathLike[str] | None = None
+    recent: TimeRange, baseline: TimeRange, *, db: Store = None
 ) -> list[dict[str, Any]]:
     """Per provider, request model and response model: calls in ``recent`` and in ``baseline``."""
     sql = """
@@ -548,7 +556,7 @@ def response_models(
         return _rows(con, sql, params)
 
 
-def request_models(time_range: TimeRange, *, db: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+def request_models(time_range: TimeRange, *, db: Store = None) -> list[dict[str, Any]]:
     """The models calls asked for in the range, with their provider and call count."""
     sql = """SELECT provider, request_model, count(*) AS calls FROM spans
              WHERE start_time >= ? AND start_time < ? AND request_model IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"""
@@ -556,7 +564,7 @@ def request_models(time_range: TimeRange, *, db: str | os.PathLike[str] | None =
         return _rows(con, sql, [time_range.since, time_range.until])
 
 
-def alert_history(time_range: TimeRange, *, limit: int = 200, db: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+def alert_history(time_range: TimeRange, *, limit: int = 200, db: Store = None) -> list[dict[str, Any]]:
     """Alerts fired in the range, newest first (none for a store that has not recorded any yet)."""
     with open_store(db, merge_first=False) as con:
         tables = con.execute(

@@ -181,7 +181,12 @@ def test_detectors_stay_silent_on_the_demos_traffic(tmp_path: Path) -> None:
     assert sum(row["recent_calls"] >= 20 and row["baseline_buckets"] >= 2 for row in spend) >= 3
     prompts = query.input_token_medians("feature", recent, baseline, db=demo_db)
     assert sum(min(row["recent_calls"], row["baseline_calls"]) >= 20 for row in prompts) >= 3
-    assert anomalies.detect(settings, demo_db, now) == []
+    opened: list[str] = []
+    build_view = query._create_view
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(query, "_create_view", lambda con, paths: (opened.append(str(paths.db)), build_view(con, paths))[1])
+        assert anomalies.detect(settings, demo_db, now) == []
+    assert opened == [demo_db]  # every detector read one snapshot
     fired = query.alert_history(query.TimeRange.last(timedelta(hours=1)), db=demo_db)
     assert fired == []  # nor did the demo process's own monitor, at the default settings
 

@@ -60,11 +60,16 @@ def _texts(at: AppTest) -> str:
 
 
 def test_every_page_renders_numbers_and_charts(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []  # each time a page run opens the store (builds its view of database + segments)
+    build_view = query._create_view
+    monkeypatch.setattr(query, "_create_view", lambda con, paths: (opened.append(str(paths.db)), build_view(con, paths))[1])
     at = _app(demo_db, monkeypatch)
     at.run()
     for page, (says, charts) in PAGES.items():
+        opened.clear()
         at.sidebar.radio(key="page").set_value(page).run()
         assert not at.exception, (page, at.exception)
+        assert len(opened) == 2, page  # the sidebar's filter values, then the page's one snapshot
         assert says in _texts(at), page
         assert len(at.get("vega_lite_chart")) == charts, page
     at.sidebar.radio(key="page").set_value("Overview").run()

@@ -99,9 +99,10 @@ def main() -> None:
         current = query.TimeRange.last(_RANGES[st.session_state["range"]]) if st.session_state["range"] in _RANGES else time_range
         st.title(page)
         try:
-            summary = query.summary(current, filters, db=db)
-            bucket = _bucket(current, summary["first_call"], summary["last_call"])
-            PAGES[page](View(current, filters, bucket, label, db, summary))
+            with query.open_store(db) as store:  # one snapshot: the page's numbers agree, and it opens once
+                summary = query.summary(current, filters, db=store)
+                bucket = _bucket(current, summary["first_call"], summary["last_call"])
+                PAGES[page](View(current, filters, bucket, label, store, summary))
         except query.StoreError as exc:
             _store_unreadable(None, exc)
 

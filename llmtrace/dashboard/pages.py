@@ -28,7 +28,7 @@ class View:
     filters: query.Filters
     bucket: str
     label: str  # "the last 24 hours"
-    db: str | None
+    db: query.Store  # the page's one open snapshot of the store
     summary: dict[str, Any]  # query.summary() of the range and filters: headline numbers, first and last call
 
 

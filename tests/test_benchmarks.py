@@ -1,0 +1,34 @@
+"""The store benchmarks still run against today's schema and query layer (tiny sizes; no timing is asserted:
+benchmarks measure speed, tests do not). overhead.py needs the peers' venvs and is not run here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from llmtrace import query
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_store_queries_benchmark_runs_every_dashboard_question(tmp_path: Path) -> None:
+    db = str(tmp_path / "queries" / "q.duckdb")
+    out = _run("store_queries.py", "--spans", "3000", "--db", db)
+    assert "generated 3,000 spans" in out
+    timed = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| query")]
+    assert len(timed) == 20
+    assert query.span_count(db=db) == {"spans": 3000, "distinct_span_ids": 3000, "pending_segments": 0}
+
+
+def test_store_ingest_benchmark_stores_every_span_it_feeds(tmp_path: Path) -> None:
+    db = str(tmp_path / "ingest" / "ingest.duckdb")
+    out = _run("store_ingest.py", "--spans", "2000", "--distinct", "200", "--db", db)
+    assert "spans: 2,000 fed, 2,000 in DuckDB" in out
+    assert query.span_count(db=db)["spans"] == 2000

@@ -221,26 +221,30 @@ def spend_by(
     """Calls, tokens (by bucket), spend and latency percentiles per tenant/user/feature/model/provider."""
     key = _dimension(by)
     where, params = _where(time_range, filters)
-    # Percentiles are the expensive part: with a limit they are computed for the top keys only.
-    sql = f"""
-        WITH totals AS (
-            SELECT {key} AS key, count(*) AS calls, count(error_type) AS errors,
-                   sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-                   sum(cache_read_tokens) AS cache_read_tokens, sum(reasoning_tokens) AS reasoning_tokens,
-                   sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls
-            FROM spans WHERE {where}
-            GROUP BY 1 ORDER BY cost_usd DESC NULLS LAST, calls DESC
-            {"LIMIT " + str(int(limit)) if limit else ""}
-        ), latency AS (
-            SELECT {key} AS key, quantile_cont(duration_ms, 0.5) AS p50_ms, quantile_cont(duration_ms, 0.99) AS p99_ms
-            FROM spans WHERE {where} {f"AND {key} IN (SELECT key FROM totals)" if limit else ""}
-            GROUP BY 1
-        )
-        SELECT totals.*, latency.p50_ms, latency.p99_ms
-        FROM totals LEFT JOIN latency ON totals.key IS NOT DISTINCT FROM latency.key
-        ORDER BY cost_usd DESC NULLS LAST, calls DESC"""
+    totals = f"""{key} AS key, count(*) AS calls, count(error_type) AS errors,
+                 sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+                 sum(cache_read_tokens) AS cache_read_tokens, sum(reasoning_tokens) AS reasoning_tokens,
+                 sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls"""
+    # Percentiles are the expensive part (one sort per key gives both). For the top keys only, they are
+    # computed in a second pass over those keys' rows; for every key, in the same pass as the totals.
+    percentiles = "quantile_cont(duration_ms, [0.5, 0.99]) AS p"
+    order = "ORDER BY cost_usd DESC NULLS LAST, calls DESC"
+    if limit:
+        sql = f"""
+            WITH totals AS (SELECT {totals} FROM spans WHERE {where} GROUP BY 1 {order} LIMIT {int(limit)}),
+            latency AS (
+                SELECT {key} AS key, {percentiles} FROM spans
+                WHERE {where} AND {key} IN (SELECT key FROM totals) GROUP BY 1
+            )
+            SELECT totals.*, p[1] AS p50_ms, p[2] AS p99_ms
+            FROM totals LEFT JOIN latency ON totals.key IS NOT DISTINCT FROM latency.key {order}"""
+        params = params + params
+    else:
+        sql = f"""
+            SELECT * EXCLUDE (p), p[1] AS p50_ms, p[2] AS p99_ms
+            FROM (SELECT {totals}, {percentiles} FROM spans WHERE {where} GROUP BY 1) {order}"""
     with open_store(db) as con:
-        return _rows(con, sql, params + params)
+        return _rows(con, sql, params)
 
 
 def spend_over_time(
@@ -388,14 +392,14 @@ def summary(
     """Headline numbers: calls, errors, 429s, spend, unpriced calls, tokens, P50/P99 latency, first/last call."""
     where, params = _where(time_range, filters)
     sql = f"""
+        SELECT * EXCLUDE (p), p[1] AS p50_ms, p[2] AS p99_ms FROM (
         SELECT count(*) AS calls, count(error_type) AS errors,
                count(*) FILTER (WHERE {_RATE_LIMITED}) AS rate_limited_calls,
                coalesce(sum(cost_usd), 0) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
                coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
-               quantile_cont(duration_ms, 0.5) AS p50_ms, quantile_cont(duration_ms, 0.99) AS p99_ms,
-               quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms,
+               quantile_cont(duration_ms, [0.5, 0.99]) AS p, quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms,
                min(start_time) AS first_call, max(start_time) AS last_call
-        FROM spans WHERE {where}"""
+        FROM spans WHERE {where})"""
     with open_store(db) as con:
         return _rows(con, sql, params)[0]
 

@@ -5,21 +5,24 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
 
+from llmtrace import attributes as A
 from llmtrace import query
 from llmtrace.store import files, resolve, schema
 from llmtrace.store import merge as merge_module
 from llmtrace.store.merge import merge
-from store_helpers import emit, provider_with_store
+from store_helpers import emit, emit_at, provider_with_store
 
 HERE = Path(__file__).parent
 def last_day() -> query.TimeRange:
@@ -49,7 +52,6 @@ def test_spans_arrive_in_duckdb_with_typed_columns(tmp_path: Path) -> None:
                    "response_model", "user_id", "tenant", "feature", "output_tokens"):
         assert public in types
     assert row[:3] == ("acme", 100, 0.001) and row[4] == "store-test" and row[5] == "pro"
-    from datetime import datetime, timezone
 
     age = datetime.now(timezone.utc).replace(tzinfo=None) - row[3]
     assert 0 <= age.total_seconds() < 60  # start_time is the span's start, in UTC
@@ -436,3 +438,31 @@ def test_a_reader_and_the_writer_in_one_process_wait_for_each_other(tmp_path: Pa
     finally:
         release.join()
     assert merge(paths).merged_rows == 2
+
+
+def test_latency_percentiles_are_the_linear_interpolation_of_the_stored_durations(tmp_path: Path) -> None:
+    """P50/P95/P99 as the dashboard shows them (spend by key, with and without a limit; the summary; the
+    latency page) equal the usual interpolated percentiles of the durations, computed here independently."""
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    start = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=30)
+    durations = {"acme": [(i * 37) % 101 * 10 + 5 for i in range(101)], "globex": [50 + 7 * i for i in range(40)]}
+    for tenant, values in durations.items():
+        for i, ms in enumerate(values):
+            emit_at(provider, start + timedelta(seconds=i), ms / 1000, **{A.TENANT: tenant, A.COST_USD: 0.01 if tenant == "acme" else 0.001})
+    writer.shutdown()
+
+    def percentile(values: list[float], p: int) -> float:
+        return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+    everything = durations["acme"] + durations["globex"]
+    for limit in (None, 1):
+        rows = query.spend_by("tenant", last_day(), db=db, limit=limit)
+        assert [row["key"] for row in rows] == ["acme", "globex"][: limit or 2]
+        for row in rows:
+            assert row["p50_ms"] == pytest.approx(percentile(durations[row["key"]], 50))
+            assert row["p99_ms"] == pytest.approx(percentile(durations[row["key"]], 99))
+    headline = query.summary(last_day(), db=db)
+    assert (headline["p50_ms"], headline["p99_ms"]) == (pytest.approx(percentile(everything, 50)), pytest.approx(percentile(everything, 99)))
+    [by_model] = query.latency_percentiles(last_day(), db=db)
+    assert (by_model["latency_p50_ms"], by_model["latency_p95_ms"], by_model["latency_p99_ms"]) == tuple(pytest.approx(percentile(everything, p)) for p in (50, 95, 99))

@@ -69,9 +69,16 @@ class Webhook:
         self.attempts = attempts
         self.backoff = backoff
         self.failed = 0  # alerts given up on
+        self._start()
+
+    def _start(self) -> None:
         self._queue: queue.Queue[Alert | None] = queue.Queue(maxsize=1000)
         self._thread = threading.Thread(target=self._run, name="llmtrace-webhook", daemon=True)
         self._thread.start()
+
+    def after_fork_in_child(self) -> None:
+        # The parent's sending thread does not exist here; what it had queued is the parent's to send.
+        self._start()
 
     def send(self, alert: Alert) -> None:
         try:
@@ -132,6 +139,11 @@ class Alerter:
         self._known: set[str] = set()  # ids recorded already (by this process or another): never retried
         self._waiting: dict[str, Alert] = {}  # not recorded yet: the store was busy
         self._lock = threading.Lock()
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        if self.webhook is not None:
+            self.webhook.after_fork_in_child()
 
     def fire(self, alerts: list[Alert]) -> None:
         """Deliver the alerts that fire for the first time (and those still waiting for the store)."""

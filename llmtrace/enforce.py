@@ -126,6 +126,11 @@ class SpendGuard:
                 self._base[slot] = -finished
         return period
 
+    def after_fork_in_child(self) -> None:
+        # Calls the parent had in flight end there, not here: their reservations would never be released.
+        self._lock = threading.Lock()
+        self._held = {}
+
     # --- the monitor's refresh (off the request path) -------------------------------------------
 
     def snapshot(self) -> Snapshot:

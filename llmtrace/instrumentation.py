@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import logging
+import os
 import sys
 import threading
 import weakref
@@ -19,6 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import call as core
 from . import budgets, config, export, pricing
+from ._fork import background_work
 from ._guard import internal_errors
 from ._version import __version__
 from .alerts import Alerter, Webhook
@@ -215,8 +217,17 @@ def _resource(settings: config.Settings) -> Resource:
 
 def _warm_prices() -> None:
     # genai-prices loads its data (~0.3 s) on first use: do it now, off the request path.
-    with internal_errors():
+    with internal_errors(), background_work():
         import genai_prices.data  # noqa: F401
 
 
+def _restart_monitor_in_child() -> None:
+    monitor = _monitor
+    if monitor is not None:
+        with internal_errors():
+            monitor.after_fork_in_child()
+
+
 atexit.register(_stop_monitor_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_monitor_in_child)

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import budgets
+from ._fork import background_work
 from ._guard import Fault, internal_errors
 from .alerts import Alert, Alerter
 from .budgets import EACH, Budget
@@ -60,6 +61,18 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, name="llmtrace-monitor", daemon=True)
         self._thread.start()
 
+    def after_fork_in_child(self) -> None:
+        """The parent's monitor thread does not exist here: this process needs one of its own, or its block
+        budgets would never again see what other processes spent."""
+        if self._thread is None or self._stopped.is_set():
+            return
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        if self.guard is not None:
+            self.guard.after_fork_in_child()
+        self.alerter.after_fork_in_child()
+        self.start()
+
     def wake(self) -> None:
         """Budgets were declared in code: enforce them now, and read their spend from the store at once."""
         if self.guard is not None:
@@ -84,12 +97,12 @@ class Monitor:
             self._wake.clear()
             if self._stopped.is_set():
                 return
-            with internal_errors():
+            with internal_errors(), background_work():
                 self._round()
 
     def first_round(self) -> None:
         """Budgets only, now (``instrument()`` calls it, so that ``block`` budgets hold from the first call)."""
-        with internal_errors():
+        with internal_errors(), background_work():
             self._round(anomalies=False)
 
     def _round(self, anomalies: bool = True) -> None:

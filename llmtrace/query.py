@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import duckdb
 
+from ._fork import background_work
 from .store.files import StorePaths, resolve, utc_now
 from .store.merge import is_lock_error, merge, merged_ids
 from .store.schema import COLUMN_NAMES, COLUMNS
@@ -103,20 +104,21 @@ def open_store(db: Store = None, *, merge_first: bool = True, in_app: bool = Fal
         yield db
         return
     paths = resolve(db)
-    if merge_first and paths.pending():
+    with background_work():  # a fork() waits for the database to be closed: DuckDB does not survive one
+        if merge_first and paths.pending():
+            try:
+                merge(paths)
+            except Exception as exc:  # reading must still work when merging cannot
+                logger.warning("llmtrace: could not merge pending segments into %s: %s", paths.db, exc)
+        con = duckdb.connect(":memory:")
         try:
-            merge(paths)
-        except Exception as exc:  # reading must still work when merging cannot
-            logger.warning("llmtrace: could not merge pending segments into %s: %s", paths.db, exc)
-    con = duckdb.connect(":memory:")
-    try:
-        if in_app:
-            con.execute("SET threads = 1")
-            con.execute("SET memory_limit = '128MB'")
-        _create_view(con, paths)
-        yield con
-    finally:
-        con.close()
+            if in_app:
+                con.execute("SET threads = 1")
+                con.execute("SET memory_limit = '128MB'")
+            _create_view(con, paths)
+            yield con
+        finally:
+            con.close()
 
 
 def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import time
@@ -206,3 +208,44 @@ def test_stream_managers_and_async_clients_are_refused_too(tmp_path: Path) -> No
         with pytest.raises(llmtrace.BudgetExceeded):
             asyncio.run(async_client.chat.completions.create(model="gpt-4o-mini", messages=HI))
     assert len(api.requests) == 1 and async_api.requests == []
+
+
+def test_a_forked_worker_keeps_reading_the_store_for_its_budgets(tmp_path: Path) -> None:
+    """Prefork servers (gunicorn --preload, Celery's prefork pool) instrument in the parent, then fork the
+    workers at once. A worker must neither hang on its first call (a lock the parent's llmtrace threads
+    held at the fork, such as an import in progress) nor stop reading the store: a block budget would
+    then count only that worker's own calls."""
+    db = str(tmp_path / "spend.duckdb")
+    budgets.add(scope="tenant", key="acme", period="day", limit_usd=1.0, action="block")
+    client = openai_client(FakeAPI(http_module(openai)))
+    with llmtrace.testing.capture(store=True, db=db, budget_refresh_interval=0.1, anomaly_detectors=[]):
+        spent_elsewhere, first_call_done = os.pipe(), os.pipe()
+        pid = os.fork()  # right after instrument(), as a prefork server does
+        if pid == 0:  # the worker
+            code = 3
+            try:
+                with llmtrace.tags(tenant="acme"):
+                    client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # the budget has room
+                    os.write(first_call_done[1], b"1")
+                    os.read(spent_elsewhere[0], 1)  # another worker has spent the budget meanwhile
+                    time.sleep(1.0)  # ten refresh intervals
+                    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+                code = 1  # admitted: this worker never saw the others' spend
+            except llmtrace.BudgetExceeded:
+                code = 0
+            finally:
+                os._exit(code)
+        status = None
+        try:
+            ready, _, _ = select.select([first_call_done[0]], [], [], 30)
+            assert ready, "the forked worker hung on its first LLM call"
+            provider, writer = provider_with_store(db, flush_interval=60)
+            emit(provider, 4, tenant="acme", cost=0.25)
+            writer.shutdown()
+            os.write(spent_elsewhere[1], b"1")
+            _, status = os.waitpid(pid, 0)
+        finally:
+            if status is None:  # the worker hung: do not leave it behind
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    assert status is not None and os.waitstatus_to_exitcode(status) == 0

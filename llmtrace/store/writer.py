@@ -20,6 +20,7 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from .._fork import background_work
 from .._guard import Fault, internal_errors
 from .files import StorePaths, write_segment
 
@@ -121,7 +122,7 @@ class StoreWriter(SpanProcessor):
                 requested = self._flush_requests
                 merge_requested, self._merge_requested = self._merge_requested, False
             rounds += 1
-            with internal_errors():
+            with internal_errors(), background_work():
                 # A flush someone waits for may merge at once; periodic ones merge every few rounds.
                 self._write_and_merge(merge_now=merge_requested or rounds % _MERGE_EVERY == 0)
             with self._flushed:
@@ -175,7 +176,7 @@ class StoreWriter(SpanProcessor):
         """Write everything buffered so far to segments (readers see them) and, with ``merge``, merge
         them into the database; True when done within the timeout."""
         if self._thread is None or not self._thread.is_alive():
-            with internal_errors():
+            with internal_errors(), background_work():
                 self._write_and_merge(merge_now=merge)
                 return True
             return False

@@ -1,0 +1,114 @@
+"""fork() while llmtrace's background work is in progress: the fork waits for it, so a child never
+inherits what a thread that does not exist there was holding (an import lock, an open DuckDB)."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import duckdb
+import pytest
+
+from llmtrace import query
+from llmtrace._fork import background_work
+from store_helpers import emit, provider_with_store
+
+
+def _fork_and_wait(child: Callable[[], int], timeout: float = 30) -> int:
+    """Run ``child`` in a forked process; its exit code, or -1 if it hung (then it is killed)."""
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 99
+        try:
+            code = child()
+        finally:
+            os.write(done_w, b"1")
+            os._exit(code)
+    ready, _, _ = select.select([done_r], [], [], timeout)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        return -1
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_child_forked_during_a_background_import_can_import_that_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "slow_to_import.py").write_text("import time\nSTARTED.set()\ntime.sleep(0.5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    started = threading.Event()
+    import builtins
+
+    monkeypatch.setattr(builtins, "STARTED", started, raising=False)
+
+    def background_import() -> None:
+        with background_work():  # as the price warm-up and the store writer's first round do
+            import slow_to_import  # noqa: F401
+
+    thread = threading.Thread(target=background_import)
+    thread.start()
+    assert started.wait(10)
+
+    def child() -> int:
+        import slow_to_import  # noqa: F401  (hangs for ever if the parent's thread held its import lock)
+
+        return 0
+
+    try:
+        assert _fork_and_wait(child) == 0
+    finally:
+        thread.join()
+        sys.modules.pop("slow_to_import", None)
+
+
+def test_fork_waits_for_a_read_of_the_store_to_close_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child must not inherit an open DuckDB database from a thread it does not have (DuckDB does not
+    survive fork: such a child reports leaked objects at exit, or aborts)."""
+    db = str(tmp_path / "store.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 3)
+    assert writer.force_flush()
+    events: list[str] = []  # what the reading thread did to its connection, as the child inherits it
+    connect = duckdb.connect
+
+    class Recorded:
+        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+            self.con = con
+            events.append("opened")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.con, name)
+
+        def close(self) -> None:
+            self.con.close()
+            events.append("closed")
+
+    monkeypatch.setattr(query.duckdb, "connect", lambda *args, **kwargs: Recorded(connect(*args, **kwargs)))
+    opened = threading.Event()
+
+    def dashboard_question() -> None:
+        with query.open_store(db) as con:
+            opened.set()
+            time.sleep(0.5)
+            con.execute("SELECT count(*) FROM spans").fetchall()
+
+    thread = threading.Thread(target=dashboard_question)
+    thread.start()
+    assert opened.wait(10)
+
+    def child() -> int:
+        if events != ["opened", "closed"]:
+            return 1  # forked while the database was open
+        emit(provider, 2)  # and the child's own store work goes on
+        return 0 if writer.force_flush() and query.span_count(db=db)["spans"] == 5 else 2
+
+    try:
+        assert _fork_and_wait(child) == 0
+    finally:
+        thread.join()

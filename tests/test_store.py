@@ -21,6 +21,7 @@ from llmtrace import attributes as A
 from llmtrace import query
 from llmtrace.store import files, resolve, schema
 from llmtrace.store import merge as merge_module
+from llmtrace.store import writer as writer_module
 from llmtrace.store.merge import merge
 from store_helpers import emit, emit_at, provider_with_store
 
@@ -466,3 +467,32 @@ def test_latency_percentiles_are_the_linear_interpolation_of_the_stored_duration
     assert (headline["p50_ms"], headline["p99_ms"]) == (pytest.approx(percentile(everything, 50)), pytest.approx(percentile(everything, 99)))
     [by_model] = query.latency_percentiles(last_day(), db=db)
     assert (by_model["latency_p50_ms"], by_model["latency_p95_ms"], by_model["latency_p99_ms"]) == tuple(pytest.approx(percentile(everything, p)) for p in (50, 95, 99))
+
+
+def test_a_database_locked_for_long_is_logged_once_and_merged_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone left the file open in a DuckDB shell: merges wait (spans sit in segments, readers see them),
+    and past LOCKED_FOR_LONG_S one log line says why; another when merging works again."""
+    monkeypatch.setattr(writer_module, "LOCKED_FOR_LONG_S", 0.0)
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 1)
+    assert writer.force_flush()
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb,sys; c=duckdb.connect({db!r}); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for _ in range(3):
+            emit(provider, 2)
+            assert writer.force_flush()
+        assert writer.healthy  # the spans are written; budgets and the dashboard read them from the segments
+        locked = [r for r in caplog.records if "has been locked by another process" in r.getMessage()]
+        assert len(locked) == 1 and locked[0].levelname == "ERROR"
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    emit(provider, 1)
+    assert writer.force_flush()
+    assert any(r.getMessage() == f"llmtrace: {db} is merged into again" for r in caplog.records)
+    assert _count(db) == {"spans": 8, "distinct_span_ids": 8, "pending_segments": 0}

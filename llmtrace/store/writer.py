@@ -14,6 +14,7 @@ import collections
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -34,6 +35,9 @@ _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 # Merging opens the DuckDB file (tens of ms): done every few flushes, not every one. Readers see
 # unmerged segments anyway, so this does not delay visibility.
 _MERGE_EVERY = 5
+# A merge that finds the database locked tries again later (spans wait in segments, which readers see).
+# Locked this long, it is worth a log line: someone left the file open (a DuckDB shell, a notebook).
+LOCKED_FOR_LONG_S = 60.0
 
 
 def is_llm_span(span: ReadableSpan) -> bool:
@@ -59,6 +63,11 @@ class StoreWriter(SpanProcessor):
         self._fault = Fault(
             "llmtrace: %s (LLM calls are not affected; spans are kept and retried)", f"llmtrace: store at {paths.db} works again"
         )
+        self._locked = Fault(
+            "llmtrace: %s (LLM calls are not affected; spans wait in segments, which readers see, and are merged once "
+            "it is released)", f"llmtrace: {paths.db} is merged into again",
+        )  # fmt: skip
+        self._locked_since: float | None = None
         self._reset_state()
         _writers.add(self)
 
@@ -159,11 +168,25 @@ class StoreWriter(SpanProcessor):
         try:
             from .merge import merge
 
-            merge(self.paths, self.retention_days)
+            busy = merge(self.paths, self.retention_days).busy
         except Exception as exc:  # a corrupt or future database, a full disk: segments keep the spans
             self._fault.report(f"cannot merge into {self.paths.db}: {exc}")
             return
         self._fault.clear()
+        self._note_lock(busy)
+
+    def _note_lock(self, busy: bool) -> None:
+        # Not a fault of the store's health: the spans are written and readers see them.
+        if not busy:
+            self._locked_since = None
+            self._locked.clear()
+            return
+        now = time.monotonic()
+        if self._locked_since is None:
+            self._locked_since = now
+        elif now - self._locked_since >= LOCKED_FOR_LONG_S:
+            self._locked.report(f"{self.paths.db} has been locked by another process or connection for over "
+                                f"{LOCKED_FOR_LONG_S:.0f} s")  # fmt: skip
 
     # --- lifecycle --------------------------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -57,6 +59,20 @@ def emit_at(provider: TracerProvider, start: datetime, duration_s: float = 0.5, 
         "chat", kind=SpanKind.CLIENT, attributes={**base, **attributes}, start_time=start_ns
     )
     span.end(end_time=start_ns + int(duration_s * 1e9))
+
+
+@contextmanager
+def database_held_by_another_process(db: str) -> Iterator[None]:
+    """Another process holds the DuckDB file open (its write lock) until the block ends."""
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({db!r}); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
 
 
 if __name__ == "__main__":  # python store_helpers.py DB COUNT TENANT [flush_interval]

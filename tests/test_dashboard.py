@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 from llmtrace import dashboard, query
 from conftest import DEMO_CALLS
 from llmtrace.demo import SERVICE_NAME
+from store_helpers import database_held_by_another_process
 
 HERE = Path(__file__).parent
 SCREENSHOTS = Path(os.environ.get("LLMTRACE_SCREENSHOTS", HERE.parent / "screenshots"))
@@ -114,20 +115,11 @@ def test_empty_range_says_so_on_every_page(demo_db: str, tmp_path: Path, monkeyp
 def test_store_locked_by_a_writer_shows_a_clear_message(demo_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "locked.duckdb"
     shutil.copy(demo_db, db)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(db)!r}); print('held', flush=True); "
-         "sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with database_held_by_another_process(str(db)):
         at = _app(str(db), monkeypatch)
         at.run()
         assert not at.exception
         assert "held by another process" in at.error[0].value
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 # --- a real server in a real browser ---------------------------------------------------------------

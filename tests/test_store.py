@@ -23,7 +23,7 @@ from llmtrace.store import files, resolve, schema
 from llmtrace.store import merge as merge_module
 from llmtrace.store import writer as writer_module
 from llmtrace.store.merge import merge
-from store_helpers import emit, emit_at, provider_with_store
+from store_helpers import database_held_by_another_process, emit, emit_at, provider_with_store
 
 HERE = Path(__file__).parent
 def last_day() -> query.TimeRange:
@@ -64,10 +64,7 @@ def test_readers_see_pending_segments_while_another_process_holds_the_database(t
     provider, writer = provider_with_store(db, flush_interval=60)
     emit(provider, 3)
     writer.force_flush()
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb,sys,time; c=duckdb.connect({db!r}); print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with database_held_by_another_process(db):
         emit(provider, 4)
         assert writer.force_flush()  # cannot merge: the rows wait in a segment
         paths = resolve(db)
@@ -78,9 +75,6 @@ def test_readers_see_pending_segments_while_another_process_holds_the_database(t
                 _count(db)
             finally:
                 query._ATTACH_WAIT_S = saved
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     assert _count(db)["spans"] == 7  # the lock is gone: the reader merged the waiting segment
 
 
@@ -479,19 +473,13 @@ def test_a_database_locked_for_long_is_logged_once_and_merged_after(
     provider, writer = provider_with_store(db, flush_interval=60)
     emit(provider, 1)
     assert writer.force_flush()
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb,sys; c=duckdb.connect({db!r}); print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with database_held_by_another_process(db):
         for _ in range(3):
             emit(provider, 2)
             assert writer.force_flush()
         assert writer.healthy  # the spans are written; budgets and the dashboard read them from the segments
         locked = [r for r in caplog.records if "has been locked by another process" in r.getMessage()]
         assert len(locked) == 1 and locked[0].levelname == "ERROR"
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=30)
     emit(provider, 1)
     assert writer.force_flush()
     assert any(r.getMessage() == f"llmtrace: {db} is merged into again" for r in caplog.records)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, get_current_span
+from opentelemetry.trace import Span, Status, StatusCode, get_current_span
 
 from . import attributes as A
 from . import pricing
@@ -24,6 +24,7 @@ from .config import Settings
 from .context import current_tags
 from .metrics import Instruments
 from .providers._stainless import jsonable
+from .spans import STORED_AS_IS, CallSpans
 from .usage import Usage
 
 
@@ -49,7 +50,7 @@ class UnsampledCall:
 class Runtime:
     """What ``instrument()`` set up; swapped atomically, read once per call."""
 
-    tracer: Tracer
+    spans: CallSpans  # starts each call's span on the tracer instrument() chose
     settings: Settings
     instruments: Instruments | None
     # Receives calls the app's sampler dropped, so the store (a ledger) still sees every call.
@@ -115,7 +116,7 @@ class Call:
         self.acc: Accumulator | None = None
         self.done = False
         self.start_ns = time.time_ns()
-        self.span = rt.tracer.start_span(self._name(), kind=SpanKind.CLIENT, attributes=attrs, start_time=self.start_ns)
+        self.span = rt.spans.start(self._name(), attrs, self.start_ns)
         # The app's sampler dropped this span: remember its parent, to hand the call to the store anyway.
         self.unsampled_parent: Any = None
         self.unsampled = rt.ledger is not None and not self.span.is_recording()
@@ -259,7 +260,7 @@ class Call:
                     end_time=end_ns,
                     attributes=all_attrs,
                     error=error is not None,
-                    resource=getattr(self.runtime.tracer, "resource", None),
+                    resource=getattr(self.runtime.spans.tracer, "resource", None),
                 )
             )
         if instruments is not None:
@@ -325,10 +326,6 @@ class Call:
         return cost.total
 
 
-# Values the SDK stores unchanged. llmtrace's tuples hold only strings (finish reasons).
-_STORED_AS_IS = frozenset({str, int, float, bool, tuple})
-
-
 def add_attributes(span: Span, attrs: dict[str, Any]) -> None:
     """``span.set_attributes(attrs)`` without the SDK validating, again, values llmtrace built itself.
 
@@ -340,7 +337,7 @@ def add_attributes(span: Span, attrs: dict[str, Any]) -> None:
     app, a value that needs cleaning) takes the public path.
     """
     bounded = getattr(span, "_attributes", None)
-    if type(bounded) is BoundedAttributes and _STORED_AS_IS.issuperset(map(type, attrs.values())):
+    if type(bounded) is BoundedAttributes and STORED_AS_IS.issuperset(map(type, attrs.values())):
         try:
             with span._lock:  # type: ignore[attr-defined]
                 if (

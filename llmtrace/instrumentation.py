@@ -29,6 +29,7 @@ from .metrics import Instruments
 from .monitor import Monitor
 from .store.files import request_hash_key
 from .providers import PROVIDERS
+from .spans import CallSpans
 from .wrappers import wrapper_for
 
 logger = logging.getLogger("llmtrace")
@@ -82,7 +83,7 @@ def instrument(**options: Any) -> None:
         elif file_budgets or budgets.declared():
             logger.warning("llmtrace: budgets need the store (store=false): they are neither enforced nor alerted on")
         core.runtime = core.Runtime(
-            tracer=tracer, settings=settings, instruments=instruments, ledger=_store_writer, guard=guard,
+            spans=CallSpans(tracer), settings=settings, instruments=instruments, ledger=_store_writer, guard=guard,
             request_hash_key=hash_key,
         )  # fmt: skip
         for sdk in PROVIDERS:

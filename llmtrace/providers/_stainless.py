@@ -61,7 +61,7 @@ def pick(kwargs: Any, table: RequestTable) -> dict[str, Any]:
             continue
         if kind is str and isinstance(value, list):
             if all(isinstance(v, str) for v in value):
-                attrs[attribute] = value
+                attrs[attribute] = tuple(value)  # the form the SDK stores a sequence in
         elif isinstance(value, kind):
             attrs[attribute] = value
     return attrs

@@ -63,7 +63,7 @@ def _chat_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     if A.REQUEST_CHOICE_COUNT in attrs and attrs[A.REQUEST_CHOICE_COUNT] == 1:
         del attrs[A.REQUEST_CHOICE_COUNT]
     if isinstance(kwargs.get("stop"), str):
-        attrs[A.REQUEST_STOP_SEQUENCES] = [kwargs["stop"]]
+        attrs[A.REQUEST_STOP_SEQUENCES] = (kwargs["stop"],)
     return attrs
 
 
@@ -74,7 +74,7 @@ def _responses_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 def _embeddings_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     attrs = pick(kwargs, _EMBEDDINGS_REQUEST)
     if A.REQUEST_ENCODING_FORMATS in attrs:
-        attrs[A.REQUEST_ENCODING_FORMATS] = [attrs[A.REQUEST_ENCODING_FORMATS]]
+        attrs[A.REQUEST_ENCODING_FORMATS] = (attrs[A.REQUEST_ENCODING_FORMATS],)
     return attrs
 
 

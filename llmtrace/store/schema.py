@@ -91,8 +91,8 @@ def spans_to_table(spans: list[Any]) -> pa.Table:
     """
     if not spans:
         return ARROW_SCHEMA.empty_table()
-    # The SDK keeps attributes in a BoundedAttributes whose per-key access is Python-level; its inner
-    # dict is read directly when present (read only, never changed).
+    # The SDK keeps attributes in a BoundedAttributes whose per-key access is Python-level; the dict
+    # inside (or llmtrace's own plain dict) is read directly when present (read only, never changed).
     attrs = [_attribute_dict(span) for span in spans]
     contexts = [span.context for span in spans]
     parents = [span.parent for span in spans]
@@ -123,7 +123,10 @@ def spans_to_table(spans: list[Any]) -> pa.Table:
 
 
 def _attribute_dict(span: Any) -> Any:
-    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    attributes = getattr(span, "_attributes", None)
+    if type(attributes) is dict:  # llmtrace's own spans (llmtrace.spans) keep a plain dict
+        return attributes
+    inner = getattr(attributes, "_dict", None)
     return inner if type(inner) is dict else dict(span.attributes or {})
 
 

@@ -1,0 +1,230 @@
+"""A call's span, handed to the OTel SDK's span processors without the SDK span's per-call cost.
+
+The SDK's ``Tracer.start_span`` and ``Span`` clean every attribute on the way in, take locks, build
+bounded containers and call every processor twice: in a real OpenAI call (the CPU caches full of
+the SDK's and httpx's code) that was ~45 µs of llmtrace's ~100. llmtrace builds its attributes
+itself and checks their types, so where no one can tell the difference it makes the span itself:
+ids from the tracer's id generator, the tracer's sampler deciding, the same parent, trace flags and
+trace state, resource, scope and limits as ``start_span`` would give, and, when it ends, the same
+``ReadableSpan`` handed to the same processors' ``on_end``.
+
+"No one can tell" means: the tracer is the SDK's own, enabled, without the SDK's self-metrics, and
+none of its processors does anything when a span starts or is ending (the SDK's batch and simple
+processors, llmtrace's store, most exporters' processors). Anything else (another tracer, a
+processor that copies baggage into attributes at start, ...) gets ``tracer.start_span``.
+"""
+
+from __future__ import annotations
+
+import dis
+import time
+from typing import Any, Mapping, Sequence
+
+from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, SynchronousMultiSpanProcessor
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+# Attribute values the SDK would store unchanged. llmtrace's own tuples hold only strings.
+STORED_AS_IS = frozenset({str, int, float, bool, tuple})
+
+_UNSET = Status(StatusCode.UNSET)
+# W3C trace-context level 2 flag, set by newer SDKs when the trace id is random (0 where unknown).
+_RANDOM_TRACE_ID = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
+
+
+def _does_nothing(function: Any) -> bool:
+    """True when a method's code only returns None (``pass``, or a docstring alone)."""
+    code = getattr(function, "__code__", None)
+    return code is not None and all(
+        ins.opname in ("RESUME", "NOP", "RETURN_VALUE") or ins.opname in ("LOAD_CONST", "RETURN_CONST") and ins.argval is None
+        for ins in dis.get_instructions(code)
+    )
+
+
+_quiet_types: dict[type, bool] = {}
+
+
+def _quiet(processor: Any) -> bool:
+    """A processor that does nothing when a span starts or is ending (so it cannot tell how it was made)."""
+    cls = type(processor)
+    quiet = _quiet_types.get(cls)
+    if quiet is None:
+        hooks = [getattr(cls, name) for name in ("on_start", "_on_ending") if hasattr(cls, name)]
+        quiet = _quiet_types[cls] = bool(hooks) and all(map(_does_nothing, hooks))
+    return quiet
+
+
+def _direct_capable(tracer: Any) -> bool:
+    """The SDK's own tracer, with the parts this module reads, and the SDK's self-metrics off."""
+    metrics = getattr(tracer, "_tracer_metrics", None)
+    return (
+        type(tracer) is SdkTracer
+        and type(tracer.span_processor) is SynchronousMultiSpanProcessor
+        and hasattr(tracer.span_processor, "_span_processors")
+        and hasattr(tracer, "_instrumentation_scope")
+        and hasattr(tracer, "_span_limits")
+        and (metrics is None or type(metrics).__name__ == "NoOpTracerMetrics")
+    )
+
+
+class CallSpans:
+    """Starts the spans of LLM calls on one tracer."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self._direct = _direct_capable(tracer)
+        self._checked: tuple[Any, ...] | None = None  # the processors last found quiet (or not)
+        self._processors_quiet = False
+        if self._direct:
+            self._multi = tracer.span_processor
+            self._enabled = getattr(tracer, "_is_enabled", lambda: True)
+            ids = tracer.id_generator
+            is_random = getattr(ids, "is_trace_id_random", None)
+            self._root_flags = _RANDOM_TRACE_ID if is_random is not None and is_random() else 0
+
+    def start(self, name: str, attributes: dict[str, Any], start_ns: int) -> trace.Span:
+        if self._direct and self._enabled():
+            processors = self._multi._span_processors
+            if processors is not self._checked:
+                # Processors can be added at any time: check again when the provider's tuple changes.
+                self._processors_quiet = all(_quiet(p) for p in processors)
+                self._checked = processors
+            if self._processors_quiet:
+                return self._start_direct(name, attributes, start_ns)
+        return self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns)
+
+    def _start_direct(self, name: str, attributes: dict[str, Any], start_ns: int) -> trace.Span:
+        tracer = self.tracer
+        parent: SpanContext | None = trace.get_current_span().get_span_context()
+        if parent.is_valid:  # type: ignore[union-attr]
+            trace_id = parent.trace_id  # type: ignore[union-attr]
+            flags = parent.trace_flags & _RANDOM_TRACE_ID  # type: ignore[union-attr]
+        else:
+            parent = None
+            trace_id = tracer.id_generator.generate_trace_id()
+            flags = self._root_flags
+        sampling = tracer.sampler.should_sample(None, trace_id, name, SpanKind.CLIENT, attributes, ())
+        if sampling.decision.is_sampled():
+            flags |= TraceFlags.SAMPLED
+        context = SpanContext(
+            trace_id,
+            tracer.id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=sampling.trace_state,
+        )
+        if not sampling.decision.is_recording():
+            return NonRecordingSpan(context)
+        return CallSpan(tracer, name, context, parent, _cleaned(sampling.attributes), start_ns)
+
+
+def _cleaned(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The attributes as the SDK would store them; a plain copy when they already are."""
+    if not attributes:
+        return {}
+    if STORED_AS_IS.issuperset(map(type, attributes.values())):
+        return dict(attributes)
+    return dict(BoundedAttributes(attributes=attributes).items())  # drops what is not a valid value, logs it
+
+
+class CallSpan(trace.Span):
+    """A recording span that becomes a ``ReadableSpan`` for the tracer's processors when it ends."""
+
+    __slots__ = ("_tracer", "_name", "_context", "_parent", "_attributes", "_events", "_links", "_status", "_start", "_ended")
+
+    def __init__(
+        self, tracer: Any, name: str, context: SpanContext, parent: SpanContext | None, attributes: dict[str, Any], start_ns: int
+    ) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._attributes = attributes
+        self._events: list[Event] = []
+        self._links: list[Link] = []
+        self._status = _UNSET
+        self._start = start_ns
+        self._ended = False
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return not self._ended
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        if not self._ended:
+            clean = STORED_AS_IS.issuperset(map(type, attributes.values()))
+            self._attributes.update(attributes if clean else _cleaned(attributes))
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.set_attributes({key: value})
+
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
+        if not self._ended:
+            limits = self._tracer._span_limits
+            bounded = BoundedAttributes(limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length)
+            self._events.append(Event(name, bounded, timestamp if timestamp is not None else time.time_ns()))
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
+        if not self._ended and (context.is_valid or attributes):
+            limits = self._tracer._span_limits
+            self._links.append(Link(context, BoundedAttributes(limits.max_link_attributes, attributes)))
+
+    def record_exception(
+        self, exception: BaseException, attributes: Any = None, timestamp: int | None = None, escaped: bool = False
+    ) -> None:
+        # The SDK's own event shape (exception.type/message/stacktrace/escaped): it only calls add_event.
+        SdkSpan.record_exception(self, exception, attributes, timestamp, escaped)  # type: ignore[arg-type]
+
+    def update_name(self, name: str) -> None:
+        if not self._ended:
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        # As the SDK: OK is final, and UNSET never overwrites.
+        new = status if isinstance(status, Status) else Status(status, description)
+        if self._ended or self._status.status_code is StatusCode.OK or new.status_code is StatusCode.UNSET:
+            return
+        self._status = new
+
+    def end(self, end_time: int | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        tracer = self._tracer
+        limits = tracer._span_limits
+        attributes: Mapping[str, Any] = self._attributes
+        if limits.max_span_attribute_length is not None or (
+            limits.max_span_attributes is not None and len(attributes) > limits.max_span_attributes
+        ):
+            attributes = BoundedAttributes(
+                limits.max_span_attributes, attributes, immutable=True, max_value_len=limits.max_span_attribute_length
+            )
+        tracer.span_processor.on_end(
+            ReadableSpan(
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                resource=tracer.resource,
+                attributes=attributes,
+                events=_bounded(self._events, limits.max_events),
+                links=_bounded(self._links, limits.max_links),
+                kind=SpanKind.CLIENT,
+                instrumentation_info=tracer.instrumentation_info,
+                status=self._status,
+                start_time=self._start,
+                end_time=end_time if end_time is not None else time.time_ns(),
+                instrumentation_scope=tracer._instrumentation_scope,
+            )
+        )
+
+
+def _bounded(items: Sequence[Any], limit: int | None) -> Sequence[Any]:
+    if not items:
+        return ()
+    return BoundedList.from_seq(limit, items) if limit is not None and len(items) > limit else tuple(items)

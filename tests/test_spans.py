@@ -1,0 +1,286 @@
+"""llmtrace.spans: a call's span made directly must be the span the SDK's tracer would have made."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, StaticSampler, Decision, TraceIdRatioBased
+from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+
+import llmtrace
+import llmtrace.testing
+from conftest import http_module, openai_client
+from fake_api import FakeAPI
+from llmtrace.spans import CallSpan, CallSpans, _does_nothing
+
+START, END = 1_700_000_000_000_000_000, 1_700_000_000_250_000_000
+REQUEST = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.request.max_tokens": 64,
+           "gen_ai.request.stop_sequences": ("END",), "llmtrace.tenant": "acme"}  # fmt: skip
+RESPONSE = {"gen_ai.usage.input_tokens": 412, "llmtrace.cost.usd": 0.00123, "gen_ai.response.finish_reasons": ("stop",)}
+
+
+class CountingIds(IdGenerator):
+    """The same ids in the same order for each path, so two spans can be compared id for id."""
+
+    def __init__(self) -> None:
+        self.next = 0x1234
+
+    def generate_span_id(self) -> int:
+        self.next += 1
+        return self.next
+
+    def generate_trace_id(self) -> int:
+        self.next += 1
+        return self.next << 64
+
+
+def provider(**kwargs: Any) -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider(**kwargs)
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    return tp, exporter
+
+
+def as_dict(span: ReadableSpan) -> dict[str, Any]:
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "context": span.context,
+        "parent": span.parent,
+        "attributes": dict(span.attributes or {}),
+        "dropped_attributes": span.dropped_attributes,
+        "events": [(e.name, dict(e.attributes or {}), e.timestamp) for e in span.events],
+        "links": [(link.context, dict(link.attributes or {})) for link in span.links],
+        "status": (span.status.status_code, span.status.description),
+        "times": (span.start_time, span.end_time),
+        "resource": span.resource,
+        "scope": span.instrumentation_scope,
+    }
+
+
+def both_ways(
+    use: Callable[[trace.Span], None], context: Any = None, ids: Callable[[], IdGenerator] = CountingIds, **kwargs: Any
+) -> tuple[Any, Any]:
+    """The same span made by the SDK's tracer and by CallSpans (each on a fresh, identical provider)."""
+    made = []
+    for direct in (False, True):
+        tp, exporter = provider(id_generator=ids(), **kwargs)
+        tracer = tp.get_tracer("llmtrace", "1.0")
+        token = otel_context.attach(context) if context is not None else None
+        try:
+            if direct:
+                span = CallSpans(tracer).start("chat gpt-4o", dict(REQUEST), START)
+            else:
+                span = tracer.start_span("chat gpt-4o", kind=SpanKind.CLIENT, attributes=dict(REQUEST), start_time=START)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        recording = span.is_recording()
+        use(span)
+        span.end(end_time=END)
+        finished = exporter.get_finished_spans()
+        made.append((type(span).__name__, span.get_span_context(), [as_dict(s) for s in finished], recording))
+    return made[0], made[1]
+
+
+def end_as_a_call_does(span: trace.Span) -> None:
+    span.set_attributes(RESPONSE)
+    span.set_status(Status(StatusCode.ERROR, "RateLimitError: 429"))
+
+
+def parent_context(sampled: bool, remote: bool = True, state: TraceState | None = None) -> Any:
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    parent = SpanContext(0xABC << 64 | 7, 0xDEF, is_remote=remote, trace_flags=flags, trace_state=state)
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+@pytest.mark.parametrize(
+    "context",
+    [None, parent_context(True), parent_context(True, remote=False, state=TraceState([("vendor", "x1")]))],
+    ids=["root", "remote parent", "local parent with trace state"],
+)
+def test_direct_span_equals_the_sdk_span(context: Any) -> None:
+    sdk, direct = both_ways(end_as_a_call_does, context)
+    assert direct[0] == "CallSpan" and sdk[0] != "CallSpan"
+    assert direct[1] == sdk[1]  # ids, flags and trace state
+    assert direct[2] == sdk[2] and len(sdk[2]) == 1
+    assert direct[2][0]["attributes"]["gen_ai.request.stop_sequences"] == ("END",)
+
+
+def test_random_trace_ids_get_the_same_flags() -> None:
+    sdk, direct = both_ways(end_as_a_call_does, ids=RandomIdGenerator)
+    assert direct[1].trace_flags == sdk[1].trace_flags and direct[1].trace_flags.sampled
+    assert direct[1].trace_id != sdk[1].trace_id
+
+
+@pytest.mark.parametrize(
+    ("sampler", "context"),
+    [
+        (ParentBased(ALWAYS_OFF), None),
+        (ParentBased(StaticSampler(Decision.RECORD_AND_SAMPLE)), parent_context(False)),
+        (TraceIdRatioBased(0.0), None),
+        (StaticSampler(Decision.RECORD_ONLY), None),  # recorded, handed to processors, not exported as sampled
+    ],
+    ids=["root dropped", "unsampled parent", "ratio 0", "record only"],
+)
+def test_samplers_decide_the_same(sampler: Any, context: Any) -> None:
+    sdk, direct = both_ways(end_as_a_call_does, context, sampler=sampler)
+    assert direct[1] == sdk[1]
+    assert direct[2] == sdk[2]
+    assert direct[3] == sdk[3]  # recording: a dropped call's span must say so (the store's ledger keeps it)
+    assert sdk[1].trace_flags.sampled is False
+
+
+def test_span_limits_apply_as_in_the_sdk() -> None:
+    limits = SpanLimits(max_span_attributes=4, max_span_attribute_length=3, max_events=1, max_links=1)
+
+    def use(span: trace.Span) -> None:
+        end_as_a_call_does(span)
+        span.add_event("first", {"a": "long value"}, timestamp=START + 1)
+        span.add_event("second", timestamp=START + 2)
+        span.add_link(SpanContext(5, 6, is_remote=True), {"k": "v"})
+        span.add_link(SpanContext(7, 8, is_remote=True))
+
+    sdk, direct = both_ways(use, span_limits=limits)
+    assert direct[2] == sdk[2]
+    assert sdk[2][0]["dropped_attributes"] > 0 and len(sdk[2][0]["events"]) == 1
+
+
+class NotAValue:
+    def __str__(self) -> str:
+        return "not a value"
+
+
+NOT_A_VALUE = NotAValue()
+
+
+def test_what_the_app_does_to_the_current_span_is_kept_as_in_the_sdk() -> None:
+    def use(span: trace.Span) -> None:
+        span.set_attribute("app.valid", [1, 2])  # a list: stored as a tuple
+        span.set_attribute("app.invalid", NOT_A_VALUE)  # the SDK logs it, then drops it or keeps its str()
+        span.update_name("chat renamed")
+        span.record_exception(ValueError("boom"), timestamp=START + 5)
+        span.set_status(StatusCode.OK)
+        span.set_status(Status(StatusCode.ERROR, "ignored: OK is final"))
+
+    sdk, direct = both_ways(use)
+    assert direct[2] == sdk[2]
+    assert sdk[2][0]["attributes"]["app.valid"] == (1, 2)
+    assert sdk[2][0]["attributes"].get("app.invalid", "not a value") == "not a value"
+    assert sdk[2][0]["events"][0][0] == "exception"
+
+
+def test_an_ended_span_takes_nothing_more_and_ends_once() -> None:
+    tp, exporter = provider()
+    span = CallSpans(tp.get_tracer("llmtrace")).start("chat m", {}, START)
+    span.end(end_time=END)
+    span.set_attribute("late", 1)
+    span.add_event("late")
+    span.end()
+    assert [dict(s.attributes or {}) for s in exporter.get_finished_spans()] == [{}]
+    assert not span.is_recording()
+
+
+class StartAttributes(SpanProcessor):
+    """A processor that works at span start (like a baggage-to-attributes processor)."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        span.set_attribute("set.at.start", True)
+
+
+def chat(client: Any) -> None:
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+
+def fake_openai() -> Any:
+    import openai
+
+    return openai_client(FakeAPI(http_module(openai)))
+
+
+def test_a_processor_that_works_at_start_gets_the_sdk_span() -> None:
+    client = fake_openai()
+    with llmtrace.testing.capture() as captured:
+        chat(client)
+        # Added after instrument(): the next call sees it.
+        captured.tracer_provider.add_span_processor(StartAttributes())
+        chat(client)
+    first, second = captured.spans()
+    assert "set.at.start" not in first.attributes and first.attributes["llmtrace.cost.usd"] > 0
+    assert second.attributes["set.at.start"] is True and second.attributes["llmtrace.cost.usd"] > 0
+
+
+def test_the_call_span_is_current_during_the_sdk_call() -> None:
+    import openai
+
+    seen: list[trace.Span] = []
+    api = FakeAPI(http_module(openai))
+
+    def handler(request: Any) -> Any:
+        seen.append(trace.get_current_span())
+        seen[-1].set_attribute("app.in.transport", "yes")
+        return api(request)
+
+    with llmtrace.testing.capture() as captured:
+        chat(openai_client(handler))
+    (span,) = captured.spans()
+    assert isinstance(seen[0], CallSpan) and seen[0].get_span_context() == span.context
+    assert span.attributes["app.in.transport"] == "yes"
+
+
+class CountingTracer(SdkTracer):
+    """A subclass of the SDK's tracer (as vendors ship): llmtrace must let it start its spans."""
+
+    started: list[str] = []
+
+    def start_span(self, name: str, *args: Any, **kwargs: Any) -> trace.Span:
+        self.started.append(name)
+        return super().start_span(name, *args, **kwargs)
+
+
+class VendorTracerProvider(TracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        tracer = super().get_tracer(*args, **kwargs)
+        tracer.__class__ = CountingTracer
+        return tracer
+
+
+def test_another_tracer_class_starts_its_own_spans() -> None:
+    exporter = InMemorySpanExporter()
+    vendor = VendorTracerProvider()
+    vendor.add_span_processor(SimpleSpanProcessor(exporter))
+    client = fake_openai()
+    llmtrace.instrument(tracer_provider=vendor, store=False)
+    try:
+        chat(client)
+    finally:
+        llmtrace.uninstrument()
+    assert CountingTracer.started == ["chat gpt-4o-mini"]
+    assert exporter.get_finished_spans()[0].attributes["llmtrace.cost.usd"] > 0
+
+
+def test_only_methods_that_do_nothing_count_as_quiet() -> None:
+    def passes(self: Any, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def documented(self: Any) -> None:
+        """Only a docstring."""
+
+    def returns_none(self: Any) -> None:
+        return None
+
+    def works(self: Any, span: Any) -> None:
+        span.set_attribute("x", 1)
+
+    assert _does_nothing(passes) and _does_nothing(documented) and _does_nothing(returns_none)
+    assert not _does_nothing(works) and not _does_nothing(None)
+    assert _does_nothing(SimpleSpanProcessor.on_start) and _does_nothing(BatchSpanProcessor.on_start)
+    assert not _does_nothing(StartAttributes.on_start)

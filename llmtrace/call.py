@@ -7,7 +7,6 @@ so every entry point either contains its own errors or is only called inside ``i
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import marshal
 import time
 from dataclasses import dataclass
@@ -56,8 +55,9 @@ class Runtime:
     # Receives calls the app's sampler dropped, so the store (a ledger) still sees every call.
     ledger: Any = None
     guard: Any = None  # the SpendGuard enforcing ``block`` budgets (llmtrace.enforce)
-    # Key of the request hash that finds duplicate calls (shared by the store's processes); None: no hash.
-    request_hash_key: bytes | None = None
+    # Hashes requests for the duplicate-call detector: sha256 fed the store's key (shared by its
+    # processes), copied per call; None: no hash.
+    request_hasher: Any = None
 
 
 runtime: Runtime | None = None
@@ -97,12 +97,12 @@ class Call:
             attrs[A.SERVER_ADDRESS] = info.address
             attrs[A.SERVER_PORT] = info.port
         attrs.update(current_tags())
-        if settings.capture_content or rt.request_hash_key is not None:
+        if settings.capture_content or rt.request_hasher is not None:
             content = endpoint.input_content(kwargs)
             if settings.capture_content:
                 attrs[A.INPUT_MESSAGES] = jsonable(content)
-            if rt.request_hash_key is not None:
-                attrs[A.REQUEST_HASH] = _request_hash(rt.request_hash_key, attrs.get(A.REQUEST_MODEL), content)
+            if rt.request_hasher is not None:
+                attrs[A.REQUEST_HASH] = _request_hash(rt.request_hasher, attrs.get(A.REQUEST_MODEL), content)
         self.hold: Any = None  # what a block budget reserved for this call (llmtrace.enforce.Hold)
         self.endpoint = endpoint
         self.runtime = rt
@@ -354,7 +354,7 @@ def add_attributes(span: Span, attrs: dict[str, Any]) -> None:
     span.set_attributes(attrs)
 
 
-def _request_hash(key: bytes, model: Any, content: Any) -> str:
+def _request_hash(keyed: Any, model: Any, content: Any) -> str:
     try:
         # The plain lists/dicts/strings requests are made of, serialized in C at memcpy speed (repr, which
         # escapes every character, took 4 us for a 1.6 kB request, 15 us for 10 kB). Version 0 writes
@@ -362,7 +362,10 @@ def _request_hash(key: bytes, model: Any, content: Any) -> str:
         data = marshal.dumps((model, content), 0)
     except ValueError:  # an object marshal does not know (an SDK model in the messages): its repr
         data = repr((model, content)).encode()
-    return hashlib.blake2b(data, digest_size=8, key=key).hexdigest()
+    # sha256 runs in the CPU's SHA instructions: 1.7 us for 1.7 kB where keyed blake2b took 2.7.
+    hasher = keyed.copy()
+    hasher.update(data)
+    return hasher.hexdigest()[:16]
 
 
 def _estimate_output(model: str, text: str) -> int:

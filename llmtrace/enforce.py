@@ -78,6 +78,8 @@ class SpendGuard:
 
     def admit(self, attrs: Mapping[str, Any], worst_cost: Callable[[], float]) -> Hold | BudgetExceeded | None:
         """Reserve the call's worst case against every budget it counts against, or say which is spent."""
+        if not self._rules:
+            return None
         slots: list[Slot] = []
         applying: list[Budget] = []
         for token, budget, attribute in self._rules:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import hashlib
 import importlib
 import logging
 import os
@@ -74,17 +75,17 @@ def instrument(**options: Any) -> None:
         _store_writer = _attach_store(tracer_provider, settings) if settings.store else None
         instruments = _instruments(meter_provider, settings, options.get("otlp_endpoint"))
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
-        guard = hash_key = None
+        guard = hasher = None
         if _store_writer is not None:
             guard = SpendGuard()
             _monitor = _start_monitor(settings, _store_writer, file_budgets, guard)
             if "duplicate_calls" in settings.anomaly_detectors:
-                hash_key = request_hash_key(_store_writer.paths)
+                hasher = hashlib.sha256(request_hash_key(_store_writer.paths))
         elif file_budgets or budgets.declared():
             logger.warning("llmtrace: budgets need the store (store=false): they are neither enforced nor alerted on")
         core.runtime = core.Runtime(
             spans=CallSpans(tracer), settings=settings, instruments=instruments, ledger=_store_writer, guard=guard,
-            request_hash_key=hash_key,
+            request_hasher=hasher,
         )  # fmt: skip
         for sdk in PROVIDERS:
             if sdk not in _hooks_registered:

@@ -144,8 +144,8 @@ class CallSpan(trace.Span):
         self._context = context
         self._parent = parent
         self._attributes = attributes
-        self._events: list[Event] = []
-        self._links: list[Link] = []
+        self._events: list[Event] | None = None  # made when the app adds one (rare)
+        self._links: list[Link] | None = None
         self._status = _UNSET
         self._start = start_ns
         self._ended = False
@@ -168,12 +168,14 @@ class CallSpan(trace.Span):
         if not self._ended:
             limits = self._tracer._span_limits
             bounded = BoundedAttributes(limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length)
-            self._events.append(Event(name, bounded, timestamp if timestamp is not None else time.time_ns()))
+            event = Event(name, bounded, timestamp if timestamp is not None else time.time_ns())
+            self._events = [*(self._events or ()), event]
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         if not self._ended and (context.is_valid or attributes):
             limits = self._tracer._span_limits
-            self._links.append(Link(context, BoundedAttributes(limits.max_link_attributes, attributes)))
+            link = Link(context, BoundedAttributes(limits.max_link_attributes, attributes))
+            self._links = [*(self._links or ()), link]
 
     def record_exception(
         self, exception: BaseException, attributes: Any = None, timestamp: int | None = None, escaped: bool = False
@@ -224,7 +226,7 @@ class CallSpan(trace.Span):
         )
 
 
-def _bounded(items: Sequence[Any], limit: int | None) -> Sequence[Any]:
+def _bounded(items: Sequence[Any] | None, limit: int | None) -> Sequence[Any]:
     if not items:
         return ()
     return BoundedList.from_seq(limit, items) if limit is not None and len(items) > limit else tuple(items)

@@ -23,7 +23,7 @@ from .config import Settings
 from .context import current_tags
 from .metrics import Instruments
 from .providers._stainless import jsonable
-from .spans import STORED_AS_IS, CallSpans
+from .spans import CallSpans, stored_as_is
 from .usage import Usage
 
 
@@ -337,7 +337,7 @@ def add_attributes(span: Span, attrs: dict[str, Any]) -> None:
     app, a value that needs cleaning) takes the public path.
     """
     bounded = getattr(span, "_attributes", None)
-    if type(bounded) is BoundedAttributes and STORED_AS_IS.issuperset(map(type, attrs.values())):
+    if type(bounded) is BoundedAttributes and stored_as_is(attrs):
         try:
             with span._lock:  # type: ignore[attr-defined]
                 if (

@@ -28,8 +28,18 @@ from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-# Attribute values the SDK would store unchanged. llmtrace's own tuples hold only strings.
-STORED_AS_IS = frozenset({str, int, float, bool, tuple})
+_SCALARS = frozenset({str, int, float, bool})
+_SCALARS_AND_TUPLES = _SCALARS | {tuple}
+
+
+def stored_as_is(attributes: Mapping[str, Any]) -> bool:
+    """True when the SDK would store every value unchanged: scalars, and tuples of strings."""
+    types = set(map(type, attributes.values()))
+    if types <= _SCALARS:
+        return True
+    return types <= _SCALARS_AND_TUPLES and all(
+        all(type(item) is str for item in value) for value in attributes.values() if type(value) is tuple
+    )
 
 _UNSET = Status(StatusCode.UNSET)
 # W3C trace-context level 2 flag, set by newer SDKs when the trace id is random (0 where unknown).
@@ -40,7 +50,7 @@ def _does_nothing(function: Any) -> bool:
     """True when a method's code only returns None (``pass``, or a docstring alone)."""
     code = getattr(function, "__code__", None)
     return code is not None and all(
-        ins.opname in ("RESUME", "NOP", "RETURN_VALUE") or ins.opname in ("LOAD_CONST", "RETURN_CONST") and ins.argval is None
+        ins.opname in ("RESUME", "NOP", "RETURN_VALUE") or (ins.opname in ("LOAD_CONST", "RETURN_CONST") and ins.argval is None)
         for ins in dis.get_instructions(code)
     )
 
@@ -67,6 +77,7 @@ def _direct_capable(tracer: Any) -> bool:
         and hasattr(tracer.span_processor, "_span_processors")
         and hasattr(tracer, "_instrumentation_scope")
         and hasattr(tracer, "_span_limits")
+        # By name: the class lives in a private module that older SDKs do not have.
         and (metrics is None or type(metrics).__name__ == "NoOpTracerMetrics")
     )
 
@@ -126,7 +137,7 @@ def _cleaned(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """The attributes as the SDK would store them; a plain copy when they already are."""
     if not attributes:
         return {}
-    if STORED_AS_IS.issuperset(map(type, attributes.values())):
+    if stored_as_is(attributes):
         return dict(attributes)
     return dict(BoundedAttributes(attributes=attributes).items())  # drops what is not a valid value, logs it
 
@@ -158,8 +169,7 @@ class CallSpan(trace.Span):
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         if not self._ended:
-            clean = STORED_AS_IS.issuperset(map(type, attributes.values()))
-            self._attributes.update(attributes if clean else _cleaned(attributes))
+            self._attributes.update(attributes if stored_as_is(attributes) else _cleaned(attributes))
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.set_attributes({key: value})

@@ -165,6 +165,8 @@ NOT_A_VALUE = NotAValue()
 def test_what_the_app_does_to_the_current_span_is_kept_as_in_the_sdk() -> None:
     def use(span: trace.Span) -> None:
         span.set_attribute("app.valid", [1, 2])  # a list: stored as a tuple
+        span.set_attribute("app.mixed", (1, "a"))  # a tuple of two types: the SDK cleans it
+        span.set_attribute("app.odd_items", (NOT_A_VALUE,))
         span.set_attribute("app.invalid", NOT_A_VALUE)  # the SDK logs it, then drops it or keeps its str()
         span.update_name("chat renamed")
         span.record_exception(ValueError("boom"), timestamp=START + 5)

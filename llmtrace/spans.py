@@ -34,12 +34,19 @@ _SCALARS_AND_TUPLES = _SCALARS | {tuple}
 
 def stored_as_is(attributes: Mapping[str, Any]) -> bool:
     """True when the SDK would store every value unchanged: scalars, and tuples of strings."""
-    types = set(map(type, attributes.values()))
+    values = attributes.values()
+    types = set(map(type, values))
     if types <= _SCALARS:
         return True
-    return types <= _SCALARS_AND_TUPLES and all(
-        all(type(item) is str for item in value) for value in attributes.values() if type(value) is tuple
-    )
+    if not types <= _SCALARS_AND_TUPLES:
+        return False
+    for value in values:  # plain loops: a call's end attributes hold one tuple (its finish reasons)
+        if type(value) is tuple:
+            for item in value:
+                if type(item) is not str:
+                    return False
+    return True
+
 
 _UNSET = Status(StatusCode.UNSET)
 # W3C trace-context level 2 flag, set by newer SDKs when the trace id is random (0 where unknown).

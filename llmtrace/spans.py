@@ -95,8 +95,9 @@ class CallSpans:
     def __init__(self, tracer: Any) -> None:
         self.tracer = tracer
         self._direct = _direct_capable(tracer)
-        self._checked: tuple[Any, ...] | None = None  # the processors last found quiet (or not)
-        self._processors_quiet = False
+        # (the provider's processors when last looked at, whether all are quiet): one attribute, so
+        # threads never read one half of an older verdict with the other half of a newer one.
+        self._verdict: tuple[Any, bool] = (None, False)
         if self._direct:
             self._multi = tracer.span_processor
             self._enabled = getattr(tracer, "_is_enabled", lambda: True)
@@ -107,11 +108,12 @@ class CallSpans:
     def start(self, name: str, attributes: dict[str, Any], start_ns: int) -> trace.Span:
         if self._direct and self._enabled():
             processors = self._multi._span_processors
-            if processors is not self._checked:
-                # Processors can be added at any time: check again when the provider's tuple changes.
-                self._processors_quiet = all(_quiet(p) for p in processors)
-                self._checked = processors
-            if self._processors_quiet:
+            checked, quiet = self._verdict
+            if processors is not checked:
+                # Processors can be added at any time: look again when the provider's tuple changes.
+                quiet = all(_quiet(p) for p in processors)
+                self._verdict = (processors, quiet)
+            if quiet:
                 return self._start_direct(name, attributes, start_ns)
         return self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes, start_time=start_ns)
 

@@ -286,3 +286,38 @@ def test_only_methods_that_do_nothing_count_as_quiet() -> None:
     assert not _does_nothing(works) and not _does_nothing(None)
     assert _does_nothing(SimpleSpanProcessor.on_start) and _does_nothing(BatchSpanProcessor.on_start)
     assert not _does_nothing(StartAttributes.on_start)
+
+
+def test_a_disabled_tracer_makes_no_span() -> None:
+    from opentelemetry.sdk import trace as sdk_trace
+
+    config = getattr(sdk_trace, "_TracerConfig", None)
+    if config is None:
+        pytest.skip("this SDK has no tracer configurator")
+
+    tp, exporter = provider()
+    tracer = tp.get_tracer("llmtrace")
+    tracer._set_tracer_config(config(is_enabled=False))  # what a tracer configurator does
+    span = CallSpans(tracer).start("chat m", dict(REQUEST), START)
+    span.end(end_time=END)
+    assert not span.is_recording() and exporter.get_finished_spans() == ()
+
+
+def test_sdk_self_metrics_count_llmtrace_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    monkeypatch.setenv("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "true")
+    reader = InMemoryMetricReader()
+    try:
+        tp, exporter = provider(meter_provider=MeterProvider(metric_readers=[reader]))
+    except TypeError:
+        pytest.skip("this SDK has no self-metrics")
+    tracer = tp.get_tracer("llmtrace")
+    if type(getattr(tracer, "_tracer_metrics", None)).__name__ != "TracerMetrics":
+        pytest.skip("this SDK records no self-metrics")
+    span = CallSpans(tracer).start("chat m", dict(REQUEST), START)
+    span.end(end_time=END)
+    data = reader.get_metrics_data()
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics} if data else set()
+    assert "otel.sdk.span.started" in names and len(exporter.get_finished_spans()) == 1

@@ -334,7 +334,8 @@ def add_attributes(span: Span, attrs: dict[str, Any]) -> None:
     limits are the defaults (no value-length limit, room for every attribute) and every value is already
     in the form the SDK would store, the values go into its attribute mapping directly, under the same
     locks ``set_attributes`` takes. Anything else (another SDK version's internals, limits set by the
-    app, a value that needs cleaning) takes the public path.
+    app, a value that needs cleaning, and llmtrace's own spans, whose ``set_attributes`` is already this
+    cheap: ``llmtrace.spans``) takes the public path.
     """
     bounded = getattr(span, "_attributes", None)
     if type(bounded) is BoundedAttributes and stored_as_is(attrs):

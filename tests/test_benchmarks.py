@@ -1,4 +1,4 @@
-"""The store benchmarks still run against today's schema and query layer (tiny sizes; no timing is asserted:
+"""The store and stream-proxy benchmarks still run against today's code (tiny sizes; no timing is asserted:
 benchmarks measure speed, tests do not). overhead.py needs the peers' venvs and is not run here."""
 
 from __future__ import annotations
@@ -32,3 +32,9 @@ def test_store_ingest_benchmark_stores_every_span_it_feeds(tmp_path: Path) -> No
     out = _run("store_ingest.py", "--spans", "2000", "--distinct", "200", "--db", db)
     assert "spans: 2,000 fed, 2,000 in DuckDB" in out
     assert query.span_count(db=db)["spans"] == 2000
+
+
+def test_stream_proxy_benchmark_ends_one_span_per_stream() -> None:
+    out = _run("stream_proxy.py", "--quads", "2", "--repeat", "1")
+    assert "per chunk:" in out
+    assert "spans: 10 for 10 proxied streams" in out

@@ -236,7 +236,7 @@ class CallSpan(trace.Span):
                 events=_bounded(self._events, limits.max_events),
                 links=_bounded(self._links, limits.max_links),
                 kind=SpanKind.CLIENT,
-                instrumentation_info=tracer.instrumentation_info,
+                instrumentation_info=getattr(tracer, "instrumentation_info", None),  # deprecated: may go
                 status=self._status,
                 start_time=self._start,
                 end_time=end_time if end_time is not None else time.time_ns(),

@@ -69,12 +69,17 @@ def metric_exporter(settings: Settings, endpoint_option: str | None) -> Any:
     return _exporter("METRICS", settings, endpoint_option)
 
 
-# Loggers of the OTLP exporters: each failed batch logs again, which floods an app's logs while a
-# backend is down. llmtrace lets one line through per logger and quiet period.
+# Loggers of the OTLP exporters, and of the SDK's batch processors and metric reader, which log (with a
+# traceback) every batch an exporter raised on (older SDKs' HTTP exporters raise when nobody listens):
+# each failed batch logs again, which floods an app's logs while a backend is down. llmtrace lets one
+# line through per logger and quiet period.
 _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.sdk._shared_internal",  # the batch processor (SDK >= 1.34)
+    "opentelemetry.sdk.trace.export",  # the batch span processor before that
+    "opentelemetry.sdk.metrics._internal.export",  # the periodic metric reader
 )
 QUIET_PERIOD_S = 300.0
 

@@ -172,6 +172,13 @@ _METRIC_JS = """label => {
 }"""
 
 
+def _metric(page: Any, label: str) -> Any:
+    """A metric's value once Streamlit has drawn it: it draws a page's elements one after another, so a
+    heading being there does not mean the metrics below it are (a loaded machine showed the gap)."""
+    page.wait_for_function(f"label => ({_METRIC_JS})(label) !== null", arg=label, timeout=30_000)
+    return page.evaluate(_METRIC_JS, label)
+
+
 def test_each_page_in_headless_chromium(served: tuple[str, str], browser: Any) -> None:
     url, _ = served
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -188,7 +195,7 @@ def test_each_page_in_headless_chromium(served: tuple[str, str], browser: Any) -
         page.screenshot(path=str(SCREENSHOTS / f"{name.lower()}.png"), full_page=True)
     page.goto(f"{url}/?page=overview")
     page.get_by_text("Spend today (UTC)").wait_for(timeout=30_000)
-    assert page.evaluate(_METRIC_JS, "Calls") == f"{DEMO_CALLS:,}"
+    assert _metric(page, "Calls") == f"{DEMO_CALLS:,}"
 
 
 def test_a_running_apps_calls_appear_without_a_reload(served: tuple[str, str], browser: Any) -> None:
@@ -196,7 +203,7 @@ def test_a_running_apps_calls_appear_without_a_reload(served: tuple[str, str], b
     page = browser.new_page()
     page.goto(f"{url}/?page=overview")
     page.get_by_text("Spend today (UTC)").wait_for(timeout=30_000)
-    assert page.evaluate(_METRIC_JS, "Calls") == f"{DEMO_CALLS:,}"
+    assert _metric(page, "Calls") == f"{DEMO_CALLS:,}"
     # Another process (the "app") writes 7 more LLM spans into the store; the open page picks them up.
     subprocess.run([sys.executable, str(HERE / "store_helpers.py"), db, "7", "late-tenant"], check=True, timeout=60)
     page.wait_for_function(f"() => ({_METRIC_JS})('Calls') === '{DEMO_CALLS + 7:,}'", timeout=30_000)

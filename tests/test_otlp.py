@@ -140,6 +140,10 @@ print("STORED", query.span_count(db={str(db)!r})["spans"], "SUPPRESSED", export.
     assert out.returncode == 0, out.stderr
     stored, suppressed = out.stdout.split()[1], int(out.stdout.split()[3])
     assert stored == "300"
-    lines = [line for line in out.stderr.splitlines() if line.startswith("LOG opentelemetry.exporter.otlp.proto.http.trace_exporter")]
-    assert len(lines) == 1 and "not affected" in lines[0]
+    # The exporter logs the failure, or (older SDKs, whose exporter raises) the SDK's batch processor does;
+    # metrics fail too. Each logger says it once, with what it means.
+    lines = [line for line in out.stderr.splitlines() if line.startswith("LOG opentelemetry.")]
+    loggers = [line.split()[1] for line in lines]
+    assert lines and len(loggers) == len(set(loggers)), lines
+    assert all("not affected" in line for line in lines)
     assert suppressed >= 2

@@ -32,9 +32,6 @@ class Replay:
     def __iter__(self) -> Any:
         return iter(self.chunks)
 
-    def close(self) -> None:
-        pass
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()

@@ -99,7 +99,6 @@ class CallSpans:
         # threads never read one half of an older verdict with the other half of a newer one.
         self._verdict: tuple[Any, bool] = (None, False)
         if self._direct:
-            self._multi = tracer.span_processor
             self._enabled = getattr(tracer, "_is_enabled", lambda: True)
             ids = tracer.id_generator
             is_random = getattr(ids, "is_trace_id_random", None)
@@ -107,7 +106,7 @@ class CallSpans:
 
     def start(self, name: str, attributes: dict[str, Any], start_ns: int) -> trace.Span:
         if self._direct and self._enabled():
-            processors = self._multi._span_processors
+            processors = self.tracer.span_processor._span_processors
             checked, quiet = self._verdict
             if processors is not checked:
                 # Processors can be added at any time: look again when the provider's tuple changes.
@@ -139,16 +138,14 @@ class CallSpans:
         )
         if not sampling.decision.is_recording():
             return NonRecordingSpan(context)
-        return CallSpan(tracer, name, context, parent, _cleaned(sampling.attributes), start_ns)
+        return CallSpan(tracer, name, context, parent, dict(_cleaned(sampling.attributes or {})), start_ns)
 
 
-def _cleaned(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The attributes as the SDK would store them; a plain copy when they already are."""
-    if not attributes:
-        return {}
+def _cleaned(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The attributes as the SDK would store them: themselves when they already are."""
     if stored_as_is(attributes):
-        return dict(attributes)
-    return dict(BoundedAttributes(attributes=attributes).items())  # drops what is not a valid value, logs it
+        return attributes
+    return BoundedAttributes(attributes=attributes)  # drops what is not a valid value, logs it
 
 
 class CallSpan(trace.Span):
@@ -178,7 +175,7 @@ class CallSpan(trace.Span):
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
         if not self._ended:
-            self._attributes.update(attributes if stored_as_is(attributes) else _cleaned(attributes))
+            self._attributes.update(_cleaned(attributes))
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.set_attributes({key: value})
@@ -187,14 +184,16 @@ class CallSpan(trace.Span):
         if not self._ended:
             limits = self._tracer._span_limits
             bounded = BoundedAttributes(limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length)
-            event = Event(name, bounded, timestamp if timestamp is not None else time.time_ns())
-            self._events = [*(self._events or ()), event]
+            if self._events is None:
+                self._events = []
+            self._events.append(Event(name, bounded, timestamp if timestamp is not None else time.time_ns()))
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
         if not self._ended and (context.is_valid or attributes):
             limits = self._tracer._span_limits
-            link = Link(context, BoundedAttributes(limits.max_link_attributes, attributes))
-            self._links = [*(self._links or ()), link]
+            if self._links is None:
+                self._links = []
+            self._links.append(Link(context, BoundedAttributes(limits.max_link_attributes, attributes)))
 
     def record_exception(
         self, exception: BaseException, attributes: Any = None, timestamp: int | None = None, escaped: bool = False

@@ -78,6 +78,8 @@ COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)
 ARROW_SCHEMA = pa.schema([(name, arrow_type) for name, _, arrow_type in COLUMNS])
 
 _ATTRIBUTE_KEYS = tuple(attribute for attribute, _, _, _ in _ATTRIBUTE_COLUMNS)
+_ATTRIBUTES_STRUCT = pa.struct([(attribute, arrow_type) for attribute, _, _, arrow_type in _ATTRIBUTE_COLUMNS])
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
 # One encoder for every row: json.dumps(..., default=...) would build a new one per call.
 _JSON = json.JSONEncoder(default=list, separators=(",", ":"), ensure_ascii=False)
 _COPIED = frozenset(_ATTRIBUTE_KEYS) | {A.RESPONSE_TIME_TO_FIRST_CHUNK}
@@ -86,8 +88,8 @@ _COPIED = frozenset(_ATTRIBUTE_KEYS) | {A.RESPONSE_TIME_TO_FIRST_CHUNK}
 def spans_to_table(spans: list[Any]) -> pa.Table:
     """Finished spans -> an Arrow table in COLUMNS order (runs on the writer thread).
 
-    Arrow's bulk conversion per column (the path DuckDB then ingests at ~10^5-10^6 rows/s), from
-    tight comprehensions over the spans.
+    Arrow's bulk conversion per column (the path DuckDB then ingests at ~10^5-10^6 rows/s): the span's
+    own fields from tight comprehensions, the attributes in one pass.
     """
     if not spans:
         return ARROW_SCHEMA.empty_table()
@@ -99,9 +101,9 @@ def spans_to_table(spans: list[Any]) -> pa.Table:
     starts = [span.start_time or 0 for span in spans]
     ttfc = [a.get(A.RESPONSE_TIME_TO_FIRST_CHUNK) for a in attrs]
     span_columns: list[list[Any]] = [
-        [format(c.trace_id, "032x") for c in contexts],
-        [format(c.span_id, "016x") for c in contexts],
-        [format(p.span_id, "016x") if p is not None else None for p in parents],
+        ["%032x" % c.trace_id for c in contexts],  # %-formatting: a third faster than format() here
+        ["%016x" % c.span_id for c in contexts],
+        ["%016x" % p.span_id if p is not None else None for p in parents],
         [_service_name(span) for span in spans],
         [span.name for span in spans],
         [start // 1000 for start in starts],  # ns -> the column's microseconds
@@ -109,17 +111,25 @@ def spans_to_table(spans: list[Any]) -> pa.Table:
         [t * 1000 if isinstance(t, (int, float)) else None for t in ttfc],
         [span.status.status_code.name for span in spans],
     ]
-    # Row by row (each dict is read while it is in cache), then one C-level transpose.
-    attribute_columns = list(zip(*[tuple(map(a.get, _ATTRIBUTE_KEYS)) for a in attrs]))
     json_column = [
         "{}" if _COPIED.issuperset(a) else _JSON.encode({k: v for k, v in a.items() if k not in _COPIED})
         for a in attrs
     ]
     arrays = [
-        _array(values, arrow_type)
-        for values, (_, _, arrow_type) in zip([*span_columns, *map(list, attribute_columns), json_column], COLUMNS)
+        *(_array(values, arrow_type) for values, (_, _, arrow_type) in zip(span_columns, _SPAN_COLUMNS)),
+        *_attribute_arrays(attrs),
+        _array(json_column, _JSON_COLUMN[2]),
     ]
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+
+
+def _attribute_arrays(attrs: list[dict[str, Any]]) -> list[pa.Array]:
+    """The attribute columns, in _ATTRIBUTE_COLUMNS order. Arrow reads the dicts as one struct (a C++
+    pass over every row: ~2 us a span against ~6 for a Python comprehension per column), then splits it."""
+    try:
+        return pa.array(attrs, type=_ATTRIBUTES_STRUCT).flatten()
+    except _CONVERSION_ERRORS:  # a value of the wrong type somewhere: column by column, that cell NULL
+        return [_array([a.get(key) for a in attrs], arrow_type) for key, _, _, arrow_type in _ATTRIBUTE_COLUMNS]
 
 
 def _attribute_dict(span: Any) -> Any:
@@ -148,13 +158,13 @@ def _array(values: list[Any], arrow_type: pa.DataType) -> pa.Array:
     """A column; a value of the wrong type (an app setting odd attributes) becomes NULL, not a lost batch."""
     try:
         return pa.array(values, type=arrow_type)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+    except _CONVERSION_ERRORS:
         cleaned = []
         for value in values:
             try:
                 pa.array([value], type=arrow_type)
                 cleaned.append(value)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            except _CONVERSION_ERRORS:
                 cleaned.append(None)
         return pa.array(cleaned, type=arrow_type)
 

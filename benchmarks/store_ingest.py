@@ -90,6 +90,7 @@ def main() -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
+    cpu_start = time.process_time()
     fed = 0
     chunk = args.rate // 10 if args.rate else args.distinct
     next_at = time.perf_counter()
@@ -103,6 +104,7 @@ def main() -> None:
             time.sleep(max(0.0, next_at - time.perf_counter()))
     assert writer.force_flush(600_000)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     done.set()
     sampler.join()
     writer.shutdown()
@@ -115,6 +117,8 @@ def main() -> None:
     print("RSS by tenth of the run (MB):", " ".join(f"{max(rss[i:i + tenth]):.0f}" for i in range(0, len(rss), tenth)))
     print(f"spans: {args.spans:,} fed, {stored:,} in DuckDB")
     print(f"ingest: {args.spans / elapsed:,.0f} spans/s end to end (buffer -> rows -> Parquet segments -> merge), {elapsed:.1f} s")
+    print(f"CPU: {cpu / args.spans * 1e6:.1f} us per span, every thread (feeding, converting, writing, merging), "
+          f"{cpu / elapsed:.1f} cores busy on average")
     mode = f"fed at {args.rate:,} spans/s" if args.rate else "fed as one burst"
     print(f"writer RSS ({mode}): start {rss_start:.0f} MB, during run {min(r for _, r in samples):.0f}-{max(r for _, r in samples):.0f} MB, "
           f"peak (ru_maxrss) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -145,6 +145,73 @@ def test_disk_full_keeps_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert _count(db)["spans"] == 5
 
 
+def _small_segments(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Segments of 10 spans, a backlog from 2 of them; returns the names of the threads merges run on."""
+    monkeypatch.setattr(writer_module, "_SEGMENT_ROWS", 10)
+    monkeypatch.setattr(writer_module, "_BACKLOG_SEGMENTS", 2)
+    threads: list[str] = []
+    real = merge_module.merge
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(merge_module, "merge", spy)
+    return threads
+
+
+def test_a_backlog_is_merged_on_another_thread_while_the_writer_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _db(tmp_path)
+    merged_on = _small_segments(monkeypatch)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 95)
+    assert writer.force_flush()
+    assert "llmtrace-store-merge" in merged_on and writer.healthy
+    assert _count(db) == {"spans": 95, "distinct_span_ids": 95, "pending_segments": 0}
+
+
+def test_a_background_merge_that_works_does_not_hide_a_failed_segment_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = _db(tmp_path)
+    merged_on = _small_segments(monkeypatch)
+    real = files.write_segment
+    writes = 0
+
+    def full_after_two(*args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        if writes > 2:
+            time.sleep(0.2)  # the background merge of the first two finishes first
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "write_segment", full_after_two)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 50)
+    writer.force_flush()
+    assert merged_on == ["llmtrace-store-merge"] and _count(db)["spans"] == 20
+    assert not writer.healthy and "No space left" in caplog.text
+    monkeypatch.setattr(writer_module, "write_segment", real)
+    writer.force_flush()
+    assert writer.healthy and _count(db) == {"spans": 50, "distinct_span_ids": 50, "pending_segments": 0}
+
+
+def test_a_background_merge_into_a_corrupt_database_keeps_the_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = _db(tmp_path)
+    merged_on = _small_segments(monkeypatch)
+    paths = resolve(db)
+    paths.db.parent.mkdir(parents=True)
+    paths.db.write_bytes(b"this is not a duckdb file" * 100)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 40)
+    writer.force_flush()
+    assert "llmtrace-store-merge" in merged_on and "cannot merge" in caplog.text and not writer.healthy
+    assert len(paths.pending()) == 4  # nothing lost: every span waits in its segment
+
+
 @pytest.mark.parametrize("fault", ["corrupt", "future"])
 def test_corrupt_or_future_database_keeps_spans_in_segments(tmp_path: Path, fault: str, caplog: pytest.LogCaptureFixture) -> None:
     db = _db(tmp_path)

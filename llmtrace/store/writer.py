@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import logging
 import os
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -24,6 +25,9 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from .._fork import background_work
 from .._guard import Fault, internal_errors
 from .files import StorePaths, write_segment
+
+if TYPE_CHECKING:
+    from .merge import MergeOutcome
 
 logger = logging.getLogger("llmtrace")
 
@@ -35,6 +39,10 @@ _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 # Merging opens the DuckDB file (tens of ms): done every few flushes, not every one. Readers see
 # unmerged segments anyway, so this does not delay visibility.
 _MERGE_EVERY = 5
+# A round that writes this many segments (a backlog: a burst, or over ~100k spans/s) merges them
+# meanwhile, on another thread. Not fewer: each merge rewrites DuckDB's last, partial row group (122,880
+# rows) when it closes the file, so merges of 100k rows took ~20 % more CPU in all than one merge at the end.
+_BACKLOG_SEGMENTS = 20
 # A merge that finds the database locked tries again later (spans wait in segments, which readers see).
 # Locked this long, it is worth a log line: someone left the file open (a DuckDB shell, a notebook).
 LOCKED_FOR_LONG_S = 60.0
@@ -145,30 +153,49 @@ class StoreWriter(SpanProcessor):
     def _write_and_merge(self, merge_now: bool = True) -> None:
         # Segment by segment, so the writer's memory stays bounded by one segment; only what was
         # buffered when the round began, so a busy app cannot keep the merge from happening.
+        from .merge import merge
         from .schema import spans_to_table  # DuckDB and Arrow load here, in the writer thread
 
+        merge_all = functools.partial(merge, self.paths, self.retention_days)
         remaining = len(self._spans)
-        while True:
-            if self._unwritten:
-                batch = self._unwritten
-            else:
-                batch = self._take_spans(min(_SEGMENT_ROWS, remaining))
-                remaining -= len(batch)
-            if not batch:
-                break
-            self._unwritten = []
-            try:
-                write_segment(self.paths, spans_to_table(batch))
-            except OSError as exc:
-                self._unwritten = batch  # kept: the next round tries again
-                self._fault.report(f"cannot write segments in {self.paths.segments}: {exc}")
-                return
-        if not merge_now or not self.paths.pending():
-            return
+        backlog: _MergeInBackground | None = None
+        written = 0  # segments written since the last background merge began
         try:
-            from .merge import merge
+            while True:
+                if self._unwritten:
+                    batch = self._unwritten
+                else:
+                    batch = self._take_spans(min(_SEGMENT_ROWS, remaining))
+                    remaining -= len(batch)
+                if not batch:
+                    break
+                self._unwritten = []
+                try:
+                    write_segment(self.paths, spans_to_table(batch))
+                except OSError as exc:
+                    self._unwritten = batch  # kept: the next round tries again
+                    if backlog is not None:  # its outcome first: a merge that worked must not clear this fault
+                        self._merged(backlog.outcome)
+                        backlog = None
+                    self._fault.report(f"cannot write segments in {self.paths.segments}: {exc}")
+                    return
+                written += 1
+                # A backlog (a burst, a long outage) is merged while the next segments are converted:
+                # DuckDB works without the GIL, so the merge takes the other core, not the writer's time.
+                if written >= _BACKLOG_SEGMENTS and (backlog is None or backlog.done()):
+                    if backlog is not None:
+                        self._merged(backlog.outcome)
+                    backlog, written = _MergeInBackground(merge_all), 0
+        finally:
+            if backlog is not None:
+                self._merged(backlog.outcome)
+        if merge_now and self.paths.pending():
+            self._merged(merge_all)
 
-            busy = merge(self.paths, self.retention_days).busy
+    def _merged(self, outcome: Callable[[], MergeOutcome]) -> None:
+        """Take a merge's outcome (running it, or waiting for it) and report how the database fared."""
+        try:
+            busy = outcome().busy
         except Exception as exc:  # a corrupt or future database, a full disk: segments keep the spans
             self._fault.report(f"cannot merge into {self.paths.db}: {exc}")
             return
@@ -230,6 +257,33 @@ class StoreWriter(SpanProcessor):
     def _after_fork_in_child(self) -> None:
         # The parent still owns the spans it had buffered: the child starts empty, with its own thread.
         self._reset_state()
+
+
+class _MergeInBackground:
+    """One merge on a thread of its own; ``outcome()`` waits for it and returns (or raises) what it did."""
+
+    def __init__(self, run: Callable[[], MergeOutcome]) -> None:
+        self._result: MergeOutcome | Exception | None = None
+        self._thread = threading.Thread(target=self._run, args=(run,), name="llmtrace-store-merge", daemon=True)
+        self._thread.start()
+
+    def _run(self, run: Callable[[], MergeOutcome]) -> None:
+        with background_work():
+            try:
+                self._result = run()
+            except Exception as exc:  # raised again by outcome(), on the writer thread
+                self._result = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def outcome(self) -> MergeOutcome:
+        self._thread.join()
+        if isinstance(self._result, Exception):
+            raise self._result
+        if self._result is None:
+            raise RuntimeError("the background merge ended without an outcome")
+        return self._result
 
 
 def _shutdown_all_at_exit() -> None:

@@ -1,9 +1,12 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both create what they need.
 PYTHON ?= python3
 VENV ?= .venv
-# The newest release of each SDK's previous major version, tested beside the newest.
+# The newest release of each SDK's previous major version, tested beside the newest, on the oldest
+# OpenTelemetry SDK llmtrace supports (pyproject's minimum: keep the two in step). The FastAPI example's
+# test is left out there: its contrib instrumentation needs OpenTelemetry >= 1.41 with wrapt 2.
 VENV_PREV ?= .venv-prev-sdk
-PREV_SDKS = "openai>=2,<3" "anthropic>=1,<2"
+PREV_SDKS = "openai>=2,<3" "anthropic>=1,<2" "opentelemetry-api==1.30.*" "opentelemetry-sdk==1.30.*" "opentelemetry-exporter-otlp==1.30.*"
+NEEDS_NEWER_OTEL = tests/test_examples.py::test_fastapi_example_nests_llm_spans_under_requests
 # Arize Phoenix, a real OpenTelemetry backend that runs offline: the OTLP integration tests start it.
 # It pins SDK versions of its own, so it lives in a venv of its own and runs as a separate process.
 VENV_PHOENIX ?= .venv-phoenix
@@ -17,7 +20,7 @@ CHROMIUM ?= /usr/bin/chromium
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,examples]'
 	touch $@
 
 $(VENV)/.demo-installed: pyproject.toml
@@ -53,7 +56,8 @@ test-latest: $(VENV)/.installed $(VENV_PHOENIX)/.installed chromium
 	LLMTRACE_PHOENIX_PYTHON=$(abspath $(VENV_PHOENIX))/bin/python $(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
 test-previous: $(VENV_PREV)/.installed $(VENV_PHOENIX)/.installed chromium
-	LLMTRACE_PHOENIX_PYTHON=$(abspath $(VENV_PHOENIX))/bin/python $(VENV_PREV)/bin/python -m pytest -q -p no:cacheprovider
+	LLMTRACE_PHOENIX_PYTHON=$(abspath $(VENV_PHOENIX))/bin/python $(VENV_PREV)/bin/python -m pytest -q -p no:cacheprovider \
+		--deselect $(NEEDS_NEWER_OTEL)
 
 clean:
 	rm -rf $(VENV) $(VENV_PREV) $(VENV_PHOENIX)

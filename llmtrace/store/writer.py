@@ -1,5 +1,6 @@
 """The store's span processor: LLM spans go to a buffer on the request path, and a writer thread
-turns them into segment files and merges them into DuckDB, off the request path.
+turns them into segment files and merges them into DuckDB, off the request path (a backlog is merged
+on a second, short-lived thread while the writer converts the rest of it).
 
 It is a ledger, so it does not drop spans the way OTel's BatchSpanProcessor does when its queue
 fills: the buffer holds up to ``max_buffered`` spans; beyond that new spans are counted and

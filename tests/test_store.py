@@ -181,8 +181,7 @@ def test_a_background_merge_that_works_does_not_hide_a_failed_segment_write(
     def full_after_two(*args: Any, **kwargs: Any) -> Any:
         nonlocal writes
         writes += 1
-        if writes > 2:
-            time.sleep(0.2)  # the background merge of the first two finishes first
+        if writes > 2:  # the third: a background merge of the first two has begun
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, **kwargs)
 

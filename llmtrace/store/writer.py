@@ -161,6 +161,7 @@ class StoreWriter(SpanProcessor):
         remaining = len(self._spans)
         backlog: _MergeInBackground | None = None
         written = 0  # segments written since the last background merge began
+        write_error: OSError | None = None
         try:
             while True:
                 if self._unwritten:
@@ -175,11 +176,8 @@ class StoreWriter(SpanProcessor):
                     write_segment(self.paths, spans_to_table(batch))
                 except OSError as exc:
                     self._unwritten = batch  # kept: the next round tries again
-                    if backlog is not None:  # its outcome first: a merge that worked must not clear this fault
-                        self._merged(backlog.outcome)
-                        backlog = None
-                    self._fault.report(f"cannot write segments in {self.paths.segments}: {exc}")
-                    return
+                    write_error = exc
+                    break
                 written += 1
                 # A backlog (a burst, a long outage) is merged while the next segments are converted:
                 # DuckDB works without the GIL, so the merge takes the other core, not the writer's time.
@@ -190,6 +188,9 @@ class StoreWriter(SpanProcessor):
         finally:
             if backlog is not None:
                 self._merged(backlog.outcome)
+        if write_error is not None:  # after the merge's outcome: a merge that worked must not clear this fault
+            self._fault.report(f"cannot write segments in {self.paths.segments}: {write_error}")
+            return
         if merge_now and self.paths.pending():
             self._merged(merge_all)
 

@@ -20,14 +20,14 @@ def main() -> None:
     client = anthropic.Anthropic()
     with llmtrace.tags(tenant="globex", feature="summarize", session="conversation-7"):
         message = client.messages.create(
-            model="claude-3-5-haiku-20241022",
+            model="claude-haiku-4-5",
             max_tokens=50,
             messages=[{"role": "user", "content": "Say hello in five words."}],
         )
         print(message.content[0].text)
 
         with client.messages.stream(
-            model="claude-3-5-haiku-20241022",
+            model="claude-haiku-4-5",
             max_tokens=50,
             messages=[{"role": "user", "content": "Count to five."}],
         ) as stream:

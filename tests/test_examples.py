@@ -27,6 +27,8 @@ def test_example_runs_and_fills_the_store(example: str, env_base: str, base_url:
     out = subprocess.run([sys.executable, str(EXAMPLES / example)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "hello there" in out.stdout and "w1" in out.stdout
+    # The store's last flush runs at exit (DuckDB loads then): only llmtrace's own log lines may reach stderr.
+    assert [line for line in out.stderr.splitlines() if not line.startswith("llmtrace: ")] == []
     report = subprocess.run([sys.executable, "-m", "llmtrace.cli", "report", "--format", "json"], capture_output=True,
                             text=True, cwd=tmp_path, env=env, timeout=60)
     assert report.returncode == 0, report.stderr

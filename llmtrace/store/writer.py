@@ -15,8 +15,10 @@ import collections
 import functools
 import logging
 import os
+import sys
 import threading
 import time
+import typing
 import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -291,6 +293,20 @@ class _MergeInBackground:
 def _shutdown_all_at_exit() -> None:
     for writer in list(_writers):
         writer.shutdown()
+    _drop_typing_caches()
+
+
+def _drop_typing_caches() -> None:
+    """Empty the ``typing`` module's caches once the last flush is done.
+
+    A short-lived app loads DuckDB first during that flush, at exit; the caches then still hold DuckDB's
+    types when its bindings (nanobind) check for leaks, and ~60 "nanobind: leaked ..." lines reach the
+    app's stderr. The caches only save time, and nothing is left to save it for.
+    """
+    if "duckdb" in sys.modules:
+        with internal_errors():
+            for clear in getattr(typing, "_cleanups", ()):
+                clear()
 
 
 def _reinit_after_fork() -> None:

@@ -46,3 +46,14 @@ def test_compact_and_prices(db: str, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["prices", "gpt-4o-mini"]) == 0
     assert "input" in capsys.readouterr().out
     assert main(["prices", "no-such-model"]) == 1
+
+
+@pytest.mark.parametrize("command", [[], ["report"], ["compact"], ["prices"], ["budgets"], ["dashboard"], ["demo"]])
+def test_help_prints_every_command(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: llmtrace")
+    if not command:  # the overview names every command with its one-line summary
+        assert "% used" in out and all(name in out for name in ("report", "compact", "prices", "budgets", "dashboard", "demo"))

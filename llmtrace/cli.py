@@ -160,47 +160,44 @@ def _serve_with_live_traffic(args: argparse.Namespace, traffic: Any) -> int:
     return 0
 
 
-def _summary(command: Callable[[argparse.Namespace], int]) -> str:
-    """A command's docstring as its help line (argparse reads ``%`` as a format directive)."""
-    return (command.__doc__ or "").replace("%", "%%")
+def _add_command(commands: Any, name: str, run: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    """A subcommand that runs ``run``, its docstring the help line (``%`` escaped: argparse formats help)."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=(run.__doc__ or "").replace("%", "%%"))
+    parser.set_defaults(run=run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmtrace", description="LLM cost and latency from the llmtrace store")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    report = commands.add_parser("report", help=_summary(cmd_report))
+    report = _add_command(commands, "report", cmd_report)
     report.add_argument("--by", choices=["tenant", "feature", "model", "user", "provider"], default="tenant")
     report.add_argument("--since", default="7d", help="how far back: 30m, 24h, 7d (default 7d)")
     report.add_argument("--db", help="store file (default $LLMTRACE_DB or ./.llmtrace/llmtrace.duckdb)")
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    report.set_defaults(run=cmd_report)
 
-    compact = commands.add_parser("compact", help=_summary(cmd_compact))
+    compact = _add_command(commands, "compact", cmd_compact)
     compact.add_argument("--db")
     compact.add_argument("--retention-days", type=float, default=None)
-    compact.set_defaults(run=cmd_compact)
 
-    prices = commands.add_parser("prices", help=_summary(cmd_prices))
+    prices = _add_command(commands, "prices", cmd_prices)
     prices.add_argument("model")
     prices.add_argument("--provider", default="openai")
-    prices.set_defaults(run=cmd_prices)
 
-    budget = commands.add_parser("budgets", help=_summary(cmd_budgets))
+    budget = _add_command(commands, "budgets", cmd_budgets)
     budget.add_argument("--config", help="config file (default $LLMTRACE_CONFIG or ./llmtrace.toml)")
     budget.add_argument("--db")
-    budget.set_defaults(run=cmd_budgets)
 
-    board = commands.add_parser("dashboard", help=_summary(cmd_dashboard))
+    board = _add_command(commands, "dashboard", cmd_dashboard)
     board.add_argument("--db")
     board.add_argument("--config", help="config file whose budgets the Budgets page shows")
     board.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     board.add_argument("--port", type=int, default=dashboard.DEFAULT_PORT)
     board.add_argument("--refresh", type=float, default=None,
                        help=f"seconds between automatic refreshes, 0 = off (default {dashboard.DEFAULT_REFRESH_S:g})")
-    board.set_defaults(run=cmd_dashboard)
 
-    demo = commands.add_parser("demo", help=_summary(cmd_demo))
+    demo = _add_command(commands, "demo", cmd_demo)
     demo.add_argument("--calls", type=int, default=500, help="calls in the first burst (default 500)")
     demo.add_argument("--concurrency", type=int, default=48)
     demo.add_argument("--db")
@@ -208,7 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=dashboard.DEFAULT_PORT)
     demo.add_argument("--seed", type=int, default=None, help="repeatable traffic")
-    demo.set_defaults(run=cmd_demo)
     return parser
 
 

@@ -42,7 +42,7 @@ class Feature:
 
 
 FEATURES = (
-    Feature("support-chat", 0.30, "messages", ("claude-sonnet-4-5", "claude-haiku-4-5"), 0.8, 2400, 600),
+    Feature("support-chat", 0.30, "messages", ("claude-sonnet-4-6", "claude-haiku-4-5"), 0.8, 2400, 600),
     Feature("search", 0.25, "chat", ("gpt-4o-mini",), 0.0, 300, 200),
     Feature("summarize", 0.15, "chat", ("gpt-4o", "gpt-4.1-mini"), 0.5, 1600, 400),
     Feature("agent", 0.08, "responses", ("o4-mini",), 0.3, 1300, 1500),
@@ -170,7 +170,7 @@ def flush() -> None:
 
 
 class ProgressBar:
-    """``[#####.....] 120/400 calls, 3 errors`` on one line, redrawn at most ten times a second."""
+    """``[#####.....] 120/400 calls, 3 failed`` on one line, redrawn at most ten times a second."""
 
     def __init__(self, total: int, out: TextIO = sys.stderr, width: int = 30) -> None:
         self.total, self.out, self.width = total, out, width
@@ -195,5 +195,5 @@ class ProgressBar:
             self._last = now if self._tty else run.calls * 10 // max(self.total, 1)
             bar = "#" * done + "." * (self.width - done)
             end = "\n" if finished or not self._tty else ""
-            self.out.write(f"\r  [{bar}] {run.calls}/{self.total} calls, {run.errors} errors{end}")
+            self.out.write(f"\r  [{bar}] {run.calls}/{self.total} calls, {run.errors} failed{end}")
             self.out.flush()

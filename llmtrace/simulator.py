@@ -48,7 +48,6 @@ _DATED = {  # what the APIs answer for an undated alias
     "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
     "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
     "o4-mini": "o4-mini-2025-04-16",
-    "claude-sonnet-4-5": "claude-sonnet-4-5-20250929",
     "claude-haiku-4-5": "claude-haiku-4-5-20251001",
     "claude-opus-4-1": "claude-opus-4-1-20250805",
 }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from llmtrace.cli import main
+from llmtrace.demo import DemoRun, ProgressBar
 from store_helpers import emit, provider_with_store
 
 
@@ -57,3 +59,15 @@ def test_help_prints_every_command(command: list[str], capsys: pytest.CaptureFix
     assert out.startswith("usage: llmtrace")
     if not command:  # the overview names every command with its one-line summary
         assert "% used" in out and all(name in out for name in ("report", "compact", "prices", "budgets", "dashboard", "demo"))
+
+
+def test_demo_progress_in_a_log_file() -> None:
+    """Not a terminal: one line every tenth of the way, the last one saying how many calls failed."""
+    out = io.StringIO()
+    progress, run = ProgressBar(20, out, width=10), DemoRun()
+    for call in range(20):
+        run.record(ok=call != 7)
+        progress(run)
+    lines = out.getvalue().strip("\r\n").split("\n")
+    assert len(lines) == 10
+    assert lines[-1] == "\r  [##########] 20/20 calls, 1 failed"

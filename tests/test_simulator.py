@@ -69,8 +69,8 @@ def test_anthropic_cache_write_then_read_streamed_and_not(sim: SimulatedProvider
     system: Any = [{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral"}}]
     messages: Any = [{"role": "user", "content": "hello"}]
     with _capture() as captured:
-        client.messages.create(model="claude-sonnet-4-5", max_tokens=100, system=system, messages=messages)
-        with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100, system=system, messages=messages) as s:
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=100, system=system, messages=messages)
+        with client.messages.stream(model="claude-sonnet-4-6", max_tokens=100, system=system, messages=messages) as s:
             text = "".join(s.text_stream)
     wrote, read = _attrs(captured)
     assert text

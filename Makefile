@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 # The newest release of each SDK's previous major version, tested beside the newest, on the oldest
-# OpenTelemetry SDK, DuckDB and Arrow llmtrace supports (pyproject's minimums: keep them in step). The FastAPI
-# example's test is left out there: its contrib instrumentation needs OpenTelemetry >= 1.41 with wrapt 2.
+# OpenTelemetry SDK, DuckDB, Arrow and Streamlit llmtrace supports (pyproject's minimums: keep them in
+# step). The FastAPI example's test is left out there: its contrib instrumentation needs OpenTelemetry >= 1.41 with wrapt 2.
 VENV_PREV ?= .venv-prev-sdk
 PREV_SDKS = "openai>=2,<3" "anthropic>=1,<2" "opentelemetry-api==1.30.*" "opentelemetry-sdk==1.30.*" "opentelemetry-exporter-otlp==1.30.*" \
-	"duckdb==2.0.*" "pyarrow==16.*"
+	"duckdb==2.0.*" "pyarrow==16.*" "streamlit==1.55.*"
 NEEDS_NEWER_OTEL = tests/test_examples.py::test_fastapi_example_nests_llm_spans_under_requests
 # Arize Phoenix, a real OpenTelemetry backend that runs offline: the OTLP integration tests start it.
 # It pins SDK versions of its own, so it lives in a venv of its own and runs as a separate process.

@@ -23,7 +23,9 @@ import llmtrace.testing
 from conftest import anthropic_client, http_module, openai_client
 from fake_api import FakeAPI
 from llmtrace import attributes as A
-from llmtrace import budgets, query
+from llmtrace import budgets, instrumentation, query
+from llmtrace.store.files import resolve
+from llmtrace.store.merge import merge
 from store_helpers import emit, provider_with_store
 
 HERE = Path(__file__).parent
@@ -89,6 +91,45 @@ def test_this_process_calls_count_before_the_store_is_read_again(tmp_path: Path)
             client.chat.completions.create(model="gpt-4o-mini", messages=HI)
     assert len(api.requests) == 3
     assert refused.value.spent_usd == pytest.approx(3 * cost) and refused.value.period_end is None
+
+
+def test_an_idle_process_reads_the_store_again_only_once_something_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refreshes reuse the last figures while the store is unchanged (an idle worker does not open DuckDB every
+    2 s), and read again as soon as any process writes a span or a merge changes the database."""
+    reads: list[object] = []
+    read = query.budget_spend
+    monkeypatch.setattr(query, "budget_spend", lambda *a, **k: (reads.append(a), read(*a, **k))[1])
+    db = str(tmp_path / "s.duckdb")
+    budgets.add(scope="tenant", key="*", period="day", limit_usd=1.0, action="block")
+    client = openai_client(FakeAPI(http_module(openai)))
+    with llmtrace.testing.capture(store=True, db=db, **NO_REFRESH), llmtrace.tags(tenant="acme"):
+        monitor = instrumentation._monitor
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        monitor.run_once(anomalies=False)  # writes the call's span: the figures it read are not kept
+        merge(resolve(db))  # nothing pending from here on, so the writer's own rounds change nothing
+        monitor.run_once(anomalies=False)  # nothing written during it: these are kept
+        assert len(reads) == 3  # instrument()'s first round, then these two
+        for _ in range(3):
+            monitor.run_once(anomalies=False)
+        assert len(reads) == 3
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # still under $1
+        other, writer = provider_with_store(db, flush_interval=60)
+        emit(other, 4, tenant="acme", cost=0.25)  # another process spends the budget
+        writer.force_flush(merge=False)
+        monitor.run_once(anomalies=False)
+        assert len(reads) > 3
+        with pytest.raises(llmtrace.BudgetExceeded) as refused:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        spent = refused.value.spent_usd
+        assert spent > 1.0
+        merge(resolve(db))  # the same spans, now in the database
+        monitor.run_once(anomalies=False)
+        with pytest.raises(llmtrace.BudgetExceeded) as refused:
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+        assert refused.value.spent_usd == pytest.approx(spent)
+        writer.shutdown()
 
 
 def test_a_budget_declared_in_code_after_instrument_counts_the_store_from_the_next_refresh(tmp_path: Path) -> None:

@@ -49,6 +49,19 @@ class StorePaths:
         except FileNotFoundError:
             return []
 
+    def version(self) -> tuple[Any, ...]:
+        """Changes whenever what readers see may have changed: every span arrives in a new segment, every
+        merge removes segments, and retention writes the database. Cheap (a listing and two stats)."""
+        return (tuple(p.name for p in self.pending()), _stat(self.db), _stat(self.db.with_name(self.db.name + ".wal")))
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_mtime_ns, status.st_size
+
 
 def resolve(db: str | os.PathLike[str] | None = None) -> StorePaths:
     """The store at ``db``, else ``$LLMTRACE_DB``, else ``./.llmtrace/llmtrace.duckdb``."""

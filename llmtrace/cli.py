@@ -120,6 +120,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .instrumentation import uninstrument
     from .simulator import SimulatedProvider
 
+    if not args.no_dashboard:
+        dashboard.check_streamlit()  # before the traffic, not after it
     with SimulatedProvider(seed=args.seed) as sim:
         demo.instrument_for_demo(args.db)
         try:

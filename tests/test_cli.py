@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from llmtrace import dashboard
 from llmtrace.cli import main
 from llmtrace.demo import DemoRun, ProgressBar
 from store_helpers import emit, provider_with_store
@@ -71,3 +74,25 @@ def test_demo_progress_in_a_log_file() -> None:
     lines = out.getvalue().strip("\r\n").split("\n")
     assert len(lines) == 10
     assert lines[-1] == "\r  [##########] 20/20 calls, 1 failed"
+
+
+def test_an_old_streamlit_is_refused_with_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An older Streamlit starts and then fails on every page: the dashboard and the demo say so first."""
+    version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.40.2" if name == "streamlit" else version(name))
+    def never(*args: object) -> None:
+        raise AssertionError("the server was started")
+
+    monkeypatch.setattr(dashboard.os, "execve", never)
+    monkeypatch.setattr(dashboard.subprocess, "Popen", never)
+    db = str(tmp_path / "none.duckdb")
+    assert main(["dashboard", "--db", db]) == 2
+    assert main(["demo", "--calls", "5", "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert err.count("needs Streamlit 1.55 or newer, not 1.40.2: pip install -U 'llmtrace[dashboard]'") == 2
+    assert "calls through the real" not in err  # refused before the demo's traffic, not after it
+    with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as project:
+        extras = tomllib.load(project)["project"]["optional-dependencies"]
+    assert extras["dashboard"] == [f"streamlit>={'.'.join(map(str, dashboard.MIN_STREAMLIT))}"]

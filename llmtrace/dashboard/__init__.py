@@ -5,8 +5,10 @@ Importing this package does not import Streamlit: the CLI starts the app in a pr
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,13 +25,29 @@ ENV_REFRESH = "LLMTRACE_DASHBOARD_REFRESH"  # seconds between refreshes; 0 turns
 ENV_TRACE_URL = "LLMTRACE_TRACE_URL"  # e.g. http://localhost:16686/trace/{trace_id}
 
 
+# The oldest Streamlit the dashboard works with: pyproject's [dashboard] extra says the same (a test checks).
+MIN_STREAMLIT = (1, 55)
+
+
 class DashboardUnavailable(RuntimeError):
-    """Streamlit is not installed, or the server did not come up."""
+    """Streamlit is not installed or too old, or the server did not come up."""
+
+
+def check_streamlit() -> None:
+    """Raise DashboardUnavailable, saying what to install, unless a Streamlit the dashboard works with is."""
+    if importlib.util.find_spec("streamlit") is None:
+        raise DashboardUnavailable("the dashboard needs Streamlit: pip install 'llmtrace[dashboard]'")
+    found = importlib.metadata.version("streamlit")
+    release = re.match(r"(\d+)\.(\d+)", found)
+    if release is None or tuple(map(int, release.groups())) < MIN_STREAMLIT:
+        needed = ".".join(map(str, MIN_STREAMLIT))
+        # An older one starts, then fails on every page: say so before it is started.
+        raise DashboardUnavailable(f"the dashboard needs Streamlit {needed} or newer, not {found}: "
+                                   "pip install -U 'llmtrace[dashboard]'")  # fmt: skip
 
 
 def command(host: str, port: int) -> list[str]:
-    if importlib.util.find_spec("streamlit") is None:
-        raise DashboardUnavailable("the dashboard needs Streamlit: pip install 'llmtrace[dashboard]'")
+    check_streamlit()
     return [
         sys.executable, "-m", "streamlit", "run", str(APP),
         "--server.address", host,

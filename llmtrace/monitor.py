@@ -2,11 +2,11 @@
 
 Every ``budget_refresh_interval`` seconds it (1) notes what the spend guard has counted, (2) has this
 process's store writer write its buffered spans, (3) reads every budget's spend from the store, which
-then includes those spans and everything other processes wrote, (4) hands the figures to the guard,
-and (5) fires the budget alerts that are due. Every ``anomaly_interval`` seconds it runs the anomaly
-detectors too, unless another process writing the same store ran them within that interval (they
-read the whole store, so one run serves every process). Nothing here runs in an application thread;
-every failure is contained and logged.
+then includes those spans and everything other processes wrote (or reuses the last figures when nothing
+has been written since they were read), (4) hands the figures to the guard, and (5) fires the budget
+alerts that are due. Every ``anomaly_interval`` seconds it runs the anomaly detectors too, unless another
+process writing the same store ran them within that interval (they read the whole store, so one run
+serves every process). Nothing here runs in an application thread; every failure is contained and logged.
 """
 
 from __future__ import annotations

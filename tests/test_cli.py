@@ -80,11 +80,11 @@ def test_an_old_streamlit_is_refused_with_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An older Streamlit starts and then fails on every page: the dashboard and the demo say so first."""
-    version = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.40.2" if name == "streamlit" else version(name))
     def never(*args: object) -> None:
         raise AssertionError("the server was started")
 
+    version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.40.2" if name == "streamlit" else version(name))
     monkeypatch.setattr(dashboard.os, "execve", never)
     monkeypatch.setattr(dashboard.subprocess, "Popen", never)
     db = str(tmp_path / "none.duckdb")

@@ -25,6 +25,9 @@ class Result:
     # Reading a whole response's text costs time that is wasted when usage is known and content
     # capture is off: a non-streamed response hands a function instead, called only when needed.
     text_of: Callable[[], str] | None = None
+    # The provider answered that the generation failed, and the SDK did not raise (an OpenAI Responses
+    # ``failed`` response or stream ``error`` event): (error type, message).
+    failure: tuple[str, str] | None = None
 
     def text(self) -> str:
         return self.text_of() if self.text_of is not None else self.output_text

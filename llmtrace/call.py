@@ -218,15 +218,20 @@ class Call:
         self.done = True
         end_ns = time.time_ns()
         attrs: dict[str, Any] = {A.HTTP_ATTEMPTS: 1 + self.retries}
-        error_type = None
+        error_type = failure = None
         if error is not None:
             error_type = type(error).__qualname__
-            attrs[A.ERROR_TYPE] = error_type
+            failure = f"{error_type}: {error}"
             status = getattr(error, "status_code", None)
             if isinstance(status, int):
                 attrs[A.HTTP_STATUS_CODE] = status
                 if status == 429:
                     self.rate_limited += 1
+        elif result is not None and result.failure is not None:
+            error_type, message = result.failure
+            failure = f"{error_type}: {message}"
+        if error_type is not None:
+            attrs[A.ERROR_TYPE] = error_type
         if self.rate_limited:
             attrs[A.HTTP_RATE_LIMITED] = self.rate_limited
         ttfc = None
@@ -243,8 +248,8 @@ class Call:
         self._release(cost)
         span = self.span
         add_attributes(span, attrs)
-        if error is not None:
-            span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error}"[:512]))
+        if failure is not None:
+            span.set_status(Status(StatusCode.ERROR, failure[:512]))
         span.end(end_time=end_ns)
         instruments = self.runtime.instruments
         if not self.unsampled and instruments is None:
@@ -259,7 +264,7 @@ class Call:
                     start_time=self.start_ns,
                     end_time=end_ns,
                     attributes=all_attrs,
-                    error=error is not None,
+                    error=failure is not None,
                     resource=getattr(self.runtime.spans.tracer, "resource", None),
                 )
             )

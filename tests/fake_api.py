@@ -10,7 +10,7 @@ class MidStreamError(Exception):
     """Raised by the transport halfway through a streamed body."""
 
 
-def _sse(events: list[tuple[str | None, Any]]) -> bytes:
+def sse(events: list[tuple[str | None, Any]]) -> bytes:
     out = []
     for name, data in events:
         if name:
@@ -118,7 +118,7 @@ class FakeAPI:
         if self.usage and (body.get("stream_options") or {}).get("include_usage"):
             events.append((None, {**base, "choices": [], "usage": usage}))
         events.append((None, "[DONE]"))
-        return self._stream(_sse(events))
+        return self._stream(sse(events))
 
     def _responses(self, body: dict[str, Any], model: str) -> Any:
         response = {
@@ -156,7 +156,7 @@ class FakeAPI:
                                             "output_index": 0, "content_index": 0, "delta": "hello there", "logprobs": []}),
             ("response.completed", {"type": "response.completed", "sequence_number": 2, "response": response}),
         ]
-        return self._stream(_sse(events))
+        return self._stream(sse(events))
 
     def _anthropic(self, body: dict[str, Any], model: str) -> Any:
         usage = {"input_tokens": 30, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 200, "output_tokens": 25,
@@ -178,4 +178,4 @@ class FakeAPI:
                    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                       "usage": {"output_tokens": 25}}),
                    ("message_stop", {"type": "message_stop"})]
-        return self._stream(_sse(events))
+        return self._stream(sse(events))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
+import weakref
 from typing import Any
 
 import openai
 import pytest
 
 from conftest import http_module, openai_client
-from fake_api import FakeAPI, MidStreamError
+from fake_api import FakeAPI, MidStreamError, sse
 
 HTTP = http_module(openai)
 MESSAGES = [{"role": "user", "content": "Say hello to the tracing world"}]
@@ -331,3 +332,88 @@ def test_azure_and_compatible_providers(captured: Any) -> None:
     assert az.attributes["gen_ai.provider.name"] == "azure.ai.openai"
     assert az.attributes["server.address"] == "acme.openai.azure.com"
     assert groq.attributes["gen_ai.provider.name"] == "groq"
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_beta_responses_create_is_traced(captured: Any, is_async: bool) -> None:
+    client = openai_client(_api(is_async=is_async), is_async=is_async)
+    if is_async:
+        await client.beta.responses.create(model="gpt-4.1-nano", input="hi")
+    else:
+        client.beta.responses.create(model="gpt-4.1-nano", input="hi")
+    a = _only(captured).attributes
+    assert a["gen_ai.usage.input_tokens"] == 200 and a["gen_ai.response.id"] == "resp_1"
+
+
+def test_azure_stream_whose_first_chunk_names_no_model(captured: Any) -> None:
+    base = {"object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-2024-08-06", "id": "chatcmpl-AZ1"}
+    events: list[tuple[str | None, Any]] = [
+        # Azure's first chunk: its prompt filter results, before any generation, with an empty model and id.
+        (None, {"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": []}),
+        (None, {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}]}),
+        (None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        (None, "[DONE]"),
+    ]
+    azure = openai.AzureOpenAI(
+        api_key="x", api_version="2024-10-21", azure_endpoint="https://acme.openai.azure.com",
+        http_client=HTTP.Client(transport=HTTP.MockTransport(
+            lambda request: HTTP.Response(200, headers={"content-type": "text/event-stream"}, content=sse(events)))),
+    )  # fmt: skip
+    list(azure.chat.completions.create(model="my-deployment", messages=MESSAGES, stream=True))
+    a = _only(captured).attributes
+    assert a["gen_ai.response.model"] == "gpt-4o-2024-08-06" and a["gen_ai.response.id"] == "chatcmpl-AZ1"
+    assert a["llmtrace.cost.usd"] > 0 and "llmtrace.cost.unpriced" not in a
+
+
+_IN_PROGRESS = {"id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-4.1-2025-04-14", "status": "in_progress",
+                "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": []}
+_FAILED = {**_IN_PROGRESS, "status": "failed", "error": {"code": "server_error", "message": "The model failed."},
+           "usage": {"input_tokens": 100, "output_tokens": 0, "total_tokens": 100}}
+_CREATED_EVENT = ("response.created", {"type": "response.created", "sequence_number": 0, "response": _IN_PROGRESS})
+
+
+@pytest.mark.parametrize("answer", ["failed response", "failed event", "error event"])
+def test_a_failed_responses_generation_is_an_error(captured: Any, answer: str) -> None:
+    """The API reports these as data, and the SDK does not raise: the span must still say the call failed."""
+    streams = {
+        "failed event": [_CREATED_EVENT, ("response.failed", {"type": "response.failed", "sequence_number": 1, "response": _FAILED})],
+        "error event": [_CREATED_EVENT, ("error", {"type": "error", "sequence_number": 1, "code": "server_error",
+                                                   "message": "The model failed.", "param": None})],
+    }
+
+    def handler(request: Any) -> Any:
+        if answer == "failed response":
+            return HTTP.Response(200, json=_FAILED)
+        return HTTP.Response(200, headers={"content-type": "text/event-stream"}, content=sse(streams[answer]))
+
+    client = openai_client(handler)
+    if answer == "failed response":
+        assert client.responses.create(model="gpt-4.1", input="hi").status == "failed"
+    else:
+        assert len(list(client.responses.create(model="gpt-4.1", input="hi", stream=True))) == 2
+    span = _only(captured)
+    assert span.status.status_code.name == "ERROR" and span.status.description == "server_error: The model failed."
+    assert span.attributes["error.type"] == "server_error"
+    assert span.attributes.get("gen_ai.response.finish_reasons") in (("failed",), None)  # never "in_progress"
+
+
+def test_a_responses_stream_left_early_has_no_finish_reason(captured: Any) -> None:
+    events = [_CREATED_EVENT, ("response.completed", {"type": "response.completed", "sequence_number": 1,
+                                                      "response": {**_IN_PROGRESS, "status": "completed"}})]
+    client = openai_client(lambda request: HTTP.Response(200, headers={"content-type": "text/event-stream"}, content=sse(events)))
+    for _ in client.responses.create(model="gpt-4.1", input="hi", stream=True):
+        break  # only the created event (status in_progress) was seen
+    span = _only(captured)
+    assert "gen_ai.response.finish_reasons" not in span.attributes and span.status.status_code.name == "UNSET"
+
+
+def test_a_client_per_request_does_not_grow_memory(captured: Any) -> None:
+    first = openai_client(_api())
+    first.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    url = weakref.ref(first._base_url)
+    del first
+    for _ in range(600):  # an app that makes a client for each request
+        openai_client(_api()).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    gc.collect()
+    assert url() is None  # llmtrace keeps nothing of a client that is gone for good
+    assert len(captured.spans()) == 601

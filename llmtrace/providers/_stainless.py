@@ -9,8 +9,11 @@ from ..adapter import ClientInfo
 from ..config import Settings
 
 # (id(base_url object), id(settings)) -> (that object, those settings, its info). Holding both keeps
-# their ids from being reused; a client whose base_url is reassigned gets a fresh lookup.
+# their ids from being reused; a client whose base_url is reassigned gets a fresh lookup. Each client
+# has its own base_url object: an app that makes a client per request would grow the cache without
+# end, so it is emptied once it holds this many (a lookup costs a few µs, once per client).
 _info_cache: dict[tuple[int, int], tuple[Any, Settings, ClientInfo]] = {}
+_INFO_CACHE_SIZE = 512
 
 
 def client_info_for(
@@ -34,6 +37,8 @@ def client_info_for(
         base_url=str(url),
         accepts_usage_option=host in settings.include_usage_hosts,
     )
+    if len(_info_cache) >= _INFO_CACHE_SIZE:
+        _info_cache.clear()
     _info_cache[key] = (url, settings, info)
     return info
 

@@ -162,10 +162,12 @@ class _ChoicesAccumulator:
 
     def add(self, chunk: Any) -> bool:
         # Runs once per streamed token: plain getattr on the SDK's chunk objects, nothing more.
-        if self._model is None:
-            self._model = _str(get(chunk, "model"))
-            self._id = _str(get(chunk, "id"))
-            self._extras = _extras(chunk)
+        if not self._model:
+            # Not from a chunk naming no model: Azure's first chunk (prompt filter results) has model "" and id "".
+            self._model = _str(get(chunk, "model")) or None
+            if self._model:
+                self._id = _str(get(chunk, "id")) or None
+                self._extras = _extras(chunk)
         choices = getattr(chunk, "choices", None)
         if choices:
             for choice in choices:
@@ -207,8 +209,14 @@ def _chat_content(kwargs: Mapping[str, Any]) -> Any:
 _RESPONSE_DONE_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
+def _failure(error: Any, default: str) -> tuple[str, str]:
+    """(error type, message) of an error object the API sent instead of raising: its code names the type."""
+    return _str(get(error, "code")) or default, _str(get(error, "message")) or ""
+
+
 def _parse_response_object(response: Any) -> Result:
-    finish = _str(get(get(response, "incomplete_details"), "reason")) or _str(get(response, "status"))
+    status = _str(get(response, "status"))
+    finish = _str(get(get(response, "incomplete_details"), "reason")) or status
     return Result(
         response_model=_str(get(response, "model")),
         response_id=_str(get(response, "id")),
@@ -216,15 +224,18 @@ def _parse_response_object(response: Any) -> Result:
         usage=_responses_usage(get(response, "usage")),
         attributes=_extras(response),
         text_of=lambda: _str(get(response, "output_text")) or "",
+        # A failed generation comes back as a response (the SDK does not raise): the call failed all the same.
+        failure=_failure(get(response, "error"), "failed") if status == "failed" else None,
     )
 
 
 class _ResponsesAccumulator:
-    __slots__ = ("_final", "_created", "_text")
+    __slots__ = ("_final", "_created", "_error", "_text")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self._final: Any = None
         self._created: Any = None
+        self._error: tuple[str, str] | None = None
         self._text: list[str] = []
 
     def add(self, event: Any) -> bool:
@@ -237,14 +248,18 @@ class _ResponsesAccumulator:
             self._final = get(event, "response")
         elif kind == "response.created":
             self._created = get(event, "response")
+        elif kind == "error":  # the stream's own error event: the SDK hands it on, it does not raise
+            self._error = _failure(event, "error")
         return True
 
     def result(self) -> Result:
         if self._final is not None:
             return _parse_response_object(self._final)
         partial = _parse_response_object(self._created) if self._created is not None else Result()
+        partial.finish_reasons = ()  # the created event says "in_progress": the stream ended before any verdict
         partial.text_of = None  # the created event has no text yet: what streamed in is the text
         partial.output_text = "".join(self._text)
+        partial.failure = self._error
         return partial
 
 
@@ -311,6 +326,7 @@ EMBEDDINGS = Endpoint(
 
 _CHAT_MODULE = "openai.resources.chat.completions.completions"
 _RESPONSES_MODULE = "openai.resources.responses.responses"
+_BETA_RESPONSES_MODULE = "openai.resources.beta.responses.responses"  # client.beta.responses: create only
 
 # chat.completions.stream() and responses.stream() go through create(): patching them too would
 # count those calls twice. parse() posts directly, so it needs its own patch.
@@ -323,6 +339,8 @@ TARGETS = (
     Target(_RESPONSES_MODULE, "AsyncResponses.create", RESPONSES, ASYNC_CALL),
     Target(_RESPONSES_MODULE, "Responses.parse", RESPONSES, CALL),
     Target(_RESPONSES_MODULE, "AsyncResponses.parse", RESPONSES, ASYNC_CALL),
+    Target(_BETA_RESPONSES_MODULE, "Responses.create", RESPONSES, CALL),
+    Target(_BETA_RESPONSES_MODULE, "AsyncResponses.create", RESPONSES, ASYNC_CALL),
     Target("openai.resources.completions", "Completions.create", COMPLETIONS, CALL),
     Target("openai.resources.completions", "AsyncCompletions.create", COMPLETIONS, ASYNC_CALL),
     Target("openai.resources.embeddings", "Embeddings.create", EMBEDDINGS, CALL),

@@ -34,6 +34,10 @@ class Result:
 
 
 class Accumulator(Protocol):
+    # time.time_ns() when the first chunk carrying output arrived (0: none yet): the stream's time to first
+    # chunk. Not the stream's opening events, which some APIs send before the model has produced anything.
+    first_output_ns: int
+
     def add(self, chunk: Any) -> bool:
         """Take one stream item; return False to hide it from the application."""
 

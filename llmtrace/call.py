@@ -77,7 +77,6 @@ class Call:
         "base_url",
         "accepts_usage_option",
         "start_ns",
-        "first_chunk_ns",
         "retries",
         "rate_limited",
         "acc",
@@ -110,7 +109,6 @@ class Call:
         self.kwargs = kwargs
         self.base_url = info.base_url
         self.accepts_usage_option = info.accepts_usage_option
-        self.first_chunk_ns = 0
         self.retries = 0
         self.rate_limited = 0
         self.acc: Accumulator | None = None
@@ -167,9 +165,8 @@ class Call:
         return self.acc
 
     def observe_chunk(self, chunk: Any) -> bool:
-        """Per stream item: TTFT and accumulation. Returns False to hide the item. Never raises."""
-        if not self.first_chunk_ns:
-            self.first_chunk_ns = time.time_ns()
+        """Per stream item: accumulation (and the time of the first output). Returns False to hide the item.
+        Never raises."""
         try:
             return self.acc.add(chunk)  # type: ignore[union-attr]
         except Exception as exc:
@@ -235,8 +232,9 @@ class Call:
         if self.rate_limited:
             attrs[A.HTTP_RATE_LIMITED] = self.rate_limited
         ttfc = None
-        if self.first_chunk_ns:
-            ttfc = (self.first_chunk_ns - self.start_ns) / 1e9
+        first_output_ns = self.acc.first_output_ns if self.acc is not None else 0
+        if first_output_ns:
+            ttfc = (first_output_ns - self.start_ns) / 1e9
             attrs[A.RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
         usage = None
         cost = None

@@ -7,7 +7,6 @@ The span ends on exhaustion, ``close()``, context exit, an exception mid-stream,
 
 from __future__ import annotations
 
-import time
 import weakref
 from typing import Any, AsyncIterator, Iterator
 
@@ -33,18 +32,18 @@ class SyncStreamProxy(wrapt.ObjectProxy):
         add = call.begin_stream().add  # per-chunk work kept to one call: this loop runs for every token
         try:
             for item in self.__wrapped__:
-                if not call.first_chunk_ns:
-                    call.first_chunk_ns = time.time_ns()
                 try:
                     show = add(item)
                 except Exception as exc:
                     report(exc)
                     show = True
                 if show:
-                    yield item
-        except GeneratorExit:
-            call.end_stream(None)  # the app stopped iterating (break): the call is over for us
-            raise
+                    try:
+                        yield item
+                    except BaseException:
+                        # Thrown in where the app stopped reading (a break, close()): not the call failing.
+                        call.end_stream(None)
+                        raise
         except BaseException as exc:
             call.end_stream(exc)
             raise
@@ -93,18 +92,19 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
         add = call.begin_stream().add
         try:
             async for item in self.__wrapped__:
-                if not call.first_chunk_ns:
-                    call.first_chunk_ns = time.time_ns()
                 try:
                     show = add(item)
                 except Exception as exc:
                     report(exc)
                     show = True
                 if show:
-                    yield item
-        except GeneratorExit:
-            call.end_stream(None)
-            raise
+                    try:
+                        yield item
+                    except BaseException:
+                        # Thrown in where the app stopped reading: a break (GeneratorExit), or asyncio.run()
+                        # ending with this generator not yet closed (CancelledError). Not the call failing.
+                        call.end_stream(None)
+                        raise
         except BaseException as exc:
             call.end_stream(exc)
             raise

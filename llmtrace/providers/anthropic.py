@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from typing import Any, Mapping
 
 from .. import attributes as A
@@ -87,19 +89,23 @@ def _parse(message: Any) -> Result:
     )
 
 
+# Anthropic's tokenizer is not public; cl100k (GPT-4's) is the closest public approximation.
+_TOKENIZER_MODEL = "gpt-4"
 _USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 
 
 class _Accumulator:
     """``message_start`` carries the input side; ``message_delta`` the cumulative output count."""
 
-    __slots__ = ("_model", "_id", "_reason", "_usage", "_thinking", "_cache_creation", "_text")
+    __slots__ = ("first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation", "_text")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
+        self.first_output_ns = 0
         self._model: str | None = None
         self._id: str | None = None
         self._reason: str | None = None
         self._usage: dict[str, int] | None = None
+        self._output_counted = False  # a message_delta gave the output count (message_start's is a placeholder)
         self._thinking = 0
         self._cache_creation: Any = None
         self._text: list[str] = []
@@ -122,7 +128,9 @@ class _Accumulator:
 
     def add(self, event: Any) -> bool:
         kind = get(event, "type")
-        if kind == "content_block_delta":
+        if kind == "content_block_delta":  # output (text, thinking, tool input): message_start comes before any
+            if not self.first_output_ns:
+                self.first_output_ns = time.time_ns()
             text = get(get(event, "delta"), "text")
             if isinstance(text, str):
                 self._text.append(text)
@@ -135,11 +143,14 @@ class _Accumulator:
             reason = get(get(event, "delta"), "stop_reason")
             if isinstance(reason, str):
                 self._reason = reason
-            self._merge_usage(get(event, "usage"))
+            usage = get(event, "usage")
+            self._merge_usage(usage)
+            self._output_counted = self._output_counted or isinstance(get(usage, "output_tokens"), int)
         return True
 
     def result(self) -> Result:
         usage = None
+        text = "".join(self._text)
         if self._usage is not None:
             usage = _usage(
                 {
@@ -148,22 +159,27 @@ class _Accumulator:
                     "cache_creation": self._cache_creation,
                 }
             )
+            if usage is not None and not self._output_counted:
+                # The stream ended (failed, or the app stopped reading) before the final count: the input is
+                # the provider's, the output is estimated from the text that streamed in.
+                usage = dataclasses.replace(
+                    usage, visible_output=tokenizer.count_text(_TOKENIZER_MODEL, text), reasoning=0, source=A.SOURCE_ESTIMATED
+                )
         return Result(
             response_model=self._model,
             response_id=self._id,
             finish_reasons=(self._reason,) if self._reason else (),
             usage=usage,
-            output_text="".join(self._text),
+            output_text=text,
         )
 
 
 def _estimate_input(model: str, kwargs: Mapping[str, Any]) -> int:
-    # Anthropic's tokenizer is not public; cl100k is the closest public approximation.
     messages = list(kwargs.get("messages") or ())
     system = kwargs.get("system")
     if isinstance(system, str):
         messages.insert(0, {"role": "system", "content": system})
-    return tokenizer.count_prompt("gpt-4", messages)
+    return tokenizer.count_prompt(_TOKENIZER_MODEL, messages)
 
 
 def _content(kwargs: Mapping[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Mapping
 
 from .. import attributes as A
@@ -149,10 +150,11 @@ def _parse_choices_response(response: Any) -> Result:
 class _ChoicesAccumulator:
     """Chat and legacy completion chunks; usage arrives in a final chunk with no choices."""
 
-    __slots__ = ("_hide_usage_chunk", "_model", "_id", "_finish", "_text", "_usage", "_extras")
+    __slots__ = ("_hide_usage_chunk", "first_output_ns", "_model", "_id", "_finish", "_text", "_usage", "_extras")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self._hide_usage_chunk = hide_usage_chunk
+        self.first_output_ns = 0
         self._model: str | None = None
         self._id: str | None = None
         self._finish: dict[int, str] = {}
@@ -170,6 +172,8 @@ class _ChoicesAccumulator:
                 self._extras = _extras(chunk)
         choices = getattr(chunk, "choices", None)
         if choices:
+            if not self.first_output_ns:  # not Azure's filter-results chunk, nor the usage chunk: no choices
+                self.first_output_ns = time.time_ns()
             for choice in choices:
                 delta = getattr(choice, "delta", None)
                 piece = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
@@ -230,9 +234,10 @@ def _parse_response_object(response: Any) -> Result:
 
 
 class _ResponsesAccumulator:
-    __slots__ = ("_final", "_created", "_error", "_text")
+    __slots__ = ("first_output_ns", "_final", "_created", "_error", "_text")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
+        self.first_output_ns = 0
         self._final: Any = None
         self._created: Any = None
         self._error: tuple[str, str] | None = None
@@ -240,6 +245,10 @@ class _ResponsesAccumulator:
 
     def add(self, event: Any) -> bool:
         kind = get(event, "type")
+        # Output arrives as *.delta events (text, refusal, tool arguments, reasoning summary); response.created
+        # and the item/part announcements come first, before the model has produced anything.
+        if not self.first_output_ns and type(kind) is str and kind.endswith(".delta"):
+            self.first_output_ns = time.time_ns()
         if kind == "response.output_text.delta":
             delta = get(event, "delta")
             if isinstance(delta, str):

@@ -1,0 +1,88 @@
+"""Stream semantics every provider shares: when the first output arrived, and how a stream left early ends."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable, Iterator
+
+import anthropic
+import openai
+import pytest
+
+from conftest import anthropic_client, http_module, openai_client
+from fake_api import FakeAPI
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+_WAIT_NS = 5_000_000_000  # the model thinks this long after the stream opened, before its first output
+
+
+def _opens_then_thinks(sdk: Any, first_output: bytes, clock: list[int]) -> Callable[[Any], Any]:
+    """FakeAPI's stream, event by event, the clock moving on by _WAIT_NS before the first output event."""
+    http = http_module(sdk)
+    api = FakeAPI(http)
+
+    def handler(request: Any) -> Any:
+        events = api(request).read().split(b"\n\n")
+
+        def body() -> Iterator[bytes]:
+            thought = False
+            for event in events:
+                if first_output in event and not thought:
+                    clock[0] += _WAIT_NS
+                    thought = True
+                yield event + b"\n\n"
+
+        return http.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    return handler
+
+
+def _chat(clock: list[int]) -> None:
+    client = openai_client(_opens_then_thinks(openai, b"chat.completion.chunk", clock))
+    list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+
+
+def _responses(clock: list[int]) -> None:
+    # response.created, output_item.added and content_part.added come first: the model has produced nothing yet.
+    client = openai_client(_opens_then_thinks(openai, b"response.output_text.delta", clock))
+    list(client.responses.create(model="gpt-4.1-nano", input="hi", stream=True))
+
+
+def _messages(clock: list[int]) -> None:
+    # message_start and content_block_start come first.
+    client = anthropic_client(_opens_then_thinks(anthropic, b"content_block_delta", clock))
+    with client.messages.stream(model="claude-3-5-haiku-20241022", max_tokens=64, messages=MESSAGES) as stream:
+        stream.until_done()
+
+
+@pytest.mark.parametrize("api", [_chat, _responses, _messages], ids=["chat", "responses", "anthropic"])
+def test_time_to_first_chunk_is_the_first_output_not_the_streams_opening(
+    captured: Any, monkeypatch: pytest.MonkeyPatch, api: Callable[[list[int]], None]
+) -> None:
+    clock = [time.time_ns()]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])  # frozen but for the model's thinking
+    api(clock)
+    (span,) = captured.spans()
+    assert span.attributes["gen_ai.response.time_to_first_chunk"] == _WAIT_NS / 1e9
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_an_async_stream_left_early_in_asyncio_run_is_not_an_error(captured: Any, sdk: str) -> None:
+    """asyncio.run() ends by cancelling the unfinished close of the generator the app broke out of; the
+    CancelledError thrown into it then is the event loop's, not the call's."""
+
+    async def first_chunk_only() -> Any:
+        if sdk == "openai":
+            client = openai_client(FakeAPI(http_module(openai), is_async=True), is_async=True)
+            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        else:
+            client = anthropic_client(FakeAPI(http_module(anthropic), is_async=True), is_async=True)
+            stream = await client.messages.create(model="claude-3-5-haiku-20241022", max_tokens=64, messages=MESSAGES,
+                                                  stream=True)  # fmt: skip
+        async for chunk in stream:
+            return chunk  # e.g. a classifier that needs only the first token
+
+    assert asyncio.run(first_chunk_only()) is not None
+    (span,) = captured.spans()
+    assert span.status.status_code.name == "UNSET" and "error.type" not in span.attributes

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from . import attributes as A
-from .config import ConfigError
+from .config import ConfigError, read_toml
 
 if TYPE_CHECKING:
     from . import query  # at run time imported where used: it loads DuckDB, which `import llmtrace` must not
@@ -163,13 +162,7 @@ def _changed() -> None:
 def load_file(path: str | os.PathLike[str]) -> list[Budget]:
     """The ``[[budgets]]`` of a config file; every error names the file, the line and the field."""
     path = Path(path)
-    try:
-        text = path.read_text()
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+    text, data = read_toml(path)
     tables = data.get("budgets", [])
     if not isinstance(tables, list):
         raise ConfigError(f"{path}: `budgets` must be an array of tables ([[budgets]])")
@@ -223,7 +216,7 @@ def _validated(raw: Mapping[str, Any], origin: str, line_of: Any = None) -> Budg
     if period not in PERIODS:
         raise fail("period", f"{period!r} is not one of {', '.join(PERIODS)}")
     limit = raw.get("limit_usd")
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < float("inf"):
         raise fail("limit_usd", f"must be a positive number of USD, got {limit!r}")
     warn_at = raw.get("warn_at", 0.8)
     if isinstance(warn_at, bool) or not isinstance(warn_at, (int, float)) or not 0 < warn_at <= 1:

@@ -310,10 +310,7 @@ class Call:
         provider = self.attrs[A.PROVIDER_NAME]
         request_model = self.attrs.get(A.REQUEST_MODEL) or ""
         model = result.response_model or request_model
-        price = pricing.price_for(provider, model, self.base_url)
-        if price is None and request_model and request_model != model:
-            # Some responses name an internal snapshot (davinci:2023-07-21-v2) that no price list has.
-            price = pricing.price_for(provider, request_model, self.base_url)
+        price = pricing.price_for_call(provider, model, request_model, self.base_url)
         if price is None:
             attrs[A.COST_UNPRICED] = True
             pricing.note_unpriced(provider, model)

@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
+import os
 import random
 import sys
 import time
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
+import duckdb
+
 from . import budgets, config, dashboard, pricing, query
 from .store import resolve
 from .store.merge import merge
+from .store.schema import StoreFromTheFuture
 
 _REPORT_COLUMNS = (
     ("key", "{}"),
@@ -40,9 +45,16 @@ def _report_table(rows: list[dict[str, Any]], by: str) -> None:
                            for row in rows])
 
 
+def _settings(args: argparse.Namespace) -> config.Settings:
+    """The settings an app instrumented in this folder would have: --db and --config first, then the
+    LLMTRACE_* variables, then llmtrace.toml (so that the store and budgets read are the app's)."""
+    return config.load({"db": getattr(args, "db", None), "config_file": getattr(args, "config", None)})
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Spend, calls, tokens and P50/P99 latency per tenant, feature, model or user."""
-    rows = query.spend_by(args.by, query.TimeRange.last(query.parse_duration(args.since)), db=args.db)
+    db = _settings(args).db
+    rows = query.spend_by(args.by, query.TimeRange.last(query.parse_duration(args.since)), db=db)
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))
     elif args.format == "csv":
@@ -50,7 +62,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(rows)
     elif not rows:
-        print(f"No LLM calls in the last {args.since} in {resolve(args.db).db}")
+        print(f"No LLM calls in the last {args.since} in {resolve(db).db}")
     else:
         _report_table(rows, args.by)
     return 0
@@ -58,7 +70,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compact(args: argparse.Namespace) -> int:
     """Merge pending segments into the database now and apply retention."""
-    outcome = merge(resolve(args.db), args.retention_days)
+    settings = _settings(args)
+    days = settings.retention_days if args.retention_days is None else args.retention_days
+    paths = resolve(settings.db)
+    try:
+        outcome = merge(paths, days or None)  # 0 keeps spans forever, as in the app
+    except (duckdb.Error, StoreFromTheFuture) as exc:
+        raise query.StoreError(f"cannot merge into {paths.db}: {exc}") from None
     if outcome.busy:
         print("Another process is writing the store; try again in a moment.", file=sys.stderr)
         return 1
@@ -68,7 +86,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_prices(args: argparse.Namespace) -> int:
-    """Show the USD-per-million-token prices llmtrace uses for a model."""
+    """Show the USD-per-million-token prices llmtrace uses for a model (overrides in llmtrace.toml included)."""
+    pricing.set_prices(_settings(args).prices)
     price = pricing.price_for(args.provider, args.model)
     if price is None:
         print(f"No price known for {args.model!r} (provider {args.provider!r}).", file=sys.stderr)
@@ -84,14 +103,15 @@ def cmd_prices(args: argparse.Namespace) -> int:
 def cmd_budgets(args: argparse.Namespace) -> int:
     """Spend against every budget in the config file this period (spent, limit, % used, projection), and
     the alerts of the last 7 days."""
-    path = config.config_path(args.config)
+    settings = _settings(args)
+    path = settings.config_file
     declared = budgets.load_file(path) if path else []
     if declared:
-        _budget_table(declared, args.db)
+        _budget_table(declared, settings.db)
     else:
         print(f"No budgets in {path or 'llmtrace.toml (not found)'}; declare them with [[budgets]] tables.")
-    if query.store_exists(args.db):
-        fired = query.alert_history(query.TimeRange.last(timedelta(days=7)), db=args.db)
+    if query.store_exists(settings.db):
+        fired = query.alert_history(query.TimeRange.last(timedelta(days=7)), db=settings.db)
         print(f"\nAlerts (last 7 days): {len(fired) or 'none'}")
         for row in fired:
             print(f"  {row['fired_at']:%Y-%m-%d %H:%M} UTC  {row['message']}")
@@ -110,8 +130,9 @@ def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the Streamlit dashboard over the store (on 127.0.0.1 unless --host says otherwise)."""
-    print(f"llmtrace dashboard: http://{args.host}:{args.port} over {resolve(args.db).db}", file=sys.stderr, flush=True)
-    dashboard.replace_process(args.db, args.host, args.port, args.refresh, args.config)
+    settings = _settings(args)
+    print(f"llmtrace dashboard: http://{args.host}:{args.port} over {resolve(settings.db).db}", file=sys.stderr, flush=True)
+    dashboard.replace_process(settings.db, args.host, args.port, args.refresh, settings.config_file)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -169,6 +190,20 @@ def _add_command(commands: Any, name: str, run: Callable[[argparse.Namespace], i
     return parser
 
 
+_DB_HELP = "store file (default: the app's: $LLMTRACE_DB, else db in llmtrace.toml, else ./.llmtrace/llmtrace.duckdb)"
+_CONFIG_HELP = "config file (default $LLMTRACE_CONFIG or ./llmtrace.toml)"
+
+
+def _retention_days(text: str) -> float:
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not 0 <= days < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days, 0 or more (0 keeps spans forever)")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmtrace", description="LLM cost and latency from the llmtrace store")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -176,24 +211,28 @@ def build_parser() -> argparse.ArgumentParser:
     report = _add_command(commands, "report", cmd_report)
     report.add_argument("--by", choices=["tenant", "feature", "model", "user", "provider"], default="tenant")
     report.add_argument("--since", default="7d", help="how far back: 30m, 24h, 7d (default 7d)")
-    report.add_argument("--db", help="store file (default $LLMTRACE_DB or ./.llmtrace/llmtrace.duckdb)")
+    report.add_argument("--db", help=_DB_HELP)
+    report.add_argument("--config", help=_CONFIG_HELP)
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
     compact = _add_command(commands, "compact", cmd_compact)
-    compact.add_argument("--db")
-    compact.add_argument("--retention-days", type=float, default=None)
+    compact.add_argument("--db", help=_DB_HELP)
+    compact.add_argument("--config", help=_CONFIG_HELP)
+    compact.add_argument("--retention-days", type=_retention_days, default=None,
+                         help="delete spans older than this; 0 keeps them forever (default: retention_days of the config)")
 
     prices = _add_command(commands, "prices", cmd_prices)
     prices.add_argument("model")
     prices.add_argument("--provider", default="openai")
+    prices.add_argument("--config", help=_CONFIG_HELP)
 
     budget = _add_command(commands, "budgets", cmd_budgets)
-    budget.add_argument("--config", help="config file (default $LLMTRACE_CONFIG or ./llmtrace.toml)")
-    budget.add_argument("--db")
+    budget.add_argument("--config", help=_CONFIG_HELP)
+    budget.add_argument("--db", help=_DB_HELP)
 
     board = _add_command(commands, "dashboard", cmd_dashboard)
-    board.add_argument("--db")
-    board.add_argument("--config", help="config file whose budgets the Budgets page shows")
+    board.add_argument("--db", help=_DB_HELP)
+    board.add_argument("--config", help="config file whose budgets the Budgets page shows (default as above)")
     board.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     board.add_argument("--port", type=int, default=dashboard.DEFAULT_PORT)
     board.add_argument("--refresh", type=float, default=None,
@@ -217,6 +256,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (query.StoreError, ValueError, dashboard.DashboardUnavailable) as exc:  # ConfigError is a ValueError
         print(f"llmtrace: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (| head): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush would fail again
+        return 1
 
 
 if __name__ == "__main__":

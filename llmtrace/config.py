@@ -6,6 +6,7 @@ config file, and (upper-cased, ``LLMTRACE_`` prefix) as the environment variable
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,7 @@ DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com",)
 ANOMALY_DETECTORS = ("spend_spike", "prompt_growth", "duplicate_calls", "model_drift", "error_rate")
 # Tables of llmtrace.toml whose keys are settings with a prefix: [alerts] webhook_url = alert_webhook_url.
 _PREFIXED_TABLES = {"alerts": "alert_", "anomalies": "anomaly_"}
+_TABLES = ("llmtrace", *_PREFIXED_TABLES, "prices", "budgets")  # budgets: llmtrace.budgets reads them
 
 
 class ConfigError(ValueError):
@@ -91,16 +93,14 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
             number = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{origin}: {name} must be a number, got {raw!r}") from None
-        if not number > 0:
-            raise ConfigError(f"{origin}: {name} must be positive, got {raw!r}")
+        if isinstance(raw, bool) or not 0 < number < math.inf:
+            raise ConfigError(f"{origin}: {name} must be a positive number, got {raw!r}")
         return number
     if isinstance(default, int):
-        try:
-            value = int(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{origin}: {name} must be an integer, got {raw!r}") from None
-        if value < 0:
-            raise ConfigError(f"{origin}: {name} must not be negative, got {raw!r}")
+        # Not int(raw): it would make 1.5 days 1 and true 1 without a word.
+        value = raw if type(raw) is int else int(raw) if isinstance(raw, str) and raw.strip().isdigit() else None
+        if value is None or value < 0:
+            raise ConfigError(f"{origin}: {name} must be a whole number, 0 or more, got {raw!r}")
         return value
     if isinstance(default, tuple):
         if isinstance(raw, str):
@@ -111,24 +111,42 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
     if name == "prices":
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{origin}: prices must be a table of model -> rates, got {raw!r}")
+        from .pricing import check_rates
+
+        for model, rates in raw.items():
+            try:
+                check_rates(model, rates)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: {exc}") from None
         return raw
     if raw is not None and not isinstance(raw, str):
         raise ConfigError(f"{origin}: {name} must be a string, got {raw!r}")
     return raw
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """A config file's text and its tables; every way it can be unreadable is a ConfigError naming it."""
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        text = path.read_bytes().decode("utf-8")
+        return text, tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (TOML files are UTF-8): {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
+
+
+def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
+    """Setting name -> (value, the table it came from)."""
+    data = read_toml(path)[1]
+    unknown_tables = sorted(set(data) - set(_TABLES))
+    if unknown_tables:
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown_tables)} (known: {', '.join(_TABLES)})")
     section = data.get("llmtrace", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: [llmtrace] must be a table")
-    result = dict(section)
+    result = {key: (value, "llmtrace") for key, value in section.items()}
     for table, prefix in _PREFIXED_TABLES.items():
         values = data.get(table, {})
         if not isinstance(values, dict):
@@ -136,9 +154,9 @@ def _read_file(path: Path) -> dict[str, Any]:
         unknown = sorted(k for k in values if prefix + k not in Settings.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} in [{table}]")
-        result.update({prefix + key: value for key, value in values.items()})
+        result.update({prefix + key: (value, table) for key, value in values.items()})
     if "prices" in data:
-        result["prices"] = data["prices"]
+        result["prices"] = (data["prices"], "prices")
     return result
 
 
@@ -182,7 +200,8 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
         elif std_env.get(name):
             values[name] = std_env[name]
         elif name in file_values:
-            values[name] = _coerce(name, file_values[name], default, f"{config_file} [llmtrace]")
+            value, table = file_values[name]
+            values[name] = _coerce(name, value, default, f"{config_file} [{table}]")
     if config_file:
         values["config_file"] = str(config_file)
     for pair in values.get("provider_hosts", ()):

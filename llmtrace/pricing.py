@@ -10,6 +10,7 @@ An unknown model has no cost (never 0): the span says ``llmtrace.cost.unpriced``
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -174,9 +175,7 @@ def set_price(
         values["cache_read_mtok"] = cache_read_mtok
     if cache_write_mtok is not None:
         values["cache_write_mtok"] = cache_write_mtok
-    for key, value in values.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"price {key} for model {model!r} must be a non-negative number, got {value!r}")
+    check_rates(model, values)
     inp = Rate(values["input_mtok"] / 1e6)
     out = Rate(values["output_mtok"] / 1e6)
     cache_write = Rate(values["cache_write_mtok"] / 1e6) if "cache_write_mtok" in values else inp
@@ -193,6 +192,24 @@ def set_price(
     with _lock:
         _overrides[model] = price
         _cache.clear()
+
+
+RATE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")  # set_price's, USD per million
+
+
+def check_rates(model: str, rates: Any) -> None:
+    """A ValueError unless ``rates`` is what set_price takes: input and output, optional cache rates, each a
+    non-negative number."""
+    if not isinstance(rates, Mapping):
+        raise ValueError(f"prices for {model!r} must be a table of {', '.join(RATE_KEYS)}, got {rates!r}")
+    unknown = sorted(set(rates) - set(RATE_KEYS))
+    missing = [key for key in RATE_KEYS[:2] if key not in rates]
+    if unknown or missing:
+        wrong = f"unknown {', '.join(unknown)}" if unknown else f"{', '.join(missing)} missing"
+        raise ValueError(f"prices for {model!r}: {wrong} (rates: {', '.join(RATE_KEYS)}; the first two are required)")
+    for key, value in rates.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise ValueError(f"price {key} for model {model!r} must be a non-negative number, got {value!r}")
 
 
 def set_prices(prices: Mapping[str, Mapping[str, float]]) -> None:
@@ -218,6 +235,21 @@ def price_for(provider: str, model: str, api_url: str | None = None) -> Price | 
     if price is None:
         price = _resolve(provider, model, api_url)
     _cache[key] = price
+    return price
+
+
+def price_for_call(provider: str, response_model: str, request_model: str, api_url: str | None = None) -> Price | None:
+    """A call's price. A user's override for the model as requested or as answered comes first: OpenAI
+    answers ``gpt-4o`` with ``gpt-4o-2024-08-06``, and an override of ``gpt-4o`` must apply to it. Then the
+    price list's for the model that answered, then for the one requested (some responses name an
+    internal snapshot, ``davinci:2023-07-21-v2``, that no price list has)."""
+    if _overrides:
+        price = _overrides.get(response_model) or _overrides.get(request_model)
+        if price is not None:
+            return price
+    price = price_for(provider, response_model or request_model, api_url)
+    if price is None and request_model and request_model != response_model:
+        price = price_for(provider, request_model, api_url)
     return price
 
 

@@ -85,9 +85,15 @@ def parse_duration(text: str) -> timedelta:
     """``30m``, ``24h``, ``7d``, ``2w`` -> timedelta."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     try:
-        return timedelta(**{units[text[-1]]: float(text[:-1])})
-    except (KeyError, ValueError, IndexError):
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d)") from None
+        duration = timedelta(**{units[text[-1]]: float(text[:-1])})
+    except (KeyError, ValueError, IndexError, OverflowError):  # OverflowError: 1e12w, infd
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d; at most {_MAX_DURATION.days:,}d)") from None
+    if not timedelta(0) < duration <= _MAX_DURATION:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d; at most {_MAX_DURATION.days:,}d)")
+    return duration
+
+
+_MAX_DURATION = timedelta(days=100 * 366)  # "since" reaches back from now: past this it leaves the calendar
 
 
 # --- opening -------------------------------------------------------------------------------------

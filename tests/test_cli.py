@@ -6,6 +6,7 @@ import importlib.metadata
 import io
 import json
 import tomllib
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from llmtrace import dashboard
 from llmtrace.cli import main
 from llmtrace.demo import DemoRun, ProgressBar
-from store_helpers import emit, provider_with_store
+from store_helpers import emit, emit_at, provider_with_store
 
 
 @pytest.fixture
@@ -51,6 +52,61 @@ def test_compact_and_prices(db: str, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["prices", "gpt-4o-mini"]) == 0
     assert "input" in capsys.readouterr().out
     assert main(["prices", "no-such-model"]) == 1
+
+
+def test_every_command_reads_the_store_and_settings_the_app_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "elsewhere" / "app.duckdb"
+    provider, writer = provider_with_store(str(db), flush_interval=60)
+    emit(provider, 3, tenant="acme", cost=0.5)
+    emit_at(provider, datetime.utcnow() - timedelta(days=10), **{"llmtrace.tenant": "old"})
+    writer.force_flush()
+    (tmp_path / "llmtrace.toml").write_text(f"""
+[llmtrace]
+db = "{db}"
+retention_days = 5
+
+[prices."my-fine-tune"]
+input_mtok = 1.5
+output_mtok = 3
+
+[[budgets]]
+scope = "tenant"
+key = "acme"
+period = "month"
+limit_usd = 10
+""")  # the app's config, in the folder the commands run in (no --db given anywhere below)
+    assert main(["report"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["acme", "3"]
+    assert main(["budgets"]) == 0
+    assert "$1.50" in capsys.readouterr().out  # acme's spend this month, from the app's store
+    assert main(["prices", "my-fine-tune"]) == 0
+    assert "override" in capsys.readouterr().out
+    assert main(["compact"]) == 0
+    assert "retention removed 1" in capsys.readouterr().out  # the config's 5 days
+
+
+def test_compact_retention_zero_keeps_every_span(db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compact", "--db", db, "--retention-days", "0"]) == 0
+    assert "retention removed 0" in capsys.readouterr().out
+    assert main(["report", "--db", db, "--format", "json"]) == 0
+    assert sum(row["calls"] for row in json.loads(capsys.readouterr().out)) == 4
+    for days in ("-1", "inf", "soon"):
+        with pytest.raises(SystemExit):  # argparse's own usage error
+            main(["compact", "--db", db, "--retention-days", days])
+        assert "not a number of days" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("since", ["1e12w", "infd", "-5d", "0h"])
+def test_a_duration_out_of_range_is_a_clear_error(db: str, since: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "--db", db, f"--since={since}"]) == 2
+    assert "not a duration" in capsys.readouterr().err
+
+
+def test_compact_of_a_damaged_database_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    damaged = tmp_path / "damaged.duckdb"
+    damaged.write_bytes(b"this is not a DuckDB file" * 100)
+    assert main(["compact", "--db", str(damaged)]) == 2
+    assert f"cannot merge into {damaged}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [[], ["report"], ["compact"], ["prices"], ["budgets"], ["dashboard"], ["demo"]])

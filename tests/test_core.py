@@ -229,6 +229,39 @@ def test_config_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert call.runtime is None  # nothing half-applied
 
 
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        ('[prices."m"]\ninput_mtok = 1\noutput = 2\n', r"\[prices\]: prices for 'm': unknown output"),
+        ('[prices."m"]\ninput_mtok = 1\n', "output_mtok missing"),
+        ('[prices."m"]\ninput_mtok = 1\noutput_mtok = "2"\n', "price output_mtok for model 'm' must be a non-negative"),
+        ('[prices."m"]\ninput_mtok = -1\noutput_mtok = 2\n', "price input_mtok for model 'm' must be a non-negative"),
+        ("[prices]\nm = 5\n", "prices for 'm' must be a table"),
+        ("[llmtrace]\nretention_days = 1.5\n", r"\[llmtrace\]: retention_days must be a whole number"),
+        ("[llmtrace]\nflush_interval = inf\n", "flush_interval must be a positive number"),
+        ("[anomalies]\ninterval = 0\n", r"\[anomalies\]: anomaly_interval must be a positive number"),
+        ("[alert]\nwebhook_url = 'http://x'\n", r"unknown table\(s\) alert"),
+        ("[[budgets]]\nscope = 'global'\nperiod = 'day'\nlimit_usd = inf\n", "limit_usd"),
+    ],
+)
+def test_a_malformed_config_file_is_a_config_error_naming_where(tmp_path: Path, content: str, error: str) -> None:
+    path = tmp_path / "llmtrace.toml"
+    path.write_text(content)
+    with pytest.raises(llmtrace.ConfigError, match=error) as caught:
+        llmtrace.instrument(config_file=str(path))
+    assert str(path) in str(caught.value)
+    from llmtrace import call
+
+    assert call.runtime is None
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "llmtrace.toml"
+    path.write_bytes("[llmtrace]\nservice_name = 'caf\u00e9'\n".encode("latin-1"))
+    with pytest.raises(llmtrace.ConfigError, match="not UTF-8"):
+        llmtrace.instrument(config_file=str(path))
+
+
 def test_fast_prices_equal_genai_prices_for_every_model() -> None:
     from genai_prices import data_snapshot
 

@@ -110,6 +110,26 @@ def test_truncated_segment_is_quarantined_not_dropped_silently(tmp_path: Path, c
     assert "unreadable" in caplog.text
 
 
+def test_a_segment_with_damaged_data_is_quarantined_and_the_rest_merged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    paths = resolve(db)
+    emit(provider, 10)
+    table = schema.spans_to_table(list(writer._spans))
+    writer._spans.clear()
+    bad = files.write_segment(paths, table)
+    good = files.write_segment(paths, table)
+    data = bytearray(bad.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little")
+    data[4 : len(data) - footer - 8] = b"\xab" * (len(data) - footer - 12)  # the footer whole, the pages not
+    bad.write_bytes(bytes(data))
+    outcome = merge(paths)
+    assert outcome.merged_rows == 10 and [p.name for p in outcome.quarantined] == [bad.name]
+    assert (paths.quarantine / bad.name).exists() and not good.exists()
+    assert "damaged data" in caplog.text
+    assert query.summary(query.TimeRange.last(timedelta(days=1)), db=db)["calls"] == 10
+
+
 def test_unwritable_folder_keeps_spans_until_it_is_fixed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = _db(tmp_path)
     paths = resolve(db)
@@ -134,8 +154,6 @@ def test_disk_full_keeps_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def full(*args: Any, **kwargs: Any) -> Any:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    from llmtrace.store import writer as writer_module
-
     monkeypatch.setattr(writer_module, "write_segment", full)
     emit(provider, 4)
     writer.force_flush()
@@ -143,6 +161,25 @@ def test_disk_full_keeps_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     emit(provider, 1)
     writer.force_flush()
     assert _count(db)["spans"] == 5
+
+
+def test_a_read_only_folder_is_one_log_line_and_spans_lost_at_exit_are_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    attempts = iter(range(1_000))
+
+    def read_only(paths: Any, table: Any) -> Any:  # each attempt names its own temporary file, as the OS does
+        raise OSError(errno.EROFS, "Read-only file system", str(paths.segments / f"{next(attempts)}.parquet.tmp"))
+
+    monkeypatch.setattr(writer_module, "write_segment", read_only)
+    emit(provider, 3)
+    for _ in range(3):
+        writer.force_flush()
+    assert sum("cannot write segments" in r.message for r in caplog.records) == 1
+    writer.shutdown()  # the app exits while the folder is still read-only
+    assert "3 span(s) could not be written" in caplog.records[-1].getMessage()
 
 
 def _small_segments(monkeypatch: pytest.MonkeyPatch) -> list[str]:

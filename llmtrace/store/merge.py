@@ -80,6 +80,20 @@ def _readable(segment: Path) -> int | None:
         return None
 
 
+def _decodes(segment: Path) -> bool:
+    """Whether every page of a segment decodes (a whole footer over damaged data passes ``_readable``)."""
+    try:
+        pq.read_table(segment)
+        return True
+    except Exception:
+        return False
+
+
+def _quarantine(paths: StorePaths, segment: Path, outcome: MergeOutcome, why: str) -> None:
+    outcome.quarantined.append(quarantine(paths, segment))
+    logger.error("llmtrace: segment %s is unreadable (%s); moved to %s", segment.name, why, paths.quarantine)
+
+
 def merge(paths: StorePaths, retention_days: float | None = None) -> MergeOutcome:
     outcome = MergeOutcome()
     con = open_for_write(paths)
@@ -106,11 +120,30 @@ def _merge_with(
             continue
         rows = _readable(segment)
         if rows is None:
-            outcome.quarantined.append(quarantine(paths, segment))
-            logger.error("llmtrace: segment %s is unreadable (truncated by a crash?); moved to %s",
-                         segment.name, paths.quarantine)
+            _quarantine(paths, segment, outcome, "truncated by a crash?")
             continue
         to_insert.append((segment, rows))
+    try:
+        _commit(con, to_insert, retention_days, outcome)
+    except duckdb.Error as exc:
+        # One damaged segment must not hold back every other one (nor every reader): find it, set it aside.
+        damaged = [(segment, rows) for segment, rows in to_insert if not _decodes(segment)]
+        if is_lock_error(exc) or not damaged:
+            raise
+        for segment, _ in damaged:
+            _quarantine(paths, segment, outcome, f"damaged data: {exc}")
+        to_insert = [entry for entry in to_insert if entry not in damaged]
+        _commit(con, to_insert, retention_days, outcome)
+    outcome.merged_segments = len(to_insert)
+    outcome.merged_rows = sum(rows for _, rows in to_insert)
+    for segment in [s for s, _ in to_insert] + to_delete:
+        segment.unlink(missing_ok=True)
+
+
+def _commit(
+    con: duckdb.DuckDBPyConnection, to_insert: list[tuple[Path, int]], retention_days: float | None, outcome: MergeOutcome
+) -> None:
+    """One transaction: insert these segments and record their ids, then apply retention."""
     con.execute("BEGIN")
     try:
         if to_insert:
@@ -128,7 +161,3 @@ def _merge_with(
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    outcome.merged_segments = len(to_insert)
-    outcome.merged_rows = sum(rows for _, rows in to_insert)
-    for segment in [s for s, _ in to_insert] + to_delete:
-        segment.unlink(missing_ok=True)

@@ -191,7 +191,10 @@ class StoreWriter(SpanProcessor):
             if backlog is not None:
                 self._merged(backlog.outcome)
         if write_error is not None:  # after the merge's outcome: a merge that worked must not clear this fault
-            self._fault.report(f"cannot write segments in {self.paths.segments}: {write_error}")
+            # The OS error's text without its file name: each attempt writes a new temporary file, and one
+            # fault must stay one log line.
+            reason = write_error.strerror or str(write_error)
+            self._fault.report(f"cannot write segments in {self.paths.segments}: {reason}")
             return
         if merge_now and self.paths.pending():
             self._merged(merge_all)
@@ -250,6 +253,10 @@ class StoreWriter(SpanProcessor):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
+        lost = len(self._spans) + len(self._unwritten)
+        if lost:  # the last line the app's log gets about the store must say what it cost
+            logger.error("llmtrace: %d span(s) could not be written to %s before the store stopped, and are lost: %s",
+                         lost, self.paths.segments, self._fault.current or "the final flush did not finish")
 
     def restart(self, *, flush_interval: float, retention_days: float | None) -> None:
         """Take spans again after ``shutdown()`` (instrument() after uninstrument() on the same provider:

@@ -12,7 +12,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import pytest
@@ -94,39 +94,34 @@ def test_segments_committed_but_not_deleted_are_not_counted_twice(tmp_path: Path
     assert not segment.exists() and _count(db)["spans"] == 10
 
 
-def test_truncated_segment_is_quarantined_not_dropped_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    db = _db(tmp_path)
-    provider, writer = provider_with_store(db, flush_interval=60)
-    paths = resolve(db)
-    emit(provider, 10)
-    table = schema.spans_to_table(list(writer._spans))
-    writer._spans.clear()
-    good = files.write_segment(paths, table)
-    bad = files.write_segment(paths, table)
-    bad.write_bytes(bad.read_bytes()[:200])  # a crash mid-write of a file that was renamed anyway
-    outcome = merge(paths)
-    assert outcome.merged_rows == 10 and [p.name for p in outcome.quarantined] == [bad.name]
-    assert (paths.quarantine / bad.name).exists() and not good.exists()
-    assert "unreadable" in caplog.text
+def _truncated(segment: Path) -> None:
+    segment.write_bytes(segment.read_bytes()[:200])  # a crash mid-write of a file that was renamed anyway
 
 
-def test_a_segment_with_damaged_data_is_quarantined_and_the_rest_merged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    db = _db(tmp_path)
-    provider, writer = provider_with_store(db, flush_interval=60)
-    paths = resolve(db)
-    emit(provider, 10)
-    table = schema.spans_to_table(list(writer._spans))
-    writer._spans.clear()
-    bad = files.write_segment(paths, table)
-    good = files.write_segment(paths, table)
-    data = bytearray(bad.read_bytes())
+def _damaged(segment: Path) -> None:
+    data = bytearray(segment.read_bytes())
     footer = int.from_bytes(data[-8:-4], "little")
     data[4 : len(data) - footer - 8] = b"\xab" * (len(data) - footer - 12)  # the footer whole, the pages not
-    bad.write_bytes(bytes(data))
+    segment.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("spoil, logged", [(_truncated, "truncated by a crash"), (_damaged, "damaged data")])
+def test_an_unreadable_segment_is_quarantined_and_the_rest_merged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Callable[[Path], None], logged: str
+) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    paths = resolve(db)
+    emit(provider, 10)
+    table = schema.spans_to_table(list(writer._spans))
+    writer._spans.clear()
+    bad = files.write_segment(paths, table)
+    good = files.write_segment(paths, table)
+    spoil(bad)
     outcome = merge(paths)
     assert outcome.merged_rows == 10 and [p.name for p in outcome.quarantined] == [bad.name]
     assert (paths.quarantine / bad.name).exists() and not good.exists()
-    assert "damaged data" in caplog.text
+    assert logged in caplog.text
     assert query.summary(query.TimeRange.last(timedelta(days=1)), db=db)["calls"] == 10
 
 

@@ -20,7 +20,6 @@ Detector = Callable[[Settings, query.Store, datetime], list[Alert]]
 # A model name that names a snapshot: a date (2024-08-06, 20241022), a -MMDD suffix (gpt-4-0613) or a
 # -00N version (gemini-1.5-pro-002). Anything else is an alias the provider may repoint.
 _PINNED = re.compile(r"(?:20\d\d-?[01]\d-?[0-3]\d|-[01]\d[0-3]\d$|-\d{3}$|@\d{8}$)")
-BUDGET_EXCEEDED = "BudgetExceeded"
 
 
 def is_pinned(model: str) -> bool:
@@ -136,9 +135,7 @@ def model_drift(settings: Settings, db: query.Store, now: datetime) -> list[Aler
 def failure_rates(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
     window = settings.anomaly_rate_window
     since = now - timedelta(seconds=window)
-    rows = query.error_rates(
-        query.TimeRange(since, now + timedelta(seconds=1)), by="provider", excluded_error=BUDGET_EXCEEDED, db=db, in_app=True
-    )
+    rows = query.error_rates(query.TimeRange(since, now + timedelta(seconds=1)), by="provider", db=db, in_app=True)
     alerts = []
     slot = _slot(now, window)
     for row in rows:

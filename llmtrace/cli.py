@@ -24,9 +24,11 @@ _REPORT_COLUMNS = (
     ("key", "{}"),
     ("calls", "{:,}"),
     ("errors", "{:,}"),
+    ("blocked_calls", "{:,}"),  # refused by a block budget: never sent
     ("input_tokens", "{:,}"),
     ("output_tokens", "{:,}"),
     ("cost_usd", "${:,.6f}"),
+    ("unpriced_calls", "{:,}"),  # not in cost_usd: a total with these beside it is a floor
     ("p50_ms", "{:,.0f}"),
     ("p99_ms", "{:,.0f}"),
 )

@@ -38,6 +38,13 @@ DIMENSIONS = {
 _ATTACH_WAIT_S = 5.0
 # A call that met HTTP 429: it failed with one, or the SDK retried after one.
 _RATE_LIMITED = "http_status = 429 OR rate_limited > 0"
+# A call a ``block`` budget refused (llmtrace's BudgetExceeded): it never reached the provider, so it is neither
+# a provider's error nor a latency. Reports count it as blocked.
+REFUSED_ERROR = "BudgetExceeded"
+_SERVED = f"error_type IS DISTINCT FROM '{REFUSED_ERROR}'"
+_ERRORS = f"count(*) FILTER (WHERE error_type IS NOT NULL AND {_SERVED})"
+_BLOCKED = f"count(*) FILTER (WHERE NOT ({_SERVED}))"
+_SERVED_DURATION = f"CASE WHEN {_SERVED} THEN duration_ms END"  # NULL for a refused call: no percentile sees it
 # Time-bucket widths the over-time questions accept, with their length in seconds.
 BUCKETS = {
     "1 second": 1, "5 seconds": 5, "10 seconds": 10, "30 seconds": 30, "1 minute": 60, "5 minutes": 300,
@@ -229,13 +236,13 @@ def spend_by(
     """Calls, tokens (by bucket), spend and latency percentiles per tenant/user/feature/model/provider."""
     key = _dimension(by)
     where, params = _where(time_range, filters)
-    totals = f"""{key} AS key, count(*) AS calls, count(error_type) AS errors,
+    totals = f"""{key} AS key, count(*) AS calls, {_ERRORS} AS errors, {_BLOCKED} AS blocked_calls,
                  sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
                  sum(cache_read_tokens) AS cache_read_tokens, sum(reasoning_tokens) AS reasoning_tokens,
                  sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls"""
     # Percentiles are the expensive part (one sort per key gives both). For the top keys only, they are
     # computed in a second pass over those keys' rows; for every key, in the same pass as the totals.
-    percentiles = "quantile_cont(duration_ms, [0.5, 0.99]) AS p"
+    percentiles = f"quantile_cont({_SERVED_DURATION}, [0.5, 0.99]) AS p"
     order = "ORDER BY cost_usd DESC NULLS LAST, calls DESC"
     if limit:
         sql = f"""
@@ -277,9 +284,11 @@ def latency_percentiles(
     bucket: str | None = None,
     db: Store = None,
 ) -> list[dict[str, Any]]:
-    """P50/P95/P99 of duration and time to first chunk, per model (or provider), optionally over time."""
+    """P50/P95/P99 of duration and time to first chunk, per model (or provider), optionally over time
+    (calls a budget refused are not latencies: left out)."""
     keys, group = _grouping(by, bucket)
     where, params = _where(time_range, filters)
+    where += f" AND {_SERVED}"
     sql = f"""
         SELECT {keys}, count(*) AS calls,
                quantile_cont(duration_ms, [0.5, 0.95, 0.99]) AS duration_ms,
@@ -301,17 +310,14 @@ def error_rates(
     *,
     by: str = "provider",
     bucket: str | None = None,
-    excluded_error: str | None = None,
     db: Store = None,
     in_app: bool = False,
 ) -> list[dict[str, Any]]:
-    """Error and 429 rates and HTTP attempts (retries), per provider/model, optionally over time.
-    Calls that failed with ``excluded_error`` (e.g. llmtrace's own BudgetExceeded) are left out."""
+    """Error and 429 rates and HTTP attempts (retries), per provider/model, optionally over time, of the
+    calls that reached the provider (not those a budget refused)."""
     keys, group = _grouping(by, bucket)
     where, params = _where(time_range, filters)
-    if excluded_error is not None:
-        where += " AND error_type IS DISTINCT FROM ?"
-        params.append(excluded_error)
+    where += f" AND {_SERVED}"
     sql = f"""
         SELECT {keys}, count(*) AS calls, count(error_type) AS errors,
                count(*) FILTER (WHERE {_RATE_LIMITED}) AS rate_limited_calls,
@@ -401,11 +407,11 @@ def summary(
     where, params = _where(time_range, filters)
     sql = f"""
         SELECT * EXCLUDE (p), p[1] AS p50_ms, p[2] AS p99_ms FROM (
-        SELECT count(*) AS calls, count(error_type) AS errors,
+        SELECT count(*) AS calls, {_ERRORS} AS errors, {_BLOCKED} AS blocked_calls,
                count(*) FILTER (WHERE {_RATE_LIMITED}) AS rate_limited_calls,
                coalesce(sum(cost_usd), 0) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
                coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
-               quantile_cont(duration_ms, [0.5, 0.99]) AS p, quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms,
+               quantile_cont({_SERVED_DURATION}, [0.5, 0.99]) AS p, quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms,
                min(start_time) AS first_call, max(start_time) AS last_call
         FROM spans WHERE {where})"""
     with open_store(db) as con:

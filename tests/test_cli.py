@@ -30,7 +30,8 @@ def db(tmp_path: Path) -> str:
 def test_report_table_json_csv(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--db", db]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["tenant", "calls", "errors"]
+    assert table[0].split() == ["tenant", "calls", "errors", "blocked_calls", "input_tokens", "output_tokens", "cost_usd",
+                                "unpriced_calls", "p50_ms", "p99_ms"]
     assert table[1].split()[:2] == ["acme", "3"] and "$1.500000" in table[1]
     assert main(["report", "--db", db, "--by", "model", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)

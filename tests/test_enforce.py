@@ -26,7 +26,7 @@ from llmtrace import attributes as A
 from llmtrace import budgets, instrumentation, query
 from llmtrace.store.files import resolve
 from llmtrace.store.merge import merge
-from store_helpers import emit, provider_with_store
+from store_helpers import emit, emit_at, provider_with_store
 
 HERE = Path(__file__).parent
 HI = [{"role": "user", "content": "hi"}]
@@ -57,7 +57,8 @@ def _cost_of_one_call() -> float:
 def test_a_spent_budget_refuses_the_call_before_it_is_sent(tmp_path: Path) -> None:
     db = str(tmp_path / "spend.duckdb")
     provider, writer = provider_with_store(db, flush_interval=60)
-    emit(provider, 4, tenant="acme", cost=0.25)  # $1.00 spent today, by another process say
+    # $1.00 spent today, by another process say, in a call that took 500 ms
+    emit_at(provider, datetime.utcnow() - timedelta(minutes=1), duration_s=0.5, **{A.TENANT: "acme", A.COST_USD: 1.0})
     writer.shutdown()
     config = _config(tmp_path, 'scope = "tenant"\nkey = "acme"\nperiod = "day"\nlimit_usd = 1.0\naction = "block"')
     api = FakeAPI(http_module(openai))
@@ -77,6 +78,15 @@ def test_a_spent_budget_refuses_the_call_before_it_is_sent(tmp_path: Path) -> No
     blocked, sent = captured.spans()
     assert blocked.attributes[A.ERROR_TYPE] == "BudgetExceeded" and A.COST_USD not in blocked.attributes
     assert sent.attributes[A.TENANT] == "globex" and sent.attributes[A.COST_USD] > 0
+    # Reports count the refused call as blocked: not a provider's error, and no latency (it was never sent).
+    today = query.TimeRange.last(timedelta(days=1))
+    acme = {row["key"]: row for row in query.spend_by("tenant", today, db=db)}["acme"]
+    assert (acme["calls"], acme["errors"], acme["blocked_calls"]) == (2, 0, 1)
+    assert acme["p50_ms"] == pytest.approx(500)  # not halfway to the refused call's ~0 ms
+    assert query.latency_percentiles(today, query.Filters(tenant="acme"), db=db)[0]["latency_p50_ms"] == pytest.approx(500)
+    headline = query.summary(today, db=db)
+    assert (headline["errors"], headline["blocked_calls"]) == (0, 1)
+    assert all(row["errors"] == 0 for row in query.error_rates(today, db=db))
 
 
 def test_this_process_calls_count_before_the_store_is_read_again(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from typing import Callable
 
 from . import query
 from .alerts import Alert
+from .budgets import usd
 from .config import Settings
 
 Detector = Callable[[Settings, query.Store, datetime], list[Alert]]
@@ -54,8 +55,8 @@ def spend_spikes(settings: Settings, db: query.Store, now: datetime) -> list[Ale
             ratio = spent / usual if usual > 0 else float("inf")
             alerts.append(Alert(
                 f"spend_spike:{by}={row['key']}:{_slot(now, window)}", "spend_spike", f"{by}={row['key']}",
-                f"Spend spike: {by} {row['key']} spent ${spent:,.2f} in the last {_span(window)}, "
-                f"{ratio:,.1f}x its usual ${usual:,.2f}",
+                f"Spend spike: {by} {row['key']} spent {usd(spent)} in the last {_span(window)}, "
+                f"{ratio:,.1f}x its usual {usd(usual)}",
                 {"spent_usd": spent, "usual_usd": usual, "ratio": ratio, "calls": row["recent_calls"]},
             ))  # fmt: skip
     return alerts

@@ -43,6 +43,11 @@ SCOPE_ATTRIBUTES = {"tenant": A.TENANT, "user": A.USER_ID, "feature": A.FEATURE,
 SCOPE_DIMENSIONS = {"tenant": "tenant", "user": "user", "feature": "feature", "model": "request_model"}
 
 
+def usd(amount: float) -> str:
+    """Money in messages: in cents, or to two significant digits below a cent (half a cent is not "$0.01")."""
+    return f"${amount:,.2f}" if abs(amount) >= 0.01 or amount == 0 else f"${amount:.2g}"
+
+
 class BudgetExceeded(Exception):
     """A ``block`` budget is spent: the call was not sent to the provider.
 
@@ -59,7 +64,7 @@ class BudgetExceeded(Exception):
         target = "global" if key is None else f"{budget.scope}={key}"
         until = f"until {period_end:%Y-%m-%d %H:%M} UTC" if period_end else f"over the last {budget.period}"
         super().__init__(
-            f"llmtrace budget for {target} is spent: ${spent_usd:,.2f} of ${budget.limit_usd:,.2f} per "
+            f"llmtrace budget for {target} is spent: {usd(spent_usd)} of {usd(budget.limit_usd)} per "
             f"{budget.period} ({until}); the call was not sent"
         )
 

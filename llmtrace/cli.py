@@ -122,8 +122,8 @@ def cmd_budgets(args: argparse.Namespace) -> int:
 
 def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
     cells = [
-        [s.budget.target, s.key or "-", s.budget.period, f"${s.spent_usd:,.2f}", f"${s.budget.limit_usd:,.2f}",
-         f"{s.used:.1%}", "-" if s.projected_usd is None else f"${s.projected_usd:,.2f}", s.state,
+        [s.budget.target, s.key or "-", s.budget.period, budgets.usd(s.spent_usd), budgets.usd(s.budget.limit_usd),
+         f"{s.used:.1%}", "-" if s.projected_usd is None else budgets.usd(s.projected_usd), s.state,
          f"{s.period_end:%Y-%m-%d %H:%M}"]
         for s in budgets.status(declared, db=db)
     ]

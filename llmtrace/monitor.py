@@ -21,7 +21,7 @@ from . import budgets
 from ._fork import background_work
 from ._guard import Fault, internal_errors
 from .alerts import Alert, Alerter
-from .budgets import EACH, Budget
+from .budgets import EACH, Budget, usd
 from .config import Settings
 from .enforce import SpendGuard
 from .store.files import claim_round, release_round, utc_now
@@ -229,10 +229,10 @@ def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: d
     for level in levels:
         if level == "exceeded":
             consequence = "calls are refused until the period ends" if budget.action == "block" else "alert only"
-            message = (f"Budget exceeded: {label} spent ${spent:,.2f} of ${budget.limit_usd:,.2f} this {budget.period} "
+            message = (f"Budget exceeded: {label} spent {usd(spent)} of {usd(budget.limit_usd)} this {budget.period} "
                        f"({used:.0%}; {consequence})")  # fmt: skip
         else:
-            message = (f"Budget warning: {label} spent ${spent:,.2f} of ${budget.limit_usd:,.2f} this {budget.period} "
+            message = (f"Budget warning: {label} spent {usd(spent)} of {usd(budget.limit_usd)} this {budget.period} "
                        f"({used:.0%}, warning at {budget.warn_at:.0%})")  # fmt: skip
         alerts.append(Alert(
             f"budget:{budget.name}:{target}:{period}:{level}", f"budget_{level}", target, message,

@@ -174,3 +174,9 @@ def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: py
     assert list(table["budget"]) == ["tenant=acme", "tenant=*"] and list(table["key"]) == ["acme", "acme"]
     assert list(table["state"]) == ["ok", "exceeded"] and table["spent"][0] == pytest.approx(1.0)
     assert "tenant=* (acme)" in page.warning[0].value
+
+
+def test_money_in_messages_keeps_what_a_sub_cent_budget_needs() -> None:
+    assert [budgets.usd(x) for x in (0, 0.0042, 0.000123, 0.5, 1234.5)] == ["$0.00", "$0.0042", "$0.00012", "$0.50", "$1,234.50"]
+    exceeded = budgets.BudgetExceeded(budgets.Budget("global", None, "day", 0.005, 0.8, "block", "UTC"), None, 0.0069, None)
+    assert "spent: $0.0069 of $0.005 per day" in str(exceeded)

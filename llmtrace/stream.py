@@ -148,7 +148,8 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
 
 
 class RawResponseProxy(wrapt.ObjectProxy):
-    """``with_raw_response`` / ``with_streaming_response``: the span ends when ``parse()`` is read."""
+    """``with_raw_response`` / ``with_streaming_response``: the span ends when ``parse()`` is read, or, for a
+    response that is not a stream, when the app reads the body itself (``read()``, ``text()``, ``json()``)."""
 
     def __init__(self, response: Any, call: Call) -> None:
         super().__init__(response)
@@ -164,6 +165,38 @@ class RawResponseProxy(wrapt.ObjectProxy):
 
         return returned(self._self_call, parsed)
 
+    def _self_body_is_whole(self) -> bool:
+        return not self._self_call.done and self._self_call.kwargs.get("stream") is not True
+
+    def _self_body_unparsable(self) -> None:
+        self._self_call.end_stream(None)  # a body parse() refuses: what the span can say without it
+
+    def read(self) -> Any:
+        body = self.__wrapped__.read()
+        self._self_read_whole_body()
+        return body
+
+    def text(self) -> Any:
+        body = self.__wrapped__.text()
+        self._self_read_whole_body()
+        return body
+
+    def json(self) -> Any:
+        body = self.__wrapped__.json()
+        self._self_read_whole_body()
+        return body
+
+    def _self_read_whole_body(self) -> None:
+        # The SDK's parse() reads the body already read and caches its result: a later parse() by the app
+        # costs nothing more.
+        if self._self_body_is_whole():
+            try:
+                parsed = self.__wrapped__.parse()
+            except Exception:
+                self._self_body_unparsable()
+                return
+            self._self_call_parsed(parsed)
+
     def close(self) -> Any:
         try:
             return self.__wrapped__.close()
@@ -175,6 +208,30 @@ class AsyncRawResponseProxy(RawResponseProxy):
     async def parse(self, *args: Any, **kwargs: Any) -> Any:
         parsed = await self.__wrapped__.parse(*args, **kwargs)
         return self._self_call_parsed(parsed)
+
+    async def read(self) -> Any:
+        body = await self.__wrapped__.read()
+        await self._self_read_whole_body()
+        return body
+
+    async def text(self) -> Any:
+        body = await self.__wrapped__.text()
+        await self._self_read_whole_body()
+        return body
+
+    async def json(self) -> Any:
+        body = await self.__wrapped__.json()
+        await self._self_read_whole_body()
+        return body
+
+    async def _self_read_whole_body(self) -> None:  # type: ignore[override]
+        if self._self_body_is_whole():
+            try:
+                parsed = await self.__wrapped__.parse()
+            except Exception:
+                self._self_body_unparsable()
+                return
+            self._self_call_parsed(parsed)
 
     async def close(self) -> Any:
         try:

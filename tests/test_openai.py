@@ -428,3 +428,21 @@ def test_a_client_per_request_does_not_grow_memory(captured: Any) -> None:
     gc.collect()
     assert url() is None  # llmtrace keeps nothing of a client that is gone for good
     assert len(captured.spans()) == 601
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("read", ["json", "text", "read"])
+async def test_a_streaming_response_read_as_a_whole_body_still_gets_the_providers_usage(
+    captured: Any, is_async: bool, read: str
+) -> None:
+    client = openai_client(_api(is_async=is_async), is_async=is_async)
+    if is_async:
+        async with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES) as response:
+            body = await getattr(response, read)()  # the app never calls parse()
+    else:
+        with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES) as response:
+            body = getattr(response, read)()
+    assert "hello there" in (body.decode() if isinstance(body, bytes) else str(body))
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.input_tokens"] == 120
+    assert a["gen_ai.response.id"] == "chatcmpl-1"

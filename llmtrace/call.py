@@ -140,16 +140,14 @@ class Call:
         return max_tokens * price.worst_output_per_token() if price is not None else 0.0
 
     def request_kwargs(self) -> dict[str, Any]:
-        """The kwargs to send: OpenAI streams ask for usage unless the caller chose stream_options."""
+        """The kwargs to send: OpenAI streams ask for usage unless the caller said whether to."""
         kwargs = self.kwargs
-        if (
-            self.endpoint.wants_usage_option
-            and kwargs.get("stream") is True
-            and self.accepts_usage_option
-            and not isinstance(kwargs.get("stream_options"), dict)
-        ):
-            self.acc = self.endpoint.accumulator(True)
-            return {**kwargs, "stream_options": {"include_usage": True}}
+        if self.endpoint.wants_usage_option and kwargs.get("stream") is True and self.accepts_usage_option:
+            options = kwargs.get("stream_options")
+            options = options if isinstance(options, dict) else {}  # the SDK's NOT_GIVEN, or None
+            if "include_usage" not in options:  # other stream options the caller set are kept beside it
+                self.acc = self.endpoint.accumulator(True)
+                return {**kwargs, "stream_options": {**options, "include_usage": True}}
         return kwargs
 
     def note_retry(self, response: Any) -> None:

@@ -73,6 +73,16 @@ def test_stream_options_set_by_caller_are_left_alone(captured: Any) -> None:
     assert _only(captured).attributes["gen_ai.usage.input_tokens"] == 120
 
 
+def test_other_stream_options_of_the_caller_get_include_usage_beside_them(captured: Any) -> None:
+    api = _api()
+    client = openai_client(api)
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                                 stream_options={"include_obfuscation": False}))
+    assert api.requests[0]["stream_options"] == {"include_obfuscation": False, "include_usage": True}
+    assert all(c.choices for c in chunks)  # the caller did not ask for the usage chunk: hidden
+    assert _only(captured).attributes["llmtrace.usage.source"] == "provider"
+
+
 def test_compatible_host_never_sees_stream_options_and_usage_is_estimated(captured: Any) -> None:
     api = _api()
     client = openai_client(api, base_url="http://localhost:8000/v1")

@@ -77,7 +77,7 @@ STREAM_MANAGER = "stream_manager"  # returns a context manager that sends the re
 ASYNC_STREAM_MANAGER = "async_stream_manager"
 STREAM_OPENER = "stream_opener"  # a stream helper's constructor receiving the raw stream (arg 1)
 RETRY_HOOK = "retry_hook"  # called by the SDK before each retry, with the failed response
-SDK_TRACER = "sdk_tracer"  # the SDK's own tracer factory: returns None while llmtrace traces
+SDK_TRACER = "sdk_tracer"  # the SDK's own tracer (a function or a property): None while llmtrace traces
 
 
 @dataclass(frozen=True)

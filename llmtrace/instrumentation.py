@@ -134,7 +134,12 @@ def _patch_sdk(module: Any) -> None:
             logger.debug("llmtrace: %s.%s not found; not patched", target.module, target.name)
             continue
         with internal_errors():
-            wrapt.apply_patch(owner, attribute, wrapt.FunctionWrapper(original, wrapper_for(target)))
+            wrapper = wrapper_for(target)
+            if isinstance(original, property):  # its getter is wrapped: the getter gets the instance as args[0]
+                patched: Any = property(wrapt.FunctionWrapper(original.fget, wrapper))
+            else:
+                patched = wrapt.FunctionWrapper(original, wrapper)
+            wrapt.apply_patch(owner, attribute, patched)
             _patches.append((owner, attribute, original))
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import anthropic
 import pytest
 
+import llmtrace
+
 from conftest import anthropic_client, http_module
 from fake_api import FakeAPI, MidStreamError
 
@@ -61,6 +63,36 @@ def test_sdk_own_tracing_is_off_so_one_call_is_one_span(captured: Any) -> None:
     trace.get_tracer_provider()
     anthropic_client(_api()).messages.create(**KW)
     assert [s.instrumentation_scope.name for s in captured.spans()] == ["llmtrace"]
+
+
+def test_a_client_that_traced_itself_before_instrument_is_one_span_after() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        client = anthropic_client(_api(), open_telemetry={"tracer_provider": provider})
+    except TypeError:
+        pytest.skip("this anthropic has no tracing of its own")
+    client.messages.create(**KW)  # before instrument(): the SDK's own span, and its tracer now cached on the client
+    assert [s.instrumentation_scope.name for s in exporter.get_finished_spans()] != ["llmtrace"]
+    exporter.clear()
+    llmtrace.instrument(tracer_provider=provider, store=False)
+    try:
+        client.messages.create(**KW)
+    finally:
+        llmtrace.uninstrument()
+    assert [s.instrumentation_scope.name for s in exporter.get_finished_spans()] == ["llmtrace"]
+    exporter.clear()
+    llmtrace.instrument(tracer_provider=provider, store=False, disable_sdk_tracing=False)  # the app wants both
+    try:
+        client.messages.create(**KW)
+    finally:
+        llmtrace.uninstrument()
+    assert len(exporter.get_finished_spans()) == 2
 
 
 def test_stream_manager_helpers(captured: Any) -> None:

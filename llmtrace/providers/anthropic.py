@@ -221,6 +221,7 @@ TARGETS = (
     Target("anthropic.lib.streaming._beta_messages", "BetaAsyncMessageStream.__init__", None, STREAM_OPENER),
     Target("anthropic._base_client", "SyncAPIClient._sleep_for_retry", None, RETRY_HOOK),
     Target("anthropic._base_client", "AsyncAPIClient._sleep_for_retry", None, RETRY_HOOK),
-    # anthropic >= 2 traces itself by default: one call must not become two spans.
-    Target("anthropic._base_client", "get_tracer", None, SDK_TRACER),
+    # anthropic >= 2 traces itself by default: one call must not become two spans. The client's tracer property,
+    # not the factory it calls once: a client that made a call before instrument() has its tracer cached.
+    Target("anthropic._base_client", "BaseClient._tracer", None, SDK_TRACER),
 )

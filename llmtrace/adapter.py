@@ -21,6 +21,9 @@ class Result:
     finish_reasons: tuple[str, ...] = ()
     usage: Usage | None = None
     output_text: str = ""
+    # Output the model generated beside the answer's text (tool-call arguments, thinking), streamed: counted when
+    # output tokens are estimated, never captured as content.
+    other_output: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
     # Reading a whole response's text costs time that is wasted when usage is known and content
     # capture is off: a non-streamed response hands a function instead, called only when needed.

@@ -286,7 +286,7 @@ class Call:
         # The provider sent no usage: estimate with the tokenizer (off the common path).
         return Usage(
             uncached_input=self.endpoint.estimate_input(model, self.kwargs),
-            visible_output=_estimate_output(model, result.text()),
+            visible_output=_estimate_output(model, result.text() + result.other_output),
             source=A.SOURCE_ESTIMATED,
         )
 

@@ -11,7 +11,7 @@ import pytest
 import llmtrace
 
 from conftest import anthropic_client, http_module
-from fake_api import FakeAPI, MidStreamError
+from fake_api import FakeAPI, MidStreamError, sse
 
 HTTP = http_module(anthropic)
 MODEL = "claude-3-5-haiku-20241022"
@@ -175,3 +175,22 @@ def test_a_zero_usage_report_is_the_providers_word_and_costs_zero(captured: Any)
     # Anthropic always sends usage; an all-zero report is still the provider's word.
     assert span.attributes["llmtrace.usage.source"] == "provider"
     assert span.attributes["llmtrace.cost.usd"] == 0.0
+
+
+def test_a_stream_cut_before_its_count_estimates_thinking_and_tool_input_too(captured: Any) -> None:
+    from llmtrace import tokenizer
+
+    thinking, tool_input = "Weather in Paris: call the tool with the city.", '{"city": "Paris", "unit": "celsius"}'
+    start = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL, "content": [], "stop_reason": None,
+             "stop_sequence": None, "usage": {"input_tokens": 30, "output_tokens": 1}}
+    events: list[tuple[str | None, Any]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": thinking}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": tool_input}}),
+    ]  # the connection ends here: no message_delta, so no output count
+    client = anthropic_client(lambda request: HTTP.Response(200, headers={"content-type": "text/event-stream"}, content=sse(events)))
+    for _ in client.messages.create(**KW, stream=True):
+        pass
+    (span,) = captured.spans()
+    assert span.attributes["llmtrace.usage.source"] == "estimated"
+    assert span.attributes["gen_ai.usage.output_tokens"] == tokenizer.count_text("gpt-4", thinking + tool_input)

@@ -456,3 +456,26 @@ async def test_a_streaming_response_read_as_a_whole_body_still_gets_the_provider
     a = _only(captured).attributes
     assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.input_tokens"] == 120
     assert a["gen_ai.response.id"] == "chatcmpl-1"
+
+
+def test_a_tool_call_stream_without_usage_estimates_the_arguments_the_model_wrote(captured: Any) -> None:
+    from llmtrace import tokenizer
+
+    arguments = '{"city": "Paris", "unit": "celsius", "days": 5, "details": ["wind", "rain", "humidity"]}'
+    pieces = [arguments[i : i + 7] for i in range(0, len(arguments), 7)]
+    base = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
+    first = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    events: list[tuple[str | None, Any]] = [
+        (None, {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "tool_calls": [first]},
+                                     "finish_reason": None}]}),
+        *((None, {**base, "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]},
+                                       "finish_reason": None}]}) for piece in pieces),
+        (None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        (None, "[DONE]"),
+    ]  # fmt: skip
+    stream = lambda request: HTTP.Response(200, headers={"content-type": "text/event-stream"}, content=sse(events))  # noqa: E731
+    client = openai_client(stream, base_url="http://localhost:8000/v1")  # a server that sends no usage
+    list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "estimated" and a["gen_ai.response.finish_reasons"] == ("tool_calls",)
+    assert a["gen_ai.usage.output_tokens"] == tokenizer.count_text("gpt-4o-mini", arguments) > 10

@@ -97,7 +97,10 @@ _USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_inpu
 class _Accumulator:
     """``message_start`` carries the input side; ``message_delta`` the cumulative output count."""
 
-    __slots__ = ("first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation", "_text")
+    __slots__ = (
+        "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation", "_text",
+        "_other",
+    )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.first_output_ns = 0
@@ -109,6 +112,7 @@ class _Accumulator:
         self._thinking = 0
         self._cache_creation: Any = None
         self._text: list[str] = []
+        self._other: list[str] = []  # thinking and tool input, streamed
 
     def _merge_usage(self, usage: Any) -> None:
         if usage is None:
@@ -131,9 +135,14 @@ class _Accumulator:
         if kind == "content_block_delta":  # output (text, thinking, tool input): message_start comes before any
             if not self.first_output_ns:
                 self.first_output_ns = time.time_ns()
-            text = get(get(event, "delta"), "text")
+            delta = get(event, "delta")
+            text = get(delta, "text")
             if isinstance(text, str):
                 self._text.append(text)
+            else:
+                other = get(delta, "thinking") or get(delta, "partial_json")
+                if isinstance(other, str):
+                    self._other.append(other)
         elif kind == "message_start":
             message = get(event, "message")
             self._model = _str(get(message, "model"))
@@ -151,6 +160,7 @@ class _Accumulator:
     def result(self) -> Result:
         usage = None
         text = "".join(self._text)
+        other = "".join(self._other)
         if self._usage is not None:
             usage = _usage(
                 {
@@ -163,7 +173,8 @@ class _Accumulator:
                 # The stream ended (failed, or the app stopped reading) before the final count: the input is
                 # the provider's, the output is estimated from the text that streamed in.
                 usage = dataclasses.replace(
-                    usage, visible_output=tokenizer.count_text(_TOKENIZER_MODEL, text), reasoning=0, source=A.SOURCE_ESTIMATED
+                    usage, visible_output=tokenizer.count_text(_TOKENIZER_MODEL, text + other), reasoning=0,
+                    source=A.SOURCE_ESTIMATED,
                 )
         return Result(
             response_model=self._model,
@@ -171,6 +182,7 @@ class _Accumulator:
             finish_reasons=(self._reason,) if self._reason else (),
             usage=usage,
             output_text=text,
+            other_output=other,
         )
 
 

@@ -150,7 +150,7 @@ def _parse_choices_response(response: Any) -> Result:
 class _ChoicesAccumulator:
     """Chat and legacy completion chunks; usage arrives in a final chunk with no choices."""
 
-    __slots__ = ("_hide_usage_chunk", "first_output_ns", "_model", "_id", "_finish", "_text", "_usage", "_extras")
+    __slots__ = ("_hide_usage_chunk", "first_output_ns", "_model", "_id", "_finish", "_text", "_other", "_usage", "_extras")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self._hide_usage_chunk = hide_usage_chunk
@@ -159,6 +159,7 @@ class _ChoicesAccumulator:
         self._id: str | None = None
         self._finish: dict[int, str] = {}
         self._text: list[str] = []
+        self._other: list[str] = []  # tool-call arguments
         self._usage: Any = None
         self._extras: dict[str, Any] = {}
 
@@ -179,6 +180,11 @@ class _ChoicesAccumulator:
                 piece = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
                 if type(piece) is str:
                     self._text.append(piece)
+                elif delta is not None and (calls := getattr(delta, "tool_calls", None)):
+                    for call in calls:
+                        arguments = getattr(getattr(call, "function", None), "arguments", None)
+                        if type(arguments) is str:
+                            self._other.append(arguments)
                 reason = getattr(choice, "finish_reason", None)
                 if reason is not None and type(reason) is str:
                     self._finish[as_int(getattr(choice, "index", 0))] = reason
@@ -196,6 +202,7 @@ class _ChoicesAccumulator:
             finish_reasons=tuple(self._finish[i] for i in sorted(self._finish)),
             usage=_chat_usage(self._usage),
             output_text="".join(self._text),
+            other_output="".join(self._other),
             attributes=self._extras,
         )
 
@@ -234,7 +241,7 @@ def _parse_response_object(response: Any) -> Result:
 
 
 class _ResponsesAccumulator:
-    __slots__ = ("first_output_ns", "_final", "_created", "_error", "_text")
+    __slots__ = ("first_output_ns", "_final", "_created", "_error", "_text", "_other")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.first_output_ns = 0
@@ -242,6 +249,7 @@ class _ResponsesAccumulator:
         self._created: Any = None
         self._error: tuple[str, str] | None = None
         self._text: list[str] = []
+        self._other: list[str] = []  # function-call arguments
 
     def add(self, event: Any) -> bool:
         kind = get(event, "type")
@@ -253,6 +261,10 @@ class _ResponsesAccumulator:
             delta = get(event, "delta")
             if isinstance(delta, str):
                 self._text.append(delta)
+        elif kind == "response.function_call_arguments.delta":
+            delta = get(event, "delta")
+            if isinstance(delta, str):
+                self._other.append(delta)
         elif kind in _RESPONSE_DONE_EVENTS:
             self._final = get(event, "response")
         elif kind == "response.created":
@@ -268,6 +280,7 @@ class _ResponsesAccumulator:
         partial.finish_reasons = ()  # the created event says "in_progress": the stream ended before any verdict
         partial.text_of = None  # the created event has no text yet: what streamed in is the text
         partial.output_text = "".join(self._text)
+        partial.other_output = "".join(self._other)
         partial.failure = self._error
         return partial
 

@@ -199,7 +199,8 @@ def _table_lines(text: str, index: int) -> dict[str, int]:
 
 def _validated(raw: Mapping[str, Any], origin: str, line_of: Any = None) -> Budget:
     def fail(field: str, message: str) -> ConfigError:
-        where = f"{origin}, line {line_of(field)}" if line_of else origin
+        line = line_of(field) if line_of else 0
+        where = f"{origin}, line {line}" if line else origin  # 0: not found (budgets = [{...}] written inline)
         return ConfigError(f"{where}: budget field `{field}`: {message}")
 
     if not isinstance(raw, Mapping):

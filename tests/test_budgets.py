@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,9 @@ def test_malformed_toml_and_unknown_fields_are_refused(tmp_path: Path) -> None:
         budgets.load_file(path)
     path.write_text('[[budgets]]\nscope = "global"\nperiod = "day"\nlimit_usd = 1\nceiling = 3\n')
     with pytest.raises(llmtrace.ConfigError, match=r"line 5: budget field `ceiling`: unknown field"):
+        budgets.load_file(path)
+    path.write_text('budgets = [{scope = "global", period = "day", limit_usd = 1, ceiling = 3}]\n')  # inline: no [[budgets]] line
+    with pytest.raises(llmtrace.ConfigError, match=rf"^{re.escape(str(path))}: budget field `ceiling`: unknown field"):
         budgets.load_file(path)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import duckdb
 
 from ._fork import background_work
+from .budgets import BudgetExceeded
 from .store.files import StorePaths, resolve, utc_now
 from .store.merge import is_lock_error, merge, merged_ids
 from .store.schema import COLUMN_NAMES, COLUMNS
@@ -38,10 +39,9 @@ DIMENSIONS = {
 _ATTACH_WAIT_S = 5.0
 # A call that met HTTP 429: it failed with one, or the SDK retried after one.
 _RATE_LIMITED = "http_status = 429 OR rate_limited > 0"
-# A call a ``block`` budget refused (llmtrace's BudgetExceeded): it never reached the provider, so it is neither
-# a provider's error nor a latency. Reports count it as blocked.
-REFUSED_ERROR = "BudgetExceeded"
-_SERVED = f"error_type IS DISTINCT FROM '{REFUSED_ERROR}'"
+# A call a ``block`` budget refused: it never reached the provider, so it is neither a provider's error nor a
+# latency. Reports count it as blocked. Its error_type is the exception's name, as for every failed call.
+_SERVED = f"error_type IS DISTINCT FROM '{BudgetExceeded.__qualname__}'"
 _ERRORS = f"count(*) FILTER (WHERE error_type IS NOT NULL AND {_SERVED})"
 _BLOCKED = f"count(*) FILTER (WHERE NOT ({_SERVED}))"
 _SERVED_DURATION = f"CASE WHEN {_SERVED} THEN duration_ms END"  # NULL for a refused call: no percentile sees it
@@ -92,10 +92,10 @@ def parse_duration(text: str) -> timedelta:
     """``30m``, ``24h``, ``7d``, ``2w`` -> timedelta."""
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
     try:
-        duration = timedelta(**{units[text[-1]]: float(text[:-1])})
+        duration: timedelta | None = timedelta(**{units[text[-1]]: float(text[:-1])})
     except (KeyError, ValueError, IndexError, OverflowError):  # OverflowError: 1e12w, infd
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d; at most {_MAX_DURATION.days:,}d)") from None
-    if not timedelta(0) < duration <= _MAX_DURATION:
+        duration = None
+    if duration is None or not timedelta(0) < duration <= _MAX_DURATION:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d; at most {_MAX_DURATION.days:,}d)")
     return duration
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
 from .config import Settings
+from .content import Message, generated_text
 from .usage import Usage
 
 
@@ -20,20 +21,22 @@ class Result:
     response_id: str | None = None
     finish_reasons: tuple[str, ...] = ()
     usage: Usage | None = None
+    # All the text a stream generated (the answer, refusals, tool-call arguments, thinking): what an output
+    # estimate counts when the provider sent no usage. A whole response leaves it empty: see ``text``.
     output_text: str = ""
-    # Output the model generated beside the answer's text (tool-call arguments, thinking), streamed: counted when
-    # output tokens are estimated, never captured as content.
-    other_output: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
-    # Reading a whole response's text costs time that is wasted when usage is known and content
-    # capture is off: a non-streamed response hands a function instead, called only when needed.
-    text_of: Callable[[], str] | None = None
+    # The output as ``gen_ai.output.messages`` (llmtrace.content). Reading a whole response costs time that is
+    # wasted when usage is known and content capture is off: built only when needed.
+    messages_of: Callable[[], list[Message]] | None = None
     # The provider answered that the generation failed, and the SDK did not raise (an OpenAI Responses
     # ``failed`` response or stream ``error`` event): (error type, message).
     failure: tuple[str, str] | None = None
 
     def text(self) -> str:
-        return self.text_of() if self.text_of is not None else self.output_text
+        """Everything generated, as text: a stream's, or the whole response's read from its messages."""
+        if self.output_text or self.messages_of is None:
+            return self.output_text
+        return generated_text(self.messages_of())
 
 
 class Accumulator(Protocol):
@@ -67,7 +70,9 @@ class Endpoint:
     parse: Callable[[Any], Result]
     accumulator: Callable[[bool], Accumulator]  # arg: hide the usage-only chunk we asked for
     estimate_input: Callable[[str, Mapping[str, Any]], int]
-    input_content: Callable[[Mapping[str, Any]], Any]
+    input_content: Callable[[Mapping[str, Any]], Any]  # the request's content as the SDK took it
+    # Content capture: the request's content as attributes (gen_ai.input.messages, system instructions, tools).
+    content_attributes: Callable[[Mapping[str, Any]], dict[str, str]]
     client_info: Callable[[Any, Settings], ClientInfo]  # (SDK resource, settings)
     # Adds ``stream_options.include_usage`` (OpenAI chat/completions streams); None elsewhere.
     wants_usage_option: bool = False

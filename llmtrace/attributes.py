@@ -73,6 +73,8 @@ TAG_PREFIX = "llmtrace.tag."
 # --- content (opt-in) ----------------------------------------------------------------------------
 INPUT_MESSAGES = "gen_ai.input.messages"
 OUTPUT_MESSAGES = "gen_ai.output.messages"
+SYSTEM_INSTRUCTIONS = "gen_ai.system_instructions"
+TOOL_DEFINITIONS = "gen_ai.tool.definitions"
 
 # --- metrics -------------------------------------------------------------------------------------
 METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"

@@ -20,9 +20,9 @@ from . import pricing
 from ._guard import internal_errors, report
 from .adapter import Accumulator, Endpoint, Result
 from .config import Settings
+from .content import to_json
 from .context import current_tags
 from .metrics import Instruments
-from .providers._stainless import jsonable
 from .spans import CallSpans, stored_as_is
 from .usage import Usage
 
@@ -96,12 +96,10 @@ class Call:
             attrs[A.SERVER_ADDRESS] = info.address
             attrs[A.SERVER_PORT] = info.port
         attrs.update(current_tags())
-        if settings.capture_content or rt.request_hasher is not None:
-            content = endpoint.input_content(kwargs)
-            if settings.capture_content:
-                attrs[A.INPUT_MESSAGES] = jsonable(content)
-            if rt.request_hasher is not None:
-                attrs[A.REQUEST_HASH] = _request_hash(rt.request_hasher, attrs.get(A.REQUEST_MODEL), content)
+        if settings.capture_content:
+            attrs.update(endpoint.content_attributes(kwargs))
+        if rt.request_hasher is not None:
+            attrs[A.REQUEST_HASH] = _request_hash(rt.request_hasher, attrs.get(A.REQUEST_MODEL), endpoint.input_content(kwargs))
         self.hold: Any = None  # what a block budget reserved for this call (llmtrace.enforce.Hold)
         self.endpoint = endpoint
         self.runtime = rt
@@ -286,7 +284,7 @@ class Call:
         # The provider sent no usage: estimate with the tokenizer (off the common path).
         return Usage(
             uncached_input=self.endpoint.estimate_input(model, self.kwargs),
-            visible_output=_estimate_output(model, result.text() + result.other_output),
+            visible_output=_estimate_output(model, result.text()),
             source=A.SOURCE_ESTIMATED,
         )
 
@@ -299,8 +297,8 @@ class Call:
             attrs[A.RESPONSE_FINISH_REASONS] = result.finish_reasons
         if result.attributes:
             attrs.update(result.attributes)
-        if self.runtime.settings.capture_content and (text := result.text()):
-            attrs[A.OUTPUT_MESSAGES] = jsonable([{"role": "assistant", "content": text}])
+        if self.runtime.settings.capture_content and result.messages_of is not None:
+            attrs[A.OUTPUT_MESSAGES] = to_json(result.messages_of())
         if usage is None:
             attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
             return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from typing import Any
@@ -11,7 +10,7 @@ import pytest
 from genai_prices import Usage as GenaiUsage
 from genai_prices import calc_price
 
-from conftest import anthropic_client, http_module, openai_client, recorded_rows
+from conftest import recorded_client, recorded_call, recorded_rows
 
 ROWS = recorded_rows()
 
@@ -75,47 +74,14 @@ def provider_truth(row: dict[str, Any]) -> dict[str, int] | None:
     }
 
 
-def _handler(row: dict[str, Any], http: Any) -> Any:
-    headers = {k: v for k, v in row["response_headers"].items() if k.lower() not in ("content-encoding", "content-length")}
-
-    def handle(request: Any) -> Any:
-        return http.Response(row["status"], headers=headers, content=row["response_body"].encode())
-
-    return handle
-
-
-def _method(row: dict[str, Any], client: Any) -> Any:
-    if row["provider"] == "anthropic":
-        return client.messages.create
-    return {
-        "/v1/chat/completions": client.chat.completions.create,
-        "/v1/completions": client.completions.create,
-        "/v1/embeddings": client.embeddings.create,
-        "/v1/responses": client.responses.create,
-    }[row["path"]]
-
-
-def _split_kwargs(method: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """Fields this SDK version has no parameter for travel in extra_body, as the SDK would send them."""
-    params = inspect.signature(method).parameters
-    kwargs = {k: v for k, v in body.items() if k in params}
-    extra = {k: v for k, v in body.items() if k not in params}
-    if extra:
-        kwargs["extra_body"] = extra
-    return kwargs
-
-
 @pytest.mark.parametrize("row", ROWS, ids=[f"{r['provider']}-{r['path'].rsplit('/', 1)[-1]}-{r['index']}-{'sse' if r['stream'] else 'json'}" for r in ROWS])
 def test_recorded_exchange(row: dict[str, Any], captured: Any) -> None:
     import anthropic
     import openai
 
     sdk = anthropic if row["provider"] == "anthropic" else openai
-    make = anthropic_client if row["provider"] == "anthropic" else openai_client
-    client = make(_handler(row, http_module(sdk)), max_retries=0)
-    method = _method(row, client)
+    method, kwargs = recorded_call(row, recorded_client(row))
     body = json.loads(row["request_body"])
-    kwargs = _split_kwargs(method, body)
 
     if row["status"] >= 400:
         with pytest.raises(sdk.APIStatusError) as info:

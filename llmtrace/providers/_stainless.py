@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Mapping
 
 from ..adapter import ClientInfo
@@ -48,11 +47,6 @@ def get(obj: Any, name: str, default: Any = None) -> Any:
     if type(obj) is dict:
         return obj.get(name, default)
     return getattr(obj, name, default)
-
-
-def jsonable(value: Any) -> str:
-    return json.dumps(value, default=lambda o: getattr(o, "model_dump", lambda: str(o))(), ensure_ascii=False)
-
 
 
 RequestTable = Mapping[str, tuple[str, "type | tuple[type, ...]"]]

@@ -7,6 +7,7 @@ import time
 from typing import Any, Mapping
 
 from .. import attributes as A
+from .. import content as C
 from .. import tokenizer
 from ..adapter import (
     ASYNC_CALL,
@@ -22,7 +23,9 @@ from ..adapter import (
     Target,
 )
 from ..config import Settings
+from ..content import Message
 from ..usage import Usage, as_int
+from . import anthropic_content
 from ._stainless import RequestTable, client_info_for, get, pick
 
 _REQUEST: RequestTable = {
@@ -70,10 +73,6 @@ def _usage(usage: Any) -> Usage | None:
     )
 
 
-def _text_of(content: Any) -> str:
-    return "".join(t for block in content or () if isinstance(t := get(block, "text"), str))
-
-
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -85,7 +84,7 @@ def _parse(message: Any) -> Result:
         response_id=_str(get(message, "id")),
         finish_reasons=(reason,) if isinstance(reason, str) else (),
         usage=_usage(get(message, "usage")),
-        text_of=lambda: _text_of(get(message, "content")),
+        messages_of=lambda: anthropic_content.response_output(get(message, "content"), _str(reason)),
     )
 
 
@@ -95,11 +94,12 @@ _USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_inpu
 
 
 class _Accumulator:
-    """``message_start`` carries the input side; ``message_delta`` the cumulative output count."""
+    """``message_start`` carries the input side; ``message_delta`` the cumulative output count. Content arrives
+    block by block: a ``content_block_start`` announces each (its type, a tool call's id and name), deltas fill it."""
 
     __slots__ = (
-        "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation", "_text",
-        "_other",
+        "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation",
+        "_blocks", "_pieces",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -111,8 +111,8 @@ class _Accumulator:
         self._output_counted = False  # a message_delta gave the output count (message_start's is a placeholder)
         self._thinking = 0
         self._cache_creation: Any = None
-        self._text: list[str] = []
-        self._other: list[str] = []  # thinking and tool input, streamed
+        self._blocks: dict[int, Any] = {}  # index -> the block as announced
+        self._pieces: dict[int, list[str]] = {}  # index -> its text, thinking or tool input, streamed
 
     def _merge_usage(self, usage: Any) -> None:
         if usage is None:
@@ -136,13 +136,15 @@ class _Accumulator:
             if not self.first_output_ns:
                 self.first_output_ns = time.time_ns()
             delta = get(event, "delta")
-            text = get(delta, "text")
-            if isinstance(text, str):
-                self._text.append(text)
-            else:
-                other = get(delta, "thinking") or get(delta, "partial_json")
-                if isinstance(other, str):
-                    self._other.append(other)
+            piece = get(delta, "text") or get(delta, "thinking") or get(delta, "partial_json")
+            if isinstance(piece, str):
+                index = get(event, "index")
+                pieces = self._pieces.get(index)
+                if pieces is None:
+                    pieces = self._pieces[index] = []
+                pieces.append(piece)
+        elif kind == "content_block_start":
+            self._blocks[get(event, "index")] = get(event, "content_block")
         elif kind == "message_start":
             message = get(event, "message")
             self._model = _str(get(message, "model"))
@@ -157,10 +159,25 @@ class _Accumulator:
             self._output_counted = self._output_counted or isinstance(get(usage, "output_tokens"), int)
         return True
 
+    def _block_part(self, index: Any) -> C.Part:
+        block = self._blocks.get(index)
+        streamed = "".join(self._pieces.get(index, ()))
+        kind = get(block, "type")
+        if isinstance(kind, str) and kind.endswith("tool_use"):
+            return C.tool_call(get(block, "id"), get(block, "name"), streamed or get(block, "input"))
+        if kind == "thinking":
+            return C.reasoning(streamed)
+        if kind == "text" or block is None:
+            return C.text(streamed)
+        return anthropic_content.block_part(block)  # arrives whole (e.g. redacted thinking, server tool results)
+
+    def _messages(self) -> list[Message]:
+        indexes = sorted(self._blocks.keys() | self._pieces.keys(), key=as_int)
+        return [C.output([self._block_part(i) for i in indexes], self._reason)]
+
     def result(self) -> Result:
         usage = None
-        text = "".join(self._text)
-        other = "".join(self._other)
+        text = "".join("".join(pieces) for pieces in self._pieces.values())
         if self._usage is not None:
             usage = _usage(
                 {
@@ -171,9 +188,9 @@ class _Accumulator:
             )
             if usage is not None and not self._output_counted:
                 # The stream ended (failed, or the app stopped reading) before the final count: the input is
-                # the provider's, the output is estimated from the text that streamed in.
+                # the provider's, the output is estimated from what streamed in.
                 usage = dataclasses.replace(
-                    usage, visible_output=tokenizer.count_text(_TOKENIZER_MODEL, text + other), reasoning=0,
+                    usage, visible_output=tokenizer.count_text(_TOKENIZER_MODEL, text), reasoning=0,
                     source=A.SOURCE_ESTIMATED,
                 )
         return Result(
@@ -182,7 +199,7 @@ class _Accumulator:
             finish_reasons=(self._reason,) if self._reason else (),
             usage=usage,
             output_text=text,
-            other_output=other,
+            messages_of=self._messages,
         )
 
 
@@ -205,6 +222,7 @@ MESSAGES = Endpoint(
     accumulator=_Accumulator,
     estimate_input=_estimate_input,
     input_content=_content,
+    content_attributes=anthropic_content.request_content,
     client_info=client_info,
 )
 

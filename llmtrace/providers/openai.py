@@ -7,10 +7,13 @@ import time
 from typing import Any, Mapping
 
 from .. import attributes as A
+from .. import content as C
 from .. import tokenizer
 from ..adapter import ASYNC_CALL, CALL, RETRY_HOOK, ClientInfo, Endpoint, Result, Target
 from ..config import Settings
+from ..content import Message
 from ..usage import Usage, as_int
+from . import openai_content
 from ._stainless import RequestTable, client_info_for, get, pick
 
 # OpenAI-compatible hosts whose provider has a semconv name (or a well-known one).
@@ -128,13 +131,6 @@ def _str(value: Any) -> str | None:
 # --- chat completions and legacy completions -------------------------------------------------------
 
 
-def _choice_text(choice: Any) -> str:
-    message = get(choice, "message")
-    if message is not None:
-        return _str(get(message, "content")) or ""
-    return _str(get(choice, "text")) or ""
-
-
 def _parse_choices_response(response: Any) -> Result:
     choices = getattr(response, "choices", None) or ()
     return Result(
@@ -143,14 +139,28 @@ def _parse_choices_response(response: Any) -> Result:
         finish_reasons=tuple(r for c in choices if type(r := getattr(c, "finish_reason", None)) is str),
         usage=_chat_usage(getattr(response, "usage", None)),
         attributes=_extras(response),
-        text_of=lambda: "".join(_choice_text(c) for c in choices),
+        messages_of=lambda: openai_content.choices_output(choices),
     )
+
+
+class _ToolCallDeltas:
+    """One streamed tool call: its id and name come in its first delta, its arguments in pieces."""
+
+    __slots__ = ("call_id", "name", "arguments")
+
+    def __init__(self) -> None:
+        self.call_id: Any = None
+        self.name: Any = None
+        self.arguments: list[str] = []
 
 
 class _ChoicesAccumulator:
     """Chat and legacy completion chunks; usage arrives in a final chunk with no choices."""
 
-    __slots__ = ("_hide_usage_chunk", "first_output_ns", "_model", "_id", "_finish", "_text", "_other", "_usage", "_extras")
+    __slots__ = (
+        "_hide_usage_chunk", "first_output_ns", "_model", "_id", "_finish", "_text", "_more_text", "_tools", "_usage",
+        "_extras",
+    )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self._hide_usage_chunk = hide_usage_chunk
@@ -158,8 +168,9 @@ class _ChoicesAccumulator:
         self._model: str | None = None
         self._id: str | None = None
         self._finish: dict[int, str] = {}
-        self._text: list[str] = []
-        self._other: list[str] = []  # tool-call arguments
+        self._text: list[str] = []  # choice 0's, the only choice unless the request set n
+        self._more_text: dict[int, list[str]] = {}  # the other choices'
+        self._tools: dict[tuple[int, int], _ToolCallDeltas] = {}  # (choice, tool call) index
         self._usage: Any = None
         self._extras: dict[str, Any] = {}
 
@@ -176,18 +187,23 @@ class _ChoicesAccumulator:
             if not self.first_output_ns:  # not Azure's filter-results chunk, nor the usage chunk: no choices
                 self.first_output_ns = time.time_ns()
             for choice in choices:
+                index = getattr(choice, "index", 0)
                 delta = getattr(choice, "delta", None)
                 piece = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
+                if not piece and delta is not None:  # a refusal or tool calls instead (or beside an empty text)
+                    refusal = getattr(delta, "refusal", None)
+                    if type(refusal) is str:
+                        piece = refusal
+                    if calls := getattr(delta, "tool_calls", None):
+                        self._add_tool_calls(index, calls)
                 if type(piece) is str:
-                    self._text.append(piece)
-                elif delta is not None and (calls := getattr(delta, "tool_calls", None)):
-                    for call in calls:
-                        arguments = getattr(getattr(call, "function", None), "arguments", None)
-                        if type(arguments) is str:
-                            self._other.append(arguments)
+                    if index == 0:
+                        self._text.append(piece)
+                    else:
+                        self._more_text.setdefault(as_int(index), []).append(piece)
                 reason = getattr(choice, "finish_reason", None)
                 if reason is not None and type(reason) is str:
-                    self._finish[as_int(getattr(choice, "index", 0))] = reason
+                    self._finish[as_int(index)] = reason
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self._usage = usage
@@ -195,15 +211,46 @@ class _ChoicesAccumulator:
                 return False
         return True
 
+    def _add_tool_calls(self, choice_index: Any, calls: Any) -> None:
+        for call in calls:
+            key = (as_int(choice_index), as_int(getattr(call, "index", 0)))
+            deltas = self._tools.get(key)
+            if deltas is None:
+                deltas = self._tools[key] = _ToolCallDeltas()
+            deltas.call_id = getattr(call, "id", None) or deltas.call_id
+            function = getattr(call, "function", None)
+            deltas.name = getattr(function, "name", None) or deltas.name
+            arguments = getattr(function, "arguments", None)
+            if type(arguments) is str:
+                deltas.arguments.append(arguments)
+
+    def _texts(self) -> dict[int, str]:
+        texts = {i: "".join(pieces) for i, pieces in self._more_text.items()}
+        if self._text:
+            texts[0] = "".join(self._text)
+        return texts
+
+    def _messages(self) -> list[Message]:
+        texts = self._texts()
+        out = []
+        for index in sorted(texts.keys() | self._finish.keys() | {i for i, _ in self._tools}):
+            parts = [C.text(texts[index])] if texts.get(index) else []
+            for (choice, _), call in sorted(self._tools.items()):
+                if choice == index:
+                    parts.append(C.tool_call(call.call_id, call.name, "".join(call.arguments)))
+            out.append(C.output(parts, self._finish.get(index)))
+        return out
+
     def result(self) -> Result:
+        arguments = "".join("".join(call.arguments) for call in self._tools.values())
         return Result(
             response_model=self._model,
             response_id=self._id,
             finish_reasons=tuple(self._finish[i] for i in sorted(self._finish)),
             usage=_chat_usage(self._usage),
-            output_text="".join(self._text),
-            other_output="".join(self._other),
+            output_text="".join(self._texts().values()) + arguments,
             attributes=self._extras,
+            messages_of=self._messages,
         )
 
 
@@ -234,14 +281,17 @@ def _parse_response_object(response: Any) -> Result:
         finish_reasons=(finish,) if finish else (),
         usage=_responses_usage(get(response, "usage")),
         attributes=_extras(response),
-        text_of=lambda: _str(get(response, "output_text")) or "",
+        messages_of=lambda: openai_content.response_output(get(response, "output"), finish),
         # A failed generation comes back as a response (the SDK does not raise): the call failed all the same.
         failure=_failure(get(response, "error"), "failed") if status == "failed" else None,
     )
 
 
 class _ResponsesAccumulator:
-    __slots__ = ("first_output_ns", "_final", "_created", "_error", "_text", "_other")
+    """The final response (completed, incomplete or failed event) says everything; the deltas stand in for it
+    when the stream ends without one."""
+
+    __slots__ = ("first_output_ns", "_final", "_created", "_error", "_text", "_calls")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.first_output_ns = 0
@@ -249,7 +299,14 @@ class _ResponsesAccumulator:
         self._created: Any = None
         self._error: tuple[str, str] | None = None
         self._text: list[str] = []
-        self._other: list[str] = []  # function-call arguments
+        self._calls: dict[int, _ToolCallDeltas] = {}  # by output index
+
+    def _call(self, event: Any) -> _ToolCallDeltas:
+        index = as_int(get(event, "output_index"))
+        call = self._calls.get(index)
+        if call is None:
+            call = self._calls[index] = _ToolCallDeltas()
+        return call
 
     def add(self, event: Any) -> bool:
         kind = get(event, "type")
@@ -264,7 +321,13 @@ class _ResponsesAccumulator:
         elif kind == "response.function_call_arguments.delta":
             delta = get(event, "delta")
             if isinstance(delta, str):
-                self._other.append(delta)
+                self._call(event).arguments.append(delta)
+        elif kind == "response.output_item.added":
+            item = get(event, "item")
+            if get(item, "type") == "function_call":
+                call = self._call(event)
+                call.call_id = get(item, "call_id")
+                call.name = get(item, "name")
         elif kind in _RESPONSE_DONE_EVENTS:
             self._final = get(event, "response")
         elif kind == "response.created":
@@ -273,14 +336,20 @@ class _ResponsesAccumulator:
             self._error = _failure(event, "error")
         return True
 
+    def _messages(self) -> list[Message]:
+        parts = [C.text("".join(self._text))] if self._text else []
+        for _, call in sorted(self._calls.items()):
+            parts.append(C.tool_call(call.call_id, call.name, "".join(call.arguments)))
+        return [C.output(parts, None)]
+
     def result(self) -> Result:
         if self._final is not None:
             return _parse_response_object(self._final)
         partial = _parse_response_object(self._created) if self._created is not None else Result()
         partial.finish_reasons = ()  # the created event says "in_progress": the stream ended before any verdict
-        partial.text_of = None  # the created event has no text yet: what streamed in is the text
-        partial.output_text = "".join(self._text)
-        partial.other_output = "".join(self._other)
+        # The created event has no output yet: what streamed in is the output.
+        partial.output_text = "".join(self._text) + "".join("".join(c.arguments) for c in self._calls.values())
+        partial.messages_of = self._messages
         partial.failure = self._error
         return partial
 
@@ -322,6 +391,7 @@ CHAT = Endpoint(
     accumulator=_ChoicesAccumulator,
     estimate_input=_estimate_chat_input,
     input_content=_chat_content,
+    content_attributes=openai_content.chat_input,
     client_info=client_info,
     wants_usage_option=True,
 )
@@ -334,6 +404,7 @@ RESPONSES = Endpoint(
     accumulator=_ResponsesAccumulator,
     estimate_input=_estimate_responses_input,
     input_content=_responses_content,
+    content_attributes=openai_content.responses_input,
     client_info=client_info,
 )
 EMBEDDINGS = Endpoint(
@@ -343,6 +414,7 @@ EMBEDDINGS = Endpoint(
     accumulator=_ChoicesAccumulator,
     estimate_input=_estimate_embeddings_input,
     input_content=_embeddings_content,
+    content_attributes=openai_content.embeddings_input,
     client_info=client_info,
 )
 

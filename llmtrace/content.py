@@ -1,0 +1,111 @@
+"""Prompts and answers in the GenAI conventions' message form, for content capture (off by default).
+
+``gen_ai.input.messages`` and ``gen_ai.output.messages`` hold JSON lists of messages: ``{"role", "parts"}``, where
+an output message adds ``finish_reason`` (one message per choice). ``gen_ai.system_instructions`` holds a list of
+parts. A part is ``{"type": ...}``: ``text``, ``tool_call``, ``tool_call_response``, ``reasoning``, ``blob``, ``uri``
+or ``file``. A provider's block with no such form passes through whole as a generic part under its own ``type``:
+captured content loses nothing. The provider adapters translate their SDK's shapes with these builders.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import attributes as A
+
+Part = dict[str, Any]
+Message = dict[str, Any]
+
+
+def text(content: str) -> Part:
+    return {"type": "text", "content": content}
+
+
+def reasoning(content: str) -> Part:
+    return {"type": "reasoning", "content": content}
+
+
+def tool_call(call_id: Any, name: Any, arguments: Any) -> Part:
+    return {"type": "tool_call", "id": call_id, "name": name, "arguments": _decoded(arguments)}
+
+
+def tool_call_response(call_id: Any, response: Any) -> Part:
+    return {"type": "tool_call_response", "id": call_id, "response": response}
+
+
+def blob(modality: str, mime_type: str | None, data: str) -> Part:
+    """Inline media, base64 as the provider took it."""
+    return {"type": "blob", "modality": modality, "mime_type": mime_type, "content": data}
+
+
+def file(modality: str, file_id: str) -> Part:
+    return {"type": "file", "modality": modality, "file_id": file_id}
+
+
+def media(modality: str, url: str) -> Part:
+    """A URL to media: a ``data:`` URL carries the media itself (a blob), any other is a ``uri`` part."""
+    if url.startswith("data:") and "," in url:
+        header, _, data = url[5:].partition(",")
+        return blob(modality, header.split(";", 1)[0] or None, data)
+    return {"type": "uri", "modality": modality, "uri": url}
+
+
+def generic(block: Any) -> Part:
+    """A provider block with no form of its own here, whole: its ``type`` names the part."""
+    dumped = block.model_dump(exclude_none=True) if hasattr(block, "model_dump") else block
+    if isinstance(dumped, dict) and isinstance(dumped.get("type"), str):
+        return dumped
+    return {"type": "unknown", "content": dumped}
+
+
+def message(role: Any, parts: list[Part], name: Any = None) -> Message:
+    out: Message = {"role": role if isinstance(role, str) else "user", "parts": parts}
+    if isinstance(name, str):
+        out["name"] = name
+    return out
+
+
+def output(parts: list[Part], finish_reason: str | None) -> Message:
+    # The conventions require a finish reason; a stream cut short has none yet.
+    return {"role": "assistant", "parts": parts, "finish_reason": finish_reason or ""}
+
+
+def generated_text(messages: list[Message]) -> str:
+    """All the text output messages hold (answers, reasoning, tool-call arguments): what an output estimate counts."""
+    pieces = []
+    for m in messages:
+        for part in m["parts"]:
+            kind = part.get("type")
+            if kind == "text" or kind == "reasoning":
+                pieces.append(part["content"])
+            elif kind == "tool_call" and part["arguments"] is not None:
+                arguments = part["arguments"]
+                pieces.append(arguments if isinstance(arguments, str) else to_json(arguments))
+    return "".join(pieces)
+
+
+def to_json(value: Any) -> str:
+    """Captured content as an attribute value: JSON text, SDK models dumped, anything else as its ``str``."""
+    return json.dumps(value, default=lambda o: getattr(o, "model_dump", lambda: str(o))(), ensure_ascii=False)
+
+
+def _decoded(arguments: Any) -> Any:
+    """Tool arguments arrive as JSON text; recorded as the object they encode, as the text when they are not JSON
+    (a stream cut mid-call)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
+
+
+def input_attributes(messages: list[Message], system: list[Part] | None = None, tools: Any = None) -> dict[str, str]:
+    """A request's captured content as span attributes."""
+    attrs = {A.INPUT_MESSAGES: to_json(messages)}
+    if system:
+        attrs[A.SYSTEM_INSTRUCTIONS] = to_json(system)
+    if tools:
+        attrs[A.TOOL_DEFINITIONS] = to_json(tools)
+    return attrs

@@ -23,6 +23,9 @@ class Usage:
     source: str = A.SOURCE_PROVIDER
     # Not a bucket: the part of ``cache_write`` written with a 1-hour TTL (Anthropic), priced higher.
     cache_write_1h: int = 0
+    # False when the output held reasoning the provider did not count apart: ``visible_output`` then holds it too,
+    # and the reasoning count is left out of the attributes rather than reported as 0.
+    reasoning_known: bool = True
 
     @property
     def input_tokens(self) -> int:
@@ -54,7 +57,7 @@ class Usage:
         )
 
     def attributes(self) -> dict[str, int | str]:
-        return {
+        attrs: dict[str, int | str] = {
             A.USAGE_INPUT_TOKENS: self.input_tokens,
             A.USAGE_OUTPUT_TOKENS: self.output_tokens,
             A.USAGE_CACHE_READ_INPUT_TOKENS: self.cache_read,
@@ -64,6 +67,9 @@ class Usage:
             A.USAGE_VISIBLE_OUTPUT_TOKENS: self.visible_output,
             A.USAGE_SOURCE: self.source,
         }
+        if not self.reasoning_known:
+            del attrs[A.USAGE_REASONING_OUTPUT_TOKENS]
+        return attrs
 
 
 def as_int(value: object) -> int:

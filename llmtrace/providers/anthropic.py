@@ -56,12 +56,18 @@ def _request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return pick(kwargs, _REQUEST)
 
 
-def _usage(usage: Any) -> Usage | None:
-    """Anthropic's ``input_tokens`` EXCLUDES cache reads and writes, so it is the uncached bucket."""
+_THINKING_BLOCKS = ("thinking", "redacted_thinking")
+
+
+def _usage(usage: Any, block_types: Any) -> Usage | None:
+    """Anthropic's ``input_tokens`` EXCLUDES cache reads and writes, so it is the uncached bucket. Its
+    ``output_tokens`` include any thinking, mostly without a breakdown: an answer that thought then has an unknown
+    reasoning count, not 0 (``block_types``: the answer's content block types)."""
     if usage is None:
         return None
     output = as_int(get(usage, "output_tokens"))
-    reasoning = min(as_int(get(get(usage, "output_tokens_details"), "thinking_tokens")), output)
+    thinking = get(get(usage, "output_tokens_details"), "thinking_tokens")
+    reasoning = min(as_int(thinking), output)
     cache_write = as_int(get(usage, "cache_creation_input_tokens"))
     return Usage(
         uncached_input=as_int(get(usage, "input_tokens")),
@@ -70,6 +76,7 @@ def _usage(usage: Any) -> Usage | None:
         visible_output=output - reasoning,
         reasoning=reasoning,
         cache_write_1h=min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), cache_write),
+        reasoning_known=type(thinking) is int or not any(t in _THINKING_BLOCKS for t in block_types),
     )
 
 
@@ -83,7 +90,7 @@ def _parse(message: Any) -> Result:
         response_model=_str(get(message, "model")),
         response_id=_str(get(message, "id")),
         finish_reasons=(reason,) if isinstance(reason, str) else (),
-        usage=_usage(get(message, "usage")),
+        usage=_usage(get(message, "usage"), (get(block, "type") for block in get(message, "content") or ())),
         messages_of=lambda: anthropic_content.response_output(get(message, "content"), _str(reason)),
     )
 
@@ -109,7 +116,7 @@ class _Accumulator:
         self._reason: str | None = None
         self._usage: dict[str, int] | None = None
         self._output_counted = False  # a message_delta gave the output count (message_start's is a placeholder)
-        self._thinking = 0
+        self._thinking: int | None = None  # the output's thinking tokens, where the provider says
         self._cache_creation: Any = None
         self._blocks: dict[int, Any] = {}  # index -> the block as announced
         self._pieces: dict[int, list[str]] = {}  # index -> its text, thinking or tool input, streamed
@@ -184,7 +191,8 @@ class _Accumulator:
                     **self._usage,
                     "output_tokens_details": {"thinking_tokens": self._thinking},
                     "cache_creation": self._cache_creation,
-                }
+                },
+                (get(block, "type") for block in self._blocks.values()),
             )
             if usage is not None and not self._output_counted:
                 # The stream ended (failed, or the app stopped reading) before the final count: the input is

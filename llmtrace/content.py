@@ -18,6 +18,12 @@ Part = dict[str, Any]
 Message = dict[str, Any]
 
 
+def sequence(value: Any) -> list[Any] | tuple[Any, ...] | None:
+    """A request's list, to read. Only lists and tuples: any other iterable may be one-shot, and the SDK has yet to
+    send it (reading it here would send the provider nothing)."""
+    return value if isinstance(value, (list, tuple)) else None
+
+
 def text(content: str) -> Part:
     return {"type": "text", "content": content}
 
@@ -101,9 +107,11 @@ def _decoded(arguments: Any) -> Any:
     return arguments
 
 
-def input_attributes(messages: list[Message], system: list[Part] | None = None, tools: Any = None) -> dict[str, str]:
-    """A request's captured content as span attributes."""
-    attrs = {A.INPUT_MESSAGES: to_json(messages)}
+def input_attributes(messages: list[Message] | None, system: list[Part] | None = None, tools: Any = None) -> dict[str, str]:
+    """A request's captured content as span attributes (messages None: not readable, see ``sequence``)."""
+    attrs = {}
+    if messages is not None:
+        attrs[A.INPUT_MESSAGES] = to_json(messages)
     if system:
         attrs[A.SYSTEM_INSTRUCTIONS] = to_json(system)
     if tools:

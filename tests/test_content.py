@@ -317,3 +317,36 @@ def test_anthropic_history_with_tool_results_images_and_a_system_list() -> None:
     assert json.loads(a["gen_ai.output.messages"]) == [
         {"role": "assistant", "parts": [{"type": "reasoning", "content": "Warm."}, {"type": "text", "content": "18 C."}], "finish_reason": "end_turn"}
     ]
+
+
+def test_one_shot_iterables_in_a_request_reach_the_provider_whole() -> None:
+    """Capture reads only lists and tuples: a generator read before the SDK sends it would send nothing."""
+    openai = pytest.importorskip("openai")
+    anthropic = pytest.importorskip("anthropic")
+    seen: list[dict[str, Any]] = []
+    oa_http, an_http = http_module(openai), http_module(anthropic)
+    anthropic_answer = {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6", "stop_reason": "end_turn",
+        "content": [{"type": "text", "text": "ok"}], "usage": {"input_tokens": 3, "output_tokens": 1},
+    }  # fmt: skip
+
+    def openai_answer(request: Any) -> Any:
+        seen.append(json.loads(request.content))
+        return oa_http.Response(200, json=_completion({"content": "ok"}, usage=True))
+
+    def anthropic_handler(request: Any) -> Any:
+        seen.append(json.loads(request.content))
+        return an_http.Response(200, json=anthropic_answer)
+
+    with llmtrace.testing.capture(capture_content=True) as captured:
+        openai_client(openai_answer).chat.completions.create(model="gpt-4o-mini", messages=(m for m in [{"role": "user", "content": "hi"}]))
+        anthropic_client(anthropic_handler).messages.create(
+            model="claude-sonnet-4-6", max_tokens=10,
+            messages=[{"role": "user", "content": (b for b in [{"type": "text", "text": "hello"}])}],  # type: ignore[misc]
+        )  # fmt: skip
+    assert seen[0]["messages"] == [{"role": "user", "content": "hi"}]
+    assert seen[1]["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]
+    first, second = (s.attributes for s in captured.spans())
+    assert "gen_ai.input.messages" not in first  # not readable without taking it from the SDK
+    assert json.loads(second["gen_ai.input.messages"]) == [{"role": "user", "parts": []}]
+    assert json.loads(first["gen_ai.output.messages"])[0]["parts"] == [{"type": "text", "content": "ok"}]

@@ -52,11 +52,12 @@ def _content(content: Any) -> Any:
 def _parts(content: Any) -> list[C.Part]:
     if isinstance(content, str):
         return [C.text(content)]
-    return [block_part(block) for block in content or ()]
+    return [block_part(block) for block in C.sequence(content) or ()]
 
 
 def request_content(kwargs: Mapping[str, Any]) -> dict[str, str]:
-    messages = [C.message(get(m, "role"), _parts(get(m, "content"))) for m in kwargs.get("messages") or ()]
+    read = C.sequence(kwargs.get("messages"))
+    messages = [C.message(get(m, "role"), _parts(get(m, "content"))) for m in read] if read is not None else None
     return C.input_attributes(messages, _parts(kwargs.get("system")), kwargs.get("tools"))
 
 

@@ -69,7 +69,7 @@ def chat_message(message: Any) -> C.Message:
     refusal = _text_of(get(message, "refusal"))
     if refusal:
         parts.append(C.text(refusal))
-    for call in get(message, "tool_calls") or ():
+    for call in C.sequence(get(message, "tool_calls")) or ():
         parts.append(_chat_tool_call(call))
     function_call = get(message, "function_call")  # deprecated single call
     if function_call is not None:
@@ -90,7 +90,9 @@ def chat_input(kwargs: Mapping[str, Any]) -> dict[str, str]:
     messages = kwargs.get("messages")
     if messages is None:  # legacy completions
         return C.input_attributes(_prompts(kwargs.get("prompt")))
-    return C.input_attributes([chat_message(m) for m in messages], tools=kwargs.get("tools") or kwargs.get("functions"))
+    read = C.sequence(messages)
+    converted = [chat_message(m) for m in read] if read is not None else None
+    return C.input_attributes(converted, tools=kwargs.get("tools") or kwargs.get("functions"))
 
 
 def embeddings_input(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -131,7 +133,7 @@ def _response_part(part: Any) -> C.Part:
 
 
 def _reasoning_text(item: Any) -> str:
-    return "".join(t for s in get(item, "summary") or () if (t := _text_of(get(s, "text"))))
+    return "".join(t for s in C.sequence(get(item, "summary")) or () if (t := _text_of(get(s, "text"))))
 
 
 def _item_parts(item: Any) -> list[C.Part]:
@@ -152,7 +154,7 @@ def _item_parts(item: Any) -> list[C.Part]:
 def _message_parts(content: Any) -> list[C.Part]:
     if isinstance(content, str):
         return [C.text(content)]
-    return [_response_part(part) for part in content or ()]
+    return [_response_part(part) for part in C.sequence(content) or ()]
 
 
 def _input_item(item: Any) -> C.Message:
@@ -166,10 +168,12 @@ def _input_item(item: Any) -> C.Message:
 
 def responses_input(kwargs: Mapping[str, Any]) -> dict[str, str]:
     value = kwargs.get("input")
+    messages: list[C.Message] | None
     if isinstance(value, str):
         messages = [C.message("user", [C.text(value)])]
     else:
-        messages = [_input_item(item) for item in value or ()]
+        items = C.sequence(value)
+        messages = [_input_item(item) for item in items] if items is not None else None
     instructions = _text_of(kwargs.get("instructions"))
     return C.input_attributes(messages, [C.text(instructions)] if instructions else None, kwargs.get("tools"))
 

@@ -81,6 +81,7 @@ class Call:
         "rate_limited",
         "acc",
         "done",
+        "ended",
         "unsampled",
         "unsampled_parent",
         "hold",
@@ -97,7 +98,10 @@ class Call:
             attrs[A.SERVER_PORT] = info.port
         attrs.update(current_tags())
         if settings.capture_content:
-            attrs.update(endpoint.content_attributes(kwargs))
+            try:
+                attrs.update(endpoint.content_attributes(kwargs))
+            except Exception as exc:  # a request llmtrace cannot read: traced, without its content
+                report(exc)
         if rt.request_hasher is not None:
             attrs[A.REQUEST_HASH] = _request_hash(rt.request_hasher, attrs.get(A.REQUEST_MODEL), endpoint.input_content(kwargs))
         self.hold: Any = None  # what a block budget reserved for this call (llmtrace.enforce.Hold)
@@ -110,7 +114,8 @@ class Call:
         self.retries = 0
         self.rate_limited = 0
         self.acc: Accumulator | None = None
-        self.done = False
+        self.done = False  # finish() began
+        self.ended = False  # the span ended
         self.start_ns = time.time_ns()
         self.span = rt.spans.start(self._name(), attrs, self.start_ns)
         # The app's sampler dropped this span: remember its parent, to hand the call to the store anyway.
@@ -194,8 +199,10 @@ class Call:
         self._force_end()
 
     def _force_end(self) -> None:
-        if not self.done:
-            self.done = True
+        """``finish`` failed, or never ran: the span ends all the same (once), and a budget hold is given back."""
+        self.done = True
+        if not self.ended:
+            self.ended = True
             with internal_errors():
                 self._release(None)
                 self.span.end()
@@ -244,6 +251,7 @@ class Call:
         add_attributes(span, attrs)
         if failure is not None:
             span.set_status(Status(StatusCode.ERROR, failure[:512]))
+        self.ended = True
         span.end(end_time=end_ns)
         instruments = self.runtime.instruments
         if not self.unsampled and instruments is None:

@@ -3,8 +3,9 @@
 ``gen_ai.input.messages`` and ``gen_ai.output.messages`` hold JSON lists of messages: ``{"role", "parts"}``, where
 an output message adds ``finish_reason`` (one message per choice). ``gen_ai.system_instructions`` holds a list of
 parts. A part is ``{"type": ...}``: ``text``, ``tool_call``, ``tool_call_response``, ``reasoning``, ``blob``, ``uri``
-or ``file``. A provider's block with no such form passes through whole as a generic part under its own ``type``:
-captured content loses nothing. The provider adapters translate their SDK's shapes with these builders.
+or ``file``. A provider's block with no such form passes through whole as a generic part under its own ``type``.
+Left out: citations and annotations beside a text, and an audio answer's sound (its transcript is a text part). The
+provider adapters translate their SDK's shapes with these builders.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def generic(block: Any) -> Part:
     """A provider block with no form of its own here, whole: its ``type`` names the part."""
     dumped = block.model_dump(exclude_none=True) if hasattr(block, "model_dump") else block
     if isinstance(dumped, dict) and isinstance(dumped.get("type"), str):
-        return dumped
+        return dict(dumped)  # a copy: never the app's own dict
     return {"type": "unknown", "content": dumped}
 
 
@@ -87,13 +88,19 @@ def generated_text(messages: list[Message]) -> str:
                 pieces.append(part["content"])
             elif kind == "tool_call" and part["arguments"] is not None:
                 arguments = part["arguments"]
-                pieces.append(arguments if isinstance(arguments, str) else to_json(arguments))
+                # Models write compact JSON; decoded arguments are re-encoded so, for the estimate.
+                pieces.append(arguments if isinstance(arguments, str) else to_json(arguments, compact=True))
     return "".join(pieces)
 
 
-def to_json(value: Any) -> str:
+def to_json(value: Any, compact: bool = False) -> str:
     """Captured content as an attribute value: JSON text, SDK models dumped, anything else as its ``str``."""
-    return json.dumps(value, default=lambda o: getattr(o, "model_dump", lambda: str(o))(), ensure_ascii=False)
+    return json.dumps(
+        value,
+        default=lambda o: getattr(o, "model_dump", lambda: str(o))(),
+        ensure_ascii=False,
+        separators=(",", ":") if compact else None,
+    )
 
 
 def _decoded(arguments: Any) -> Any:
@@ -102,7 +109,7 @@ def _decoded(arguments: Any) -> Any:
     if isinstance(arguments, str):
         try:
             return json.loads(arguments)
-        except ValueError:
+        except Exception:  # not JSON (ValueError), or nested past the parser's depth (RecursionError)
             return arguments
     return arguments
 

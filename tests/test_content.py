@@ -350,3 +350,99 @@ def test_one_shot_iterables_in_a_request_reach_the_provider_whole() -> None:
     assert "gen_ai.input.messages" not in first  # not readable without taking it from the SDK
     assert json.loads(second["gen_ai.input.messages"]) == [{"role": "user", "parts": []}]
     assert json.loads(first["gen_ai.output.messages"])[0]["parts"] == [{"type": "text", "content": "ok"}]
+
+
+def _stream_client(chunks: list[dict[str, Any]]) -> Any:
+    http = http_module(pytest.importorskip("openai"))
+    body = sse([(None, c) for c in chunks] + [(None, "[DONE]")])
+    return openai_client(lambda request: http.Response(200, headers={"content-type": "text/event-stream"}, content=body))
+
+
+def _function(name: str | None = None, arguments: str = "") -> dict[str, Any]:
+    return {"name": name, "arguments": arguments} if name else {"arguments": arguments}
+
+
+STREAM_SHAPES = {
+    "text beside tool calls": (
+        [
+            _chunk([_delta(0, role="assistant", content="Let me check.", tool_calls=[_call_delta(0, "call_1", "weather", '{"city": ')])]),
+            _chunk([_delta(0, tool_calls=[_call_delta(0, arguments='"Paris"}')])]),
+            _chunk([_delta(0, "tool_calls")]),
+        ],
+        [{"type": "text", "content": "Let me check."}, {"type": "tool_call", "id": "call_1", "name": "weather", "arguments": {"city": "Paris"}}],
+    ),
+    "the deprecated function call": (
+        [
+            _chunk([_delta(0, role="assistant", content=None, function_call=_function("weather", '{"city"'))]),
+            _chunk([_delta(0, function_call=_function(arguments=': "Paris"}'))]),
+            _chunk([_delta(0, "function_call")]),
+        ],
+        [{"type": "tool_call", "id": None, "name": "weather", "arguments": {"city": "Paris"}}],
+    ),
+    # Gemini's OpenAI-compatible API leaves the calls' index out and sends each call whole.
+    "tool calls without an index": (
+        [
+            _chunk([_delta(0, role="assistant", tool_calls=[
+                {"id": "a", "type": "function", "function": _function("weather", '{"city": "Paris"}')},
+                {"id": "b", "type": "function", "function": _function("time", '{"tz": "CET"}')},
+            ])]),
+            _chunk([_delta(0, "tool_calls")]),
+        ],
+        [{"type": "tool_call", "id": "a", "name": "weather", "arguments": {"city": "Paris"}}, {"type": "tool_call", "id": "b", "name": "time", "arguments": {"tz": "CET"}}],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", STREAM_SHAPES)
+def test_stream_shapes_are_assembled_into_parts(shape: str) -> None:
+    chunks, expected = STREAM_SHAPES[shape]
+    with llmtrace.testing.capture(capture_content=True) as captured:
+        for _ in _stream_client(chunks).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True):
+            pass
+    a = captured.spans()[0].attributes
+    (message,) = json.loads(a["gen_ai.output.messages"])
+    assert message["parts"] == expected
+    assert a["gen_ai.usage.output_tokens"] >= 6  # no usage came: the estimate counts the calls' arguments
+
+
+def test_messages_in_a_dict_subclass_read_like_dicts() -> None:
+    from collections import OrderedDict
+
+    http = http_module(pytest.importorskip("openai"))
+    client = openai_client(lambda request: http.Response(200, json=_completion({"content": "ok"}, usage=True)))
+    with llmtrace.testing.capture(capture_content=True) as captured:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[OrderedDict(role="system", content="Be brief."), OrderedDict(role="user", content="hi")])  # type: ignore[list-item]
+    assert json.loads(captured.spans()[0].attributes["gen_ai.input.messages"]) == [
+        {"role": "system", "parts": [{"type": "text", "content": "Be brief."}]},
+        {"role": "user", "parts": [{"type": "text", "content": "hi"}]},
+    ]
+
+
+def test_tool_arguments_nested_past_the_json_parser_stay_text() -> None:
+    http = http_module(pytest.importorskip("openai"))
+    deep = "[" * 5000 + "]" * 5000  # json.loads raises RecursionError, not ValueError
+    call = {"id": "call_1", "type": "function", "function": {"name": "run", "arguments": deep}}
+    client = openai_client(lambda request: http.Response(200, json=_completion({"content": None, "tool_calls": [call]}, usage=True)))
+    with llmtrace.testing.capture(capture_content=True) as captured:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]}])
+    (span,) = captured.spans()
+    assert json.loads(span.attributes["gen_ai.input.messages"])[1]["parts"][0]["arguments"] == deep
+    assert json.loads(span.attributes["gen_ai.output.messages"])[0]["parts"][0]["arguments"] == deep
+
+
+def test_a_responses_reasoning_item_without_a_summary_is_its_reasoning_text() -> None:
+    http = http_module(pytest.importorskip("openai"))
+    answer = {
+        "id": "resp_1", "object": "response", "created_at": 1, "model": "gpt-oss-120b", "status": "completed",
+        "output": [
+            {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "The user greets me."}]},
+            {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": [{"type": "output_text", "text": "Hello!", "annotations": []}]},
+        ],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [],
+    }  # fmt: skip
+    client = openai_client(lambda request: http.Response(200, json=answer), base_url="http://localhost:8000/v1")
+    with llmtrace.testing.capture(capture_content=True) as captured:
+        client.responses.create(model="gpt-oss-120b", input="hi")
+    a = captured.spans()[0].attributes
+    assert json.loads(a["gen_ai.output.messages"])[0]["parts"] == [{"type": "reasoning", "content": "The user greets me."}, {"type": "text", "content": "Hello!"}]
+    assert a["gen_ai.usage.output_tokens"] >= 6  # no usage: the estimate counts the reasoning too

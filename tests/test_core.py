@@ -195,6 +195,31 @@ def test_an_internal_error_never_reaches_the_user(captured: Any,
     assert _guard.internal_error_count() >= 2
 
 
+def test_an_internal_error_while_the_span_is_finished_still_ends_it(
+    monkeypatch: pytest.MonkeyPatch, internal_errors_fail_tests: list[BaseException]
+) -> None:
+    """An error in llmtrace while a call is traced (reading the prompt, building the answer's attributes) loses
+    what it was building, never the span."""
+    from llmtrace import call as core
+    from llmtrace.providers import openai as adapter
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("llmtrace bug")
+
+    monkeypatch.setattr(core, "to_json", broken)  # the answer's content, once the span is being finished
+    object.__setattr__(adapter.CHAT, "content_attributes", broken)  # the prompt, when the span starts
+    try:
+        with llmtrace.testing.capture(capture_content=True) as captured:
+            result = _chat(openai_client(FakeAPI(HTTP)))
+    finally:
+        object.__setattr__(adapter.CHAT, "content_attributes", adapter.openai_content.chat_input)
+    assert result.choices[0].message.content == "hello there"
+    assert [str(e) for e in internal_errors_fail_tests] == ["llmtrace bug", "llmtrace bug"]
+    internal_errors_fail_tests.clear()  # expected here: the guard contained them
+    (span,) = captured.spans()
+    assert span.attributes["gen_ai.request.model"] == "gpt-4o-mini" and span.end_time is not None
+
+
 def test_user_exceptions_pass_through_as_the_same_object(captured: Any) -> None:
     boom = KeyboardInterrupt()
 

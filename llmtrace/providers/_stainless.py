@@ -42,11 +42,18 @@ def client_info_for(
     return info
 
 
+_MISSING = object()
+
+
 def get(obj: Any, name: str, default: Any = None) -> Any:
-    """Attribute or mapping key: SDK models, raw dicts and ``None`` all read the same way."""
+    """Attribute or mapping key: SDK models, raw dicts (an app's dict subclasses too) and ``None`` all read the
+    same way. Plain dicts first, then attributes: the per-chunk path reads SDK models."""
     if type(obj) is dict:
         return obj.get(name, default)
-    return getattr(obj, name, default)
+    value = getattr(obj, name, _MISSING)
+    if value is _MISSING:
+        return obj.get(name, default) if isinstance(obj, dict) else default
+    return value
 
 
 RequestTable = Mapping[str, tuple[str, "type | tuple[type, ...]"]]

@@ -59,10 +59,10 @@ def _request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 _THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 
-def _usage(usage: Any, block_types: Any) -> Usage | None:
+def _usage(usage: Any, blocks: Any) -> Usage | None:
     """Anthropic's ``input_tokens`` EXCLUDES cache reads and writes, so it is the uncached bucket. Its
     ``output_tokens`` include any thinking, mostly without a breakdown: an answer that thought then has an unknown
-    reasoning count, not 0 (``block_types``: the answer's content block types)."""
+    reasoning count, not 0 (``blocks``: the answer's content blocks)."""
     if usage is None:
         return None
     output = as_int(get(usage, "output_tokens"))
@@ -76,8 +76,12 @@ def _usage(usage: Any, block_types: Any) -> Usage | None:
         visible_output=output - reasoning,
         reasoning=reasoning,
         cache_write_1h=min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), cache_write),
-        reasoning_known=type(thinking) is int or not any(t in _THINKING_BLOCKS for t in block_types),
+        reasoning_known=type(thinking) is int or not _thought(blocks),
     )
+
+
+def _thought(blocks: Any) -> bool:
+    return any(get(block, "type") in _THINKING_BLOCKS for block in blocks)
 
 
 def _str(value: Any) -> str | None:
@@ -90,7 +94,7 @@ def _parse(message: Any) -> Result:
         response_model=_str(get(message, "model")),
         response_id=_str(get(message, "id")),
         finish_reasons=(reason,) if isinstance(reason, str) else (),
-        usage=_usage(get(message, "usage"), (get(block, "type") for block in get(message, "content") or ())),
+        usage=_usage(get(message, "usage"), get(message, "content") or ()),
         messages_of=lambda: anthropic_content.response_output(get(message, "content"), _str(reason)),
     )
 
@@ -100,13 +104,22 @@ _TOKENIZER_MODEL = "gpt-4"
 _USAGE_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
 
 
+# A streamed delta's type -> its field holding generated output (citations and signatures are not output).
+_DELTA_FIELDS = {
+    "text_delta": "text",
+    "thinking_delta": "thinking",
+    "input_json_delta": "partial_json",
+    "compaction_delta": "content",
+}
+
+
 class _Accumulator:
     """``message_start`` carries the input side; ``message_delta`` the cumulative output count. Content arrives
     block by block: a ``content_block_start`` announces each (its type, a tool call's id and name), deltas fill it."""
 
     __slots__ = (
         "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation",
-        "_blocks", "_pieces",
+        "_blocks", "_pieces", "_current",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -120,6 +133,8 @@ class _Accumulator:
         self._cache_creation: Any = None
         self._blocks: dict[int, Any] = {}  # index -> the block as announced
         self._pieces: dict[int, list[str]] = {}  # index -> its text, thinking or tool input, streamed
+        self._current: list[str] = []  # the block streaming now
+        self._pieces[0] = self._current
 
     def _merge_usage(self, usage: Any) -> None:
         if usage is None:
@@ -143,15 +158,16 @@ class _Accumulator:
             if not self.first_output_ns:
                 self.first_output_ns = time.time_ns()
             delta = get(event, "delta")
-            piece = get(delta, "text") or get(delta, "thinking") or get(delta, "partial_json")
+            # By the delta's type: reading a field a model lacks costs microseconds (pydantic's __getattr__).
+            field = _DELTA_FIELDS.get(get(delta, "type"))
+            piece = get(delta, field) if field is not None else None
             if isinstance(piece, str):
-                index = get(event, "index")
-                pieces = self._pieces.get(index)
-                if pieces is None:
-                    pieces = self._pieces[index] = []
-                pieces.append(piece)
+                self._current.append(piece)
         elif kind == "content_block_start":
-            self._blocks[get(event, "index")] = get(event, "content_block")
+            # Blocks stream one after the other (start, deltas, stop): the deltas that follow are this block's.
+            index = get(event, "index")
+            self._blocks[index] = get(event, "content_block")
+            self._current = self._pieces[index] = []
         elif kind == "message_start":
             message = get(event, "message")
             self._model = _str(get(message, "model"))
@@ -176,10 +192,14 @@ class _Accumulator:
             return C.reasoning(streamed)
         if kind == "text" or block is None:
             return C.text(streamed)
-        return anthropic_content.block_part(block)  # arrives whole (e.g. redacted thinking, server tool results)
+        # Arrives whole (redacted thinking, server tool results), or is another kind streamed into ``content``.
+        part = anthropic_content.block_part(block)
+        if streamed:
+            part["content"] = streamed
+        return part
 
     def _messages(self) -> list[Message]:
-        indexes = sorted(self._blocks.keys() | self._pieces.keys(), key=as_int)
+        indexes = sorted(self._blocks.keys() | {i for i, pieces in self._pieces.items() if pieces}, key=as_int)
         return [C.output([self._block_part(i) for i in indexes], self._reason)]
 
     def result(self) -> Result:
@@ -192,14 +212,14 @@ class _Accumulator:
                     "output_tokens_details": {"thinking_tokens": self._thinking},
                     "cache_creation": self._cache_creation,
                 },
-                (get(block, "type") for block in self._blocks.values()),
+                self._blocks.values(),
             )
             if usage is not None and not self._output_counted:
                 # The stream ended (failed, or the app stopped reading) before the final count: the input is
                 # the provider's, the output is estimated from what streamed in.
                 usage = dataclasses.replace(
                     usage, visible_output=tokenizer.count_text(_TOKENIZER_MODEL, text), reasoning=0,
-                    source=A.SOURCE_ESTIMATED,
+                    source=A.SOURCE_ESTIMATED, reasoning_known=not _thought(self._blocks.values()),
                 )
         return Result(
             response_model=self._model,

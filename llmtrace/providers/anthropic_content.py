@@ -58,7 +58,7 @@ def _parts(content: Any) -> list[C.Part]:
 def request_content(kwargs: Mapping[str, Any]) -> dict[str, str]:
     read = C.sequence(kwargs.get("messages"))
     messages = [C.message(get(m, "role"), _parts(get(m, "content"))) for m in read] if read is not None else None
-    return C.input_attributes(messages, _parts(kwargs.get("system")), kwargs.get("tools"))
+    return C.input_attributes(messages, _parts(kwargs.get("system")), C.sequence(kwargs.get("tools")))
 
 
 def response_output(content: Any, stop_reason: str | None) -> list[C.Message]:

@@ -189,18 +189,27 @@ class _ChoicesAccumulator:
             for choice in choices:
                 index = getattr(choice, "index", 0)
                 delta = getattr(choice, "delta", None)
-                piece = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
-                if not piece and delta is not None:  # a refusal or tool calls instead (or beside an empty text)
-                    refusal = getattr(delta, "refusal", None)
-                    if type(refusal) is str:
-                        piece = refusal
-                    if calls := getattr(delta, "tool_calls", None):
-                        self._add_tool_calls(index, calls)
-                if type(piece) is str:
-                    if index == 0:
+                if delta is not None:
+                    piece = getattr(delta, "content", None)
+                    if not piece:  # a refusal or a deprecated function call instead (or beside an empty text)
+                        refusal = getattr(delta, "refusal", None)
+                        if type(refusal) is str:
+                            piece = refusal
+                        elif (function_call := getattr(delta, "function_call", None)) is not None:
+                            self._add_call(index, -1, None, function_call)
+                    if calls := getattr(delta, "tool_calls", None):  # may come beside text
+                        for call in calls:
+                            position, call_id = getattr(call, "index", None), getattr(call, "id", None)
+                            self._add_call(index, position, call_id, getattr(call, "function", None))
+                else:
+                    piece = getattr(choice, "text", None)
+                if piece and type(piece) is str:
+                    if not index:
                         self._text.append(piece)
+                    elif (pieces := self._more_text.get(index)) is not None:
+                        pieces.append(piece)
                     else:
-                        self._more_text.setdefault(as_int(index), []).append(piece)
+                        self._more_text[as_int(index)] = [piece]
                 reason = getattr(choice, "finish_reason", None)
                 if reason is not None and type(reason) is str:
                     self._finish[as_int(index)] = reason
@@ -211,18 +220,31 @@ class _ChoicesAccumulator:
                 return False
         return True
 
-    def _add_tool_calls(self, choice_index: Any, calls: Any) -> None:
-        for call in calls:
-            key = (as_int(choice_index), as_int(getattr(call, "index", 0)))
-            deltas = self._tools.get(key)
-            if deltas is None:
-                deltas = self._tools[key] = _ToolCallDeltas()
-            deltas.call_id = getattr(call, "id", None) or deltas.call_id
-            function = getattr(call, "function", None)
-            deltas.name = getattr(function, "name", None) or deltas.name
-            arguments = getattr(function, "arguments", None)
-            if type(arguments) is str:
-                deltas.arguments.append(arguments)
+    def _add_call(self, choice: Any, position: Any, call_id: Any, function: Any) -> None:
+        """One tool call's delta: its id and name come first, its arguments in pieces."""
+        choice = as_int(choice)
+        if type(position) is not int:
+            position = self._unindexed_position(choice, call_id)
+        deltas = self._tools.get((choice, position))
+        if deltas is None:
+            deltas = self._tools[(choice, position)] = _ToolCallDeltas()
+        if call_id:
+            deltas.call_id = call_id
+        name = getattr(function, "name", None)
+        if name:
+            deltas.name = name
+        arguments = getattr(function, "arguments", None)
+        if type(arguments) is str:
+            deltas.arguments.append(arguments)
+
+    def _unindexed_position(self, choice: int, call_id: Any) -> int:
+        """Some OpenAI-compatible servers (Gemini's) leave a tool call's index out, sending each call whole: a new
+        id is a new call, a delta without one continues the last."""
+        positions = [p for c, p in self._tools if c == choice and p >= 0]
+        if not positions:
+            return 0
+        last = max(positions)
+        return last if not call_id or self._tools[(choice, last)].call_id == call_id else last + 1
 
     def _texts(self) -> dict[int, str]:
         texts = {i: "".join(pieces) for i, pieces in self._more_text.items()}
@@ -235,7 +257,7 @@ class _ChoicesAccumulator:
         out = []
         for index in sorted(texts.keys() | self._finish.keys() | {i for i, _ in self._tools}):
             parts = [C.text(texts[index])] if texts.get(index) else []
-            for (choice, _), call in sorted(self._tools.items()):
+            for (choice, _), call in sorted(self._tools.items(), key=lambda item: item[0]):
                 if choice == index:
                     parts.append(C.tool_call(call.call_id, call.name, "".join(call.arguments)))
             out.append(C.output(parts, self._finish.get(index)))
@@ -314,7 +336,7 @@ class _ResponsesAccumulator:
         # and the item/part announcements come first, before the model has produced anything.
         if not self.first_output_ns and type(kind) is str and kind.endswith(".delta"):
             self.first_output_ns = time.time_ns()
-        if kind == "response.output_text.delta":
+        if kind == "response.output_text.delta" or kind == "response.refusal.delta":
             delta = get(event, "delta")
             if isinstance(delta, str):
                 self._text.append(delta)

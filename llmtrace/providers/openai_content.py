@@ -69,6 +69,9 @@ def chat_message(message: Any) -> C.Message:
     refusal = _text_of(get(message, "refusal"))
     if refusal:
         parts.append(C.text(refusal))
+    transcript = _text_of(get(get(message, "audio"), "transcript"))  # an audio answer: what it says
+    if transcript:
+        parts.append(C.text(transcript))
     for call in C.sequence(get(message, "tool_calls")) or ():
         parts.append(_chat_tool_call(call))
     function_call = get(message, "function_call")  # deprecated single call
@@ -92,7 +95,7 @@ def chat_input(kwargs: Mapping[str, Any]) -> dict[str, str]:
         return C.input_attributes(_prompts(kwargs.get("prompt")))
     read = C.sequence(messages)
     converted = [chat_message(m) for m in read] if read is not None else None
-    return C.input_attributes(converted, tools=kwargs.get("tools") or kwargs.get("functions"))
+    return C.input_attributes(converted, tools=C.sequence(kwargs.get("tools") or kwargs.get("functions")))
 
 
 def embeddings_input(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -133,7 +136,12 @@ def _response_part(part: Any) -> C.Part:
 
 
 def _reasoning_text(item: Any) -> str:
-    return "".join(t for s in C.sequence(get(item, "summary")) or () if (t := _text_of(get(s, "text"))))
+    """A reasoning item's summary or, where it has none (open-weight models), its reasoning text."""
+    for field in ("summary", "content"):
+        text = "".join(t for s in C.sequence(get(item, field)) or () if (t := _text_of(get(s, "text"))))
+        if text:
+            return text
+    return ""
 
 
 def _item_parts(item: Any) -> list[C.Part]:
@@ -175,7 +183,7 @@ def responses_input(kwargs: Mapping[str, Any]) -> dict[str, str]:
         items = C.sequence(value)
         messages = [_input_item(item) for item in items] if items is not None else None
     instructions = _text_of(kwargs.get("instructions"))
-    return C.input_attributes(messages, [C.text(instructions)] if instructions else None, kwargs.get("tools"))
+    return C.input_attributes(messages, [C.text(instructions)] if instructions else None, C.sequence(kwargs.get("tools")))
 
 
 def response_output(output: Any, finish_reason: str | None) -> list[C.Message]:

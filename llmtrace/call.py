@@ -306,7 +306,10 @@ class Call:
         if result.attributes:
             attrs.update(result.attributes)
         if self.runtime.settings.capture_content and result.messages_of is not None:
-            attrs[A.OUTPUT_MESSAGES] = to_json(result.messages_of())
+            try:
+                attrs[A.OUTPUT_MESSAGES] = to_json(result.messages_of())
+            except Exception as exc:  # an answer llmtrace cannot read: its usage and cost are recorded all the same
+                report(exc)
         if usage is None:
             attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
             return None

@@ -218,6 +218,27 @@ def test_an_internal_error_while_the_span_is_finished_still_ends_it(
     internal_errors_fail_tests.clear()  # expected here: the guard contained them
     (span,) = captured.spans()
     assert span.attributes["gen_ai.request.model"] == "gpt-4o-mini" and span.end_time is not None
+    assert span.attributes["llmtrace.cost.usd"] > 0  # what finishing recorded beside the content is kept
+
+
+def test_an_internal_error_in_finishing_a_span_still_ends_it(internal_errors_fail_tests: list[BaseException]) -> None:
+    from llmtrace.providers import openai as adapter
+
+    def broken(response: Any) -> Any:
+        result = adapter._parse_choices_response(response)
+        result.usage = "not usage"  # type: ignore[assignment]  # finishing fails midway
+        return result
+
+    object.__setattr__(adapter.CHAT, "parse", broken)
+    try:
+        with llmtrace.testing.capture() as captured:
+            result = _chat(openai_client(FakeAPI(HTTP)))
+    finally:
+        object.__setattr__(adapter.CHAT, "parse", adapter._parse_choices_response)
+    assert result.choices[0].message.content == "hello there"
+    assert len(internal_errors_fail_tests) == 1
+    internal_errors_fail_tests.clear()  # expected here: the guard contained it
+    assert len(captured.spans()) == 1
 
 
 def test_user_exceptions_pass_through_as_the_same_object(captured: Any) -> None:

@@ -1,7 +1,8 @@
 """Replay recorded OpenAI and Anthropic traffic through the real SDKs under llmtrace, offline,
-and print what it cost per tenant. This is what `make demo` runs until the live demo lands.
+and print what it cost per tenant.
 
-Each recorded response is served by an in-process mock transport, so nothing leaves the machine.
+Each recorded response is served by an in-process mock transport, so nothing leaves the machine. The test suite
+replays the same pairs with ``recorded_client`` and ``recorded_call``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _http(sdk: Any) -> Any:
     return importlib.import_module("httpx2" if hasattr(base, "httpx2") else "httpx")
 
 
-def _call(row: dict[str, Any]) -> None:
+def recorded_client(row: dict[str, Any]) -> Any:
+    """A client of the recorded pair's provider whose transport answers with the recorded response."""
     import anthropic
     import openai
 
@@ -35,10 +37,16 @@ def _call(row: dict[str, Any]) -> None:
     headers = {k: v for k, v in row["response_headers"].items() if k.lower() not in ("content-encoding", "content-length")}
     transport = http.MockTransport(lambda request: http.Response(row["status"], headers=headers, content=row["response_body"].encode()))
     if sdk is anthropic:
-        client = anthropic.Anthropic(api_key="demo", base_url="https://api.anthropic.com", http_client=http.Client(transport=transport), max_retries=0)
+        return anthropic.Anthropic(api_key="demo", base_url="https://api.anthropic.com", http_client=http.Client(transport=transport), max_retries=0)
+    return openai.OpenAI(api_key="demo", base_url="https://api.openai.com/v1", http_client=http.Client(transport=transport), max_retries=0)
+
+
+def recorded_call(row: dict[str, Any], client: Any) -> tuple[Any, dict[str, Any]]:
+    """The SDK method the recorded request went through, and its arguments. Fields this SDK version has no
+    parameter for travel in extra_body, as the SDK would send them."""
+    if row["provider"] == "anthropic":
         method = client.messages.create
     else:
-        client = openai.OpenAI(api_key="demo", base_url="https://api.openai.com/v1", http_client=http.Client(transport=transport), max_retries=0)
         method = {
             "/v1/chat/completions": client.chat.completions.create,
             "/v1/completions": client.completions.create,
@@ -50,12 +58,21 @@ def _call(row: dict[str, Any]) -> None:
     kwargs = {k: v for k, v in body.items() if k in params}
     if extra := {k: v for k, v in body.items() if k not in params}:
         kwargs["extra_body"] = extra
+    return method, kwargs
+
+
+def _call(row: dict[str, Any]) -> None:
+    import anthropic
+    import openai
+
+    client = recorded_client(row)
+    method, kwargs = recorded_call(row, client)
     try:
         result = method(**kwargs)
-        if body.get("stream"):
+        if kwargs.get("stream"):
             for _ in result:
                 pass
-    except sdk.APIStatusError:
+    except (anthropic.APIStatusError, openai.APIStatusError):
         pass  # two recorded calls are HTTP 400s: they show up as errors, at no cost
 
 

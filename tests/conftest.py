@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import llmtrace.testing
+from examples.recorded_traffic import recorded_call, recorded_client  # the example's replay serves the tests too
 from llmtrace import _guard, pricing
 
 DATA = Path(__file__).parent / "data" / "provider_responses.jsonl"
@@ -109,40 +109,3 @@ def anthropic_client(handler: Handler, *, is_async: bool = False, **kw: Any) -> 
     if is_async:
         return anthropic.AsyncAnthropic(api_key="sk-test", base_url=base, http_client=http.AsyncClient(transport=transport), **kw)
     return anthropic.Anthropic(api_key="sk-test", base_url=base, http_client=http.Client(transport=transport), **kw)
-
-
-def recorded_client(row: dict[str, Any]) -> Any:
-    """A client of the recorded pair's provider whose transport answers with the recorded response."""
-    import anthropic
-    import openai
-
-    sdk = anthropic if row["provider"] == "anthropic" else openai
-    http = http_module(sdk)
-    headers = {k: v for k, v in row["response_headers"].items() if k.lower() not in ("content-encoding", "content-length")}
-
-    def handle(request: Any) -> Any:
-        return http.Response(row["status"], headers=headers, content=row["response_body"].encode())
-
-    make = anthropic_client if row["provider"] == "anthropic" else openai_client
-    return make(handle, max_retries=0)
-
-
-def recorded_call(row: dict[str, Any], client: Any) -> tuple[Any, dict[str, Any]]:
-    """The SDK method the recorded request went through, and its arguments. Fields this SDK version has no
-    parameter for travel in extra_body, as the SDK would send them."""
-    if row["provider"] == "anthropic":
-        method = client.messages.create
-    else:
-        method = {
-            "/v1/chat/completions": client.chat.completions.create,
-            "/v1/completions": client.completions.create,
-            "/v1/embeddings": client.embeddings.create,
-            "/v1/responses": client.responses.create,
-        }[row["path"]]
-    body = json.loads(row["request_body"])
-    params = inspect.signature(method).parameters
-    kwargs = {k: v for k, v in body.items() if k in params}
-    extra = {k: v for k, v in body.items() if k not in params}
-    if extra:
-        kwargs["extra_body"] = extra
-    return method, kwargs

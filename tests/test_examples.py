@@ -72,3 +72,13 @@ print(sorted(s.attributes["llmtrace.tenant"] for s in llm))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['acme', 'globex']"
+
+
+def test_recorded_traffic_example_replays_every_pair() -> None:
+    from conftest import recorded_rows
+
+    out = subprocess.run([sys.executable, str(EXAMPLES / "recorded_traffic.py")], capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = len(recorded_rows())
+    assert f"{rows} recorded calls replayed through the real SDKs, {rows} spans" in out
+    total = next(line for line in out.splitlines() if line.startswith("total")).split()
+    assert total[1:3] == [str(rows), "2"]  # calls, and the two recorded HTTP 400s as errors

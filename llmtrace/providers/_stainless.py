@@ -56,6 +56,11 @@ def get(obj: Any, name: str, default: Any = None) -> Any:
     return value
 
 
+def string(value: Any) -> str | None:
+    """A field read from an SDK model or a dict, when it is a string."""
+    return value if isinstance(value, str) else None
+
+
 RequestTable = Mapping[str, tuple[str, "type | tuple[type, ...]"]]
 
 

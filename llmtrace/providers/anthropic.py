@@ -26,7 +26,7 @@ from ..config import Settings
 from ..content import Message
 from ..usage import Usage, as_int
 from . import anthropic_content
-from ._stainless import RequestTable, client_info_for, get, pick
+from ._stainless import RequestTable, client_info_for, get, pick, string
 
 _REQUEST: RequestTable = {
     "model": (A.REQUEST_MODEL, str),
@@ -84,18 +84,14 @@ def _thought(blocks: Any) -> bool:
     return any(get(block, "type") in _THINKING_BLOCKS for block in blocks)
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 def _parse(message: Any) -> Result:
     reason = get(message, "stop_reason")
     return Result(
-        response_model=_str(get(message, "model")),
-        response_id=_str(get(message, "id")),
+        response_model=string(get(message, "model")),
+        response_id=string(get(message, "id")),
         finish_reasons=(reason,) if isinstance(reason, str) else (),
         usage=_usage(get(message, "usage"), get(message, "content") or ()),
-        messages_of=lambda: anthropic_content.response_output(get(message, "content"), _str(reason)),
+        messages_of=lambda: anthropic_content.response_output(get(message, "content"), string(reason)),
     )
 
 
@@ -170,8 +166,8 @@ class _Accumulator:
             self._current = self._pieces[index] = []
         elif kind == "message_start":
             message = get(event, "message")
-            self._model = _str(get(message, "model"))
-            self._id = _str(get(message, "id"))
+            self._model = string(get(message, "model"))
+            self._id = string(get(message, "id"))
             self._merge_usage(get(message, "usage"))
         elif kind == "message_delta":
             reason = get(get(event, "delta"), "stop_reason")

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..content import Message
 from ..usage import Usage, as_int
 from . import openai_content
-from ._stainless import RequestTable, client_info_for, get, pick
+from ._stainless import RequestTable, client_info_for, get, pick, string
 
 # OpenAI-compatible hosts whose provider has a semconv name (or a well-known one).
 _HOST_PROVIDERS = {
@@ -124,18 +124,14 @@ def _extras(response: Any) -> dict[str, Any]:
     return attrs
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
 # --- chat completions and legacy completions -------------------------------------------------------
 
 
 def _parse_choices_response(response: Any) -> Result:
     choices = getattr(response, "choices", None) or ()
     return Result(
-        response_model=_str(getattr(response, "model", None)),
-        response_id=_str(getattr(response, "id", None)),
+        response_model=string(getattr(response, "model", None)),
+        response_id=string(getattr(response, "id", None)),
         finish_reasons=tuple(r for c in choices if type(r := getattr(c, "finish_reason", None)) is str),
         usage=_chat_usage(getattr(response, "usage", None)),
         attributes=_extras(response),
@@ -178,9 +174,9 @@ class _ChoicesAccumulator:
         # Runs once per streamed token: plain getattr on the SDK's chunk objects, nothing more.
         if not self._model:
             # Not from a chunk naming no model: Azure's first chunk (prompt filter results) has model "" and id "".
-            self._model = _str(get(chunk, "model")) or None
+            self._model = string(get(chunk, "model")) or None
             if self._model:
-                self._id = _str(get(chunk, "id")) or None
+                self._id = string(get(chunk, "id")) or None
                 self._extras = _extras(chunk)
         choices = getattr(chunk, "choices", None)
         if choices:
@@ -254,14 +250,11 @@ class _ChoicesAccumulator:
 
     def _messages(self) -> list[Message]:
         texts = self._texts()
-        out = []
-        for index in sorted(texts.keys() | self._finish.keys() | {i for i, _ in self._tools}):
-            parts = [C.text(texts[index])] if texts.get(index) else []
-            for (choice, _), call in sorted(self._tools.items(), key=lambda item: item[0]):
-                if choice == index:
-                    parts.append(C.tool_call(call.call_id, call.name, "".join(call.arguments)))
-            out.append(C.output(parts, self._finish.get(index)))
-        return out
+        parts: dict[int, list[C.Part]] = {i: [C.text(t)] for i, t in texts.items() if t}
+        for (choice, _), call in sorted(self._tools.items(), key=lambda item: item[0]):
+            parts.setdefault(choice, []).append(C.tool_call(call.call_id, call.name, "".join(call.arguments)))
+        indexes = sorted(texts.keys() | self._finish.keys() | parts.keys())
+        return [C.output(parts.get(i, []), self._finish.get(i)) for i in indexes]
 
     def result(self) -> Result:
         arguments = "".join("".join(call.arguments) for call in self._tools.values())
@@ -291,15 +284,15 @@ _RESPONSE_DONE_EVENTS = ("response.completed", "response.incomplete", "response.
 
 def _failure(error: Any, default: str) -> tuple[str, str]:
     """(error type, message) of an error object the API sent instead of raising: its code names the type."""
-    return _str(get(error, "code")) or default, _str(get(error, "message")) or ""
+    return string(get(error, "code")) or default, string(get(error, "message")) or ""
 
 
 def _parse_response_object(response: Any) -> Result:
-    status = _str(get(response, "status"))
-    finish = _str(get(get(response, "incomplete_details"), "reason")) or status
+    status = string(get(response, "status"))
+    finish = string(get(get(response, "incomplete_details"), "reason")) or status
     return Result(
-        response_model=_str(get(response, "model")),
-        response_id=_str(get(response, "id")),
+        response_model=string(get(response, "model")),
+        response_id=string(get(response, "id")),
         finish_reasons=(finish,) if finish else (),
         usage=_responses_usage(get(response, "usage")),
         attributes=_extras(response),
@@ -393,7 +386,7 @@ def _responses_content(kwargs: Mapping[str, Any]) -> Any:
 def _parse_embeddings(response: Any) -> Result:
     usage = get(response, "usage")
     return Result(
-        response_model=_str(get(response, "model")),
+        response_model=string(get(response, "model")),
         usage=_chat_usage(usage) if usage is not None else None,
     )
 

@@ -9,11 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .. import content as C
-from ._stainless import get
-
-
-def _text_of(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
+from ._stainless import get, string
 
 
 # --- chat completions ------------------------------------------------------------------------------
@@ -21,18 +17,18 @@ def _text_of(value: Any) -> str | None:
 
 def _chat_part(part: Any) -> C.Part:
     kind = get(part, "type")
-    if kind == "text" and (text := _text_of(get(part, "text"))) is not None:
+    if kind == "text" and (text := string(get(part, "text"))) is not None:
         return C.text(text)
-    if kind == "refusal" and (refusal := _text_of(get(part, "refusal"))) is not None:
+    if kind == "refusal" and (refusal := string(get(part, "refusal"))) is not None:
         return C.text(refusal)
-    if kind == "image_url" and (url := _text_of(get(get(part, "image_url"), "url"))) is not None:
+    if kind == "image_url" and (url := string(get(get(part, "image_url"), "url"))) is not None:
         return C.media("image", url)
     if kind == "input_audio":
         audio = get(part, "input_audio")
-        if (data := _text_of(get(audio, "data"))) is not None:
-            audio_format = _text_of(get(audio, "format"))
+        if (data := string(get(audio, "data"))) is not None:
+            audio_format = string(get(audio, "format"))
             return C.blob("audio", f"audio/{audio_format}" if audio_format else None, data)
-    if kind == "file" and (file_id := _text_of(get(get(part, "file"), "file_id"))) is not None:
+    if kind == "file" and (file_id := string(get(get(part, "file"), "file_id"))) is not None:
         return C.file("document", file_id)
     return C.generic(part)
 
@@ -42,8 +38,8 @@ def _chat_parts(content: Any) -> list[C.Part]:
         return []
     if isinstance(content, str):
         return [C.text(content)]
-    if isinstance(content, (list, tuple)):
-        return [_chat_part(part) for part in content]
+    if (parts := C.sequence(content)) is not None:
+        return [_chat_part(part) for part in parts]
     return [C.generic(content)]
 
 
@@ -66,10 +62,10 @@ def chat_message(message: Any) -> C.Message:
         parts = [C.tool_call_response(get(message, "tool_call_id"), response)]
     else:
         parts = _chat_parts(content)
-    refusal = _text_of(get(message, "refusal"))
+    refusal = string(get(message, "refusal"))
     if refusal:
         parts.append(C.text(refusal))
-    transcript = _text_of(get(get(message, "audio"), "transcript"))  # an audio answer: what it says
+    transcript = string(get(get(message, "audio"), "transcript"))  # an audio answer: what it says
     if transcript:
         parts.append(C.text(transcript))
     for call in C.sequence(get(message, "tool_calls")) or ():
@@ -110,27 +106,29 @@ def choices_output(choices: Any) -> list[C.Message]:
         if message is not None:
             parts = chat_message(message)["parts"]
         else:
-            text = _text_of(get(choice, "text"))
+            text = string(get(choice, "text"))
             parts = [C.text(text)] if text else []
-        out.append(C.output(parts, _text_of(get(choice, "finish_reason"))))
+        out.append(C.output(parts, string(get(choice, "finish_reason"))))
     return out
 
 
 # --- Responses API -------------------------------------------------------------------------------
 
+_TOOL_OUTPUTS = ("function_call_output", "custom_tool_call_output")  # input items: a tool's answer
+
 
 def _response_part(part: Any) -> C.Part:
     kind = get(part, "type")
-    if kind in ("input_text", "output_text") and (text := _text_of(get(part, "text"))) is not None:
+    if kind in ("input_text", "output_text") and (text := string(get(part, "text"))) is not None:
         return C.text(text)
-    if kind == "refusal" and (refusal := _text_of(get(part, "refusal"))) is not None:
+    if kind == "refusal" and (refusal := string(get(part, "refusal"))) is not None:
         return C.text(refusal)
     if kind == "input_image":
-        if (url := _text_of(get(part, "image_url"))) is not None:
+        if (url := string(get(part, "image_url"))) is not None:
             return C.media("image", url)
-        if (file_id := _text_of(get(part, "file_id"))) is not None:
+        if (file_id := string(get(part, "file_id"))) is not None:
             return C.file("image", file_id)
-    if kind == "input_file" and (file_id := _text_of(get(part, "file_id"))) is not None:
+    if kind == "input_file" and (file_id := string(get(part, "file_id"))) is not None:
         return C.file("document", file_id)
     return C.generic(part)
 
@@ -138,7 +136,7 @@ def _response_part(part: Any) -> C.Part:
 def _reasoning_text(item: Any) -> str:
     """A reasoning item's summary or, where it has none (open-weight models), its reasoning text."""
     for field in ("summary", "content"):
-        text = "".join(t for s in C.sequence(get(item, field)) or () if (t := _text_of(get(s, "text"))))
+        text = "".join(t for s in C.sequence(get(item, field)) or () if (t := string(get(s, "text"))))
         if text:
             return text
     return ""
@@ -151,7 +149,7 @@ def _item_parts(item: Any) -> list[C.Part]:
         return [C.tool_call(get(item, "call_id"), get(item, "name"), get(item, "arguments"))]
     if kind == "custom_tool_call":
         return [C.tool_call(get(item, "call_id"), get(item, "name"), get(item, "input"))]
-    if kind in ("function_call_output", "custom_tool_call_output"):
+    if kind in _TOOL_OUTPUTS:
         return [C.tool_call_response(get(item, "call_id"), get(item, "output"))]
     if kind == "reasoning":
         text = _reasoning_text(item)
@@ -170,7 +168,7 @@ def _input_item(item: Any) -> C.Message:
     if role is not None:
         return C.message(role, _message_parts(get(item, "content")))
     kind = get(item, "type")
-    role = "tool" if kind in ("function_call_output", "custom_tool_call_output") else "assistant"
+    role = "tool" if kind in _TOOL_OUTPUTS else "assistant"
     return C.message(role, _item_parts(item))
 
 
@@ -182,7 +180,7 @@ def responses_input(kwargs: Mapping[str, Any]) -> dict[str, str]:
     else:
         items = C.sequence(value)
         messages = [_input_item(item) for item in items] if items is not None else None
-    instructions = _text_of(kwargs.get("instructions"))
+    instructions = string(kwargs.get("instructions"))
     return C.input_attributes(messages, [C.text(instructions)] if instructions else None, C.sequence(kwargs.get("tools")))
 
 

@@ -109,6 +109,11 @@ _DELTA_FIELDS = {
 }
 
 
+# A streamed block's type -> the field its deltas fill (tool calls: ``input``, as JSON text; any other: ``content``,
+# as a compaction block's).
+_STREAMED_FIELDS = {"text": "text", "thinking": "thinking"}
+
+
 class _Accumulator:
     """``message_start`` carries the input side; ``message_delta`` the cumulative output count. Content arrives
     block by block: a ``content_block_start`` announces each (its type, a tool call's id and name), deltas fill it."""
@@ -179,20 +184,14 @@ class _Accumulator:
         return True
 
     def _block_part(self, index: Any) -> C.Part:
+        """The block as a whole answer would hold it: as announced, the field its deltas stream filled in."""
         block = self._blocks.get(index)
-        streamed = "".join(self._pieces.get(index, ()))
-        kind = get(block, "type")
-        if isinstance(kind, str) and kind.endswith("tool_use"):
-            return C.tool_call(get(block, "id"), get(block, "name"), streamed or get(block, "input"))
-        if kind == "thinking":
-            return C.reasoning(streamed)
-        if kind == "text" or block is None:
-            return C.text(streamed)
-        # Arrives whole (redacted thinking, server tool results), or is another kind streamed into ``content``.
-        part = anthropic_content.block_part(block)
-        if streamed:
-            part["content"] = streamed
-        return part
+        whole = C.generic(block) if block is not None else {"type": "text", "text": ""}  # deltas with no start
+        pieces = self._pieces.get(index)
+        if pieces:
+            kind = whole["type"]
+            whole["input" if kind.endswith("tool_use") else _STREAMED_FIELDS.get(kind, "content")] = "".join(pieces)
+        return anthropic_content.block_part(whole)
 
     def _messages(self) -> list[Message]:
         indexes = sorted(self._blocks.keys() | {i for i, pieces in self._pieces.items() if pieces}, key=as_int)

@@ -10,7 +10,6 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import llmtrace.testing
-from examples.recorded_traffic import recorded_call, recorded_client  # the example's replay serves the tests too
 from llmtrace import _guard, pricing
 
 DATA = Path(__file__).parent / "data" / "provider_responses.jsonl"

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 import llmtrace
-from conftest import anthropic_client, http_module, openai_client, recorded_call, recorded_client, recorded_rows
+from conftest import anthropic_client, http_module, openai_client, recorded_rows
+from examples.recorded_traffic import recorded_call, recorded_client  # the example's replay serves the tests too
 from fake_api import sse
 
 ROWS = [r for r in recorded_rows() if r["status"] < 400 and r["path"] != "/v1/embeddings"]

@@ -10,7 +10,8 @@ import pytest
 from genai_prices import Usage as GenaiUsage
 from genai_prices import calc_price
 
-from conftest import recorded_client, recorded_call, recorded_rows
+from conftest import recorded_rows
+from examples.recorded_traffic import recorded_call, recorded_client  # the example's replay serves the tests too
 
 ROWS = recorded_rows()
 

@@ -146,7 +146,10 @@ def write_segment(paths: StorePaths, table: Any) -> Path:
     final = paths.segments / f"{segment_id}{SEGMENT_SUFFIX}"
     temporary = paths.segments / f".{segment_id}.tmp"
     try:
-        pq.write_table(table, temporary, compression="zstd")
+        # A segment lives seconds, until the next merge: written for speed, not size. lz4 without dictionaries or
+        # statistics takes the writer thread 0.6 µs a span against 1.3 for zstd with both (the merge reads it
+        # ~0.3 µs slower, on the other core); the segment is 1.5x larger.
+        pq.write_table(table, temporary, compression="lz4", use_dictionary=False, write_statistics=False)
         os.replace(temporary, final)
     except BaseException:
         temporary.unlink(missing_ok=True)

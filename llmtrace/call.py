@@ -145,13 +145,19 @@ class Call:
     def request_kwargs(self) -> dict[str, Any]:
         """The kwargs to send: OpenAI streams ask for usage unless the caller said whether to."""
         kwargs = self.kwargs
-        if self.endpoint.wants_usage_option and kwargs.get("stream") is True and self.accepts_usage_option:
-            options = kwargs.get("stream_options")
-            options = options if isinstance(options, dict) else {}  # the SDK's NOT_GIVEN, or None
-            if "include_usage" not in options:  # other stream options the caller set are kept beside it
-                self.acc = self.endpoint.accumulator(True)
-                return {**kwargs, "stream_options": {**options, "include_usage": True}}
-        return kwargs
+        if not (self.endpoint.wants_usage_option and kwargs.get("stream") is True and self.accepts_usage_option):
+            return kwargs
+        options = kwargs.get("stream_options")
+        options = options if isinstance(options, dict) else {}  # the SDK's NOT_GIVEN, or None
+        extra_body = kwargs.get("extra_body")
+        if "include_usage" in options or (isinstance(extra_body, dict) and "stream_options" in extra_body):
+            return kwargs  # the caller said whether to
+        self.acc = self.endpoint.accumulator(True)
+        if options or not (extra_body is None or isinstance(extra_body, dict)):
+            return {**kwargs, "stream_options": {**options, "include_usage": True}}  # beside the caller's options
+        # The same JSON reaches the API through extra_body, which the SDK copies into the body as it is, while a
+        # stream_options argument goes through its per-key request conversion: ~12 µs more a call.
+        return {**kwargs, "extra_body": {**(extra_body or {}), "stream_options": {"include_usage": True}}}
 
     def note_retry(self, response: Any) -> None:
         self.retries += 1

@@ -83,6 +83,27 @@ def test_other_stream_options_of_the_caller_get_include_usage_beside_them(captur
     assert _only(captured).attributes["llmtrace.usage.source"] == "provider"
 
 
+def test_the_callers_extra_body_is_sent_with_include_usage_beside_it_and_left_unchanged(captured: Any) -> None:
+    api = _api()
+    client = openai_client(api)
+    extra_body = {"metadata_tag": "nightly"}
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_body=extra_body))
+    assert api.requests[0]["stream_options"] == {"include_usage": True} and api.requests[0]["metadata_tag"] == "nightly"
+    assert extra_body == {"metadata_tag": "nightly"}
+    assert all(c.choices for c in chunks)
+    assert _only(captured).attributes["llmtrace.usage.source"] == "provider"
+
+
+def test_stream_options_the_caller_sends_through_extra_body_are_left_alone(captured: Any) -> None:
+    api = _api()
+    client = openai_client(api)
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                                 extra_body={"stream_options": {"include_usage": True}}))
+    assert api.requests[0]["stream_options"] == {"include_usage": True}
+    assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 120  # the caller asked: they see it
+    assert _only(captured).attributes["gen_ai.usage.input_tokens"] == 120
+
+
 def test_compatible_host_never_sees_stream_options_and_usage_is_estimated(captured: Any) -> None:
     api = _api()
     client = openai_client(api, base_url="http://localhost:8000/v1")

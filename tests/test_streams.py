@@ -17,13 +17,14 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 _WAIT_NS = 5_000_000_000  # the model thinks this long after the stream opened, before its first output
 
 
-def _opens_then_thinks(sdk: Any, first_output: bytes, clock: list[int]) -> Callable[[Any], Any]:
-    """FakeAPI's stream, event by event, the clock moving on by _WAIT_NS before the first output event."""
+def _opens_then_thinks(sdk: Any, first_output: bytes, clock: list[int], prelude: bytes = b"") -> Callable[[Any], Any]:
+    """FakeAPI's stream (after ``prelude``, an event of its own), event by event, the clock moving on by
+    _WAIT_NS before the first output event."""
     http = http_module(sdk)
     api = FakeAPI(http)
 
     def handler(request: Any) -> Any:
-        events = api(request).read().split(b"\n\n")
+        events = ([prelude] if prelude else []) + api(request).read().split(b"\n\n")
 
         def body() -> Iterator[bytes]:
             thought = False
@@ -38,8 +39,15 @@ def _opens_then_thinks(sdk: Any, first_output: bytes, clock: list[int]) -> Calla
     return handler
 
 
+# Azure OpenAI's first chunk: the prompt's content-filter results, no choices, no model yet.
+_AZURE_FILTER_CHUNK = (
+    b'data: {"id":"","object":"","created":0,"model":"","choices":[],'
+    b'"prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}'
+)
+
+
 def _chat(clock: list[int]) -> None:
-    client = openai_client(_opens_then_thinks(openai, b"chat.completion.chunk", clock))
+    client = openai_client(_opens_then_thinks(openai, b'"delta"', clock, prelude=_AZURE_FILTER_CHUNK))
     list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
 
 

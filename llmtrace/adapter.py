@@ -31,6 +31,9 @@ class Result:
     # The provider answered that the generation failed, and the SDK did not raise (an OpenAI Responses
     # ``failed`` response or stream ``error`` event): (error type, message).
     failure: tuple[str, str] | None = None
+    # The service tier that served the call, as the provider named it (OpenAI: default, flex, priority):
+    # some tiers have prices of their own.
+    service_tier: str | None = None
 
     def text(self) -> str:
         """Everything generated, as text: a stream's, or the whole response's read from its messages."""

@@ -90,11 +90,12 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def cmd_prices(args: argparse.Namespace) -> int:
     """Show the USD-per-million-token prices llmtrace uses for a model (overrides in llmtrace.toml included)."""
     pricing.set_prices(_settings(args).prices)
-    price = pricing.price_for(args.provider, args.model)
+    price = pricing.price_for(args.provider, args.model, service_tier=args.service_tier)
     if price is None:
         print(f"No price known for {args.model!r} (provider {args.provider!r}).", file=sys.stderr)
         return 1
-    print(f"{args.model} ({args.provider}), priced as {price.model} from {price.source}, USD per million tokens:")
+    tier = f", {args.service_tier} tier" if args.service_tier else ""
+    print(f"{args.model} ({args.provider}{tier}), priced as {price.model} from {price.source}, USD per million tokens:")
     for name in ("input", "cache_read", "cache_write", "output", "reasoning"):
         rate = getattr(price, name)
         tiers = "".join(f", {p * 1e6:g} above {start:,} input tokens" for start, p in rate.tiers)
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     prices = _add_command(commands, "prices", cmd_prices)
     prices.add_argument("model")
     prices.add_argument("--provider", default="openai")
+    prices.add_argument("--service-tier", help="the tier that serves the calls (OpenAI: flex, priority); default: standard")
     prices.add_argument("--config", help=_CONFIG_HELP)
 
     budget = _add_command(commands, "budgets", cmd_budgets)

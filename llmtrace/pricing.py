@@ -154,7 +154,7 @@ class Price:
         return Cost(cost_in + cost_out + self.per_request, cost_in, cost_out, savings)
 
 
-_cache: dict[tuple[str, str], Price | None] = {}
+_cache: dict[tuple[str, str, str | None], Price | None] = {}
 _overrides: dict[str, Price] = {}
 _warned: set[tuple[str, str]] = set()
 _lock = threading.Lock()
@@ -224,21 +224,27 @@ def reset_overrides() -> None:
         _cache.clear()
 
 
-def price_for(provider: str, model: str, api_url: str | None = None) -> Price | None:
-    """The cached price of ``model`` served by ``provider``, or None when nobody knows it."""
-    key = (provider, model)
+def price_for(provider: str, model: str, api_url: str | None = None, service_tier: str | None = None) -> Price | None:
+    """The cached price of ``model`` served by ``provider``, or None when nobody knows it.
+
+    ``service_tier``: the tier that served the call (OpenAI's ``flex`` costs half, ``priority`` up to twice the
+    standard rates); a tier the price list does not name costs the standard rates. A user's override is one
+    price for every tier."""
+    key = (provider, model, service_tier)
     try:
         return _cache[key]
     except KeyError:
         pass
     price = _overrides.get(model)
     if price is None:
-        price = _resolve(provider, model, api_url)
+        price = _resolve(provider, model, api_url, service_tier)
     _cache[key] = price
     return price
 
 
-def price_for_call(provider: str, response_model: str, request_model: str, api_url: str | None = None) -> Price | None:
+def price_for_call(
+    provider: str, response_model: str, request_model: str, api_url: str | None = None, service_tier: str | None = None
+) -> Price | None:
     """A call's price. A user's override for the model as requested or as answered comes first: OpenAI
     answers ``gpt-4o`` with ``gpt-4o-2024-08-06``, and an override of ``gpt-4o`` must apply to it. Then the
     price list's for the model that answered, then for the one requested (some responses name an
@@ -247,9 +253,9 @@ def price_for_call(provider: str, response_model: str, request_model: str, api_u
         price = _overrides.get(response_model) or _overrides.get(request_model)
         if price is not None:
             return price
-    price = price_for(provider, response_model or request_model, api_url)
+    price = price_for(provider, response_model or request_model, api_url, service_tier)
     if price is None and request_model and request_model != response_model:
-        price = price_for(provider, request_model, api_url)
+        price = price_for(provider, request_model, api_url, service_tier)
     return price
 
 
@@ -269,21 +275,25 @@ def note_unpriced(provider: str, model: str) -> None:
         )
 
 
-def _resolve(provider: str, model: str, api_url: str | None) -> Price | None:
+def _resolve(provider: str, model: str, api_url: str | None, service_tier: str | None) -> Price | None:
     from genai_prices import data_snapshot
 
     snapshot = data_snapshot.get_snapshot()
     provider_id = _PROVIDER_IDS.get(provider)
     try:
         if provider_id is not None:
-            _, info = snapshot.find_provider_model(model, None, provider_id, None)
+            found, info = snapshot.find_provider_model(model, None, provider_id, None)
         elif api_url:
-            _, info = snapshot.find_provider_model(model, None, None, api_url)
+            found, info = snapshot.find_provider_model(model, None, None, api_url)
         else:
             return None
     except LookupError:
         return None
-    model_price = info.get_prices(datetime.now(tz=timezone.utc))
+    # As genai-prices' own calc_price: a tier's prices are the provider's own; a model found at another provider
+    # (a fallback) is priced at its standard rates.
+    own_model = any(info is listed for listed in found.models)
+    context = {"service_tier": service_tier} if service_tier and own_model else None
+    model_price = info.get_prices(datetime.now(tz=timezone.utc), context)
     return _compile(info.id, model_price)
 
 

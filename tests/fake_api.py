@@ -62,6 +62,7 @@ class FakeAPI:
             return self.http.Response(200, headers={"content-type": "application/json"}, content=b"{not json")
         path = request.url.path
         model = self.model or body.get("model", "gpt-4o-mini")
+        self.tier = self._tier(body)
         if path.endswith("/messages"):
             return self._anthropic(body, model)
         if path.endswith("/responses"):
@@ -69,6 +70,12 @@ class FakeAPI:
         return self._chat(body, model)
 
     # --- bodies ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _tier(body: dict[str, Any]) -> dict[str, str]:
+        """OpenAI names the tier that served a call that asked for one (``auto``: the default tier)."""
+        asked = body.get("service_tier")
+        return {"service_tier": "default" if asked == "auto" else asked} if isinstance(asked, str) else {}
 
     def _stream(self, payload: bytes) -> Any:
         headers = {"content-type": "text/event-stream"}
@@ -105,11 +112,12 @@ class FakeAPI:
                 "created": 1,
                 "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there"}, "finish_reason": "stop"}],
+                **self.tier,
             }
             if self.usage:
                 payload["usage"] = usage
             return self.http.Response(200, json=payload)
-        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model}
+        base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": model, **self.tier}
         events: list[tuple[str | None, Any]] = []
         for i in range(self.chunks):
             delta = {"role": "assistant", "content": ""} if i == 0 else {"content": f"w{i} "}
@@ -134,6 +142,7 @@ class FakeAPI:
             "parallel_tool_calls": True,
             "tool_choice": "auto",
             "tools": [],
+            **self.tier,
         }
         if self.usage:
             response["usage"] = {

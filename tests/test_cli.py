@@ -6,7 +6,7 @@ import importlib.metadata
 import io
 import json
 import tomllib
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -53,6 +53,23 @@ def test_compact_and_prices(db: str, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["prices", "gpt-4o-mini"]) == 0
     assert "input" in capsys.readouterr().out
     assert main(["prices", "no-such-model"]) == 1
+
+
+def test_prices_of_a_service_tier(capsys: pytest.CaptureFixture[str]) -> None:
+    def rates(*argv: str) -> dict[str, float]:
+        assert main(["prices", "gpt-5", *argv]) == 0
+        lines = capsys.readouterr().out.splitlines()[1:]
+        return {name: float(value) for name, value in (line.split()[:2] for line in lines)}
+
+    from genai_prices import data_snapshot
+
+    _, model = data_snapshot.get_snapshot().find_provider_model("gpt-5", None, "openai", None)
+    flex = model.get_prices(datetime.now(timezone.utc), {"service_tier": "flex"})
+    assert rates("--service-tier", "flex") == {
+        "input": float(flex.input_mtok), "cache_read": float(flex.cache_read_mtok), "cache_write": float(flex.input_mtok),
+        "output": float(flex.output_mtok), "reasoning": float(flex.output_mtok),
+    }
+    assert rates()["output"] != float(flex.output_mtok)
 
 
 def test_every_command_reads_the_store_and_settings_the_app_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -304,3 +304,23 @@ def test_a_forked_worker_keeps_reading_the_store_for_its_budgets(tmp_path: Path)
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
     assert status is not None and os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_stream_in_flight_holds_the_worst_case_of_the_service_tier_it_asked_for(tmp_path: Path) -> None:
+    from llmtrace import pricing
+
+    standard, priority = pricing.price_for("openai", "gpt-5"), pricing.price_for("openai", "gpt-5", service_tier="priority")
+    assert standard is not None and priority is not None
+    max_tokens = 100_000
+    worst = max_tokens * priority.worst_output_per_token()
+    assert worst > 1.5 * max_tokens * standard.worst_output_per_token()  # gpt-5's priority rates are twice the standard
+    budgets.add(scope="feature", key="chat", period="day", limit_usd=0.9 * worst, action="block")
+    api = FakeAPI(http_module(openai))
+    client = openai_client(api)
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), **NO_REFRESH), llmtrace.tags(feature="chat"):
+        stream = client.chat.completions.create(model="gpt-5", messages=HI, max_tokens=max_tokens, stream=True,
+                                                service_tier="priority")
+        with pytest.raises(llmtrace.BudgetExceeded) as refused:
+            client.chat.completions.create(model="gpt-5", messages=HI, max_tokens=10)  # the stream may yet cost `worst`
+        list(stream)
+    assert refused.value.spent_usd == pytest.approx(worst)

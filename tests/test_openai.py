@@ -45,6 +45,34 @@ def test_chat_json_tokens_cost_and_request_attributes(captured: Any) -> None:
     assert "gen_ai.input.messages" not in a  # content capture is off by default
 
 
+@pytest.mark.parametrize("tier", ["flex", "priority", "default", "scale", None])
+@pytest.mark.parametrize("api", ["chat", "chat-stream", "responses", "responses-stream"])
+def test_a_call_is_priced_at_the_rates_of_the_service_tier_that_served_it(captured: Any, tier: str | None, api: str) -> None:
+    import genai_prices
+
+    client = openai_client(_api())
+    asked = {"service_tier": tier} if tier else {}
+    if api.startswith("chat"):
+        result = client.chat.completions.create(model="gpt-5", messages=MESSAGES, stream=api.endswith("stream"), **asked)
+    else:
+        result = client.responses.create(model="gpt-5", input="hi", stream=api.endswith("stream"), **asked)
+    if api.endswith("stream"):
+        list(result)
+    a = _only(captured).attributes
+    assert a.get("openai.response.service_tier") == tier
+    usage = genai_prices.Usage(
+        input_tokens=a["gen_ai.usage.input_tokens"], cache_read_tokens=a["gen_ai.usage.cache_read.input_tokens"],
+        output_tokens=a["gen_ai.usage.output_tokens"],
+    )
+    # genai-prices' own calculation for that tier: flex is half the standard rates and priority twice them for
+    # gpt-5; a tier without prices of its own (scale), or none named, costs the standard rates.
+    expected = genai_prices.calc_price(usage, "gpt-5", provider_id="openai", price_context={"service_tier": tier} if tier else None)
+    standard = genai_prices.calc_price(usage, "gpt-5", provider_id="openai")
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(expected.total_price), rel=1e-9)
+    if tier in ("flex", "priority"):
+        assert expected.total_price != standard.total_price
+
+
 @pytest.mark.parametrize("is_async", [False, True])
 async def test_stream_asks_for_usage_and_hides_the_usage_chunk(captured: Any, is_async: bool) -> None:
     api = _api(is_async=is_async)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -141,9 +142,13 @@ def _genai_prices_cost(row: dict[str, Any], a: Any) -> float:
         output_tokens=a["gen_ai.usage.output_tokens"],
         output_reasoning_tokens=a.get("gen_ai.usage.reasoning.output_tokens", 0),
     )
+    # The tier that served the call, as the recorded body says last (a Responses stream opens with the tier
+    # asked for, "auto"); genai-prices prices some OpenAI tiers (priority, flex) apart.
+    tiers = re.findall(r'"service_tier": ?"(\w+)"', row["response_body"])
+    context = {"service_tier": tiers[-1]} if tiers else None
     for model in (a.get("gen_ai.response.model"), a["gen_ai.request.model"]):
         try:
-            return float(calc_price(usage, model, provider_id=row["provider"]).total_price)
+            return float(calc_price(usage, model, provider_id=row["provider"], price_context=context).total_price)
         except LookupError:
             continue
     raise AssertionError("genai-prices knows neither the response nor the request model")

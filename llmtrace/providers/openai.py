@@ -129,13 +129,15 @@ def _extras(response: Any) -> dict[str, Any]:
 
 def _parse_choices_response(response: Any) -> Result:
     choices = getattr(response, "choices", None) or ()
+    extras = _extras(response)
     return Result(
         response_model=string(getattr(response, "model", None)),
         response_id=string(getattr(response, "id", None)),
         finish_reasons=tuple(r for c in choices if type(r := getattr(c, "finish_reason", None)) is str),
         usage=_chat_usage(getattr(response, "usage", None)),
-        attributes=_extras(response),
+        attributes=extras,
         messages_of=lambda: openai_content.choices_output(choices),
+        service_tier=extras.get(A.OPENAI_RESPONSE_SERVICE_TIER),
     )
 
 
@@ -266,6 +268,7 @@ class _ChoicesAccumulator:
             output_text="".join(self._texts().values()) + arguments,
             attributes=self._extras,
             messages_of=self._messages,
+            service_tier=self._extras.get(A.OPENAI_RESPONSE_SERVICE_TIER),
         )
 
 
@@ -290,15 +293,17 @@ def _failure(error: Any, default: str) -> tuple[str, str]:
 def _parse_response_object(response: Any) -> Result:
     status = string(get(response, "status"))
     finish = string(get(get(response, "incomplete_details"), "reason")) or status
+    extras = _extras(response)
     return Result(
         response_model=string(get(response, "model")),
         response_id=string(get(response, "id")),
         finish_reasons=(finish,) if finish else (),
         usage=_responses_usage(get(response, "usage")),
-        attributes=_extras(response),
+        attributes=extras,
         messages_of=lambda: openai_content.response_output(get(response, "output"), finish),
         # A failed generation comes back as a response (the SDK does not raise): the call failed all the same.
         failure=_failure(get(response, "error"), "failed") if status == "failed" else None,
+        service_tier=extras.get(A.OPENAI_RESPONSE_SERVICE_TIER),
     )
 
 

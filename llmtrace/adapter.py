@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from .config import Settings
 from .content import Message, generated_text
+from .pricing import PriceContext
 from .usage import Usage
 
 
@@ -31,9 +32,9 @@ class Result:
     # The provider answered that the generation failed, and the SDK did not raise (an OpenAI Responses
     # ``failed`` response or stream ``error`` event): (error type, message).
     failure: tuple[str, str] | None = None
-    # The service tier that served the call, as the provider named it (OpenAI: default, flex, priority):
-    # some tiers have prices of their own.
-    service_tier: str | None = None
+    # How the call was served, where that changes its price (llmtrace.pricing.PriceContext): OpenAI's service
+    # tier, Anthropic's speed.
+    price_context: PriceContext = ()
 
     def text(self) -> str:
         """Everything generated, as text: a stream's, or the whole response's read from its messages."""

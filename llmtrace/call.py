@@ -139,9 +139,8 @@ class Call:
         max_tokens = self.attrs.get(A.REQUEST_MAX_TOKENS)
         if not isinstance(max_tokens, int):
             return 0.0  # no ceiling given: the call counts when it ends
-        tier = self.kwargs.get("service_tier")  # the tier asked for (priority costs more), when the request names one
-        tier = tier if isinstance(tier, str) else None
-        price = pricing.price_for(self.attrs[A.PROVIDER_NAME], self.attrs.get(A.REQUEST_MODEL) or "", self.base_url, tier)
+        context = pricing.request_context(self.kwargs)  # a tier or speed asked for (priority costs more)
+        price = pricing.price_for(self.attrs[A.PROVIDER_NAME], self.attrs.get(A.REQUEST_MODEL) or "", self.base_url, context)
         return max_tokens * price.worst_output_per_token() if price is not None else 0.0
 
     def request_kwargs(self) -> dict[str, Any]:
@@ -325,7 +324,7 @@ class Call:
         provider = self.attrs[A.PROVIDER_NAME]
         request_model = self.attrs.get(A.REQUEST_MODEL) or ""
         model = result.response_model or request_model
-        price = pricing.price_for_call(provider, model, request_model, self.base_url, result.service_tier)
+        price = pricing.price_for_call(provider, model, request_model, self.base_url, result.price_context)
         if price is None:
             attrs[A.COST_UNPRICED] = True
             pricing.note_unpriced(provider, model)

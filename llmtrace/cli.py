@@ -90,12 +90,13 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def cmd_prices(args: argparse.Namespace) -> int:
     """Show the USD-per-million-token prices llmtrace uses for a model (overrides in llmtrace.toml included)."""
     pricing.set_prices(_settings(args).prices)
-    price = pricing.price_for(args.provider, args.model, service_tier=args.service_tier)
+    context = pricing.request_context(vars(args))
+    price = pricing.price_for(args.provider, args.model, context=context)
     if price is None:
         print(f"No price known for {args.model!r} (provider {args.provider!r}).", file=sys.stderr)
         return 1
-    tier = f", {args.service_tier} tier" if args.service_tier else ""
-    print(f"{args.model} ({args.provider}{tier}), priced as {price.model} from {price.source}, USD per million tokens:")
+    served = "".join(f", {key.replace('_', ' ')} {value}" for key, value in context)
+    print(f"{args.model} ({args.provider}{served}), priced as {price.model} from {price.source}, USD per million tokens:")
     for name in ("input", "cache_read", "cache_write", "output", "reasoning"):
         rate = getattr(price, name)
         tiers = "".join(f", {p * 1e6:g} above {start:,} input tokens" for start, p in rate.tiers)
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     prices.add_argument("model")
     prices.add_argument("--provider", default="openai")
     prices.add_argument("--service-tier", help="the tier that serves the calls (OpenAI: flex, priority); default: standard")
+    prices.add_argument("--speed", help="the speed mode that serves the calls (Anthropic: fast); default: standard")
     prices.add_argument("--config", help=_CONFIG_HELP)
 
     budget = _add_command(commands, "budgets", cmd_budgets)

@@ -70,6 +70,13 @@ _FAST_KEYS = frozenset(
 
 Tiers = tuple[tuple[int, float], ...]
 
+# What, besides the model, a call's price depends on, in genai-prices' terms: (name, value) pairs such as
+# ("service_tier", "flex") for OpenAI or ("speed", "fast") for Anthropic's fast mode. A value the price list does
+# not name costs the standard rates.
+PriceContext = tuple[tuple[str, str], ...]
+# The request arguments that name such a context (a tier or a mode asked for).
+_REQUEST_CONTEXT_KEYS = ("service_tier", "speed")
+
 
 @dataclass(frozen=True)
 class Rate:
@@ -154,7 +161,7 @@ class Price:
         return Cost(cost_in + cost_out + self.per_request, cost_in, cost_out, savings)
 
 
-_cache: dict[tuple[str, str, str | None], Price | None] = {}
+_cache: dict[tuple[str, str, PriceContext], Price | None] = {}
 _overrides: dict[str, Price] = {}
 _warned: set[tuple[str, str]] = set()
 _lock = threading.Lock()
@@ -224,26 +231,30 @@ def reset_overrides() -> None:
         _cache.clear()
 
 
-def price_for(provider: str, model: str, api_url: str | None = None, service_tier: str | None = None) -> Price | None:
+def price_for(provider: str, model: str, api_url: str | None = None, context: PriceContext = ()) -> Price | None:
     """The cached price of ``model`` served by ``provider``, or None when nobody knows it.
 
-    ``service_tier``: the tier that served the call (OpenAI's ``flex`` costs half, ``priority`` up to twice the
-    standard rates); a tier the price list does not name costs the standard rates. A user's override is one
-    price for every tier."""
-    key = (provider, model, service_tier)
+    ``context``: how the call was served (OpenAI's ``flex`` tier costs half the standard rates, ``priority`` up
+    to twice). A user's override is one price for every context."""
+    key = (provider, model, context)
     try:
         return _cache[key]
     except KeyError:
         pass
     price = _overrides.get(model)
     if price is None:
-        price = _resolve(provider, model, api_url, service_tier)
+        price = _resolve(provider, model, api_url, context)
     _cache[key] = price
     return price
 
 
+def request_context(kwargs: Mapping[str, Any]) -> PriceContext:
+    """The price context a request asks for (its service tier or speed), where it names one."""
+    return tuple((key, value) for key in _REQUEST_CONTEXT_KEYS if isinstance(value := kwargs.get(key), str))
+
+
 def price_for_call(
-    provider: str, response_model: str, request_model: str, api_url: str | None = None, service_tier: str | None = None
+    provider: str, response_model: str, request_model: str, api_url: str | None = None, context: PriceContext = ()
 ) -> Price | None:
     """A call's price. A user's override for the model as requested or as answered comes first: OpenAI
     answers ``gpt-4o`` with ``gpt-4o-2024-08-06``, and an override of ``gpt-4o`` must apply to it. Then the
@@ -253,9 +264,9 @@ def price_for_call(
         price = _overrides.get(response_model) or _overrides.get(request_model)
         if price is not None:
             return price
-    price = price_for(provider, response_model or request_model, api_url, service_tier)
+    price = price_for(provider, response_model or request_model, api_url, context)
     if price is None and request_model and request_model != response_model:
-        price = price_for(provider, request_model, api_url, service_tier)
+        price = price_for(provider, request_model, api_url, context)
     return price
 
 
@@ -275,7 +286,7 @@ def note_unpriced(provider: str, model: str) -> None:
         )
 
 
-def _resolve(provider: str, model: str, api_url: str | None, service_tier: str | None) -> Price | None:
+def _resolve(provider: str, model: str, api_url: str | None, context: PriceContext) -> Price | None:
     from genai_prices import data_snapshot
 
     snapshot = data_snapshot.get_snapshot()
@@ -292,8 +303,7 @@ def _resolve(provider: str, model: str, api_url: str | None, service_tier: str |
     # As genai-prices' own calc_price: a tier's prices are the provider's own; a model found at another provider
     # (a fallback) is priced at its standard rates.
     own_model = any(info is listed for listed in found.models)
-    context = {"service_tier": service_tier} if service_tier and own_model else None
-    model_price = info.get_prices(datetime.now(tz=timezone.utc), context)
+    model_price = info.get_prices(datetime.now(tz=timezone.utc), dict(context) if context and own_model else None)
     return _compile(info.id, model_price)
 
 

@@ -170,6 +170,8 @@ class FakeAPI:
     def _anthropic(self, body: dict[str, Any], model: str) -> Any:
         usage = {"input_tokens": 30, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 200, "output_tokens": 25,
                  "cache_creation": {"ephemeral_5m_input_tokens": 150, "ephemeral_1h_input_tokens": 50}}
+        if isinstance(body.get("speed"), str):  # fast mode: the usage says which speed served the call
+            usage["speed"] = body["speed"]
         message = {
             "id": "msg_1", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "hello there"}],

@@ -56,6 +56,22 @@ async def test_messages_create(captured: Any, is_async: bool, stream: bool) -> N
     assert ("gen_ai.response.time_to_first_chunk" in span.attributes) is stream
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fast_mode_call_is_priced_at_fast_mode_rates(captured: Any, stream: bool) -> None:
+    import genai_prices
+
+    model = "claude-opus-4-8"
+    result = anthropic_client(_api()).messages.create(**{**KW, "model": model}, stream=stream, extra_body={"speed": "fast"})
+    if stream:
+        list(result)
+    a = captured.spans()[0].attributes
+    usage = genai_prices.Usage(input_tokens=1230, cache_read_tokens=1000, cache_write_tokens=200, cache_write_1h_tokens=50,
+                               output_tokens=25)  # fmt: skip
+    fast = genai_prices.calc_price(usage, model, provider_id="anthropic", price_context={"speed": "fast"})
+    assert fast.total_price > genai_prices.calc_price(usage, model, provider_id="anthropic").total_price
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(fast.total_price), rel=1e-9)
+
+
 def test_sdk_own_tracing_is_off_so_one_call_is_one_span(captured: Any) -> None:
     from opentelemetry import trace
 

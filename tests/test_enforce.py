@@ -309,7 +309,7 @@ def test_a_forked_worker_keeps_reading_the_store_for_its_budgets(tmp_path: Path)
 def test_a_stream_in_flight_holds_the_worst_case_of_the_service_tier_it_asked_for(tmp_path: Path) -> None:
     from llmtrace import pricing
 
-    standard, priority = pricing.price_for("openai", "gpt-5"), pricing.price_for("openai", "gpt-5", service_tier="priority")
+    standard, priority = pricing.price_for("openai", "gpt-5"), pricing.price_for("openai", "gpt-5", context=(("service_tier", "priority"),))
     assert standard is not None and priority is not None
     max_tokens = 100_000
     worst = max_tokens * priority.worst_output_per_token()

@@ -24,6 +24,7 @@ from ..adapter import (
 )
 from ..config import Settings
 from ..content import Message
+from ..pricing import PriceContext
 from ..usage import Usage, as_int
 from . import anthropic_content
 from ._stainless import RequestTable, client_info_for, get, pick, string
@@ -84,14 +85,22 @@ def _thought(blocks: Any) -> bool:
     return any(get(block, "type") in _THINKING_BLOCKS for block in blocks)
 
 
+def _price_context(usage: Any) -> PriceContext:
+    """Fast mode (``usage.speed == "fast"``) has prices of its own."""
+    speed = string(get(usage, "speed"))
+    return (("speed", speed),) if speed else ()
+
+
 def _parse(message: Any) -> Result:
     reason = get(message, "stop_reason")
+    usage = get(message, "usage")
     return Result(
         response_model=string(get(message, "model")),
         response_id=string(get(message, "id")),
         finish_reasons=(reason,) if isinstance(reason, str) else (),
-        usage=_usage(get(message, "usage"), get(message, "content") or ()),
+        usage=_usage(usage, get(message, "content") or ()),
         messages_of=lambda: anthropic_content.response_output(get(message, "content"), string(reason)),
+        price_context=_price_context(usage),
     )
 
 
@@ -120,7 +129,7 @@ class _Accumulator:
 
     __slots__ = (
         "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation",
-        "_blocks", "_pieces", "_current",
+        "_price_context", "_blocks", "_pieces", "_current",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -132,6 +141,7 @@ class _Accumulator:
         self._output_counted = False  # a message_delta gave the output count (message_start's is a placeholder)
         self._thinking: int | None = None  # the output's thinking tokens, where the provider says
         self._cache_creation: Any = None
+        self._price_context: PriceContext = ()
         self._blocks: dict[int, Any] = {}  # index -> the block as announced
         self._pieces: dict[int, list[str]] = {}  # index -> its text, thinking or tool input, streamed
         self._current: list[str] = []  # the block streaming now
@@ -151,6 +161,7 @@ class _Accumulator:
         cache_creation = get(usage, "cache_creation")
         if cache_creation is not None:
             self._cache_creation = cache_creation
+        self._price_context = _price_context(usage) or self._price_context
         self._usage = merged
 
     def add(self, event: Any) -> bool:
@@ -223,6 +234,7 @@ class _Accumulator:
             usage=usage,
             output_text=text,
             messages_of=self._messages,
+            price_context=self._price_context,
         )
 
 

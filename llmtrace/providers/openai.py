@@ -12,6 +12,7 @@ from .. import tokenizer
 from ..adapter import ASYNC_CALL, CALL, RETRY_HOOK, ClientInfo, Endpoint, Result, Target
 from ..config import Settings
 from ..content import Message
+from ..pricing import PriceContext
 from ..usage import Usage, as_int
 from . import openai_content
 from ._stainless import RequestTable, client_info_for, get, pick, string
@@ -124,6 +125,11 @@ def _extras(response: Any) -> dict[str, Any]:
     return attrs
 
 
+def _price_context(extras: Mapping[str, Any]) -> PriceContext:
+    tier = extras.get(A.OPENAI_RESPONSE_SERVICE_TIER)
+    return (("service_tier", tier),) if tier else ()
+
+
 # --- chat completions and legacy completions -------------------------------------------------------
 
 
@@ -137,7 +143,7 @@ def _parse_choices_response(response: Any) -> Result:
         usage=_chat_usage(getattr(response, "usage", None)),
         attributes=extras,
         messages_of=lambda: openai_content.choices_output(choices),
-        service_tier=extras.get(A.OPENAI_RESPONSE_SERVICE_TIER),
+        price_context=_price_context(extras),
     )
 
 
@@ -268,7 +274,7 @@ class _ChoicesAccumulator:
             output_text="".join(self._texts().values()) + arguments,
             attributes=self._extras,
             messages_of=self._messages,
-            service_tier=self._extras.get(A.OPENAI_RESPONSE_SERVICE_TIER),
+            price_context=_price_context(self._extras),
         )
 
 
@@ -303,7 +309,7 @@ def _parse_response_object(response: Any) -> Result:
         messages_of=lambda: openai_content.response_output(get(response, "output"), finish),
         # A failed generation comes back as a response (the SDK does not raise): the call failed all the same.
         failure=_failure(get(response, "error"), "failed") if status == "failed" else None,
-        service_tier=extras.get(A.OPENAI_RESPONSE_SERVICE_TIER),
+        price_context=_price_context(extras),
     )
 
 

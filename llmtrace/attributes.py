@@ -46,6 +46,7 @@ USAGE_SOURCE = "llmtrace.usage.source"
 # Disjoint buckets: these five add up to input + output.
 USAGE_UNCACHED_INPUT_TOKENS = "llmtrace.usage.uncached_input_tokens"
 USAGE_VISIBLE_OUTPUT_TOKENS = "llmtrace.usage.visible_output_tokens"
+USAGE_WEB_SEARCHES = "llmtrace.usage.web_searches"  # searches the provider's server-side web search tool ran
 
 # --- cost ----------------------------------------------------------------------------------------
 COST_USD = "llmtrace.cost.usd"

@@ -44,11 +44,10 @@ _PROVIDER_IDS = {
     "cerebras": "cerebras",
 }
 
-# Price keys whose usage llmtrace never reports (searches, tool executions, longer cache TTLs):
+# Price keys whose usage llmtrace never reports (other searches, tool executions, longer cache TTLs):
 # they contribute nothing for the usage we report, exactly as in genai-prices' own calculation.
 _ZERO_USAGE_KEYS = frozenset(
     {
-        "web_searches_kcount",
         "storage_searches_kcount",
         "social_searches_kcount",
         "code_executions_kcount",
@@ -65,6 +64,7 @@ _FAST_KEYS = frozenset(
         "cache_write_1h_mtok",
         "output_reasoning_mtok",
         "requests_kcount",
+        "web_searches_kcount",
     }
 )
 
@@ -119,6 +119,7 @@ class Price:
     reasoning: Rate
     cache_write_1h: Rate
     per_request: float = 0.0
+    per_web_search: float = 0.0
     # Set when the model's prices use units the fast path does not model: cost then comes from
     # genai-prices' exact (slower) calculation.
     exact: Any = field(default=None, compare=False)
@@ -158,7 +159,9 @@ class Price:
             usage.uncached_input * inp + usage.cache_read * cache_read + write_short * cache_write + write_1h * cache_write_1h
         )
         cost_out = usage.visible_output * out + usage.reasoning * reasoning
-        return Cost(cost_in + cost_out + self.per_request, cost_in, cost_out, savings)
+        # Like a request's fee, a search's is neither input nor output (as genai-prices counts it): in the total only.
+        total = cost_in + cost_out + self.per_request + usage.web_searches * self.per_web_search
+        return Cost(total, cost_in, cost_out, savings)
 
 
 _cache: dict[tuple[str, str, PriceContext], Price | None] = {}
@@ -333,6 +336,7 @@ def _compile(model_id: str, model_price: Any) -> Price:
         reasoning=_rate(priced["output_reasoning_mtok"]) if "output_reasoning_mtok" in priced else out,
         cache_write_1h=_rate(priced["cache_write_1h_mtok"]) if "cache_write_1h_mtok" in priced else cache_write,
         per_request=float(priced.get("requests_kcount", 0)) / 1000,
+        per_web_search=float(priced.get("web_searches_kcount", 0)) / 1000,
         exact=model_price if unknown else None,
     )
 
@@ -348,6 +352,7 @@ def genai_usage(usage: Usage) -> Any:
         cache_write_1h_tokens=usage.cache_write_1h,
         output_tokens=usage.output_tokens,
         output_reasoning_tokens=usage.reasoning,
+        web_searches=usage.web_searches,
     )
 
 

@@ -26,6 +26,9 @@ class Usage:
     # False when the output held reasoning the provider did not count apart: ``visible_output`` then holds it too,
     # and the reasoning count is left out of the attributes rather than reported as 0.
     reasoning_known: bool = True
+    # Not tokens: searches the provider's server-side web search tool ran for the call (Anthropic's
+    # ``server_tool_use``), billed per search.
+    web_searches: int = 0
 
     @property
     def input_tokens(self) -> int:
@@ -69,6 +72,8 @@ class Usage:
         }
         if not self.reasoning_known:
             del attrs[A.USAGE_REASONING_OUTPUT_TOKENS]
+        if self.web_searches:
+            attrs[A.USAGE_WEB_SEARCHES] = self.web_searches
         return attrs
 
 

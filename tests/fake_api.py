@@ -172,6 +172,10 @@ class FakeAPI:
                  "cache_creation": {"ephemeral_5m_input_tokens": 150, "ephemeral_1h_input_tokens": 50}}
         if isinstance(body.get("speed"), str):  # fast mode: the usage says which speed served the call
             usage["speed"] = body["speed"]
+        searches = {}
+        if any(str(tool.get("type", "")).startswith("web_search") for tool in body.get("tools") or ()):
+            searches = {"server_tool_use": {"web_search_requests": 2, "web_fetch_requests": 0}}  # the model searched twice
+            usage.update(searches)
         message = {
             "id": "msg_1", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": "hello there"}],
@@ -187,6 +191,6 @@ class FakeAPI:
             events.append(("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"w{i} "}}))
         events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
                    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                      "usage": {"output_tokens": 25}}),
+                                      "usage": {"output_tokens": 25, **searches}}),
                    ("message_stop", {"type": "message_stop"})]
         return self._stream(sse(events))

@@ -72,6 +72,24 @@ def test_a_fast_mode_call_is_priced_at_fast_mode_rates(captured: Any, stream: bo
     assert a["llmtrace.cost.usd"] == pytest.approx(float(fast.total_price), rel=1e-9)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_web_searches_the_api_ran_are_counted_and_priced(captured: Any, stream: bool) -> None:
+    import genai_prices
+
+    model = "claude-sonnet-4-5"
+    search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
+    result = anthropic_client(_api()).messages.create(**{**KW, "model": model}, stream=stream, tools=[search])
+    if stream:
+        list(result)
+    a = captured.spans()[0].attributes
+    assert a["llmtrace.usage.web_searches"] == 2
+    tokens = {"input_tokens": 1230, "cache_read_tokens": 1000, "cache_write_tokens": 200, "cache_write_1h_tokens": 50,
+              "output_tokens": 25}  # fmt: skip
+    with_searches = genai_prices.calc_price(genai_prices.Usage(**tokens, web_searches=2), model, provider_id="anthropic")
+    assert with_searches.total_price > genai_prices.calc_price(genai_prices.Usage(**tokens), model, provider_id="anthropic").total_price
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(with_searches.total_price), rel=1e-9)
+
+
 def test_sdk_own_tracing_is_off_so_one_call_is_one_span(captured: Any) -> None:
     from opentelemetry import trace
 

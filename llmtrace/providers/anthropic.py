@@ -78,6 +78,7 @@ def _usage(usage: Any, blocks: Any) -> Usage | None:
         reasoning=reasoning,
         cache_write_1h=min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), cache_write),
         reasoning_known=type(thinking) is int or not _thought(blocks),
+        web_searches=as_int(get(get(usage, "server_tool_use"), "web_search_requests")),
     )
 
 
@@ -129,7 +130,7 @@ class _Accumulator:
 
     __slots__ = (
         "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation",
-        "_price_context", "_blocks", "_pieces", "_current",
+        "_price_context", "_server_tool_use", "_blocks", "_pieces", "_current",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -142,6 +143,7 @@ class _Accumulator:
         self._thinking: int | None = None  # the output's thinking tokens, where the provider says
         self._cache_creation: Any = None
         self._price_context: PriceContext = ()
+        self._server_tool_use: Any = None  # the count of web searches the API ran, cumulative
         self._blocks: dict[int, Any] = {}  # index -> the block as announced
         self._pieces: dict[int, list[str]] = {}  # index -> its text, thinking or tool input, streamed
         self._current: list[str] = []  # the block streaming now
@@ -162,6 +164,9 @@ class _Accumulator:
         if cache_creation is not None:
             self._cache_creation = cache_creation
         self._price_context = _price_context(usage) or self._price_context
+        server_tool_use = get(usage, "server_tool_use")
+        if server_tool_use is not None:
+            self._server_tool_use = server_tool_use
         self._usage = merged
 
     def add(self, event: Any) -> bool:
@@ -217,6 +222,7 @@ class _Accumulator:
                     **self._usage,
                     "output_tokens_details": {"thinking_tokens": self._thinking},
                     "cache_creation": self._cache_creation,
+                    "server_tool_use": self._server_tool_use,
                 },
                 self._blocks.values(),
             )

@@ -46,6 +46,8 @@ USAGE_SOURCE = "llmtrace.usage.source"
 # Disjoint buckets: these five add up to input + output.
 USAGE_UNCACHED_INPUT_TOKENS = "llmtrace.usage.uncached_input_tokens"
 USAGE_VISIBLE_OUTPUT_TOKENS = "llmtrace.usage.visible_output_tokens"
+USAGE_INPUT_AUDIO_TOKENS = "llmtrace.usage.input_audio_tokens"  # the part of the input that is audio
+USAGE_OUTPUT_AUDIO_TOKENS = "llmtrace.usage.output_audio_tokens"  # the part of the output that is audio
 USAGE_WEB_SEARCHES = "llmtrace.usage.web_searches"  # searches the provider's server-side web search tool ran
 
 # --- cost ----------------------------------------------------------------------------------------

@@ -353,6 +353,8 @@ def genai_usage(usage: Usage) -> Any:
         output_tokens=usage.output_tokens,
         output_reasoning_tokens=usage.reasoning,
         web_searches=usage.web_searches,
+        input_audio_tokens=usage.input_audio,
+        output_audio_tokens=usage.output_audio,
     )
 
 

@@ -29,6 +29,10 @@ class Usage:
     # Not tokens: searches the provider's server-side web search tool ran for the call (Anthropic's
     # ``server_tool_use``), billed per search.
     web_searches: int = 0
+    # Not buckets: the parts of all input and of all output that are audio (OpenAI's audio models), priced at
+    # audio rates where the price list has them.
+    input_audio: int = 0
+    output_audio: int = 0
 
     @property
     def input_tokens(self) -> int:
@@ -48,6 +52,8 @@ class Usage:
         cache_write: int = 0,
         reasoning: int = 0,
         source: str = A.SOURCE_PROVIDER,
+        input_audio: int = 0,
+        output_audio: int = 0,
     ) -> Usage:
         """Build from totals that *include* their subsets (OpenAI's way of reporting)."""
         return cls(
@@ -57,6 +63,8 @@ class Usage:
             visible_output=max(output_total - reasoning, 0),
             reasoning=reasoning,
             source=source,
+            input_audio=min(input_audio, input_total),
+            output_audio=min(output_audio, output_total),
         )
 
     def attributes(self) -> dict[str, int | str]:
@@ -74,6 +82,10 @@ class Usage:
             del attrs[A.USAGE_REASONING_OUTPUT_TOKENS]
         if self.web_searches:
             attrs[A.USAGE_WEB_SEARCHES] = self.web_searches
+        if self.input_audio:
+            attrs[A.USAGE_INPUT_AUDIO_TOKENS] = self.input_audio
+        if self.output_audio:
+            attrs[A.USAGE_OUTPUT_AUDIO_TOKENS] = self.output_audio
         return attrs
 
 

@@ -45,6 +45,32 @@ def test_chat_json_tokens_cost_and_request_attributes(captured: Any) -> None:
     assert "gen_ai.input.messages" not in a  # content capture is off by default
 
 
+def test_audio_tokens_are_counted_and_priced_at_audio_rates(captured: Any) -> None:
+    import genai_prices
+
+    usage = {
+        "prompt_tokens": 500, "completion_tokens": 300, "total_tokens": 800,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 400, "text_tokens": 100},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 250, "text_tokens": 50},
+    }  # fmt: skip
+    answer = {
+        "id": "chatcmpl-a", "object": "chat.completion", "created": 1, "model": "gpt-audio", "usage": usage,
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": None,
+                                 "audio": {"id": "audio_1", "data": "", "expires_at": 1, "transcript": "hi"}}}],
+    }  # fmt: skip
+    client = openai_client(lambda request: HTTP.Response(200, json=answer))
+    client.chat.completions.create(model="gpt-audio", messages=MESSAGES, modalities=["text", "audio"],
+                                   audio={"voice": "alloy", "format": "wav"})
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.input_audio_tokens"] == 400 and a["llmtrace.usage.output_audio_tokens"] == 250
+    priced = genai_prices.Usage(input_tokens=500, input_audio_tokens=400, output_tokens=300, output_audio_tokens=250)
+    expected = genai_prices.calc_price(priced, "gpt-audio", provider_id="openai")
+    as_text = genai_prices.calc_price(genai_prices.Usage(input_tokens=500, output_tokens=300), "gpt-audio", provider_id="openai")
+    assert expected.total_price > 2 * as_text.total_price  # audio tokens cost several times text tokens
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(expected.total_price), rel=1e-9)
+
+
 @pytest.mark.parametrize("tier", ["flex", "priority", "default", "scale", None])
 @pytest.mark.parametrize("api", ["chat", "chat-stream", "responses", "responses-stream"])
 def test_a_call_is_priced_at_the_rates_of_the_service_tier_that_served_it(captured: Any, tier: str | None, api: str) -> None:

@@ -98,6 +98,8 @@ def _chat_usage(usage: Any) -> Usage | None:
         cache_read=as_int(get(prompt_details, "cached_tokens")),
         cache_write=as_int(get(prompt_details, "cache_write_tokens")),
         reasoning=as_int(get(completion_details, "reasoning_tokens")),
+        input_audio=as_int(get(prompt_details, "audio_tokens")),
+        output_audio=as_int(get(completion_details, "audio_tokens")),
     )
 
 

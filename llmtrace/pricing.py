@@ -44,8 +44,9 @@ _PROVIDER_IDS = {
     "cerebras": "cerebras",
 }
 
-# Price keys whose usage llmtrace never reports (other searches, tool executions, longer cache TTLs):
-# they contribute nothing for the usage we report, exactly as in genai-prices' own calculation.
+# Price keys whose usage llmtrace never reports (other searches, tool executions, longer cache TTLs, image and
+# video tokens, audio hours, document pages, characters): they contribute nothing for the usage we report,
+# exactly as in genai-prices' own calculation (tests/test_core.py checks every model).
 _ZERO_USAGE_KEYS = frozenset(
     {
         "storage_searches_kcount",
@@ -53,8 +54,22 @@ _ZERO_USAGE_KEYS = frozenset(
         "code_executions_kcount",
         "rerank_searches_kcount",
         "cache_write_5m_mtok",
+        "input_image_mtok",
+        "output_image_mtok",
+        "cache_image_read_mtok",
+        "input_video_mtok",
+        "output_video_mtok",
+        "audio_hours",
+        "input_audio_hours",
+        "input_document_kpages",
+        "input_annotated_document_kpages",
+        "input_mchars",
+        "input_text_messages_kcount",
+        "output_citation_mtok",
     }
 )
+# Audio rates: a call with audio tokens is priced by genai-prices' exact calculation; one without, by the fast path.
+_AUDIO_KEYS = frozenset({"input_audio_mtok", "output_audio_mtok", "cache_audio_read_mtok"})
 _FAST_KEYS = frozenset(
     {
         "input_mtok",
@@ -123,6 +138,8 @@ class Price:
     # Set when the model's prices use units the fast path does not model: cost then comes from
     # genai-prices' exact (slower) calculation.
     exact: Any = field(default=None, compare=False)
+    # Set when the model has audio rates: calls with audio tokens take the exact calculation.
+    audio_exact: Any = field(default=None, compare=False)
     # The rates when none depends on the input size (most models): computed once, not per call.
     _flat: Rates | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -153,8 +170,11 @@ class Price:
                 - write_short * (cache_write - inp)
                 - write_1h * (cache_write_1h - inp)
             )
-        if self.exact is not None:
-            return _exact_cost(self.exact, usage)._replace(cache_savings=savings)
+        exact = self.exact
+        if exact is None and (usage.input_audio or usage.output_audio):
+            exact = self.audio_exact
+        if exact is not None:
+            return _exact_cost(exact, usage)._replace(cache_savings=savings)
         cost_in = (
             usage.uncached_input * inp + usage.cache_read * cache_read + write_short * cache_write + write_1h * cache_write_1h
         )
@@ -321,7 +341,7 @@ def _rate(value: Any) -> Rate:
 
 def _compile(model_id: str, model_price: Any) -> Price:
     priced = {k: v for k, v in vars(model_price).items() if v is not None and not k.startswith("_")}
-    unknown = set(priced) - _FAST_KEYS - _ZERO_USAGE_KEYS
+    unknown = set(priced) - _FAST_KEYS - _ZERO_USAGE_KEYS - _AUDIO_KEYS
     inp = _rate(priced.get("input_mtok"))
     out = _rate(priced.get("output_mtok"))
     cache_write = _rate(priced["cache_write_mtok"]) if "cache_write_mtok" in priced else inp
@@ -338,6 +358,7 @@ def _compile(model_id: str, model_price: Any) -> Price:
         per_request=float(priced.get("requests_kcount", 0)) / 1000,
         per_web_search=float(priced.get("web_searches_kcount", 0)) / 1000,
         exact=model_price if unknown else None,
+        audio_exact=model_price if _AUDIO_KEYS & priced.keys() else None,
     )
 
 

@@ -10,7 +10,7 @@ import contextvars
 import marshal
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.trace import Span, Status, StatusCode, get_current_span
@@ -151,10 +151,10 @@ class Call:
         options = kwargs.get("stream_options")
         options = options if isinstance(options, dict) else {}  # the SDK's NOT_GIVEN, or None
         extra_body = kwargs.get("extra_body")
-        if "include_usage" in options or (isinstance(extra_body, dict) and "stream_options" in extra_body):
+        if "include_usage" in options or (isinstance(extra_body, Mapping) and "stream_options" in extra_body):
             return kwargs  # the caller said whether to
         self.acc = self.endpoint.accumulator(True)
-        if options or not (extra_body is None or isinstance(extra_body, dict)):
+        if options or not (extra_body is None or isinstance(extra_body, Mapping)):
             return {**kwargs, "stream_options": {**options, "include_usage": True}}  # beside the caller's options
         # The same JSON reaches the API through extra_body, which the SDK copies into the body as it is, while a
         # stream_options argument goes through its per-key request conversion: ~12 µs more a call.

@@ -163,6 +163,9 @@ class RawResponseProxy(wrapt.ObjectProxy):
     def _self_call_parsed(self, parsed: Any) -> Any:
         from .wrappers import returned  # circular: wrappers builds these proxies
 
+        # The call now ends with what parse() gave: a whole answer at once, a stream through its own proxy. This
+        # raw response may be dropped first (``with_raw_response.create(stream=True).parse()`` in one expression).
+        self._self_finalizer.detach()
         return returned(self._self_call, parsed)
 
     def _self_body_is_whole(self) -> bool:

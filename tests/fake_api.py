@@ -34,6 +34,7 @@ class FakeAPI:
         fail_mid_stream: bool = False,
         is_async: bool = False,
         status: int = 200,
+        served_tier: str | None = None,
     ) -> None:
         self.http = http
         self.model = model
@@ -44,6 +45,7 @@ class FakeAPI:
         self.fail_mid_stream = fail_mid_stream
         self.is_async = is_async
         self.status = status
+        self.served_tier = served_tier  # the service tier OpenAI answers with, whatever the request asked
         self.requests: list[dict[str, Any]] = []
 
     def __call__(self, request: Any) -> Any:
@@ -62,7 +64,7 @@ class FakeAPI:
             return self.http.Response(200, headers={"content-type": "application/json"}, content=b"{not json")
         path = request.url.path
         model = self.model or body.get("model", "gpt-4o-mini")
-        self.tier = self._tier(body)
+        self.tier = {"service_tier": self.served_tier} if self.served_tier else self._tier(body)
         if path.endswith("/messages"):
             return self._anthropic(body, model)
         if path.endswith("/responses"):
@@ -184,7 +186,11 @@ class FakeAPI:
         }
         if not body.get("stream"):
             return self.http.Response(200, json=message)
-        start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        # As the API: message_start's usage counts no searches yet, message_delta's has the final count.
+        start_usage = {**usage, "output_tokens": 1}
+        if searches:
+            start_usage["server_tool_use"] = {"web_search_requests": 0, "web_fetch_requests": 0}
+        start = {**message, "content": [], "stop_reason": None, "usage": start_usage}
         events: list[tuple[str | None, Any]] = [("message_start", {"type": "message_start", "message": start}),
                   ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})]
         for i in range(self.chunks):

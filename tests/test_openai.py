@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import types
 import weakref
 from typing import Any
 
@@ -76,8 +77,9 @@ def test_audio_tokens_are_counted_and_priced_at_audio_rates(captured: Any) -> No
 def test_a_call_is_priced_at_the_rates_of_the_service_tier_that_served_it(captured: Any, tier: str | None, api: str) -> None:
     import genai_prices
 
-    client = openai_client(_api())
-    asked = {"service_tier": tier} if tier else {}
+    # The API names the tier that served the call, whatever was asked ("auto" here): that tier's rates apply.
+    client = openai_client(_api(served_tier=tier))
+    asked = {"service_tier": "auto"} if tier else {}
     if api.startswith("chat"):
         result = client.chat.completions.create(model="gpt-5", messages=MESSAGES, stream=api.endswith("stream"), **asked)
     else:
@@ -148,11 +150,12 @@ def test_the_callers_extra_body_is_sent_with_include_usage_beside_it_and_left_un
     assert _only(captured).attributes["llmtrace.usage.source"] == "provider"
 
 
-def test_stream_options_the_caller_sends_through_extra_body_are_left_alone(captured: Any) -> None:
+@pytest.mark.parametrize("mapping", [dict, types.MappingProxyType], ids=["dict", "other-mapping"])
+def test_stream_options_the_caller_sends_through_extra_body_are_left_alone(captured: Any, mapping: Any) -> None:
     api = _api()
     client = openai_client(api)
     chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                                 extra_body={"stream_options": {"include_usage": True}}))
+                                                 extra_body=mapping({"stream_options": {"include_usage": True}})))
     assert api.requests[0]["stream_options"] == {"include_usage": True}
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 120  # the caller asked: they see it
     assert _only(captured).attributes["gen_ai.usage.input_tokens"] == 120
@@ -417,6 +420,14 @@ def test_with_raw_response_and_streaming_response(captured: Any) -> None:
     spans = captured.spans()
     assert len(spans) == 3
     assert all(s.attributes["gen_ai.usage.input_tokens"] == 120 for s in spans)
+
+
+def test_a_raw_stream_parsed_in_the_same_expression_ends_with_the_stream(captured: Any) -> None:
+    client = openai_client(_api())
+    chunks = list(client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True).parse())
+    assert len(chunks) == 6
+    a = _only(captured).attributes  # not ended when the raw response was dropped, before the stream was read
+    assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.input_tokens"] == 120
 
 
 def test_azure_and_compatible_providers(captured: Any) -> None:

@@ -339,9 +339,17 @@ def _rate(value: Any) -> Rate:
     return Rate(float(value) / 1e6)
 
 
+def _per_thousand(value: Any) -> float:
+    """USD per request or search from a price per thousand (a tiered one makes the price exact: see _compile)."""
+    return float(getattr(value, "base", value) or 0) / 1000
+
+
 def _compile(model_id: str, model_price: Any) -> Price:
     priced = {k: v for k, v in vars(model_price).items() if v is not None and not k.startswith("_")}
     unknown = set(priced) - _FAST_KEYS - _ZERO_USAGE_KEYS - _AUDIO_KEYS
+    # Tiers by input size are modelled for token rates only: a tiered fee per request or search (none today)
+    # takes the exact calculation.
+    unknown |= {key for key in ("requests_kcount", "web_searches_kcount") if hasattr(priced.get(key), "tiers")}
     inp = _rate(priced.get("input_mtok"))
     out = _rate(priced.get("output_mtok"))
     cache_write = _rate(priced["cache_write_mtok"]) if "cache_write_mtok" in priced else inp
@@ -355,8 +363,8 @@ def _compile(model_id: str, model_price: Any) -> Price:
         cache_write=cache_write,
         reasoning=_rate(priced["output_reasoning_mtok"]) if "output_reasoning_mtok" in priced else out,
         cache_write_1h=_rate(priced["cache_write_1h_mtok"]) if "cache_write_1h_mtok" in priced else cache_write,
-        per_request=float(priced.get("requests_kcount", 0)) / 1000,
-        per_web_search=float(priced.get("web_searches_kcount", 0)) / 1000,
+        per_request=_per_thousand(priced.get("requests_kcount")),
+        per_web_search=_per_thousand(priced.get("web_searches_kcount")),
         exact=model_price if unknown else None,
         audio_exact=model_price if _AUDIO_KEYS & priced.keys() else None,
     )

@@ -330,6 +330,17 @@ def test_fast_prices_equal_genai_prices_for_every_model() -> None:
     assert checked > 500
 
 
+def test_a_tiered_fee_per_search_takes_genai_prices_exact_calculation() -> None:
+    from genai_prices.types import ModelPrice, Tier, TieredPrices
+
+    # No model has one today: a fee that drops above 1,000 input tokens.
+    fee = TieredPrices(base=Decimal(10), tiers=[Tier(start=1000, price=Decimal(5))])
+    model_price = ModelPrice(input_mtok=Decimal(1), output_mtok=Decimal(4), web_searches_kcount=fee)
+    usage = Usage(uncached_input=2000, visible_output=10, web_searches=3)
+    expected = float(model_price.calc_price(pricing.genai_usage(usage))["total_price"])
+    assert pricing._compile("m", model_price).cost(usage).total == pytest.approx(expected, rel=1e-9)
+
+
 def test_tokenizer_files_match_tiktokens_hashes() -> None:
     from llmtrace import tokenizer
 

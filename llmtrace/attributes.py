@@ -57,6 +57,8 @@ COST_OUTPUT_USD = "llmtrace.cost.output_usd"
 COST_SOURCE = "llmtrace.cost.source"
 COST_UNPRICED = "llmtrace.cost.unpriced"
 COST_PRICED_MODEL = "llmtrace.cost.priced_model"
+# How the call was served, where its price depends on it: "service_tier=priority", "speed=fast" (comma-separated).
+COST_PRICE_CONTEXT = "llmtrace.cost.price_context"
 # Set only on calls that read or wrote a prompt cache: USD saved against the full input rate.
 COST_CACHE_SAVINGS_USD = "llmtrace.cost.cache_savings_usd"
 

@@ -70,6 +70,7 @@ def test_a_fast_mode_call_is_priced_at_fast_mode_rates(captured: Any, stream: bo
     fast = genai_prices.calc_price(usage, model, provider_id="anthropic", price_context={"speed": "fast"})
     assert fast.total_price > genai_prices.calc_price(usage, model, provider_id="anthropic").total_price
     assert a["llmtrace.cost.usd"] == pytest.approx(float(fast.total_price), rel=1e-9)
+    assert a["llmtrace.cost.price_context"] == "speed=fast"  # what the cost depended on, on the span
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -46,6 +46,16 @@ def test_chat_json_tokens_cost_and_request_attributes(captured: Any) -> None:
     assert "gen_ai.input.messages" not in a  # content capture is off by default
 
 
+def test_an_override_is_one_price_whatever_tier_served_the_call(captured: Any) -> None:
+    from llmtrace import pricing
+
+    pricing.set_price("gpt-5", input_mtok=1.0, output_mtok=2.0)
+    openai_client(_api(served_tier="priority")).chat.completions.create(model="gpt-5", messages=MESSAGES)
+    a = _only(captured).attributes
+    assert a["llmtrace.cost.source"] == "override" and "llmtrace.cost.price_context" not in a
+    assert a["llmtrace.cost.usd"] == pytest.approx((120 * 1.0 + 40 * 2.0) / 1e6)
+
+
 def test_audio_tokens_are_counted_and_priced_at_audio_rates(captured: Any) -> None:
     import genai_prices
 
@@ -88,6 +98,7 @@ def test_a_call_is_priced_at_the_rates_of_the_service_tier_that_served_it(captur
         list(result)
     a = _only(captured).attributes
     assert a.get("openai.response.service_tier") == tier
+    assert a.get("llmtrace.cost.price_context") == (f"service_tier={tier}" if tier else None)
     usage = genai_prices.Usage(
         input_tokens=a["gen_ai.usage.input_tokens"], cache_read_tokens=a["gen_ai.usage.cache_read.input_tokens"],
         output_tokens=a["gen_ai.usage.output_tokens"],

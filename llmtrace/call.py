@@ -149,7 +149,7 @@ class Call:
         if not (self.endpoint.wants_usage_option and kwargs.get("stream") is True and self.accepts_usage_option):
             return kwargs
         options = kwargs.get("stream_options")
-        options = options if isinstance(options, dict) else {}  # the SDK's NOT_GIVEN, or None
+        options = options if isinstance(options, Mapping) else {}  # the SDK's NOT_GIVEN, or None
         extra_body = kwargs.get("extra_body")
         if "include_usage" in options or (isinstance(extra_body, Mapping) and "stream_options" in extra_body):
             return kwargs  # the caller said whether to

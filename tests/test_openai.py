@@ -131,11 +131,12 @@ async def test_stream_asks_for_usage_and_hides_the_usage_chunk(captured: Any, is
     assert a["gen_ai.response.time_to_first_chunk"] > 0
 
 
-def test_stream_options_set_by_caller_are_left_alone(captured: Any) -> None:
+@pytest.mark.parametrize("mapping", [dict, types.MappingProxyType], ids=["dict", "other-mapping"])
+def test_stream_options_set_by_caller_are_left_alone(captured: Any, mapping: Any) -> None:
     api = _api()
     client = openai_client(api)
     chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                                 stream_options={"include_usage": True}))
+                                                 stream_options=mapping({"include_usage": True})))
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == 120  # the caller asked: they see it
     assert _only(captured).attributes["gen_ai.usage.input_tokens"] == 120
 

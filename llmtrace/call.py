@@ -335,8 +335,8 @@ class Call:
         attrs[A.COST_OUTPUT_USD] = cost.output
         attrs[A.COST_SOURCE] = price.source
         attrs[A.COST_PRICED_MODEL] = price.model
-        if result.price_context and price.source != pricing.SOURCE_OVERRIDE:  # an override is one price for all
-            attrs[A.COST_PRICE_CONTEXT] = ",".join(f"{key}={value}" for key, value in result.price_context)
+        if price.context:
+            attrs[A.COST_PRICE_CONTEXT] = price.context
         if cost.cache_savings:
             attrs[A.COST_CACHE_SAVINGS_USD] = cost.cache_savings
         return cost.total

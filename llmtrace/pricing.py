@@ -140,6 +140,9 @@ class Price:
     exact: Any = field(default=None, compare=False)
     # Set when the model has audio rates: calls with audio tokens take the exact calculation.
     audio_exact: Any = field(default=None, compare=False)
+    # The price list's context this price was resolved in ("service_tier=priority"), for the span; "" when none
+    # (and always for a user's override, one price for every context).
+    context: str = ""
     # The rates when none depends on the input size (most models): computed once, not per call.
     _flat: Rates | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -327,7 +330,7 @@ def _resolve(provider: str, model: str, api_url: str | None, context: PriceConte
     # (a fallback) is priced at its standard rates.
     own_model = any(info is listed for listed in found.models)
     model_price = info.get_prices(datetime.now(tz=timezone.utc), dict(context) if context and own_model else None)
-    return _compile(info.id, model_price)
+    return _compile(info.id, model_price, ",".join(f"{key}={value}" for key, value in context))
 
 
 def _rate(value: Any) -> Rate:
@@ -344,7 +347,7 @@ def _per_thousand(value: Any) -> float:
     return float(getattr(value, "base", value) or 0) / 1000
 
 
-def _compile(model_id: str, model_price: Any) -> Price:
+def _compile(model_id: str, model_price: Any, context: str = "") -> Price:
     priced = {k: v for k, v in vars(model_price).items() if v is not None and not k.startswith("_")}
     unknown = set(priced) - _FAST_KEYS - _ZERO_USAGE_KEYS - _AUDIO_KEYS
     # Tiers by input size are modelled for token rates only: a tiered fee per request or search (none today)
@@ -367,6 +370,7 @@ def _compile(model_id: str, model_price: Any) -> Price:
         per_web_search=_per_thousand(priced.get("web_searches_kcount")),
         exact=model_price if unknown else None,
         audio_exact=model_price if _AUDIO_KEYS & priced.keys() else None,
+        context=context,
     )
 
 

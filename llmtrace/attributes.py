@@ -49,6 +49,7 @@ USAGE_VISIBLE_OUTPUT_TOKENS = "llmtrace.usage.visible_output_tokens"
 USAGE_INPUT_AUDIO_TOKENS = "llmtrace.usage.input_audio_tokens"  # the part of the input that is audio
 USAGE_OUTPUT_AUDIO_TOKENS = "llmtrace.usage.output_audio_tokens"  # the part of the output that is audio
 USAGE_WEB_SEARCHES = "llmtrace.usage.web_searches"  # searches the provider's server-side web search tool ran
+USAGE_FILE_SEARCHES = "llmtrace.usage.file_searches"  # calls of the provider's hosted file (vector store) search
 
 # --- cost ----------------------------------------------------------------------------------------
 COST_USD = "llmtrace.cost.usd"

@@ -49,7 +49,6 @@ _PROVIDER_IDS = {
 # exactly as in genai-prices' own calculation (tests/test_core.py checks every model).
 _ZERO_USAGE_KEYS = frozenset(
     {
-        "storage_searches_kcount",
         "social_searches_kcount",
         "code_executions_kcount",
         "rerank_searches_kcount",
@@ -80,6 +79,7 @@ _FAST_KEYS = frozenset(
         "output_reasoning_mtok",
         "requests_kcount",
         "web_searches_kcount",
+        "storage_searches_kcount",
     }
 )
 
@@ -135,13 +135,14 @@ class Price:
     cache_write_1h: Rate
     per_request: float = 0.0
     per_web_search: float = 0.0
+    per_file_search: float = 0.0
     # Set when the model's prices use units the fast path does not model: cost then comes from
     # genai-prices' exact (slower) calculation.
     exact: Any = field(default=None, compare=False)
     # Set when the model has audio rates: calls with audio tokens take the exact calculation.
     audio_exact: Any = field(default=None, compare=False)
-    # The price list's context this price was resolved in ("service_tier=priority"), for the span; "" when none
-    # (and always for a user's override, one price for every context).
+    # The price list's context this price was resolved in ("service_tier=priority"), for the span; "" when the
+    # standard rates apply (and always for a user's override, one price for every context).
     context: str = ""
     # The rates when none depends on the input size (most models): computed once, not per call.
     _flat: Rates | None = field(default=None, init=False, repr=False, compare=False)
@@ -183,7 +184,9 @@ class Price:
         )
         cost_out = usage.visible_output * out + usage.reasoning * reasoning
         # Like a request's fee, a search's is neither input nor output (as genai-prices counts it): in the total only.
-        total = cost_in + cost_out + self.per_request + usage.web_searches * self.per_web_search
+        total = cost_in + cost_out + self.per_request
+        if usage.web_searches or usage.file_searches:
+            total += usage.web_searches * self.per_web_search + usage.file_searches * self.per_file_search
         return Cost(total, cost_in, cost_out, savings)
 
 
@@ -329,8 +332,14 @@ def _resolve(provider: str, model: str, api_url: str | None, context: PriceConte
     # As genai-prices' own calc_price: a tier's prices are the provider's own; a model found at another provider
     # (a fallback) is priced at its standard rates.
     own_model = any(info is listed for listed in found.models)
-    model_price = info.get_prices(datetime.now(tz=timezone.utc), dict(context) if context and own_model else None)
-    return _compile(info.id, model_price, ",".join(f"{key}={value}" for key, value in context))
+    now = datetime.now(tz=timezone.utc)
+    model_price = info.get_prices(now, dict(context) if context and own_model else None)
+    # The span names the context only where it changed the rates: OpenAI answers service_tier "default" on
+    # every call, and a tier the model has no prices for costs the standard ones.
+    label = ""
+    if context and own_model and model_price != info.get_prices(now, None):
+        label = ",".join(f"{key}={value}" for key, value in context)
+    return _compile(info.id, model_price, label)
 
 
 def _rate(value: Any) -> Rate:
@@ -352,7 +361,8 @@ def _compile(model_id: str, model_price: Any, context: str = "") -> Price:
     unknown = set(priced) - _FAST_KEYS - _ZERO_USAGE_KEYS - _AUDIO_KEYS
     # Tiers by input size are modelled for token rates only: a tiered fee per request or search (none today)
     # takes the exact calculation.
-    unknown |= {key for key in ("requests_kcount", "web_searches_kcount") if hasattr(priced.get(key), "tiers")}
+    fees = ("requests_kcount", "web_searches_kcount", "storage_searches_kcount")
+    unknown |= {key for key in fees if hasattr(priced.get(key), "tiers")}
     inp = _rate(priced.get("input_mtok"))
     out = _rate(priced.get("output_mtok"))
     cache_write = _rate(priced["cache_write_mtok"]) if "cache_write_mtok" in priced else inp
@@ -368,6 +378,7 @@ def _compile(model_id: str, model_price: Any, context: str = "") -> Price:
         cache_write_1h=_rate(priced["cache_write_1h_mtok"]) if "cache_write_1h_mtok" in priced else cache_write,
         per_request=_per_thousand(priced.get("requests_kcount")),
         per_web_search=_per_thousand(priced.get("web_searches_kcount")),
+        per_file_search=_per_thousand(priced.get("storage_searches_kcount")),
         exact=model_price if unknown else None,
         audio_exact=model_price if _AUDIO_KEYS & priced.keys() else None,
         context=context,
@@ -386,6 +397,7 @@ def genai_usage(usage: Usage) -> Any:
         output_tokens=usage.output_tokens,
         output_reasoning_tokens=usage.reasoning,
         web_searches=usage.web_searches,
+        storage_searches=usage.file_searches,
         input_audio_tokens=usage.input_audio,
         output_audio_tokens=usage.output_audio,
     )

@@ -27,8 +27,10 @@ class Usage:
     # and the reasoning count is left out of the attributes rather than reported as 0.
     reasoning_known: bool = True
     # Not tokens: searches the provider's server-side web search tool ran for the call (Anthropic's
-    # ``server_tool_use``), billed per search.
+    # ``server_tool_use``, OpenAI's ``web_search_call`` items), billed per search; and calls of OpenAI's hosted
+    # file search (``file_search_call`` items), billed per call.
     web_searches: int = 0
+    file_searches: int = 0
     # Not buckets: the parts of all input and of all output that are audio (OpenAI's audio models), priced at
     # audio rates where the price list has them.
     input_audio: int = 0
@@ -82,6 +84,8 @@ class Usage:
             del attrs[A.USAGE_REASONING_OUTPUT_TOKENS]
         if self.web_searches:
             attrs[A.USAGE_WEB_SEARCHES] = self.web_searches
+        if self.file_searches:
+            attrs[A.USAGE_FILE_SEARCHES] = self.file_searches
         if self.input_audio:
             attrs[A.USAGE_INPUT_AUDIO_TOKENS] = self.input_audio
         if self.output_audio:

@@ -130,6 +130,19 @@ class FakeAPI:
         events.append((None, "[DONE]"))
         return self._stream(sse(events))
 
+    @staticmethod
+    def _hosted_tool_calls(body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The hosted tools' output items: two web searches and a page opened between them; one file search."""
+        kinds = {str(tool.get("type", "")) for tool in body.get("tools") or ()}
+        items: list[dict[str, Any]] = []
+        if kinds & {"web_search", "web_search_preview"}:
+            for i, action in enumerate(({"type": "search", "query": "tracing"}, {"type": "open_page", "url": "https://example.com"},
+                                        {"type": "search", "query": "opentelemetry"})):  # fmt: skip
+                items.append({"type": "web_search_call", "id": f"ws_{i}", "status": "completed", "action": action})
+        if "file_search" in kinds:
+            items.append({"type": "file_search_call", "id": "fs_1", "status": "completed", "queries": ["tracing"], "results": None})
+        return items
+
     def _responses(self, body: dict[str, Any], model: str) -> Any:
         response = {
             "id": "resp_1",
@@ -138,8 +151,9 @@ class FakeAPI:
             "model": model,
             "status": "completed",
             "output": [
+                *self._hosted_tool_calls(body),
                 {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
-                 "content": [{"type": "output_text", "text": "hello there", "annotations": []}]}
+                 "content": [{"type": "output_text", "text": "hello there", "annotations": []}]},
             ],
             "parallel_tool_calls": True,
             "tool_choice": "auto",

@@ -314,6 +314,7 @@ def test_fast_prices_equal_genai_prices_for_every_model() -> None:
     usages = [Usage(uncached_input=1234, cache_read=300, cache_write=50, visible_output=400, reasoning=77),
               Usage(uncached_input=10, cache_write=500, cache_write_1h=200, visible_output=3),
               Usage(uncached_input=250_000, visible_output=10), Usage(uncached_input=900, visible_output=90, web_searches=3),
+              Usage(uncached_input=700, visible_output=70, web_searches=1, file_searches=4),
               Usage(uncached_input=800, cache_read=200, visible_output=300, input_audio=600, output_audio=250)]
     checked = 0
     now = datetime.now(timezone.utc)

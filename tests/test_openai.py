@@ -82,6 +82,30 @@ def test_audio_tokens_are_counted_and_priced_at_audio_rates(captured: Any) -> No
     assert a["llmtrace.cost.usd"] == pytest.approx(float(expected.total_price), rel=1e-9)
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("tools", [["web_search"], ["file_search"], ["web_search_preview", "file_search"]])
+def test_the_hosted_searches_a_response_ran_are_counted_and_priced(captured: Any, stream: bool, tools: list[str]) -> None:
+    import genai_prices
+
+    tool_params = [{"type": t, "vector_store_ids": ["vs_1"]} if t == "file_search" else {"type": t} for t in tools]
+    result = openai_client(_api()).responses.create(model="gpt-5", input="hi", tools=tool_params, stream=stream)
+    if stream:
+        list(result)
+    a = _only(captured).attributes
+    # Two searches and a page opened from their results: only the searches are billed.
+    searches = 2 if any(t.startswith("web_search") for t in tools) else 0
+    file_searches = 1 if "file_search" in tools else 0
+    assert a.get("llmtrace.usage.web_searches") == (searches or None)
+    assert a.get("llmtrace.usage.file_searches") == (file_searches or None)
+    tokens = {"input_tokens": 200, "cache_read_tokens": 100, "output_tokens": 50, "output_reasoning_tokens": 20}
+    expected = genai_prices.calc_price(genai_prices.Usage(**tokens, web_searches=searches, storage_searches=file_searches),
+                                       "gpt-5", provider_id="openai")  # fmt: skip
+    tokens_only = genai_prices.calc_price(genai_prices.Usage(**tokens), "gpt-5", provider_id="openai")
+    assert expected.total_price > tokens_only.total_price
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(expected.total_price), rel=1e-9)
+    assert a["llmtrace.cost.input_usd"] + a["llmtrace.cost.output_usd"] == pytest.approx(float(tokens_only.total_price))
+
+
 @pytest.mark.parametrize("tier", ["flex", "priority", "default", "scale", None])
 @pytest.mark.parametrize("api", ["chat", "chat-stream", "responses", "responses-stream"])
 def test_a_call_is_priced_at_the_rates_of_the_service_tier_that_served_it(captured: Any, tier: str | None, api: str) -> None:
@@ -98,7 +122,8 @@ def test_a_call_is_priced_at_the_rates_of_the_service_tier_that_served_it(captur
         list(result)
     a = _only(captured).attributes
     assert a.get("openai.response.service_tier") == tier
-    assert a.get("llmtrace.cost.price_context") == (f"service_tier={tier}" if tier else None)
+    # Named only where it changed the rates: "default" and "scale" cost the standard ones.
+    assert a.get("llmtrace.cost.price_context") == (f"service_tier={tier}" if tier in ("flex", "priority") else None)
     usage = genai_prices.Usage(
         input_tokens=a["gen_ai.usage.input_tokens"], cache_read_tokens=a["gen_ai.usage.cache_read.input_tokens"],
         output_tokens=a["gen_ai.usage.output_tokens"],

@@ -103,17 +103,28 @@ def _chat_usage(usage: Any) -> Usage | None:
     )
 
 
-def _responses_usage(usage: Any) -> Usage | None:
+def _responses_usage(usage: Any, output: Any) -> Usage | None:
     if usage is None:
         return None
     input_details = get(usage, "input_tokens_details")
-    return Usage.from_totals(
+    counted = Usage.from_totals(
         input_total=as_int(get(usage, "input_tokens")),
         output_total=as_int(get(usage, "output_tokens")),
         cache_read=as_int(get(input_details, "cached_tokens")),
         cache_write=as_int(get(input_details, "cache_write_tokens")),
         reasoning=as_int(get(get(usage, "output_tokens_details"), "reasoning_tokens")),
     )
+    # The hosted search tools are billed per call, and usage does not count them: the output items do.
+    for item in output if isinstance(output, list) else ():
+        kind = get(item, "type")
+        if kind == "web_search_call":
+            # A web search call is a search, a page opened from its results or a find in that page: only
+            # the searches are billed. Older items (the preview tool) name no action: each is a search.
+            action = get(get(item, "action"), "type")
+            counted.web_searches += action is None or action == "search"
+        elif kind == "file_search_call":
+            counted.file_searches += 1
+    return counted
 
 
 def _extras(response: Any) -> dict[str, Any]:
@@ -306,7 +317,7 @@ def _parse_response_object(response: Any) -> Result:
         response_model=string(get(response, "model")),
         response_id=string(get(response, "id")),
         finish_reasons=(finish,) if finish else (),
-        usage=_responses_usage(get(response, "usage")),
+        usage=_responses_usage(get(response, "usage"), get(response, "output")),
         attributes=extras,
         messages_of=lambda: openai_content.response_output(get(response, "output"), finish),
         # A failed generation comes back as a response (the SDK does not raise): the call failed all the same.

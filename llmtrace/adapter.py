@@ -35,6 +35,10 @@ class Result:
     # How the call was served, where that changes its price (llmtrace.pricing.PriceContext): OpenAI's service
     # tier, Anthropic's speed.
     price_context: PriceContext = ()
+    # Hosted searches a stream ran before it ended without usage (an OpenAI Responses stream cut short): billed
+    # per call, so the estimated usage carries them. Where the provider sent usage, it holds them.
+    web_searches: int = 0
+    file_searches: int = 0
 
     def text(self) -> str:
         """Everything generated, as text: a stream's, or the whole response's read from its messages."""

@@ -301,6 +301,8 @@ class Call:
             uncached_input=self.endpoint.estimate_input(model, self.kwargs),
             visible_output=_estimate_output(model, result.text()),
             source=A.SOURCE_ESTIMATED,
+            web_searches=result.web_searches,
+            file_searches=result.file_searches,
         )
 
     def _add_result(self, attrs: dict[str, Any], result: Result, usage: Usage | None) -> float | None:

@@ -144,6 +144,7 @@ class FakeAPI:
         return items
 
     def _responses(self, body: dict[str, Any], model: str) -> Any:
+        hosted = self._hosted_tool_calls(body)
         response = {
             "id": "resp_1",
             "object": "response",
@@ -151,7 +152,7 @@ class FakeAPI:
             "model": model,
             "status": "completed",
             "output": [
-                *self._hosted_tool_calls(body),
+                *hosted,
                 {"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
                  "content": [{"type": "output_text", "text": "hello there", "annotations": []}]},
             ],
@@ -169,16 +170,21 @@ class FakeAPI:
             return self.http.Response(200, json=response)
         created = {**response, "status": "in_progress", "output": []}
         created.pop("usage", None)
-        events = [
+        events: list[tuple[str | None, Any]] = [
             ("response.created", {"type": "response.created", "sequence_number": 0, "response": created}),
-            ("response.output_item.added", {"type": "response.output_item.added", "sequence_number": 1, "output_index": 0,
+        ]
+        for index, item in enumerate(hosted):
+            for kind, shown in (("response.output_item.added", {**item, "status": "in_progress"}), ("response.output_item.done", item)):
+                events.append((kind, {"type": kind, "sequence_number": 1, "output_index": index, "item": shown}))
+        events += [
+            ("response.output_item.added", {"type": "response.output_item.added", "sequence_number": 1, "output_index": len(hosted),
                                             "item": {"type": "message", "id": "msg_1", "role": "assistant",
                                                      "status": "in_progress", "content": []}}),
             ("response.content_part.added", {"type": "response.content_part.added", "sequence_number": 1, "item_id": "msg_1",
-                                             "output_index": 0, "content_index": 0,
+                                             "output_index": len(hosted), "content_index": 0,
                                              "part": {"type": "output_text", "text": "", "annotations": []}}),
             ("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1",
-                                            "output_index": 0, "content_index": 0, "delta": "hello there", "logprobs": []}),
+                                            "output_index": len(hosted), "content_index": 0, "delta": "hello there", "logprobs": []}),
             ("response.completed", {"type": "response.completed", "sequence_number": 2, "response": response}),
         ]
         return self._stream(sse(events))

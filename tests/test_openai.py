@@ -106,6 +106,25 @@ def test_the_hosted_searches_a_response_ran_are_counted_and_priced(captured: Any
     assert a["llmtrace.cost.input_usd"] + a["llmtrace.cost.output_usd"] == pytest.approx(float(tokens_only.total_price))
 
 
+def test_a_responses_stream_left_after_its_searches_still_counts_them(captured: Any) -> None:
+    import genai_prices
+
+    client = openai_client(_api())
+    tools = [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}]
+    for event in client.responses.create(model="gpt-5", input="hi", tools=tools, stream=True):
+        if event.type == "response.output_text.delta":
+            break  # the searches ran and are billed; the final usage never arrives
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "estimated"
+    assert a["llmtrace.usage.web_searches"] == 2 and a["llmtrace.usage.file_searches"] == 1
+    tokens = genai_prices.Usage(input_tokens=a["gen_ai.usage.input_tokens"], output_tokens=a["gen_ai.usage.output_tokens"])
+    with_searches = genai_prices.Usage(input_tokens=a["gen_ai.usage.input_tokens"], output_tokens=a["gen_ai.usage.output_tokens"],
+                                       web_searches=2, storage_searches=1)  # fmt: skip
+    expected = genai_prices.calc_price(with_searches, "gpt-5", provider_id="openai").total_price
+    assert expected > genai_prices.calc_price(tokens, "gpt-5", provider_id="openai").total_price
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(expected), rel=1e-9)
+
+
 @pytest.mark.parametrize("tier", ["flex", "priority", "default", "scale", None])
 @pytest.mark.parametrize("api", ["chat", "chat-stream", "responses", "responses-stream"])
 def test_a_call_is_priced_at_the_rates_of_the_service_tier_that_served_it(captured: Any, tier: str | None, api: str) -> None:

@@ -114,17 +114,27 @@ def _responses_usage(usage: Any, output: Any) -> Usage | None:
         cache_write=as_int(get(input_details, "cache_write_tokens")),
         reasoning=as_int(get(get(usage, "output_tokens_details"), "reasoning_tokens")),
     )
-    # The hosted search tools are billed per call, and usage does not count them: the output items do.
+    counted.web_searches, counted.file_searches = _hosted_searches(output)
+    return counted
+
+
+_HOSTED_SEARCHES = frozenset({"web_search_call", "file_search_call"})
+
+
+def _hosted_searches(output: Any) -> tuple[int, int]:
+    """(web searches, file searches) among a response's output items: the hosted search tools are billed per
+    call, and usage does not count them."""
+    web = files = 0
     for item in output if isinstance(output, list) else ():
         kind = get(item, "type")
         if kind == "web_search_call":
             # A web search call is a search, a page opened from its results or a find in that page: only
             # the searches are billed. Older items (the preview tool) name no action: each is a search.
             action = get(get(item, "action"), "type")
-            counted.web_searches += action is None or action == "search"
+            web += action is None or action == "search"
         elif kind == "file_search_call":
-            counted.file_searches += 1
-    return counted
+            files += 1
+    return web, files
 
 
 def _extras(response: Any) -> dict[str, Any]:
@@ -330,7 +340,7 @@ class _ResponsesAccumulator:
     """The final response (completed, incomplete or failed event) says everything; the deltas stand in for it
     when the stream ends without one."""
 
-    __slots__ = ("first_output_ns", "_final", "_created", "_error", "_text", "_calls")
+    __slots__ = ("first_output_ns", "_final", "_created", "_error", "_text", "_calls", "_searches")
 
     def __init__(self, hide_usage_chunk: bool) -> None:
         self.first_output_ns = 0
@@ -339,6 +349,7 @@ class _ResponsesAccumulator:
         self._error: tuple[str, str] | None = None
         self._text: list[str] = []
         self._calls: dict[int, _ToolCallDeltas] = {}  # by output index
+        self._searches: list[Any] = []  # finished hosted search calls, billed even if the stream is cut later
 
     def _call(self, event: Any) -> _ToolCallDeltas:
         index = as_int(get(event, "output_index"))
@@ -367,6 +378,10 @@ class _ResponsesAccumulator:
                 call = self._call(event)
                 call.call_id = get(item, "call_id")
                 call.name = get(item, "name")
+        elif kind == "response.output_item.done":
+            item = get(event, "item")
+            if get(item, "type") in _HOSTED_SEARCHES:
+                self._searches.append(item)
         elif kind in _RESPONSE_DONE_EVENTS:
             self._final = get(event, "response")
         elif kind == "response.created":
@@ -390,6 +405,7 @@ class _ResponsesAccumulator:
         partial.output_text = "".join(self._text) + "".join("".join(c.arguments) for c in self._calls.values())
         partial.messages_of = self._messages
         partial.failure = self._error
+        partial.web_searches, partial.file_searches = _hosted_searches(self._searches)
         return partial
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 import llmtrace.testing
 from llmtrace import _guard, pricing
@@ -108,3 +109,19 @@ def anthropic_client(handler: Handler, *, is_async: bool = False, **kw: Any) -> 
     if is_async:
         return anthropic.AsyncAnthropic(api_key="sk-test", base_url=base, http_client=http.AsyncClient(transport=transport), **kw)
     return anthropic.Anthropic(api_key="sk-test", base_url=base, http_client=http.Client(transport=transport), **kw)
+
+
+class CountingIds(IdGenerator):
+    """The same ids in the same order every run, so two spans can be compared id for id; small, so their hex text
+    starts with zeros."""
+
+    def __init__(self) -> None:
+        self.next = 0x1234
+
+    def generate_span_id(self) -> int:
+        self.next += 1
+        return self.next
+
+    def generate_trace_id(self) -> int:
+        self.next += 1
+        return self.next << 64

@@ -17,7 +17,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, S
 
 import llmtrace
 import llmtrace.testing
-from conftest import http_module, openai_client
+from conftest import CountingIds, http_module, openai_client
 from fake_api import FakeAPI
 from llmtrace.spans import CallSpan, CallSpans, _does_nothing
 
@@ -25,21 +25,6 @@ START, END = 1_700_000_000_000_000_000, 1_700_000_000_250_000_000
 REQUEST = {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o", "gen_ai.request.max_tokens": 64,
            "gen_ai.request.stop_sequences": ("END",), "llmtrace.tenant": "acme"}  # fmt: skip
 RESPONSE = {"gen_ai.usage.input_tokens": 412, "llmtrace.cost.usd": 0.00123, "gen_ai.response.finish_reasons": ("stop",)}
-
-
-class CountingIds(IdGenerator):
-    """The same ids in the same order for each path, so two spans can be compared id for id."""
-
-    def __init__(self) -> None:
-        self.next = 0x1234
-
-    def generate_span_id(self) -> int:
-        self.next += 1
-        return self.next
-
-    def generate_trace_id(self) -> int:
-        self.next += 1
-        return self.next << 64
 
 
 def provider(**kwargs: Any) -> tuple[TracerProvider, InMemorySpanExporter]:

@@ -19,10 +19,11 @@ import pytest
 
 from llmtrace import attributes as A
 from llmtrace import query
-from llmtrace.store import files, resolve, schema
+from llmtrace.store import StoreWriter, files, resolve, schema
 from llmtrace.store import merge as merge_module
 from llmtrace.store import writer as writer_module
 from llmtrace.store.merge import merge
+from conftest import CountingIds
 from store_helpers import database_held_by_another_process, emit, emit_at, provider_with_store
 
 HERE = Path(__file__).parent
@@ -57,6 +58,33 @@ def test_spans_arrive_in_duckdb_with_typed_columns(tmp_path: Path) -> None:
     age = datetime.now(timezone.utc).replace(tzinfo=None) - row[3]
     assert 0 <= age.total_seconds() < 60  # start_time is the span's start, in UTC
     assert _count(db) == {"spans": 5, "distinct_span_ids": 5, "pending_segments": 0}
+
+
+def test_stored_ids_and_status_read_as_opentelemetry_writes_them(tmp_path: Path) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Status, StatusCode
+
+    db = _db(tmp_path)
+    provider = TracerProvider(id_generator=CountingIds())  # ids whose hex text starts with zeros
+    writer = StoreWriter(resolve(db), flush_interval=60)
+    provider.add_span_processor(writer)
+    tracer = provider.get_tracer("llmtrace")
+    ended = []
+    with tracer.start_as_current_span("app request") as parent:
+        for status in (StatusCode.UNSET, StatusCode.OK, StatusCode.ERROR):
+            span = tracer.start_span("chat gpt-4o-mini", attributes={A.OPERATION_NAME: "chat"})
+            span.set_status(Status(status))
+            span.end()
+            ended.append(span)
+    assert writer.force_flush()
+    con = duckdb.connect(db, read_only=True)
+    rows = set(con.execute("SELECT trace_id, span_id, parent_span_id, status FROM spans WHERE span_name LIKE 'chat%'").fetchall())
+    con.close()
+    assert rows == {(trace.format_trace_id(s.context.trace_id), trace.format_span_id(s.context.span_id),
+                     trace.format_span_id(parent.get_span_context().span_id), s.status.status_code.name) for s in ended}
+    assert all(row[0].startswith("0000") and row[1].startswith("0000") for row in rows)
+    assert {row[3] for row in rows} == {"UNSET", "OK", "ERROR"}
 
 
 def test_readers_see_pending_segments_while_another_process_holds_the_database(tmp_path: Path) -> None:

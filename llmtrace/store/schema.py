@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
+from opentelemetry.trace import StatusCode
 
 from .. import attributes as A
 
@@ -83,6 +84,7 @@ _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError,
 # One encoder for every row: json.dumps(..., default=...) would build a new one per call.
 _JSON = json.JSONEncoder(default=list, separators=(",", ":"), ensure_ascii=False)
 _COPIED = frozenset(_ATTRIBUTE_KEYS) | {A.RESPONSE_TIME_TO_FIRST_CHUNK}
+_STATUS_NAMES = {code: code.name for code in StatusCode}  # a dict lookup: faster than the enum's .name
 
 
 def spans_to_table(spans: list[Any]) -> pa.Table:
@@ -101,15 +103,16 @@ def spans_to_table(spans: list[Any]) -> pa.Table:
     starts = [span.start_time or 0 for span in spans]
     ttfc = [a.get(A.RESPONSE_TIME_TO_FIRST_CHUNK) for a in attrs]
     span_columns: list[list[Any]] = [
-        ["%032x" % c.trace_id for c in contexts],  # %-formatting: a third faster than format() here
-        ["%016x" % c.span_id for c in contexts],
-        ["%016x" % p.span_id if p is not None else None for p in parents],
+        # Hex ids: to_bytes().hex() takes half the time of "%032x" (which is a third faster than format()).
+        [c.trace_id.to_bytes(16, "big").hex() for c in contexts],
+        [c.span_id.to_bytes(8, "big").hex() for c in contexts],
+        [p.span_id.to_bytes(8, "big").hex() if p is not None else None for p in parents],
         [_service_name(span) for span in spans],
         [span.name for span in spans],
         [start // 1000 for start in starts],  # ns -> the column's microseconds
         [((span.end_time or start) - start) / 1e6 for span, start in zip(spans, starts)],
         [t * 1000 if isinstance(t, (int, float)) else None for t in ttfc],
-        [span.status.status_code.name for span in spans],
+        [_STATUS_NAMES[span.status.status_code] for span in spans],
     ]
     json_column = [
         "{}" if _COPIED.issuperset(a) else _JSON.encode({k: v for k, v in a.items() if k not in _COPIED})

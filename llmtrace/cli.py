@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import random
 import sys
@@ -53,18 +52,29 @@ def _settings(args: argparse.Namespace) -> config.Settings:
     return config.load({"db": getattr(args, "db", None), "config_file": getattr(args, "config", None)})
 
 
+def _existing_store(db: str | None) -> str | None:
+    """``db``, when something was ever recorded there: a mistyped path is an error, not an empty store (nor,
+    for compact, a new one)."""
+    if not query.store_exists(db):
+        raise query.StoreError(
+            f"no llmtrace store at {resolve(db).db}: nothing was ever recorded there (check --db, $LLMTRACE_DB "
+            "or db in llmtrace.toml)"
+        )
+    return db
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Spend, calls, tokens and P50/P99 latency per tenant, feature, model or user."""
-    db = _settings(args).db
-    rows = query.spend_by(args.by, query.TimeRange.last(query.parse_duration(args.since)), db=db)
+    since = query.TimeRange.last(query.parse_duration(args.since))
+    rows = query.spend_by(args.by, since, db=_existing_store(_settings(args).db))
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))
     elif args.format == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [n for n, _ in _REPORT_COLUMNS])
+        writer = csv.DictWriter(sys.stdout, fieldnames=query.SPEND_COLUMNS)  # the same header with rows or without
         writer.writeheader()
         writer.writerows(rows)
     elif not rows:
-        print(f"No LLM calls in the last {args.since} in {resolve(db).db}")
+        print(f"No LLM calls in the last {args.since} in {resolve(_settings(args).db).db}")
     else:
         _report_table(rows, args.by)
     return 0
@@ -74,7 +84,7 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """Merge pending segments into the database now and apply retention."""
     settings = _settings(args)
     days = settings.retention_days if args.retention_days is None else args.retention_days
-    paths = resolve(settings.db)
+    paths = resolve(_existing_store(settings.db))
     try:
         outcome = merge(paths, days or None)  # 0 keeps spans forever, as in the app
     except (duckdb.Error, StoreFromTheFuture) as exc:
@@ -198,13 +208,13 @@ _DB_HELP = "store file (default: the app's: $LLMTRACE_DB, else db in llmtrace.to
 _CONFIG_HELP = "config file (default $LLMTRACE_CONFIG or ./llmtrace.toml)"
 
 
-def _retention_days(text: str) -> float:
-    try:
-        days = float(text)
-    except ValueError:
-        days = math.nan
-    if not 0 <= days < math.inf:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days, 0 or more (0 keeps spans forever)")
+def _retention_days(text: str) -> int:
+    # Whole days, as the config's retention_days.
+    days = int(text) if text.strip().isdigit() else -1
+    if not 0 <= days <= config.MAX_RETENTION_DAYS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number of days from 0 to {config.MAX_RETENTION_DAYS:,} (0 keeps spans forever)"
+        )
     return days
 
 

@@ -74,6 +74,10 @@ class Settings:
         return dict(pair.split("=", 1) for pair in self.provider_hosts)
 
 
+# Retention reaches back from now: past a century the cutoff leaves the calendar (and no merge could work).
+MAX_RETENTION_DAYS = 100 * 366
+_INT_MAXIMA = {"retention_days": MAX_RETENTION_DAYS}
+
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off", ""}
 
@@ -99,8 +103,10 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
     if isinstance(default, int):
         # Not int(raw): it would make 1.5 days 1 and true 1 without a word.
         value = raw if type(raw) is int else int(raw) if isinstance(raw, str) and raw.strip().isdigit() else None
-        if value is None or value < 0:
-            raise ConfigError(f"{origin}: {name} must be a whole number, 0 or more, got {raw!r}")
+        maximum = _INT_MAXIMA.get(name)
+        if value is None or value < 0 or (maximum is not None and value > maximum):
+            bounds = f"from 0 to {maximum:,}" if maximum is not None else "0 or more"
+            raise ConfigError(f"{origin}: {name} must be a whole number {bounds}, got {raw!r}")
         return value
     if isinstance(default, tuple):
         if isinstance(raw, str):

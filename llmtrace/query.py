@@ -26,7 +26,9 @@ from .store.schema import COLUMN_NAMES, COLUMNS
 
 logger = logging.getLogger("llmtrace")
 
-_MODEL = "coalesce(response_model, request_model)"
+# The model the app asked for, the one it knows its calls by: a failed call has no response model, and the
+# answered one (a dated snapshot, "gpt-4o-mini-2024-07-18") would split each model in two, its errors apart.
+_MODEL = "coalesce(request_model, response_model)"
 DIMENSIONS = {
     "tenant": "tenant",
     "user": "user_id",
@@ -223,6 +225,11 @@ def _bucket(bucket: str | None) -> str:
 
 
 # --- questions -----------------------------------------------------------------------------------
+
+
+# spend_by's columns, in order (a CSV of no rows has them too).
+SPEND_COLUMNS = ("key", "calls", "errors", "blocked_calls", "input_tokens", "output_tokens", "cache_read_tokens",
+                 "reasoning_tokens", "cost_usd", "unpriced_calls", "p50_ms", "p99_ms")  # fmt: skip
 
 
 def spend_by(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmtrace import dashboard
+from llmtrace import dashboard, query
 from llmtrace.cli import main
 from llmtrace.demo import DemoRun, ProgressBar
 from store_helpers import emit, emit_at, provider_with_store
@@ -35,16 +35,30 @@ def test_report_table_json_csv(db: str, capsys: pytest.CaptureFixture[str]) -> N
     assert table[1].split()[:2] == ["acme", "3"] and "$1.500000" in table[1]
     assert main(["report", "--db", db, "--by", "model", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["key"] == "gpt-4o-mini-2024-07-18" and rows[0]["calls"] == 4 and rows[0]["cost_usd"] == pytest.approx(1.75)
+    assert rows[0]["key"] == "gpt-4o-mini" and rows[0]["calls"] == 4 and rows[0]["cost_usd"] == pytest.approx(1.75)
+    assert tuple(rows[0]) == query.SPEND_COLUMNS
     assert main(["report", "--db", db, "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("key,calls,errors")
 
 
-def test_empty_store_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["report", "--db", str(tmp_path / "none.duckdb")]) == 0
-    assert "No LLM calls" in capsys.readouterr().out
-    assert main(["report", "--since", "7x", "--db", str(tmp_path / "none.duckdb")]) == 2
+def test_a_missing_store_is_an_error_and_an_empty_window_says_so(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "typo" / "none.duckdb")
+    for command in (["report"], ["compact"]):  # a mistyped path is not an empty store, nor a new one
+        assert main([*command, "--db", missing]) == 2
+        assert f"no llmtrace store at {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    assert main(["report", "--since", "7x", "--db", missing]) == 2
     assert "not a duration" in capsys.readouterr().err
+    old = str(tmp_path / "old.duckdb")
+    provider, writer = provider_with_store(old, flush_interval=60)
+    emit_at(provider, datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(hours=2))
+    writer.shutdown()
+    assert main(["report", "--db", old, "--since", "1h"]) == 0
+    assert "No LLM calls in the last 1h" in capsys.readouterr().out
+    assert main(["report", "--db", old, "--since", "1h", "--format", "csv"]) == 0
+    empty_header = capsys.readouterr().out.splitlines()
+    assert main(["report", "--db", db, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == empty_header[0] == ",".join(query.SPEND_COLUMNS) and len(empty_header) == 1
 
 
 def test_compact_and_prices(db: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,10 +122,12 @@ def test_compact_retention_zero_keeps_every_span(db: str, capsys: pytest.Capture
     assert "retention removed 0" in capsys.readouterr().out
     assert main(["report", "--db", db, "--format", "json"]) == 0
     assert sum(row["calls"] for row in json.loads(capsys.readouterr().out)) == 4
-    for days in ("-1", "inf", "soon"):
+    for days in ("-1", "inf", "soon", "1.5", "1000000", "99999999999999"):
         with pytest.raises(SystemExit):  # argparse's own usage error
             main(["compact", "--db", db, "--retention-days", days])
-        assert "not a number of days" in capsys.readouterr().err
+        assert "not a whole number of days from 0 to 36,600" in capsys.readouterr().err
+    assert main(["compact", "--db", db, "--retention-days", "36600"]) == 0  # the longest: a century back still merges
+    assert "retention removed 0" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("since", ["1e12w", "infd", "-5d", "0h"])

@@ -284,6 +284,7 @@ def test_config_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ('[prices."m"]\ninput_mtok = -1\noutput_mtok = 2\n', "price input_mtok for model 'm' must be a non-negative"),
         ("[prices]\nm = 5\n", "prices for 'm' must be a table"),
         ("[llmtrace]\nretention_days = 1.5\n", r"\[llmtrace\]: retention_days must be a whole number"),
+        ("[llmtrace]\nretention_days = 1000000\n", r"retention_days must be a whole number from 0 to 36,600, got 1000000"),
         ("[llmtrace]\nflush_interval = inf\n", "flush_interval must be a positive number"),
         ("[anomalies]\ninterval = 0\n", r"\[anomalies\]: anomaly_interval must be a positive number"),
         ("[alert]\nwebhook_url = 'http://x'\n", r"unknown table\(s\) alert"),

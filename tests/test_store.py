@@ -311,7 +311,26 @@ def test_older_store_is_upgraded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     con = duckdb.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM spans WHERE upgraded").fetchone() == (2,)
     assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == [
-        "m001_spans", "m002_cache_savings", "m003_alerts", "m999_test_column"]
+        "m001_spans", "m002_cache_savings", "m003_alerts", "m004_unstreamed_calls", "m999_test_column"]
+    con.close()
+
+
+def test_calls_that_did_not_stream_read_as_not_streamed_old_rows_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    with monkeypatch.context() as before_m004:
+        before_m004.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+        emit(provider, 2)  # no stream attribute: the calls did not ask to stream
+        writer.force_flush()
+        con = duckdb.connect(db)
+        con.execute("UPDATE spans SET stream = NULL")  # as rows were stored before m004
+        con.close()
+    tracer = provider.get_tracer("llmtrace")
+    tracer.start_span("chat", attributes={A.OPERATION_NAME: "chat", A.REQUEST_STREAM: True}).end()
+    emit(provider, 1)
+    writer.force_flush()
+    con = duckdb.connect(db, read_only=True)
+    assert con.execute("SELECT stream, count(*) FROM spans GROUP BY 1 ORDER BY 1").fetchall() == [(False, 3), (True, 1)]
     con.close()
 
 
@@ -587,6 +606,25 @@ def test_latency_percentiles_are_the_linear_interpolation_of_the_stored_duration
     assert (headline["p50_ms"], headline["p99_ms"]) == (pytest.approx(percentile(everything, 50)), pytest.approx(percentile(everything, 99)))
     [by_model] = query.latency_percentiles(last_day(), db=db)
     assert (by_model["latency_p50_ms"], by_model["latency_p95_ms"], by_model["latency_p99_ms"]) == tuple(pytest.approx(percentile(everything, p)) for p in (50, 95, 99))
+
+
+def test_a_models_failed_calls_are_counted_with_its_answered_ones(tmp_path: Path) -> None:
+    """A failed call has no response model; the per-model views must not split it from its model's answered
+    calls (dated "gpt-4o-mini-2024-07-18"), nor filter it away, or a model's error rate reads 0 % beside a 100 % row."""
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    start = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=30)
+    for i in range(4):
+        emit_at(provider, start + timedelta(seconds=i))  # answered: gpt-4o-mini-2024-07-18
+    emit_at(provider, start + timedelta(seconds=9), **{A.RESPONSE_MODEL: None, A.ERROR_TYPE: "RateLimitError", A.COST_USD: None})
+    writer.shutdown()
+    [errors] = query.error_rates(last_day(), by="model", db=db)
+    assert (errors["key"], errors["calls"], errors["errors"]) == ("gpt-4o-mini", 5, 1)
+    assert [row["key"] for row in query.latency_percentiles(last_day(), db=db)] == ["gpt-4o-mini"]
+    [spend] = query.spend_by("model", last_day(), db=db)
+    assert (spend["key"], spend["calls"]) == ("gpt-4o-mini", 5)
+    only = query.Filters(model="gpt-4o-mini")
+    assert query.error_rates(last_day(), only, by="model", db=db)[0]["errors"] == 1
 
 
 def test_a_database_locked_for_long_is_logged_once_and_merged_after(

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 from opentelemetry.trace import StatusCode
 
 from .. import attributes as A
@@ -85,6 +86,7 @@ _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError,
 _JSON = json.JSONEncoder(default=list, separators=(",", ":"), ensure_ascii=False)
 _COPIED = frozenset(_ATTRIBUTE_KEYS) | {A.RESPONSE_TIME_TO_FIRST_CHUNK}
 _STATUS_NAMES = {code: code.name for code in StatusCode}  # a dict lookup: faster than the enum's .name
+_STREAM_INDEX = _ATTRIBUTE_KEYS.index(A.REQUEST_STREAM)
 
 
 def spans_to_table(spans: list[Any]) -> pa.Table:
@@ -118,9 +120,12 @@ def spans_to_table(spans: list[Any]) -> pa.Table:
         "{}" if _COPIED.issuperset(a) else _JSON.encode({k: v for k, v in a.items() if k not in _COPIED})
         for a in attrs
     ]
+    attribute_arrays = _attribute_arrays(attrs)
+    # A call that did not ask to stream carries no stream attribute: it was not streamed (WHERE NOT stream finds it).
+    attribute_arrays[_STREAM_INDEX] = pc.fill_null(attribute_arrays[_STREAM_INDEX], False)
     arrays = [
         *(_array(values, arrow_type) for values, (_, _, arrow_type) in zip(span_columns, _SPAN_COLUMNS)),
-        *_attribute_arrays(attrs),
+        *attribute_arrays,
         _array(json_column, _JSON_COLUMN[2]),
     ]
     return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
@@ -207,6 +212,12 @@ def m003_alerts(con: duckdb.DuckDBPyConnection) -> None:
         "CREATE TABLE alerts (alert_id VARCHAR PRIMARY KEY, fired_at TIMESTAMP, kind VARCHAR, "
         "subject VARCHAR, message VARCHAR, details JSON)"
     )
+
+
+@migration
+def m004_unstreamed_calls(con: duckdb.DuckDBPyConnection) -> None:
+    # Rows written before a call that did not ask to stream was stored as stream = false.
+    con.execute("UPDATE spans SET stream = false WHERE stream IS NULL")
 
 
 class StoreFromTheFuture(RuntimeError):

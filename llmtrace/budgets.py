@@ -88,6 +88,11 @@ class Budget:
     def name(self) -> str:
         return f"{self.target} {self.period} ${self.limit_usd:g}"
 
+    @property
+    def rolling(self) -> bool:
+        """A window that moves with the clock (24h, 7d): it never starts over, so it has no period end."""
+        return self.period in _ROLLING
+
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """The current period as naive UTC datetimes (how the store keeps time): [start, end)."""
         if self.period in _ROLLING:
@@ -247,7 +252,7 @@ class Status:
     key: str | None  # for "*" budgets, the key this row is about
     spent_usd: float
     period_start: datetime
-    period_end: datetime
+    period_end: datetime | None  # None for a rolling window
     projected_usd: float | None  # at this pace, by the end of the period
 
     @property
@@ -273,10 +278,24 @@ def status(budgets: tuple[Budget, ...] | list[Budget], *, db: query.Store = None
         elapsed = (now - start).total_seconds()
         if budget.key != EACH and not spend:
             spend = {budget.key: 0.0}
-        for key, spent in spend.items():
+        for key, spent in sorted(spend.items(), key=lambda item: (-item[1], str(item[0]))):  # the biggest spenders first
             projected = spent / elapsed * (end - start).total_seconds() if elapsed > 0 else None
-            rows.append(Status(budget, key, spent, start, end, projected))
+            rows.append(Status(budget, key, spent, start, None if budget.rolling else end, projected))
     return rows
+
+
+def unpriced_note(rows: list[Status], db: query.Store = None) -> str | None:
+    """What the budgets cannot count: calls with no known price since the earliest period began."""
+    from . import query
+
+    if not rows:
+        return None
+    window = query.TimeRange(min(row.period_start for row in rows), query.utc_now() + timedelta(minutes=1))
+    unpriced = query.summary(window, db=db)["unpriced_calls"]
+    if not unpriced:
+        return None
+    return (f"{unpriced:,} call(s) since {window.since:%Y-%m-%d %H:%M} UTC have no known price and count for nothing "
+            "here (llmtrace report shows them by key; add prices with [prices] in llmtrace.toml)")
 
 
 def spend_question(budget: Budget, since: datetime, now: datetime) -> tuple[str | None, str | None, datetime, datetime]:

@@ -100,13 +100,20 @@ def cmd_compact(args: argparse.Namespace) -> int:
 def cmd_prices(args: argparse.Namespace) -> int:
     """Show the USD-per-million-token prices llmtrace uses for a model (overrides in llmtrace.toml included)."""
     pricing.set_prices(_settings(args).prices)
+    provider = args.provider.lower()
     context = pricing.request_context(vars(args))
-    price = pricing.price_for(args.provider, args.model, context=context)
+    price = pricing.price_for(provider, args.model, context=context)
     if price is None:
-        print(f"No price known for {args.model!r} (provider {args.provider!r}).", file=sys.stderr)
+        elsewhere = pricing.providers_pricing(args.model)
+        hint = f"; it is priced for --provider {' / '.join(elsewhere)}" if elsewhere else ""
+        print(f"No price known for {args.model!r} (provider {provider!r}){hint}.", file=sys.stderr)
         return 1
-    served = "".join(f", {key.replace('_', ' ')} {value}" for key, value in context)
-    print(f"{args.model} ({args.provider}{served}), priced as {price.model} from {price.source}, USD per million tokens:")
+    # The context the rates depend on, as the span names it; one the model has no prices for is said to cost the standard.
+    served = "".join(f", {part.replace('_', ' ').replace('=', ' ')}" for part in filter(None, price.context.split(",")))
+    standard = [f"{key.replace('_', ' ')} {value}" for key, value in context if f"{key}={value}" not in price.context]
+    if standard:
+        served += f"; {', '.join(standard)}: no prices of its own, the standard ones"
+    print(f"{args.model} ({provider}{served}), priced as {price.model} from {price.source}, USD per million tokens:")
     for name in ("input", "cache_read", "cache_write", "output", "reasoning"):
         rate = getattr(price, name)
         tiers = "".join(f", {p * 1e6:g} above {start:,} input tokens" for start, p in rate.tiers)
@@ -133,13 +140,17 @@ def cmd_budgets(args: argparse.Namespace) -> int:
 
 
 def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
+    rows = budgets.status(declared, db=db)
     cells = [
         [s.budget.target, s.key or "-", s.budget.period, budgets.usd(s.spent_usd), budgets.usd(s.budget.limit_usd),
          f"{s.used:.1%}", "-" if s.projected_usd is None else budgets.usd(s.projected_usd), s.state,
-         f"{s.period_end:%Y-%m-%d %H:%M}"]
-        for s in budgets.status(declared, db=db)
+         "rolling" if s.period_end is None else f"{s.period_end:%Y-%m-%d %H:%M}"]
+        for s in rows
     ]
     _print_table(["budget", "key", "period", "spent", "limit", "used", "projected", "state", "period ends (UTC)"], cells)
+    note = budgets.unpriced_note(rows, db) if query.store_exists(db) else None
+    if note:
+        print(f"\n{note}")
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -156,7 +167,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .simulator import SimulatedProvider
 
     if not args.no_dashboard:
-        dashboard.check_streamlit()  # before the traffic, not after it
+        dashboard.check_can_serve(args.host, args.port)  # before the traffic, not after it
     with SimulatedProvider(seed=args.seed) as sim:
         demo.instrument_for_demo(args.db)
         try:
@@ -218,6 +229,13 @@ def _retention_days(text: str) -> int:
     return days
 
 
+def _positive(text: str) -> int:
+    number = int(text) if text.strip().isdigit() else 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 1 or more")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmtrace", description="LLM cost and latency from the llmtrace store")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -255,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"seconds between automatic refreshes, 0 = off (default {dashboard.DEFAULT_REFRESH_S:g})")
 
     demo = _add_command(commands, "demo", cmd_demo)
-    demo.add_argument("--calls", type=int, default=500, help="calls in the first burst (default 500)")
-    demo.add_argument("--concurrency", type=int, default=48)
+    demo.add_argument("--calls", type=_positive, default=500, help="calls in the first burst (default 500)")
+    demo.add_argument("--concurrency", type=_positive, default=48)
     demo.add_argument("--db")
     demo.add_argument("--no-dashboard", action="store_true", help="stop after the burst")
     demo.add_argument("--host", default="127.0.0.1")

@@ -277,6 +277,15 @@ def price_for(provider: str, model: str, api_url: str | None = None, context: Pr
     return price
 
 
+def providers_pricing(model: str) -> list[str]:
+    """The providers (one name per price list) whose price list has ``model``: where to look when it is not the
+    one asked about."""
+    names: dict[str, str] = {}
+    for name, provider_id in _PROVIDER_IDS.items():
+        names.setdefault(provider_id, name)
+    return [name for name in names.values() if price_for(name, model) is not None]
+
+
 def request_context(kwargs: Mapping[str, Any]) -> PriceContext:
     """The price context a request asks for (its service tier or speed), where it names one."""
     return tuple((key, value) for key in _REQUEST_CONTEXT_KEYS if isinstance(value := kwargs.get(key), str))

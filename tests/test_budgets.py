@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import llmtrace
+from llmtrace import attributes as A
 from llmtrace import budgets
 from llmtrace.cli import main
-from store_helpers import emit, provider_with_store
+from store_helpers import emit, emit_at, provider_with_store
 
 GOOD = """
 [llmtrace]
@@ -133,6 +134,31 @@ def test_status_from_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str
     acme = next(line for line in out if line.startswith("tenant=acme"))
     assert "$1.00" in acme and "$50.00" in acme and "2.0%" in acme and "ok" in acme
     assert any(line.startswith("tenant=*") and "acme" in line and "exceeded" in line for line in out)
+
+
+def test_the_budgets_table_orders_keys_by_spend_says_rolling_and_names_unpriced_calls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "budgets.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 1, tenant="globex", cost=0.5)
+    emit(provider, 3, tenant="acme", cost=0.25)
+    emit(provider, 1, tenant="initech", cost=0.5)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    for _ in range(2):
+        emit_at(provider, now, **{A.TENANT: "umbrella", A.COST_USD: None, A.COST_UNPRICED: True})  # no known price
+    writer.force_flush()
+    each = budgets.Budget("tenant", "*", "24h", 10.0)
+    rows = budgets.status([each, budgets.Budget("global", None, "day", 10.0)], db=db)
+    assert [row.key for row in rows] == ["acme", "globex", "initech", "umbrella", None]  # by spend, then name
+    assert rows[0].period_end is None and rows[-1].period_end is not None  # a rolling window never starts over
+
+    config = tmp_path / "llmtrace.toml"
+    config.write_text('[[budgets]]\nscope = "tenant"\nkey = "*"\nperiod = "24h"\nlimit_usd = 10.0\n')
+    assert main(["budgets", "--config", str(config), "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert all(line.rstrip().endswith("rolling") for line in out.splitlines() if line.startswith("tenant=*"))
+    assert "2 call(s) since" in out and "have no known price" in out
 
 
 def test_instrument_refuses_a_bad_budget_and_applies_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,6 +86,18 @@ def test_prices_of_a_service_tier(capsys: pytest.CaptureFixture[str]) -> None:
     assert rates()["output"] != float(flex.output_mtok)
 
 
+def test_prices_says_which_context_and_provider_apply(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prices", "gpt-5", "--service-tier", "flex"]) == 0
+    assert capsys.readouterr().out.startswith("gpt-5 (openai, service tier flex), priced as")
+    for tier in ("bogus", "default"):  # tiers without prices of their own: the header must not claim them
+        assert main(["prices", "gpt-5", "--service-tier", tier]) == 0
+        assert f"(openai; service tier {tier}: no prices of its own, the standard ones)" in capsys.readouterr().out
+    assert main(["prices", "claude-sonnet-4-5"]) == 1  # an Anthropic model asked of the default provider
+    assert "it is priced for --provider anthropic" in capsys.readouterr().err
+    assert main(["prices", "claude-sonnet-4-5", "--provider", "Anthropic"]) == 0
+    assert capsys.readouterr().out.startswith("claude-sonnet-4-5 (anthropic), priced as")
+
+
 def test_every_command_reads_the_store_and_settings_the_app_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "elsewhere" / "app.duckdb"
     provider, writer = provider_with_store(str(db), flush_interval=60)
@@ -152,6 +164,24 @@ def test_help_prints_every_command(command: list[str], capsys: pytest.CaptureFix
     assert out.startswith("usage: llmtrace")
     if not command:  # the overview names every command with its one-line summary
         assert "% used" in out and all(name in out for name in ("report", "compact", "prices", "budgets", "dashboard", "demo"))
+
+
+def test_demo_refuses_a_busy_port_and_bad_sizes_before_its_traffic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    db = str(tmp_path / "demo.duckdb")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--calls", "5", "--db", db, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot serve the dashboard on 127.0.0.1:{port}" in err and "choose another with --port" in err
+    assert "calls through the real" not in err and not Path(db).exists()
+    for option, value in (("--calls", "-5"), ("--concurrency", "0"), ("--calls", "many")):
+        with pytest.raises(SystemExit):  # argparse's usage error
+            main(["demo", "--no-dashboard", "--db", db, option, value])
+        assert f"{value!r} is not a whole number, 1 or more" in capsys.readouterr().err
 
 
 def test_demo_progress_in_a_log_file() -> None:

@@ -203,6 +203,8 @@ def test_a_read_only_folder_is_one_log_line_and_spans_lost_at_exit_are_counted(
     assert sum("cannot write segments" in r.message for r in caplog.records) == 1
     writer.shutdown()  # the app exits while the folder is still read-only
     assert "3 span(s) could not be written" in caplog.records[-1].getMessage()
+    provider.shutdown()  # at exit, the provider shuts its processors down too: the loss is told once
+    assert sum("could not be written" in r.getMessage() for r in caplog.records) == 1
 
 
 def _small_segments(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,19 @@ def check_streamlit() -> None:
         # An older one starts, then fails on every page: say so before it is started.
         raise DashboardUnavailable(f"the dashboard needs Streamlit {needed} or newer, not {found}: "
                                    "pip install -U 'llmtrace[dashboard]'")  # fmt: skip
+
+
+def check_can_serve(host: str, port: int) -> None:
+    """Raise DashboardUnavailable unless Streamlit is usable and ``host:port`` is free: a demo says so before its
+    traffic, not after it."""
+    check_streamlit()
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closing port is free
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise DashboardUnavailable(f"cannot serve the dashboard on {host}:{port} ({exc.strerror}): "
+                                       "choose another with --port") from None  # fmt: skip
 
 
 def command(host: str, port: int) -> list[str]:

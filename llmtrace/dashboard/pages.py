@@ -274,6 +274,9 @@ def budgets(view: View) -> None:
 def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) -> None:
     st.caption(f"From `{path}`. Each budget counts over its own period; the sidebar's filters do not apply here.")
     rows = budget_config.status(declared, db=view.db)
+    note = budget_config.unpriced_note(rows, db=view.db)
+    if note:
+        st.info(note)
     table = pd.DataFrame([
         {"budget": s.budget.target, "key": s.key or "", "period": s.budget.period, "spent": s.spent_usd,
          "limit": s.budget.limit_usd, "used": min(s.used, 1.0), "projected": s.projected_usd, "state": s.state,

@@ -246,7 +246,9 @@ class StoreWriter(SpanProcessor):
 
     def shutdown(self) -> None:
         """Flush, then stop the thread and wait for it: a thread killed inside DuckDB at interpreter
-        exit aborts the process."""
+        exit aborts the process. Once: the provider's shutdown and llmtrace's exit hook both call it."""
+        if self._stopped:
+            return
         self.force_flush()
         self._stopped = True
         self._wake.set()

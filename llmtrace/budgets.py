@@ -95,7 +95,7 @@ class Budget:
 
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         """The current period as naive UTC datetimes (how the store keeps time): [start, end)."""
-        if self.period in _ROLLING:
+        if self.rolling:
             return now - _ROLLING[self.period], now
         local = now.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(self.timezone))
         start = local.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -291,7 +291,7 @@ def unpriced_note(rows: list[Status], db: query.Store = None) -> str | None:
     if not rows:
         return None
     window = query.TimeRange(min(row.period_start for row in rows), query.utc_now() + timedelta(minutes=1))
-    unpriced = query.summary(window, db=db)["unpriced_calls"]
+    unpriced = sum(row["calls"] for row in query.unpriced_calls(window, db=db))
     if not unpriced:
         return None
     return (f"{unpriced:,} call(s) since {window.since:%Y-%m-%d %H:%M} UTC have no known price and count for nothing "

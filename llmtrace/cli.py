@@ -66,7 +66,8 @@ def _existing_store(db: str | None) -> str | None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Spend, calls, tokens and P50/P99 latency per tenant, feature, model or user."""
     since = query.TimeRange.last(query.parse_duration(args.since))
-    rows = query.spend_by(args.by, since, db=_existing_store(_settings(args).db))
+    db = _existing_store(_settings(args).db)
+    rows = query.spend_by(args.by, since, db=db)
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))
     elif args.format == "csv":
@@ -74,7 +75,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(rows)
     elif not rows:
-        print(f"No LLM calls in the last {args.since} in {resolve(_settings(args).db).db}")
+        print(f"No LLM calls in the last {args.since} in {resolve(db).db}")
     else:
         _report_table(rows, args.by)
     return 0
@@ -109,8 +110,9 @@ def cmd_prices(args: argparse.Namespace) -> int:
         print(f"No price known for {args.model!r} (provider {provider!r}){hint}.", file=sys.stderr)
         return 1
     # The context the rates depend on, as the span names it; one the model has no prices for is said to cost the standard.
-    served = "".join(f", {part.replace('_', ' ').replace('=', ' ')}" for part in filter(None, price.context.split(",")))
-    standard = [f"{key.replace('_', ' ')} {value}" for key, value in context if f"{key}={value}" not in price.context]
+    named = price.context.split(",") if price.context else []
+    served = "".join(f", {part.replace('_', ' ').replace('=', ' ')}" for part in named)
+    standard = [f"{key.replace('_', ' ')} {value}" for key, value in context if f"{key}={value}" not in named]
     if standard:
         served += f"; {', '.join(standard)}: no prices of its own, the standard ones"
     print(f"{args.model} ({provider}{served}), priced as {price.model} from {price.source}, USD per million tokens:")
@@ -148,7 +150,7 @@ def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
         for s in rows
     ]
     _print_table(["budget", "key", "period", "spent", "limit", "used", "projected", "state", "period ends (UTC)"], cells)
-    note = budgets.unpriced_note(rows, db) if query.store_exists(db) else None
+    note = budgets.unpriced_note(rows, db)  # a store not written yet reads as empty: no note
     if note:
         print(f"\n{note}")
 
@@ -219,21 +221,22 @@ _DB_HELP = "store file (default: the app's: $LLMTRACE_DB, else db in llmtrace.to
 _CONFIG_HELP = "config file (default $LLMTRACE_CONFIG or ./llmtrace.toml)"
 
 
-def _retention_days(text: str) -> int:
-    # Whole days, as the config's retention_days.
-    days = int(text) if text.strip().isdigit() else -1
-    if not 0 <= days <= config.MAX_RETENTION_DAYS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a whole number of days from 0 to {config.MAX_RETENTION_DAYS:,} (0 keeps spans forever)"
-        )
-    return days
+def _whole_number(low: int, high: int | None = None, unit: str = "", note: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``); 1.5 or -1 is a usage error, not rounded."""
+    bounds = f" from {low} to {high:,}" if high is not None else f", {low} or more"
+
+    def parse(text: str) -> int:
+        number = int(text) if text.strip().isdigit() else low - 1
+        if number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{unit}{bounds}{note}")
+        return number
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    number = int(text) if text.strip().isdigit() else 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 1 or more")
-    return number
+# Whole days, as the config's retention_days.
+_retention_days = _whole_number(0, config.MAX_RETENTION_DAYS, " of days", " (0 keeps spans forever)")
+_positive = _whole_number(1)
 
 
 def build_parser() -> argparse.ArgumentParser:

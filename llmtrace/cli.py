@@ -130,7 +130,7 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     path = settings.config_file
     declared = budgets.load_file(path) if path else []
     if declared:
-        _budget_table(declared, settings.db)
+        _budget_table(declared, _existing_store(settings.db))  # a mistyped --db must not read as "all within budget"
     else:
         print(f"No budgets in {path or 'llmtrace.toml (not found)'}; declare them with [[budgets]] tables.")
     if query.store_exists(settings.db):

@@ -189,10 +189,9 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     if bad:
         raise ConfigError(f"{config_file}: unknown setting(s) {', '.join(sorted(bad))} in [llmtrace]")
 
-    std_env = {
-        "service_name": env.get("OTEL_SERVICE_NAME"),
-        "otlp_endpoint": env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
-    }
+    # otlp_endpoint has no standard default here: without it the OTEL_EXPORTER_OTLP_* variables configure export
+    # themselves (llmtrace.export.destinations), each signal its own.
+    std_env = {"service_name": env.get("OTEL_SERVICE_NAME")}
     values: dict[str, Any] = {}
     for name, f in names.items():
         default = Settings.__dataclass_fields__[name].default

@@ -9,16 +9,34 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import logging
 from types import MappingProxyType, TracebackType
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, NamedTuple, TypeVar
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 
 from . import attributes as A
 
+logger = logging.getLogger("llmtrace")
+
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _current: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("llmtrace_tags", default=_EMPTY)
+
+
+class _Entry(NamedTuple):
+    """One entered ``tags`` block, as its own context holds it: what the block set and what its exit restores."""
+
+    owner: tags
+    token: contextvars.Token[Mapping[str, str]]
+    previous: Mapping[str, str]
+    otel_token: object
+    otel_previous: otel_context.Context
+
+
+# The blocks entered in this context, innermost last. They live in the context, not on the ``tags`` object, so one
+# object can be entered by many threads and tasks at once.
+_entered: contextvars.ContextVar[tuple[_Entry, ...]] = contextvars.ContextVar("llmtrace_tags_entered", default=())
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,43 +75,51 @@ class tags:
             if value is not None:
                 attrs[A.TAG_PREFIX + name] = str(value)
         self._attrs = attrs
-        self._tokens: list[tuple[contextvars.Token[Mapping[str, str]], object]] = []
 
     def __enter__(self) -> tags:
-        merged = MappingProxyType({**_current.get(), **self._attrs})
-        ctx = otel_context.get_current()
+        previous = _current.get()
+        otel_previous = otel_context.get_current()
+        ctx = otel_previous
         for key, value in self._attrs.items():
             ctx = baggage.set_baggage(key, value, context=ctx)
         otel_token = otel_context.attach(ctx)
-        self._tokens.append((_current.set(merged), otel_token))
+        token = _current.set(MappingProxyType({**previous, **self._attrs}))
+        _entered.set((*_entered.get(), _Entry(self, token, previous, otel_token, otel_previous)))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        token, otel_token = self._tokens.pop()
-        otel_context.detach(otel_token)  # type: ignore[arg-type]
-        _current.reset(token)
-
-    def _fresh(self) -> tags:
-        # A decorated function may run concurrently in many threads/tasks: each call needs its own tokens.
-        clone = tags()
-        clone._attrs = self._attrs
-        return clone
+        # Never raises: the app's block ends whatever llmtrace's bookkeeping finds.
+        entered = _entered.get()
+        if not entered or entered[-1].owner is not self:
+            # Left in another context than the one it was entered in (a framework running each step of a generator
+            # in a fresh copy of the context, as Starlette does): that context never saw this block's tags.
+            logger.debug("llmtrace: a tags() block ended outside the context it began in; nothing to restore")
+            return
+        entry = entered[-1]
+        _entered.set(entered[:-1])
+        try:
+            _current.reset(entry.token)
+        except ValueError:  # a copy of the entering context: restore by value, its tokens are not ours to reset
+            _current.set(entry.previous)
+            otel_context.attach(entry.otel_previous)
+            return
+        otel_context.detach(entry.otel_token)  # type: ignore[arg-type]
 
     def __call__(self, func: F) -> F:
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._fresh():
+                with self:
                     return await func(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self._fresh():
+            with self:
                 return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -1,8 +1,10 @@
 """OTLP exporters for spans and metrics, over HTTP/protobuf (default) or gRPC.
 
-Configured by the standard variables (``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT``, ``_PROTOCOL``,
-``_HEADERS``, ``_TIMEOUT``, ...), which the OTel exporters read themselves, or by ``instrument()``
-options: ``otlp_endpoint`` (a base URL, like ``OTEL_EXPORTER_OTLP_ENDPOINT``) and ``otlp_protocol``.
+Configured by llmtrace's ``otlp_endpoint`` setting (argument, ``LLMTRACE_OTLP_ENDPOINT`` or the config file: a
+base URL, like ``OTEL_EXPORTER_OTLP_ENDPOINT``, for both signals) and ``otlp_protocol``; or, without it, by the
+standard variables (``OTEL_EXPORTER_OTLP_[TRACES_|METRICS_]ENDPOINT``, ``_PROTOCOL``, ``_HEADERS``, ``_TIMEOUT``,
+``OTEL_TRACES_EXPORTER=none``, ...), which the OTel exporters read themselves. Headers and timeouts always come
+from the variables.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 from .config import ConfigError, Settings
 
@@ -33,6 +36,36 @@ def protocol_for(signal: str, settings: Settings) -> str:
     return protocol
 
 
+@dataclass(frozen=True)
+class Destinations:
+    """Which signals llmtrace exports over OTLP, and where."""
+
+    base_url: str | None  # llmtrace's own setting, for both signals; None: the OTEL_* variables say where
+    traces: bool
+    metrics: bool
+
+
+_SIGNAL_PATHS = ("/v1/traces", "/v1/metrics")
+
+
+def destinations(settings: Settings, environ: Mapping[str, str] | None = None) -> Destinations:
+    if settings.otlp_endpoint:
+        base = settings.otlp_endpoint.rstrip("/")
+        for path in _SIGNAL_PATHS:  # a signal's full URL given where the base is meant: the base
+            base = base.removesuffix(path)
+        return Destinations(base, traces=True, metrics=True)
+    env = os.environ if environ is None else environ
+
+    def configured(signal: str) -> bool:
+        # Only a signal with an endpoint of its own or the common one: an exporter of the other would post to
+        # localhost:4318 (with the app's OTLP headers), where nobody asked for it.
+        if env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower() == "none":
+            return False
+        return bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+    return Destinations(None, traces=configured("TRACES"), metrics=configured("METRICS"))
+
+
 # signal -> (gRPC exporter module, HTTP exporter module, class name, HTTP path under a base URL)
 _EXPORTERS = {
     "TRACES": (
@@ -50,23 +83,22 @@ _EXPORTERS = {
 }
 
 
-def _exporter(signal: str, settings: Settings, endpoint_option: str | None) -> Any:
+def _exporter(signal: str, settings: Settings, base_url: str | None) -> Any:
     quiet_repeated_export_errors()
     grpc_module, http_module, class_name, http_path = _EXPORTERS[signal]
     grpc = protocol_for(signal, settings) == "grpc"
     exporter_class = getattr(importlib.import_module(grpc_module if grpc else http_module), class_name)
-    if not endpoint_option:
+    if base_url is None:
         return exporter_class()  # the OTEL_EXPORTER_OTLP_* variables configure it
-    # An explicit option is a base URL, like OTEL_EXPORTER_OTLP_ENDPOINT.
-    return exporter_class(endpoint=endpoint_option if grpc else endpoint_option.rstrip("/") + http_path)
+    return exporter_class(endpoint=base_url if grpc else base_url + http_path)
 
 
-def span_exporter(settings: Settings, endpoint_option: str | None) -> Any:
-    return _exporter("TRACES", settings, endpoint_option)
+def span_exporter(settings: Settings, base_url: str | None) -> Any:
+    return _exporter("TRACES", settings, base_url)
 
 
-def metric_exporter(settings: Settings, endpoint_option: str | None) -> Any:
-    return _exporter("METRICS", settings, endpoint_option)
+def metric_exporter(settings: Settings, base_url: str | None) -> Any:
+    return _exporter("METRICS", settings, base_url)
 
 
 # Loggers of the OTLP exporters, and of the SDK's batch processors and metric reader, which log (with a

@@ -44,6 +44,35 @@ _store_writer: Any = None  # the StoreWriter in use since instrument()
 _monitor: Any = None  # the budgets-and-anomalies Monitor in use since instrument()
 # Tracer provider -> the StoreWriter llmtrace added to it, reused by a later instrument().
 _writers_by_provider: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# Tracer provider -> llmtrace's OTLP export on it, emptied by uninstrument() and refilled by a later instrument().
+_otlp_by_provider: weakref.WeakKeyDictionary[Any, OtlpExport] = weakref.WeakKeyDictionary()
+
+
+class OtlpExport(SpanProcessor):
+    """llmtrace's OTLP span export on one provider. An SDK provider cannot drop a processor, so this one stays
+    and what it exports through is swapped: by ``uninstrument()`` (none) and a later ``instrument()`` (where that
+    one says), never a second exporter beside the first."""
+
+    def __init__(self) -> None:
+        self.batch: BatchSpanProcessor | None = None
+
+    # No on_start: a batch processor does nothing there (and llmtrace's direct spans need processors that don't).
+    def on_end(self, span: Any) -> None:
+        batch = self.batch
+        if batch is not None:
+            batch.on_end(span)
+
+    def replace(self, batch: BatchSpanProcessor | None) -> None:
+        old, self.batch = self.batch, batch
+        if old is not None:
+            old.shutdown()  # exports what it holds, then stops its thread
+
+    def shutdown(self) -> None:
+        self.replace(None)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        batch = self.batch
+        return batch.force_flush(timeout_millis) if batch is not None else True
 
 
 def instrument(**options: Any) -> None:
@@ -62,18 +91,20 @@ def instrument(**options: Any) -> None:
     settings = config.load(options)
     # A malformed budget fails here too, before anything is applied.
     file_budgets = budgets.load_file(settings.config_file) if settings.config_file else []
-    if settings.otlp_endpoint:  # a bad protocol fails here, before anything is applied
+    otlp = export.destinations(settings)
+    if otlp.traces or otlp.metrics:  # a bad protocol fails here, before anything is applied
         export.protocol_for("TRACES", settings)
         export.protocol_for("METRICS", settings)
     with _lock:
         if core.runtime is not None:
-            logger.debug("llmtrace: already instrumented; instrument() again does nothing")
+            _say_already_instrumented(core.runtime.settings, settings)
             return
+        _flush_at_multiprocessing_child_exit()
         if settings.prices:
             pricing.set_prices(settings.prices)
-        tracer_provider = _tracer_provider(tracer_provider, settings, options.get("otlp_endpoint"))
+        tracer_provider = _tracer_provider(tracer_provider, settings, otlp)
         _store_writer = _attach_store(tracer_provider, settings) if settings.store else None
-        instruments = _instruments(meter_provider, settings, options.get("otlp_endpoint"))
+        instruments = _instruments(meter_provider, settings, otlp)
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
         guard = hasher = None
         if _store_writer is not None:
@@ -102,11 +133,24 @@ def instrument(**options: Any) -> None:
     threading.Thread(target=_warm_prices, name="llmtrace-warm-prices", daemon=True).start()
 
 
+def _say_already_instrumented(in_force: config.Settings, asked: config.Settings) -> None:
+    differing = [f for f in config.Settings.__dataclass_fields__ if getattr(in_force, f) != getattr(asked, f)]
+    if differing:
+        logger.warning(
+            "llmtrace: already instrumented, so this instrument() call changes nothing; settings it asks for that "
+            "differ from those in force: %s. Call llmtrace.uninstrument() first to change them", ", ".join(differing)
+        )
+    else:
+        logger.debug("llmtrace: already instrumented; instrument() again does nothing")
+
+
 def uninstrument() -> None:
-    """Restore every patched SDK method and stop tracing."""
+    """Restore every patched SDK method and stop tracing (OTLP export included; the spans held are sent first)."""
     with _lock:
         core.runtime = None
         global _store_writer, _monitor
+        for otlp in list(_otlp_by_provider.values()):
+            otlp.shutdown()
         if _monitor is not None:
             _monitor.stop()
             _monitor = None
@@ -143,16 +187,21 @@ def _patch_sdk(module: Any) -> None:
             _patches.append((owner, attribute, original))
 
 
-def _span_processors(settings: config.Settings, own_provider: bool, endpoint_option: str | None) -> list[SpanProcessor]:
-    """New processors llmtrace adds to the provider: OTLP export (the store writer is ``_attach_store``'s).
+def _attach_otlp(provider: Any, settings: config.Settings, own_provider: bool, otlp: export.Destinations) -> None:
+    """OTLP span export (the store writer is ``_attach_store``'s).
 
-    OTLP goes to a provider llmtrace made itself whenever an endpoint is configured; to the app's own
-    provider only when ``otlp_endpoint`` is passed to ``instrument()`` (the app exports its own spans).
+    OTLP goes from a provider llmtrace made itself whenever an endpoint is configured; from the app's own
+    provider only when llmtrace's own ``otlp_endpoint`` setting names one: the app's provider exports its
+    spans where the standard variables say already.
     """
-    processors: list[SpanProcessor] = []
-    if settings.otlp_endpoint and (own_provider or endpoint_option):
-        processors.append(BatchSpanProcessor(export.span_exporter(settings, endpoint_option)))
-    return processors
+    wanted = otlp.traces and (own_provider or otlp.base_url)
+    slot = _otlp_by_provider.get(provider)
+    if slot is None:
+        if not wanted:
+            return
+        slot = _otlp_by_provider[provider] = OtlpExport()
+        provider.add_span_processor(slot)
+    slot.replace(BatchSpanProcessor(export.span_exporter(settings, otlp.base_url)) if wanted else None)
 
 
 def _attach_store(provider: Any, settings: config.Settings) -> Any:
@@ -189,7 +238,7 @@ def _stop_monitor_at_exit() -> None:
         monitor.stop()
 
 
-def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str | None) -> Any:
+def _tracer_provider(given: Any, settings: config.Settings, otlp: export.Destinations) -> Any:
     provider = given if given is not None else trace.get_tracer_provider()
     own = False
     if not hasattr(provider, "add_span_processor"):
@@ -197,21 +246,20 @@ def _tracer_provider(given: Any, settings: config.Settings, endpoint_option: str
         provider = TracerProvider(resource=_resource(settings))
         trace.set_tracer_provider(provider)
         own = True
-    for processor in _span_processors(settings, own, endpoint_option):
-        provider.add_span_processor(processor)
+    _attach_otlp(provider, settings, own, otlp)
     return provider
 
 
-def _instruments(given: Any, settings: config.Settings, endpoint_option: str | None) -> Instruments | None:
+def _instruments(given: Any, settings: config.Settings, otlp: export.Destinations) -> Instruments | None:
     provider = given if given is not None else metrics.get_meter_provider()
     if given is None and not isinstance(provider, MeterProvider):
-        if not settings.otlp_endpoint:
+        if not otlp.metrics:
             # No SDK meter provider and nowhere to send metrics: a no-op meter would only cost time.
             return None
         # Metrics go where the spans go: a provider of llmtrace's own, installed globally.
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        reader = PeriodicExportingMetricReader(export.metric_exporter(settings, endpoint_option))
+        reader = PeriodicExportingMetricReader(export.metric_exporter(settings, otlp.base_url))
         provider = MeterProvider(metric_readers=[reader], resource=_resource(settings))
         metrics.set_meter_provider(provider)
     meter = provider.get_meter("llmtrace", __version__)
@@ -226,6 +274,38 @@ def _warm_prices() -> None:
     # genai-prices loads its data (~0.3 s) on first use: do it now, off the request path.
     with internal_errors(), background_work():
         import genai_prices.data  # noqa: F401
+
+
+def _flush_before_child_exit() -> None:
+    """What exit does (the monitor stopped, spans exported and written), for a process that exits without it."""
+    _stop_monitor_at_exit()
+    with internal_errors():
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, TracerProvider):
+            provider.force_flush()  # OTLP export, and the app's own processors
+    writer = _store_writer
+    if writer is not None:
+        writer.shutdown()
+
+
+_child_exit_hooked = False
+
+
+def _flush_at_multiprocessing_child_exit() -> None:
+    """A ``multiprocessing`` child started by fork or forkserver ends with ``os._exit()``: no atexit hook runs
+    there (llmtrace's, the SDK's), only multiprocessing's own finalizers, which each new child registers anew.
+    (Celery's billiard pool workers call ``os._exit()`` before even those.)"""
+    global _child_exit_hooked
+    if _child_exit_hooked:
+        return
+    _child_exit_hooked = True
+    import multiprocessing.util as mp_util
+
+    def in_new_child(_: object) -> None:
+        mp_util.Finalize(None, _flush_before_child_exit, exitpriority=100)
+
+    # Called in each child with its first argument, held weakly: this module's function lives as long as it.
+    mp_util.register_after_fork(_flush_before_child_exit, in_new_child)
 
 
 def _restart_monitor_in_child() -> None:

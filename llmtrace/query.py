@@ -76,8 +76,17 @@ class Filters:
 
 @dataclass(frozen=True)
 class TimeRange:
+    """From ``since`` (included) until ``until`` (excluded). The store's times are UTC: a naive datetime is read as
+    UTC, an aware one is converted to it."""
+
     since: datetime
     until: datetime
+
+    def __post_init__(self) -> None:
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value.tzinfo is not None:  # bound as it is, DuckDB would compare it in the session's local time
+                object.__setattr__(self, name, value.astimezone(timezone.utc).replace(tzinfo=None))
 
     @classmethod
     def last(cls, span: timedelta) -> TimeRange:
@@ -255,8 +264,8 @@ def spend_by(
         sql = f"""
             WITH totals AS (SELECT {totals} FROM spans WHERE {where} GROUP BY 1 {order} LIMIT {int(limit)}),
             latency AS (
-                SELECT {key} AS key, {percentiles} FROM spans
-                WHERE {where} AND {key} IN (SELECT key FROM totals) GROUP BY 1
+                SELECT {key} AS key, {percentiles} FROM spans SEMI JOIN totals ON {key} IS NOT DISTINCT FROM totals.key
+                WHERE {where} GROUP BY 1
             )
             SELECT totals.*, p[1] AS p50_ms, p[2] AS p99_ms
             FROM totals LEFT JOIN latency ON totals.key IS NOT DISTINCT FROM latency.key {order}"""
@@ -410,13 +419,14 @@ def budget_spend(
 def summary(
     time_range: TimeRange, filters: Filters | None = None, *, db: Store = None
 ) -> dict[str, Any]:
-    """Headline numbers: calls, errors, 429s, spend, unpriced calls, tokens, P50/P99 latency, first/last call."""
+    """Headline numbers: calls, errors, 429s, spend, unpriced calls, tokens, P50/P99 latency, first/last call.
+    Spend (here and everywhere) is None, unknown, when no call has a known price: never 0 for unpriced calls."""
     where, params = _where(time_range, filters)
     sql = f"""
         SELECT * EXCLUDE (p), p[1] AS p50_ms, p[2] AS p99_ms FROM (
         SELECT count(*) AS calls, {_ERRORS} AS errors, {_BLOCKED} AS blocked_calls,
                count(*) FILTER (WHERE {_RATE_LIMITED}) AS rate_limited_calls,
-               coalesce(sum(cost_usd), 0) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
+               sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
                coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
                quantile_cont({_SERVED_DURATION}, [0.5, 0.99]) AS p, quantile_cont(ttft_ms, 0.5) AS ttft_p50_ms,
                min(start_time) AS first_call, max(start_time) AS last_call
@@ -442,7 +452,8 @@ def token_usage(
                coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
                coalesce(sum(visible_output_tokens), 0) AS visible_output_tokens,
                coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-               coalesce(sum(cost_usd), 0) AS cost_usd, coalesce(sum(cache_savings_usd), 0) AS cache_savings_usd
+               sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
+               coalesce(sum(cache_savings_usd), 0) AS cache_savings_usd
         FROM spans WHERE {where} GROUP BY {group} ORDER BY 1"""
     with open_store(db) as con:
         return _rows(con, sql, params)
@@ -456,14 +467,15 @@ def latency_histogram(
     bins_per_decade: int = 5,
     db: Store = None,
 ) -> list[dict[str, Any]]:
-    """Calls per latency bin, per model (or provider); bins are even on a log scale (LLM latency is heavy-tailed)."""
+    """Calls per latency bin, per model (or provider); bins are even on a log scale (LLM latency is heavy-tailed).
+    Calls a budget refused are not latencies: left out."""
     key = _dimension(by)
     step = int(bins_per_decade)
     where, params = _where(time_range, filters)
     sql = f"""
         WITH binned AS (
             SELECT {key} AS key, floor(log10(greatest(duration_ms, 1)) * {step}) AS bin
-            FROM spans WHERE {where} AND duration_ms IS NOT NULL
+            FROM spans WHERE {where} AND duration_ms IS NOT NULL AND {_SERVED}
         )
         SELECT key, pow(10, bin / {step}) AS bin_start_ms, pow(10, (bin + 1) / {step}) AS bin_end_ms, count(*) AS calls
         FROM binned GROUP BY key, bin ORDER BY key, bin"""

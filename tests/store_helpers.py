@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
 from opentelemetry.sdk.resources import Resource
@@ -50,15 +50,37 @@ def emit(provider: TracerProvider, count: int, *, tenant: str = "acme", cost: fl
 
 
 def emit_at(provider: TracerProvider, start: datetime, duration_s: float = 0.5, **attributes: Any) -> None:
-    """One LLM span that started at ``start`` (naive UTC), with these attributes over a plain chat call's."""
+    """One LLM span that started at ``start`` (naive UTC), with these attributes over a plain chat call's (one
+    given as None is left out)."""
     base = {A.OPERATION_NAME: "chat", A.PROVIDER_NAME: "openai", A.REQUEST_MODEL: "gpt-4o-mini",
             A.RESPONSE_MODEL: "gpt-4o-mini-2024-07-18", A.TENANT: "acme", A.FEATURE: "search",
             A.USAGE_INPUT_TOKENS: 100, A.USAGE_OUTPUT_TOKENS: 20, A.COST_USD: 0.001, A.HTTP_ATTEMPTS: 1}  # fmt: skip
     start_ns = int(start.replace(tzinfo=timezone.utc).timestamp() * 1e9)
     span = provider.get_tracer("llmtrace").start_span(
-        "chat", kind=SpanKind.CLIENT, attributes={**base, **attributes}, start_time=start_ns
+        "chat", kind=SpanKind.CLIENT, attributes={k: v for k, v in {**base, **attributes}.items() if v is not None},
+        start_time=start_ns
     )
     span.end(end_time=start_ns + int(duration_s * 1e9))
+
+
+MIXED_TENANTS = 55  # more than a page lists
+
+
+def fill_mixed_store(db: str) -> None:
+    """Calls of every kind a page must count right: many tenants, untagged calls, calls a budget refused, a
+    rate-limited failure, a model with no known price."""
+    provider, writer = provider_with_store(db, flush_interval=600)
+    now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5)
+    for i in range(MIXED_TENANTS):
+        emit_at(provider, now, 0.5, **{A.TENANT: f"tenant-{i:02}", A.COST_USD: 0.001 * (i + 1)})
+    for _ in range(2):
+        emit_at(provider, now, 1.5, **{A.TENANT: None, A.FEATURE: None})
+        emit_at(provider, now, 0.0002, **{A.ERROR_TYPE: "BudgetExceeded", A.COST_USD: None})  # refused, not sent
+        emit_at(provider, now, 0.8, **{A.TENANT: "self-hosted", A.REQUEST_MODEL: "llama-local", A.RESPONSE_MODEL: None,
+                                       A.COST_USD: None, A.COST_UNPRICED: True})
+    emit_at(provider, now, 2.0, **{A.ERROR_TYPE: "RateLimitError", A.HTTP_RATE_LIMITED: 3, A.HTTP_STATUS_CODE: 429,
+                                   A.COST_USD: None, A.USAGE_INPUT_TOKENS: None, A.USAGE_OUTPUT_TOKENS: None})
+    writer.shutdown()
 
 
 @contextmanager

@@ -177,6 +177,15 @@ def test_budgets_command_without_a_config(tmp_path: Path, capsys: pytest.Capture
     assert "No budgets in llmtrace.toml (not found)" in capsys.readouterr().out
 
 
+def test_budgets_over_a_mistyped_store_path_is_an_error_not_all_green(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "llmtrace.toml"
+    config.write_text('[[budgets]]\nscope = "global"\nperiod = "day"\nlimit_usd = 10.0\n')
+    assert main(["budgets", "--config", str(config), "--db", str(tmp_path / "nope.duckdb")]) == 2
+    captured = capsys.readouterr()
+    assert "no llmtrace store at" in captured.err and "ok" not in captured.out
+    assert not (tmp_path / "nope.duckdb").exists()
+
+
 def open_budgets_page(monkeypatch: pytest.MonkeyPatch, db: str, config: Path) -> Any:
     """The dashboard's Budgets page over this store and config, run by Streamlit's AppTest."""
     from streamlit.testing.v1 import AppTest

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import openai
 import pytest
 
 import llmtrace
+import llmtrace.context
 import llmtrace.testing
 from conftest import http_module, openai_client
 from fake_api import FakeAPI
@@ -137,6 +140,68 @@ def test_tags_context_decorator_nesting_threads_and_async(captured: Any) -> None
     assert second["llmtrace.tenant"] == "globex" and second["user.id"] == "u1" and "llmtrace.feature" not in second
     assert [s.attributes["llmtrace.tenant"] for s in spans[2:5]] == ["thread-co"] * 3
     assert sorted(s.attributes["llmtrace.tenant"] for s in spans[5:]) == ["t-a", "t-b"]
+
+def test_one_tags_object_is_entered_by_many_tasks_and_threads_at_once(captured: Any) -> None:
+    search = llmtrace.tags(feature="search")  # defined once, as an app would at module level
+    aclient = openai_client(FakeAPI(HTTP), is_async=True)
+
+    async def request(i: int) -> None:
+        with search, llmtrace.tags(tenant=f"t{i}"):
+            await asyncio.sleep(0.005 * (i + 1))  # the first task in leaves first
+            await aclient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+        assert llmtrace.context.current_tags() == {}
+
+    async def main() -> None:
+        await asyncio.gather(*(request(i) for i in range(3)))
+
+    asyncio.run(main())
+    client = openai_client(FakeAPI(HTTP))
+    failures: list[BaseException] = []
+
+    def in_thread(i: int) -> None:
+        try:
+            with search:
+                time.sleep(0.005 * (i + 1))
+                _chat(client)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    workers = [threading.Thread(target=in_thread, args=(i,)) for i in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert failures == []
+    spans = captured.spans()
+    assert sorted((s.attributes.get("llmtrace.tenant"), s.attributes["llmtrace.feature"]) for s in spans[:3]) == [
+        ("t0", "search"), ("t1", "search"), ("t2", "search")]
+    assert [s.attributes["llmtrace.feature"] for s in spans[3:]] == ["search"] * 3
+
+
+def test_a_tags_block_left_in_another_context_ends_quietly(captured: Any) -> None:
+    """Starlette runs each step of a streaming response's generator in a fresh copy of the request's context."""
+    client = openai_client(FakeAPI(HTTP))
+
+    def body() -> Iterator[str]:
+        with llmtrace.tags(tenant="acme"):
+            yield _chat(client).choices[0].message.content or ""
+        yield "done"
+
+    request_context = contextvars.copy_context()
+    steps = body()
+    parts = [request_context.copy().run(next, steps), request_context.copy().run(next, steps)]
+    assert parts == ["hello there", "done"]
+    assert captured.spans()[0].attributes["llmtrace.tenant"] == "acme"
+    # Entered and left in copies of one context: the copy it is left in gets the tags it had before.
+    ctx = contextvars.copy_context()
+    tagged = llmtrace.tags(feature="x")
+    ctx.run(tagged.__enter__)
+    copy = ctx.copy()
+    copy.run(tagged.__exit__, None, None, None)
+    assert copy.run(llmtrace.context.current_tags) == {} and ctx.run(llmtrace.context.current_tags) == {"llmtrace.feature": "x"}
+    from opentelemetry import baggage
+
+    assert copy.run(baggage.get_baggage, "llmtrace.feature") is None
 
 
 def test_tags_reach_baggage() -> None:

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from llmtrace import dashboard, query
 from conftest import DEMO_CALLS
 from llmtrace.demo import SERVICE_NAME
-from store_helpers import database_held_by_another_process
+from store_helpers import MIXED_TENANTS, database_held_by_another_process, fill_mixed_store
 
 HERE = Path(__file__).parent
 SCREENSHOTS = Path(os.environ.get("LLMTRACE_SCREENSHOTS", HERE.parent / "screenshots"))
@@ -91,6 +91,43 @@ def test_filters_narrow_every_number(demo_db: str, monkeypatch: pytest.MonkeyPat
     assert 0 < anthropic_calls == expected < all_calls
     at.sidebar.radio(key="page").set_value("Calls").run()
     assert all(model.startswith("claude") for model in at.dataframe[0].value["model"])
+
+
+def test_percentiles_over_time_are_of_models_never_lumped(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    models = query.latency_percentiles(query.TimeRange.last(timedelta(days=1)), db=demo_db)
+    assert len(models) > 8  # more than the chart draws
+    at = _app(demo_db, monkeypatch)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Latency").run()
+    assert not at.exception
+    assert f"the 8 models with the most calls, of {len(models)}" in _texts(at)
+    over_time = at.get("vega_lite_chart")[0].proto.spec
+    assert '"other"' not in over_time and len({m["key"] for m in models}) == len(models)
+
+
+@pytest.fixture(scope="module")
+def mixed_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    db = str(tmp_path_factory.mktemp("mixed") / "mixed.duckdb")
+    fill_mixed_store(db)
+    return db
+
+
+def test_rates_tables_and_spend_say_what_they_leave_out(mixed_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(mixed_db, monkeypatch)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Reliability").run()
+    served = MIXED_TENANTS + 5  # the 2 calls a budget refused were never sent: not in any rate
+    assert {m.label: m.value for m in at.metric}["Error rate"] == f"{1 / served:.1%}"
+    at.sidebar.radio(key="page").set_value("Spend").run()
+    texts = _texts(at)
+    assert f"The 50 biggest spenders. Not listed: {MIXED_TENANTS + 7 - 50} calls of other tenants" in texts and "have no cost" in texts
+    assert len(at.dataframe[0].value) == 50
+    at.sidebar.selectbox(key="filter_model").set_value("llama-local").run()
+    assert {m.label: m.value for m in at.metric}["Spend"] == "unknown"  # no known price: not $0
+    at.sidebar.radio(key="page").set_value("Calls").run()
+    assert not at.exception
+    assert any("has a known cost" in i.value for i in at.info)
+    assert list(at.dataframe[0].value["model"]) == ["llama-local", "llama-local"]  # the slowest calls still listed
 
 
 def test_missing_store_says_how_to_fill_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -16,6 +17,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[Any]]]:
+    with _receiver() as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _receiver() -> Iterator[tuple[str, list[Any]]]:
     received: list[Any] = []  # decoded requests, then the headers of each as a dict
 
     class Handler(BaseHTTPRequestHandler):
@@ -40,10 +47,16 @@ def receiver() -> Iterator[tuple[str, list[Any]]]:
     server.shutdown()
 
 
-@pytest.mark.parametrize("how", ["environment", "option"])
+@pytest.mark.parametrize("how", ["environment", "option", "a signal's URL as option", "llmtrace variable", "config file"])
 def test_spans_reach_an_otlp_receiver(receiver: tuple[str, list[Any]], tmp_path: Path, how: str) -> None:
     endpoint, received = receiver
-    setup = "llmtrace.instrument()" if how == "environment" else f"llmtrace.instrument(otlp_endpoint={endpoint!r})"
+    setup = "llmtrace.instrument()"
+    if how == "option":
+        setup = f"llmtrace.instrument(otlp_endpoint={endpoint!r})"
+    elif how == "a signal's URL as option":  # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT's kind of value: the base is meant
+        setup = f"llmtrace.instrument(otlp_endpoint={endpoint + '/v1/traces'!r})"
+    elif how == "config file":
+        (tmp_path / "llmtrace.toml").write_text(f'[llmtrace]\notlp_endpoint = "{endpoint}"\n')
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -62,6 +75,8 @@ assert metrics.get_meter_provider().force_flush(10_000)
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
         env["OTEL_EXPORTER_OTLP_HEADERS"] = "x-api-key=s3cret"
         env["OTEL_RESOURCE_ATTRIBUTES"] = "deployment.environment=staging"
+    elif how == "llmtrace variable":
+        env["LLMTRACE_OTLP_ENDPOINT"] = endpoint
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     traces = [r for r in received if isinstance(r, ExportTraceServiceRequest)]
@@ -82,6 +97,76 @@ assert metrics.get_meter_provider().force_flush(10_000)
     assert resource_attributes["service.name"] == "checkout-api"
     if how == "environment":
         assert resource_attributes["deployment.environment"] == "staging"
+
+
+@pytest.mark.parametrize("variables", ["traces endpoint only", "traces exporter none"])
+def test_a_signal_goes_over_otlp_only_where_the_variables_send_it(
+    receiver: tuple[str, list[Any]], tmp_path: Path, variables: str
+) -> None:
+    endpoint, received = receiver
+    env = {"PATH": "/usr/bin:/bin"}
+    if variables == "traces endpoint only":
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint + "/v1/traces"
+    else:
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_TRACES_EXPORTER="none")
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+llmtrace.instrument(store=False)
+openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+assert trace.get_tracer_provider().force_flush(10_000)
+provider = metrics.get_meter_provider()
+print("METRICS", isinstance(provider, MeterProvider) and provider.force_flush(10_000))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    traces = [r for r in received if isinstance(r, ExportTraceServiceRequest)]
+    metric_requests = [r for r in received if isinstance(r, ExportMetricsServiceRequest)]
+    if variables == "traces endpoint only":  # no metrics exporter posting to localhost:4318 nobody asked for
+        assert len(traces) == 1 and "METRICS False" in out.stdout and not metric_requests
+    else:
+        assert not traces and "METRICS True" in out.stdout and metric_requests
+
+
+def test_instrument_again_exports_only_where_the_last_one_says(receiver: tuple[str, list[Any]], tmp_path: Path) -> None:
+    first, first_received = receiver
+    with _receiver() as (second, second_received):
+        script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from opentelemetry import trace
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+client = openai_client(FakeAPI(http_module(openai)))
+def call(model):
+    client.chat.completions.create(model=model, messages=[{{"role": "user", "content": "x"}}])
+    assert trace.get_tracer_provider().force_flush(10_000)
+llmtrace.instrument(otlp_endpoint={first!r}, store=False)
+call("gpt-4o-mini")
+llmtrace.instrument(otlp_endpoint={second!r}, store=False)  # changes nothing, and says so
+call("gpt-4o")
+for _ in range(2):
+    llmtrace.uninstrument()
+    llmtrace.instrument(otlp_endpoint={second!r}, store=False)
+    call("gpt-4.1")
+"""
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                             env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "settings it asks for that differ from those in force: otlp_endpoint" in out.stderr
+
+    def names(received: list[Any]) -> list[str]:
+        return [span.name for r in received if isinstance(r, ExportTraceServiceRequest)
+                for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+    assert names(first_received) == ["chat gpt-4o-mini", "chat gpt-4o"]
+    assert names(second_received) == ["chat gpt-4.1", "chat gpt-4.1"]  # once each: no second exporter beside the first
 
 
 @pytest.fixture

@@ -24,7 +24,9 @@ from llmtrace.store import merge as merge_module
 from llmtrace.store import writer as writer_module
 from llmtrace.store.merge import merge
 from conftest import CountingIds
-from store_helpers import database_held_by_another_process, emit, emit_at, provider_with_store
+from store_helpers import (
+    MIXED_TENANTS, database_held_by_another_process, emit, emit_at, fill_mixed_store, provider_with_store,
+)
 
 HERE = Path(__file__).parent
 def last_day() -> query.TimeRange:
@@ -437,6 +439,64 @@ def test_after_fork_the_child_writes_its_own_spans_only(tmp_path: Path) -> None:
     writer.force_flush()
     rows = {r["key"]: r["calls"] for r in query.spend_by("tenant", last_day(), db=db)}
     assert rows == {"acme": 3, "child": 2}
+
+
+def test_multiprocessing_children_store_their_calls_when_they_exit(tmp_path: Path) -> None:
+    """A multiprocessing child exits with os._exit(): no atexit flush there. A store uninstrument() stopped
+    takes nothing from a child forked after it either."""
+    db = _db(tmp_path)
+    script = f"""
+import multiprocessing, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+from llmtrace import query
+
+def work(i):
+    with llmtrace.tags(tenant=f"child-{{i}}"):
+        openai_client(FakeAPI(http_module(openai))).chat.completions.create(
+            model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+
+if __name__ == "__main__":
+    llmtrace.instrument(db={db!r}, flush_interval=600)  # no timed flush: only the child's exit writes its spans
+    fork = multiprocessing.get_context("fork")
+    child = fork.Process(target=work, args=(0,))
+    child.start()
+    child.join()
+    pool = fork.Pool(2)
+    pool.map(work, range(1, 4))
+    pool.close()
+    pool.join()
+    llmtrace.uninstrument()
+    llmtrace.instrument(store=False)
+    child = fork.Process(target=work, args=(9,))
+    child.start()
+    child.join()
+    print(sorted(r["key"] for r in query.spend_by("tenant", query.TimeRange.last(__import__("datetime").timedelta(hours=1)), db={db!r})))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([f"child-{i}" for i in range(4)])
+
+
+def test_untagged_refused_and_unpriced_calls_count_as_they_do_everywhere(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    fill_mixed_store(db)
+    window = query.TimeRange.last(timedelta(hours=1))
+    top = {r["key"]: r for r in query.spend_by("tenant", window, db=db, limit=100)}
+    everyone = {r["key"]: r for r in query.spend_by("tenant", window, db=db)}
+    assert top[None]["calls"] == 2 and top[None]["p50_ms"] == everyone[None]["p50_ms"] == pytest.approx(1500)
+    served = MIXED_TENANTS + 2 + 2 + 1  # tenants, untagged, unpriced, rate-limited: not the 2 a budget refused
+    assert sum(r["calls"] for r in query.latency_histogram(window, db=db)) == served
+    mine = query.Filters(tenant="self-hosted")
+    assert query.summary(window, mine, db=db)["cost_usd"] is None  # unknown, never $0
+    assert query.token_usage(window, mine, db=db)[0]["cost_usd"] is None
+    assert query.summary(window, db=db)["cost_usd"] == pytest.approx(0.001 * sum(range(1, MIXED_TENANTS + 1)) + 2 * 0.001)
+    # An aware datetime is converted to the store's UTC (bound as it is, DuckDB compared it in local time).
+    aware = query.TimeRange(window.since.replace(tzinfo=timezone.utc).astimezone(timezone(timedelta(hours=9))),
+                            window.until.replace(tzinfo=timezone.utc))
+    assert (aware.since, aware.until) == (window.since, window.until)
 
 
 def test_instrument_cycles_reuse_one_store_writer(tmp_path: Path) -> None:

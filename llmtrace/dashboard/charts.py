@@ -15,8 +15,8 @@ _HEIGHT = 280
 
 
 def money(value: float | None) -> str:
-    if value is None:
-        return "–"
+    if value is None:  # no known price (never shown as $0), or nothing to project from
+        return "unknown"
     if abs(value) >= 100:
         return f"${value:,.0f}"
     return f"${value:,.2f}" if abs(value) >= 1 else f"${value:,.4f}"

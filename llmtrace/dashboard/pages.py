@@ -18,6 +18,7 @@ from . import charts as C
 
 # How many keys a stacked chart shows before lumping the rest into "other".
 _TOP_KEYS = 8
+_TENANT_ROWS = 50  # the Spend page's table of tenants, biggest spenders first
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,27 @@ def _when_empty(view: View, rows: Any) -> bool:
         return False
     st.info(f"No LLM calls in {view.label} for these filters.")
     return True
+
+
+def _warn_unpriced(view: View) -> None:
+    unpriced = view.summary["unpriced_calls"]
+    if not unpriced:
+        return
+    models = query.unpriced_calls(view.time_range, view.filters, db=view.db)
+    names = ", ".join(f"{r['model']} ({r['provider']}, {r['calls']:,} calls)" for r in models[:5])
+    st.warning(
+        f"{unpriced:,} calls have no cost: no price is known for {names}. Their spend is missing from "
+        "every total here. Give them a price with `[prices.\"model\"]` in llmtrace.toml, or "
+        "`llmtrace.pricing.set_price(...)`."
+    )
+
+
+_SERVED_HELP = "Of the calls sent: calls a budget refused are not counted."
+
+
+def _served(summary: dict[str, Any]) -> int:
+    """Calls that reached the provider: rates of errors and 429s are of these, as everywhere."""
+    return int(summary["calls"]) - int(summary["blocked_calls"])
 
 
 def _chart(chart: Any) -> None:
@@ -76,17 +98,10 @@ def overview(view: View) -> None:
     traffic = st.columns(5)
     traffic[0].metric("Calls", f"{s['calls']:,}")
     traffic[1].metric("Spend", C.money(s["cost_usd"]))
-    traffic[2].metric("Error rate", C.percent(s["errors"], s["calls"]))
+    traffic[2].metric("Error rate", C.percent(s["errors"], _served(s)), help=_SERVED_HELP)
     traffic[3].metric("P50 latency", C.duration(s["p50_ms"]))
     traffic[4].metric("P99 latency", C.duration(s["p99_ms"]))
-    if s["unpriced_calls"]:
-        models = query.unpriced_calls(view.time_range, view.filters, db=view.db)
-        names = ", ".join(f"{r['model']} ({r['provider']}, {r['calls']:,} calls)" for r in models[:5])
-        st.warning(
-            f"{s['unpriced_calls']:,} calls have no cost: no price is known for {names}. Their spend is missing from "
-            "every total here. Give them a price with `[prices.\"model\"]` in llmtrace.toml, or "
-            "`llmtrace.pricing.set_price(...)`."
-        )
+    _warn_unpriced(view)
     if _when_empty(view, s["calls"]):
         return
     left, right = st.columns(2)
@@ -121,8 +136,13 @@ def latency(view: View) -> None:
             "ttft_p99_ms": _ms("First token P99"),
         },
     )
-    over_time = C.frame(query.latency_percentiles(view.time_range, view.filters, by="model", bucket=view.bucket, db=view.db),
-                        top=_TOP_KEYS, weight="calls")
+    # A percentile of several models cannot be made from theirs: the busiest models are drawn, not an "other".
+    busiest = set(table.nlargest(_TOP_KEYS, "calls")["key"])
+    over_time = C.frame(query.latency_percentiles(view.time_range, view.filters, by="model", bucket=view.bucket, db=view.db))
+    if len(table) > len(busiest):
+        over_time = over_time[over_time["key"].isin({C.UNTAGGED if k is None else k for k in busiest})]
+        st.caption(f"Over time: the {len(busiest)} models with the most calls, of {len(table)} (pick a model in the "
+                   "sidebar for any other).")
     pct = st.segmented_control("Percentile", ["P50", "P95", "P99"], default="P99", key="latency_pct") or "P99"
     column = f"latency_{pct.lower()}_ms"
     st.markdown(f"**{pct} latency per model over time**")
@@ -143,6 +163,7 @@ def latency(view: View) -> None:
 
 def spend(view: View) -> None:
     totals = query.token_usage(view.time_range, view.filters, db=view.db)[0]
+    _warn_unpriced(view)
     if _when_empty(view, totals["calls"]):
         return
     input_tokens = totals["uncached_input_tokens"] + totals["cache_read_tokens"] + totals["cache_write_tokens"]
@@ -163,7 +184,14 @@ def spend(view: View) -> None:
         query.token_usage(view.time_range, view.filters, bucket=view.bucket, db=view.db), view.bucket
     ))
     st.markdown("**Spend per tenant**")
-    rows = query.spend_by("tenant", view.time_range, view.filters, db=view.db, limit=50)
+    rows = query.spend_by("tenant", view.time_range, view.filters, db=view.db, limit=_TENANT_ROWS)
+    if len(rows) == _TENANT_ROWS:
+        listed_calls = sum(r["calls"] for r in rows)
+        listed_cost = sum(r["cost_usd"] or 0 for r in rows)
+        others_cost = (totals["cost_usd"] or 0) - listed_cost
+        if totals["calls"] > listed_calls:
+            st.caption(f"The {_TENANT_ROWS} biggest spenders. Not listed: {totals['calls'] - listed_calls:,} calls of other "
+                       f"tenants, {C.money(others_cost)} (pick a tenant in the sidebar to see it).")
     st.dataframe(
         C.frame(rows)[["key", "calls", "input_tokens", "cache_read_tokens", "output_tokens", "reasoning_tokens",
                        "cost_usd", "p50_ms", "p99_ms"]],
@@ -191,9 +219,10 @@ def reliability(view: View) -> None:
     by_model = query.error_rates(view.time_range, view.filters, by="model", db=view.db)
     retries = sum(r["retries"] or 0 for r in by_model)
     cols = st.columns(4)
-    cols[0].metric("Error rate", C.percent(s["errors"], s["calls"]), help="Calls that failed after the SDK's own retries.")
-    cols[1].metric("Rate-limited calls", C.percent(s["rate_limited_calls"], s["calls"]),
-                   help="Calls that got at least one HTTP 429, retried or not.")
+    cols[0].metric("Error rate", C.percent(s["errors"], _served(s)),
+                   help="Calls that failed after the SDK's own retries. " + _SERVED_HELP)
+    cols[1].metric("Rate-limited calls", C.percent(s["rate_limited_calls"], _served(s)),
+                   help="Calls that got at least one HTTP 429, retried or not. " + _SERVED_HELP)
     cols[2].metric("Retries", f"{retries:,}", help="HTTP attempts beyond the first, made by the SDKs' retry logic.")
     cols[3].metric("Failed calls", f"{s['errors']:,}")
     over_time = C.frame(query.error_rates(view.time_range, view.filters, by="provider", bucket=view.bucket, db=view.db),
@@ -229,11 +258,15 @@ def calls(view: View) -> None:
     if not template:
         st.caption(f"Set `{ENV_TRACE_URL}` (e.g. `http://localhost:16686/trace/{{trace_id}}` for Jaeger) to link each "
                    "call to its trace.")
+    if _when_empty(view, view.summary["calls"]):
+        return
     for order, title in (("cost", "Most expensive calls"), ("duration", "Slowest calls")):
         rows = query.top_calls(view.time_range, view.filters, order=order, limit=20, db=view.db)
         st.markdown(f"**{title}**")
-        if _when_empty(view, rows):
-            return
+        if not rows:
+            st.info(f"No call in {view.label} has a known cost." if order == "cost" else f"No call in {view.label} "
+                    "has a recorded duration.")
+            continue
         table = C.frame(rows, key="tenant")
         table["trace"] = [template.format(trace_id=t) if template else t for t in table["trace_id"]]
         st.dataframe(

@@ -82,7 +82,7 @@ class StoreWriter(SpanProcessor):
         self._reset_state()
         _writers.add(self)
 
-    def _reset_state(self) -> None:
+    def _reset_state(self, stopped: bool = False) -> None:
         # Spans (not yet rows) wait here; deque append/popleft are atomic, so no lock on the request path.
         self._spans: collections.deque[ReadableSpan] = collections.deque()
         self._unwritten: list[ReadableSpan] = []  # spans whose segment write failed
@@ -91,7 +91,7 @@ class StoreWriter(SpanProcessor):
         self._flush_requests = 0
         self._flushes_done = 0
         self._merge_requested = False
-        self._stopped = False
+        self._stopped = stopped
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
 
@@ -268,8 +268,9 @@ class StoreWriter(SpanProcessor):
         self._reset_state()
 
     def _after_fork_in_child(self) -> None:
-        # The parent still owns the spans it had buffered: the child starts empty, with its own thread.
-        self._reset_state()
+        # The parent still owns the spans it had buffered: the child starts empty, with its own thread (a writer
+        # uninstrument() stopped stays stopped: its store is not the child's any more).
+        self._reset_state(stopped=self._stopped)
 
 
 class _MergeInBackground:

@@ -6,6 +6,7 @@ config file, and (upper-cased, ``LLMTRACE_`` prefix) as the environment variable
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tomllib
@@ -115,6 +116,11 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
             return tuple(raw)
         raise ConfigError(f"{origin}: {name} must be a list of strings, got {raw!r}")
     if name == "prices":
+        if isinstance(raw, str):  # LLMTRACE_PRICES: the same table, as JSON
+            try:
+                raw = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{origin}: prices must be JSON of model -> rates: {exc}") from None
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{origin}: prices must be a table of model -> rates, got {raw!r}")
         from .pricing import check_rates
@@ -167,9 +173,10 @@ def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
 
 
 def config_path(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path | None:
-    """The config file in force: the one named, else ``$LLMTRACE_CONFIG``, else ``./llmtrace.toml`` if present."""
+    """The config file in force: the one named, else ``$LLMTRACE_CONFIG`` (or ``$LLMTRACE_CONFIG_FILE``), else
+    ``./llmtrace.toml`` if present."""
     env = os.environ if environ is None else environ
-    named = explicit or env.get("LLMTRACE_CONFIG")
+    named = explicit or env.get("LLMTRACE_CONFIG") or env.get("LLMTRACE_CONFIG_FILE")  # the second: LLMTRACE_<NAME>
     if named:
         return Path(named)
     return Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None

@@ -84,7 +84,6 @@ _EXPORTERS = {
 
 
 def _exporter(signal: str, settings: Settings, base_url: str | None) -> Any:
-    quiet_repeated_export_errors()
     grpc_module, http_module, class_name, http_path = _EXPORTERS[signal]
     grpc = protocol_for(signal, settings) == "grpc"
     exporter_class = getattr(importlib.import_module(grpc_module if grpc else http_module), class_name)
@@ -104,7 +103,8 @@ def metric_exporter(settings: Settings, base_url: str | None) -> Any:
 # Loggers of the OTLP exporters, and of the SDK's batch processors and metric reader, which log (with a
 # traceback) every batch an exporter raised on (older SDKs' HTTP exporters raise when nobody listens):
 # each failed batch logs again, which floods an app's logs while a backend is down. llmtrace lets one
-# line through per logger and quiet period.
+# line through per logger and quiet period, but only where every exporter is llmtrace's own: the loggers
+# are shared, and the app's own exporter's failures (a vendor refusing its key) are the app's to see.
 _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",

@@ -44,6 +44,8 @@ _store_writer: Any = None  # the StoreWriter in use since instrument()
 _monitor: Any = None  # the budgets-and-anomalies Monitor in use since instrument()
 # Tracer provider -> the StoreWriter llmtrace added to it, reused by a later instrument().
 _writers_by_provider: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# The tracer and meter providers llmtrace made (none of the app's was there), still its own in a later instrument().
+_providers_made: weakref.WeakSet[Any] = weakref.WeakSet()
 # Tracer provider -> llmtrace's OTLP export on it, emptied by uninstrument() and refilled by a later instrument().
 _otlp_by_provider: weakref.WeakKeyDictionary[Any, OtlpExport] = weakref.WeakKeyDictionary()
 
@@ -102,9 +104,14 @@ def instrument(**options: Any) -> None:
         _flush_at_multiprocessing_child_exit()
         if settings.prices:
             pricing.set_prices(settings.prices)
+        apps_own = _apps_own(tracer_provider, trace.get_tracer_provider(), TracerProvider) or _apps_own(
+            meter_provider, metrics.get_meter_provider(), MeterProvider
+        )
         tracer_provider = _tracer_provider(tracer_provider, settings, otlp)
         _store_writer = _attach_store(tracer_provider, settings) if settings.store else None
         instruments = _instruments(meter_provider, settings, otlp)
+        if not apps_own:
+            export.quiet_repeated_export_errors()
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
         guard = hasher = None
         if _store_writer is not None:
@@ -238,15 +245,19 @@ def _stop_monitor_at_exit() -> None:
         monitor.stop()
 
 
+def _apps_own(given: Any, global_provider: Any, sdk_class: type) -> bool:
+    """The app set up (or passed) a provider of its own: it may export through it."""
+    return given is not None or (isinstance(global_provider, sdk_class) and global_provider not in _providers_made)
+
+
 def _tracer_provider(given: Any, settings: config.Settings, otlp: export.Destinations) -> Any:
     provider = given if given is not None else trace.get_tracer_provider()
-    own = False
     if not hasattr(provider, "add_span_processor"):
         # No SDK provider yet: make one and install it globally, as the app would have.
         provider = TracerProvider(resource=_resource(settings))
         trace.set_tracer_provider(provider)
-        own = True
-    _attach_otlp(provider, settings, own, otlp)
+        _providers_made.add(provider)
+    _attach_otlp(provider, settings, provider in _providers_made, otlp)
     return provider
 
 
@@ -262,6 +273,7 @@ def _instruments(given: Any, settings: config.Settings, otlp: export.Destination
         reader = PeriodicExportingMetricReader(export.metric_exporter(settings, otlp.base_url))
         provider = MeterProvider(metric_readers=[reader], resource=_resource(settings))
         metrics.set_meter_provider(provider)
+        _providers_made.add(provider)
     meter = provider.get_meter("llmtrace", __version__)
     return Instruments(meter, settings.metric_tag_allowlist, settings.metric_tag_top_k)
 

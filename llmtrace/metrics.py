@@ -19,7 +19,7 @@ TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 
 _BASE_KEYS = (A.OPERATION_NAME, A.PROVIDER_NAME, A.REQUEST_MODEL, A.RESPONSE_MODEL, A.SERVER_ADDRESS)
-_MAX_TRACKED = 10_000  # distinct values counted for top-K; beyond this new values go to __other__
+_MAX_TRACKED = 10_000  # distinct values counted for top-K; beyond this the counts are halved
 _RECOMPUTE_EVERY = 256
 
 
@@ -39,8 +39,14 @@ class LabelLimiter:
             return value
         with self._lock:  # held for a dict update, never across a call
             counts = self._counts
-            if value in counts or len(counts) < _MAX_TRACKED:
-                counts[value] = counts.get(value, 0) + 1
+            if value in counts:
+                counts[value] += 1
+            else:
+                if len(counts) >= _MAX_TRACKED:
+                    # Full: halve every count and forget the values that reach 0 (the one-offs), so a value seen
+                    # often from now on can still rise into the top-K; what was counted long ago weighs less.
+                    self._counts = counts = {v: c // 2 for v, c in counts.items() if c > 1}
+                counts[value] = 1
             self._since += 1
             if self._since >= _RECOMPUTE_EVERY or (value not in self._top and len(self._top) < self._top_k):
                 self._since = 0

@@ -340,6 +340,29 @@ def test_config_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert call.runtime is None  # nothing half-applied
 
 
+def test_every_option_is_also_its_llmtrace_variable(tmp_path: Path) -> None:
+    from llmtrace import config
+
+    other = tmp_path / "other.toml"
+    other.write_text("[llmtrace]\ncapture_content = true\n")
+    environ = {"LLMTRACE_PRICES": '{"my-model": {"input_mtok": 1, "output_mtok": 2}}', "LLMTRACE_CONFIG_FILE": str(other)}
+    settings = config.load({}, environ)
+    assert settings.prices == {"my-model": {"input_mtok": 1, "output_mtok": 2}}
+    assert settings.capture_content and settings.config_file == str(other)  # the file it names is read
+    with pytest.raises(llmtrace.ConfigError, match="LLMTRACE_PRICES: prices must be JSON"):
+        config.load({}, {"LLMTRACE_PRICES": "my-model=1,2"})
+
+
+def test_metric_labels_follow_the_busiest_tenants_after_many_one_offs() -> None:
+    from llmtrace.metrics import LabelLimiter
+
+    limiter = LabelLimiter((), top_k=3)
+    for i in range(12_000):  # a flood of one-off tenants fills what the limiter counts
+        limiter.label(f"once-{i}")
+    assert [limiter.label("newco") for _ in range(600)][-1] == "newco"
+    assert limiter.label("once-11999") == "__other__"
+
+
 @pytest.mark.parametrize(
     "content, error",
     [

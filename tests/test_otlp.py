@@ -232,3 +232,55 @@ print("STORED", query.span_count(db={str(db)!r})["spans"], "SUPPRESSED", export.
     assert lines and len(loggers) == len(set(loggers)), lines
     assert all("not affected" in line for line in lines)
     assert suppressed >= 2
+
+
+def test_the_apps_own_exporter_failures_are_neither_muted_nor_relabelled(tmp_path: Path, failing_backend: str) -> None:
+    script = f"""
+import sys, logging
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
+import llmtrace, openai
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint={failing_backend + "/v1/traces"!r}, timeout=1)))
+trace.set_tracer_provider(provider)  # the app's own pipeline, to a vendor that refuses it
+llmtrace.instrument(store=False)
+client = openai_client(FakeAPI(http_module(openai)))
+for batch in range(3):
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+    provider.force_flush(5_000)
+"""
+    # The variables point at the backend too: llmtrace exports metrics there, through a provider of its own.
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_TIMEOUT": "1", "OTEL_EXPORTER_OTLP_ENDPOINT": failing_backend}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=180)
+    assert out.returncode == 0, out.stderr
+    failures = [line for line in out.stderr.splitlines() if line.startswith("LOG opentelemetry.")]
+    assert len(failures) >= 3 and not any("llmtrace" in line for line in failures), failures  # one per failed batch
+
+
+def test_instrument_again_keeps_exporting_from_the_provider_it_made(receiver: tuple[str, list[Any]], tmp_path: Path) -> None:
+    endpoint, received = receiver
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from opentelemetry import trace
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+for model in ("gpt-4o-mini", "gpt-4o"):
+    llmtrace.instrument(store=False)  # the first makes the provider; the second finds it
+    openai_client(FakeAPI(http_module(openai))).chat.completions.create(model=model, messages=[{{"role": "user", "content": "x"}}])
+    assert trace.get_tracer_provider().force_flush(10_000)
+    llmtrace.uninstrument()
+"""
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = [span.name for r in received if isinstance(r, ExportTraceServiceRequest)
+             for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    assert names == ["chat gpt-4o-mini", "chat gpt-4o"]

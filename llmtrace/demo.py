@@ -19,7 +19,7 @@ from opentelemetry import trace
 
 from .context import tags
 from .instrumentation import instrument
-from .simulator import SimulatedProvider
+from .simulator import SEED_HEADER, SimulatedProvider
 
 SERVICE_NAME = "llmtrace-demo"
 _LOREM = (
@@ -90,42 +90,48 @@ class Traffic:
         user = f"{tenant}-user-{int(rng.paretovariate(1.2)) % 40}"
         with tags(tenant=tenant, feature=feature.name, user=user):
             try:
-                self._send(feature, tenant, rng)
+                # The simulator answers by the call's seed: the same calls however the threads interleave.
+                self._send(feature, tenant, rng, {SEED_HEADER: str(seed)})
             except self._sdk_errors:
                 return False
         return True
 
-    def _send(self, feature: Feature, tenant: str, rng: random.Random) -> None:
+    def _send(self, feature: Feature, tenant: str, rng: random.Random, headers: dict[str, str]) -> None:
         model = rng.choice(feature.models)
         stream = rng.random() < feature.stream_share
         # The system prompt is the same for a tenant and feature, so providers can cache it.
         system = f"You are {tenant}'s {feature.name} assistant. " + _LOREM * (feature.system_tokens * 4 // len(_LOREM))
         question = " ".join(rng.choice(_LOREM.split()) for _ in range(int(rng.lognormvariate(3.5, 0.6))))
         if feature.api == "embeddings":
-            self._openai.embeddings.create(model=model, input=[question] * rng.randint(1, 8))
+            self._openai.embeddings.create(model=model, input=[question] * rng.randint(1, 8), extra_headers=headers)
         elif feature.api == "messages":
-            self._messages(model, system, question, feature.max_tokens, stream)
+            self._messages(model, system, question, feature.max_tokens, stream, headers)
         elif feature.api == "responses":
             response = self._openai.responses.create(
-                model=model, instructions=system, input=question, max_output_tokens=feature.max_tokens, stream=stream
+                model=model, instructions=system, input=question, max_output_tokens=feature.max_tokens, stream=stream,
+                extra_headers=headers,
             )
             _drain(response, stream)
         else:
             messages: Any = [{"role": "system", "content": system}, {"role": "user", "content": question}]
             completion = self._openai.chat.completions.create(
-                model=model, messages=messages, max_tokens=feature.max_tokens, stream=stream
+                model=model, messages=messages, max_tokens=feature.max_tokens, stream=stream, extra_headers=headers
             )
             _drain(completion, stream)
 
-    def _messages(self, model: str, system: str, question: str, max_tokens: int, stream: bool) -> None:
+    def _messages(
+        self, model: str, system: str, question: str, max_tokens: int, stream: bool, headers: dict[str, str]
+    ) -> None:
         blocks: Any = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
         messages: Any = [{"role": "user", "content": question}]
+        request: Any = {"model": model, "system": blocks, "messages": messages, "max_tokens": max_tokens,
+                        "extra_headers": headers}
         if stream:
-            with self._anthropic.messages.stream(model=model, system=blocks, messages=messages, max_tokens=max_tokens) as s:
+            with self._anthropic.messages.stream(**request) as s:
                 for _ in s.text_stream:
                     pass
         else:
-            self._anthropic.messages.create(model=model, system=blocks, messages=messages, max_tokens=max_tokens)
+            self._anthropic.messages.create(**request)
 
 
 def _drain(result: Any, stream: bool) -> None:

@@ -57,6 +57,11 @@ _WORDS = (
 ).split()
 
 
+# A client's seed for one call (demo traffic sends it): the answer depends on it, not on arrival order.
+SEED_HEADER = "x-simulator-seed"
+_RETRY_HEADER = "x-stainless-retry-count"  # which retry of a call this is: each attempt rolls its own faults
+
+
 @dataclass
 class Faults:
     """Per-attempt odds of an error answer (the SDKs retry 429 and 5xx on their own)."""
@@ -172,15 +177,22 @@ class SimulatedProvider:
 
     # --- one request ---------------------------------------------------------------------------
 
-    def _random(self) -> random.Random:
-        # Each request gets its own generator, seeded from the shared one: threads never share state.
+    def _random(self, call_seed: str | None, attempt: str | None) -> random.Random:
+        # Each request gets its own generator: threads never share state. A client that names its call's seed
+        # gets the same answer for the same call and attempt in whatever order concurrent requests arrive;
+        # otherwise the seed comes from the shared generator, in arrival order.
         with self._rng_lock:
             self.requests += 1
-            return random.Random(self._rng.getrandbits(64))
+            if call_seed is None:
+                return random.Random(self._rng.getrandbits(64))
+        return random.Random(f"{call_seed}/{attempt or 0}")
 
-    def answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-        """(status, headers, payload): a dict for JSON, or an iterator of (delay_s, SSE bytes)."""
-        rng = self._random()
+    def answer(
+        self, path: str, body: dict[str, Any], call_seed: str | None = None, attempt: str | None = None
+    ) -> tuple[int, dict[str, str], Any]:
+        """(status, headers, payload): a dict for JSON, or an iterator of (delay_s, SSE bytes). ``call_seed``:
+        the client's seed for this call (the ``SEED_HEADER``); ``attempt``: which retry this is."""
+        rng = self._random(call_seed, attempt)
         anthropic = path.rstrip("/").endswith("/messages")
         fault = self._fault(rng, anthropic)
         if fault is not None:
@@ -215,18 +227,19 @@ class SimulatedProvider:
 
     # --- OpenAI --------------------------------------------------------------------------------
 
-    def _openai_input(self, prompt: str) -> tuple[int, int]:
-        """(input tokens, cached tokens): OpenAI caches prompts of 1,024+ tokens, in 128-token steps."""
-        tokens = _tokens(prompt)
-        prefix_tokens = tokens - 64  # the last part of a prompt (the user's question) changes
-        if prefix_tokens < 1024 or not self._cache.seen_before(prompt[: prefix_tokens * 4]):
+    def _openai_input(self, model: _Model, prefix: str, rest: str) -> tuple[int, int]:
+        """(input tokens, cached tokens): OpenAI caches a model's prompt prefixes of 1,024+ tokens, in 128-token
+        steps. The prefix is what stays the same from call to call (instructions, the messages before the last):
+        every call after the first with it reads the same count, whatever order concurrent calls come in."""
+        tokens = _tokens(prefix + rest)
+        prefix_tokens = _tokens(prefix)
+        if prefix_tokens < 1024 or not self._cache.seen_before(f"{model.name}:{prefix}"):
             return tokens, 0
         return tokens, prefix_tokens // 128 * 128
 
     def _chat(self, body: dict[str, Any], model: _Model) -> tuple[int, dict[str, str], Any]:
-        messages = body.get("messages") or []
-        prompt = "\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
-        input_tokens, cached = self._openai_input(prompt)
+        texts = [_text_of(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)]
+        input_tokens, cached = self._openai_input(model, "\n".join(texts[:-1]), "\n" + "\n".join(texts[-1:]))
         output = model.output_tokens(body.get("max_completion_tokens") or body.get("max_tokens"))
         reasoning = int(output * model.rng.uniform(0.3, 0.7)) if model.reasons else 0
         text = model.text(output - reasoning)
@@ -270,8 +283,7 @@ class SimulatedProvider:
         prompt = raw if isinstance(raw, str) else "\n".join(
             _text_of(m.get("content")) for m in raw or [] if isinstance(m, dict)
         )
-        prompt = _text_of(body.get("instructions")) + prompt
-        input_tokens, cached = self._openai_input(prompt)
+        input_tokens, cached = self._openai_input(model, _text_of(body.get("instructions")), prompt)
         output = model.output_tokens(body.get("max_output_tokens"))
         reasoning = int(output * model.rng.uniform(0.3, 0.7)) if model.reasons else 0
         text = model.text(output - reasoning)
@@ -330,7 +342,7 @@ class SimulatedProvider:
             rest = _text_of(system) + rest
         cache_read = cache_write = 0
         if cacheable:
-            if self._cache.seen_before("anthropic:" + cacheable):
+            if self._cache.seen_before(f"anthropic:{model.name}:{cacheable}"):
                 cache_read = _tokens(cacheable)
             else:
                 cache_write = _tokens(cacheable)
@@ -413,7 +425,7 @@ def _handler_for(sim: SimulatedProvider) -> type[BaseHTTPRequestHandler]:
                 anthropic = self.path.rstrip("/").endswith("/messages")
                 self._send(400, {}, _error(anthropic, "invalid_request_error", "the body is not a JSON object"))
                 return
-            self._send(*sim.answer(self.path, body))
+            self._send(*sim.answer(self.path, body, self.headers.get(SEED_HEADER), self.headers.get(_RETRY_HEADER)))
 
         def _send(self, status: int, headers: dict[str, str], payload: Any) -> None:
             self.send_response(status)

@@ -118,3 +118,29 @@ def test_output_respects_max_tokens() -> None:
     assert max(sizes) == 64 and min(sizes) >= 1
     assert math.isclose(statistics.median(_Model("gpt-4o", rng, 1.0).output_tokens(None) for _ in range(2000)), 180,
                         rel_tol=0.15)
+
+
+def test_demo_traffic_with_a_seed_is_the_same_however_threads_interleave() -> None:
+    from llmtrace import demo
+
+    faults = Faults(rate_limit=0.15, server_error=0.05, bad_request=0.02, retry_after_s=0.01)
+
+    def run() -> tuple[list[tuple[Any, ...]], dict[str, float]]:
+        with SimulatedProvider(seed=7, latency_scale=0.002, faults=faults) as sim, _capture() as captured:
+            demo.run_burst(demo.Traffic(sim, seed=7), 80, 8)
+        calls = sorted(
+            tuple(str(a.get(key)) for key in (A.TENANT, A.FEATURE, A.USER_ID, A.REQUEST_MODEL, A.USAGE_INPUT_TOKENS,
+                                              A.USAGE_OUTPUT_TOKENS, A.ERROR_TYPE, A.HTTP_ATTEMPTS))
+            for a in _attrs(captured)
+        )
+        spend: dict[str, float] = {}
+        for a in _attrs(captured):
+            spend[a[A.TENANT]] = spend.get(a[A.TENANT], 0.0) + a.get(A.COST_USD, 0.0)
+        return calls, spend
+
+    first_calls, first_spend = run()
+    second_calls, second_spend = run()
+    assert len(first_calls) == 80 and any(call[6] != "None" for call in first_calls)  # some calls failed
+    assert any(call[7] != "1" for call in first_calls)  # and some were retried
+    assert second_calls == first_calls
+    assert second_spend == pytest.approx(first_spend, rel=1e-12)

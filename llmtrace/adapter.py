@@ -39,6 +39,8 @@ class Result:
     # per call, so the estimated usage carries them. Where the provider sent usage, it holds them.
     web_searches: int = 0
     file_searches: int = 0
+    # The answer is not ready (an OpenAI background response, ``queued``): no usage yet, and none to estimate.
+    pending: bool = False
 
     def text(self) -> str:
         """Everything generated, as text: a stream's, or the whole response's read from its messages."""

@@ -148,6 +148,8 @@ class Call:
         kwargs = self.kwargs
         if not (self.endpoint.wants_usage_option and kwargs.get("stream") is True and self.accepts_usage_option):
             return kwargs
+        if _streamed_raw(kwargs):
+            return kwargs  # the app may read the lines itself: the usage chunk could not be hidden from it
         options = kwargs.get("stream_options")
         options = options if isinstance(options, Mapping) else {}  # the SDK's NOT_GIVEN, or None
         extra_body = kwargs.get("extra_body")
@@ -194,7 +196,7 @@ class Call:
     def fail(self, error: BaseException) -> None:
         """The SDK call raised. Never raises."""
         with internal_errors():
-            self.finish(None, error)
+            self.finish(_billed_answer(self.endpoint, error), error)
             return
         self._force_end()
 
@@ -293,7 +295,7 @@ class Call:
         return f"{self.endpoint.operation} {model}" if model else self.endpoint.operation
 
     def _usage_of(self, result: Result) -> Usage | None:
-        if result.usage is not None:
+        if result.usage is not None or result.pending:
             return result.usage
         model = result.response_model or self.attrs.get(A.REQUEST_MODEL) or ""
         # The provider sent no usage: estimate with the tokenizer (off the common path).
@@ -385,6 +387,27 @@ def _request_hash(keyed: Any, model: Any, content: Any) -> str:
     hasher = keyed.copy()
     hasher.update(data)
     return hasher.hexdigest()[:16]
+
+
+# The header the SDKs' ``with_streaming_response`` adds to a call's extra headers (``with_raw_response`` sets it to
+# "true": its body is read through parse(), whose stream llmtrace wraps and can hide the usage chunk in).
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+
+
+def _streamed_raw(kwargs: Mapping[str, Any]) -> bool:
+    headers = kwargs.get("extra_headers")
+    return isinstance(headers, Mapping) and headers.get(_RAW_RESPONSE_HEADER) == "stream"
+
+
+def billed_answer_in(error: BaseException) -> Any:
+    """The answer an SDK error carries, which the provider billed though the SDK refused it (openai's
+    ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` from ``.parse()``), or None."""
+    return getattr(error, "completion", None)
+
+
+def _billed_answer(endpoint: Endpoint, error: BaseException) -> Result | None:
+    answer = billed_answer_in(error)
+    return endpoint.parse(answer) if answer is not None else None
 
 
 def _estimate_output(model: str, text: str) -> int:

@@ -79,6 +79,31 @@ class SyncStreamProxy(wrapt.ObjectProxy):
         finally:
             self._self_call.end_stream(None)
 
+    @property
+    def response(self) -> Any:
+        return _StreamResponse(self.__wrapped__.response, self._self_call)
+
+
+class _StreamResponse(wrapt.ObjectProxy):
+    """A stream's HTTP response. The SDK's stream helpers (``chat.completions.stream``, ``responses.stream``)
+    end a stream the app left early by closing this directly, not the stream: that ends the call's span too."""
+
+    def __init__(self, response: Any, call: Call) -> None:
+        super().__init__(response)
+        self._self_call = call
+
+    def close(self) -> Any:
+        try:
+            return self.__wrapped__.close()
+        finally:
+            self._self_call.end_stream(None)
+
+    async def aclose(self) -> Any:
+        try:
+            return await self.__wrapped__.aclose()
+        finally:
+            self._self_call.end_stream(None)
+
 
 class AsyncStreamProxy(wrapt.ObjectProxy):
     def __init__(self, stream: Any, call: Call) -> None:
@@ -140,11 +165,22 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
         finally:
             self._self_call.end_stream(None)
 
-    async def aclose(self) -> None:
+    @property
+    def aclose(self) -> Any:
+        # Only where the SDK's stream has one: an app testing hasattr(stream, "aclose") must find what it would.
+        if not hasattr(self.__wrapped__, "aclose"):
+            raise AttributeError("aclose")
+        return self._self_aclose
+
+    async def _self_aclose(self) -> None:
         try:
             await self.__wrapped__.aclose()
         finally:
             self._self_call.end_stream(None)
+
+    @property
+    def response(self) -> Any:
+        return _StreamResponse(self.__wrapped__.response, self._self_call)
 
 
 class RawResponseProxy(wrapt.ObjectProxy):

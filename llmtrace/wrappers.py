@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import json
 from typing import Any, Callable
 
 from opentelemetry import context as otel_context
@@ -60,6 +61,17 @@ def _kind_of(cls: type) -> int:
     return kind
 
 
+def _answer_of_raw(response: Any) -> Any:
+    """A read raw response's answer: what the SDK's parse() makes of it, or where parse() refuses it (an answer
+    cut at max_tokens, to a ``.parse()`` with a response_format), the answer its error carries or the body's JSON:
+    the provider billed the call all the same. The app's own parse() raises as it would have."""
+    try:
+        return response.parse()
+    except Exception as exc:
+        answer = core.billed_answer_in(exc)
+        return answer if answer is not None else json.loads(response.content)
+
+
 def returned(call: Call, response: Any) -> Any:
     """What the app gets back: the response itself, or a proxy that ends the span later."""
     try:
@@ -75,7 +87,7 @@ def returned(call: Call, response: Any) -> Any:
             core_retries = getattr(response, "retries_taken", None)
             if isinstance(core_retries, int) and core_retries > call.retries:
                 call.retries = core_retries
-            call.complete(response.parse())
+            call.complete(_answer_of_raw(response))
             return response
         if kind == _RAW:
             return RawResponseProxy(response, call)

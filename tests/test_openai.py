@@ -621,3 +621,96 @@ def test_a_tool_call_stream_without_usage_estimates_the_arguments_the_model_wrot
     a = _only(captured).attributes
     assert a["llmtrace.usage.source"] == "estimated" and a["gen_ai.response.finish_reasons"] == ("tool_calls",)
     assert a["gen_ai.usage.output_tokens"] == tokenizer.count_text("gpt-4o-mini", arguments) > 10
+
+
+def _cut_at_max_tokens(request: Any) -> Any:
+    """A chat answer the model stopped at max_tokens: billed, though a .parse() with a response_format refuses it."""
+    return HTTP.Response(200, json={
+        "id": "chatcmpl-9", "object": "chat.completion", "created": 1, "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": '{"name": "Ad'}, "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 16, "total_tokens": 66},
+    })
+
+
+def test_a_billed_answer_that_parse_refuses_keeps_its_usage_and_cost(captured: Any) -> None:
+    import pydantic
+
+    class Person(pydantic.BaseModel):
+        name: str
+
+    client = openai_client(_cut_at_max_tokens)
+    with pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(model="gpt-4o", messages=MESSAGES, response_format=Person)
+    raw = client.chat.completions.with_raw_response.parse(model="gpt-4o", messages=MESSAGES, response_format=Person)
+    with pytest.raises(openai.LengthFinishReasonError):  # the app's own parse() raises as it would have
+        raw.parse()
+    refused, read_raw = captured.spans()
+    assert refused.attributes["error.type"] == "LengthFinishReasonError"
+    for span in (refused, read_raw):
+        a = span.attributes
+        assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.input_tokens"] == 50
+        assert a["gen_ai.usage.output_tokens"] == 16 and a["llmtrace.cost.usd"] > 0
+        assert a["gen_ai.response.finish_reasons"] == ("length",)
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_stream_helper_left_early_ends_its_span_at_the_block_exit(captured: Any, api: str) -> None:
+    client = openai_client(_api(chunks=20))
+    helper = (client.chat.completions.stream(model="gpt-4o", messages=MESSAGES) if api == "chat"
+              else client.responses.stream(model="gpt-4o", input="hi"))
+    with helper as events:
+        for _ in events:
+            break
+    assert len(captured.spans()) == 1  # ended at the exit, not when the helper is collected
+
+    async def left_early() -> None:
+        aclient = openai_client(_api(chunks=20, is_async=True), is_async=True)
+        async with aclient.chat.completions.stream(model="gpt-4o", messages=MESSAGES) as stream:
+            async for _ in stream:
+                break
+        assert len(captured.spans()) == 2
+
+    import asyncio
+
+    asyncio.run(left_early())
+
+
+def test_a_raw_stream_the_app_reads_itself_is_never_sent_the_usage_option(captured: Any) -> None:
+    api = _api()
+    client = openai_client(api)
+    with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: {")]
+    assert "stream_options" not in api.requests[0]
+    assert all('"choices":[]' not in line.replace(" ", "") for line in lines)  # no usage-only chunk the app must skip
+    assert _only(captured).attributes["llmtrace.usage.source"] == "estimated"
+
+
+def test_an_async_stream_has_aclose_only_where_the_sdks_has_one(captured: Any) -> None:
+    import asyncio
+
+    import anthropic
+
+    from conftest import anthropic_client
+
+    async def streams() -> list[Any]:
+        aopenai = openai_client(_api(is_async=True), is_async=True)
+        aanthropic = anthropic_client(FakeAPI(http_module(anthropic), is_async=True), is_async=True)
+        return [await aopenai.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True),
+                await aanthropic.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=MESSAGES, stream=True)]
+
+    async def compare() -> None:
+        for stream in await streams():
+            found = hasattr(stream, "aclose")  # what app code that duck-types its streams sees
+            assert found == hasattr(stream.__wrapped__, "aclose")
+            await (stream.aclose() if found else stream.close())
+
+    asyncio.run(compare())
+    assert len(captured.spans()) == 2
+
+
+def test_a_background_response_not_yet_ready_has_no_made_up_usage(captured: Any) -> None:
+    queued = {**_IN_PROGRESS, "status": "queued", "background": True}
+    client = openai_client(lambda request: HTTP.Response(200, json=queued))
+    assert client.responses.create(model="o3", input="a long task", background=True).status == "queued"
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "none" and "llmtrace.cost.usd" not in a and "gen_ai.usage.input_tokens" not in a

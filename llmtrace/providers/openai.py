@@ -319,6 +319,10 @@ def _failure(error: Any, default: str) -> tuple[str, str]:
     return string(get(error, "code")) or default, string(get(error, "message")) or ""
 
 
+# A background response (``background=True``) comes back before the model has worked: its usage comes later.
+_NOT_READY = ("queued", "in_progress")
+
+
 def _parse_response_object(response: Any) -> Result:
     status = string(get(response, "status"))
     finish = string(get(get(response, "incomplete_details"), "reason")) or status
@@ -333,6 +337,7 @@ def _parse_response_object(response: Any) -> Result:
         # A failed generation comes back as a response (the SDK does not raise): the call failed all the same.
         failure=_failure(get(response, "error"), "failed") if status == "failed" else None,
         price_context=_price_context(extras),
+        pending=status in _NOT_READY,
     )
 
 
@@ -401,6 +406,7 @@ class _ResponsesAccumulator:
             return _parse_response_object(self._final)
         partial = _parse_response_object(self._created) if self._created is not None else Result()
         partial.finish_reasons = ()  # the created event says "in_progress": the stream ended before any verdict
+        partial.pending = False  # not an answer to come later: a stream cut short, whose output is estimated
         # The created event has no output yet: what streamed in is the output.
         partial.output_text = "".join(self._text) + "".join("".join(c.arguments) for c in self._calls.values())
         partial.messages_of = self._messages

@@ -80,7 +80,8 @@ class Endpoint:
     parse: Callable[[Any], Result]
     accumulator: Callable[[bool], Accumulator]  # arg: hide the usage-only chunk we asked for
     estimate_input: Callable[[str, Mapping[str, Any]], int]
-    input_content: Callable[[Mapping[str, Any]], Any]  # the request's content as the SDK took it
+    # What the request asks, as the SDK took it (the duplicate-call hash): every part that makes two requests differ.
+    input_content: Callable[[Mapping[str, Any]], Any]
     # Content capture: the request's content as attributes (gen_ai.input.messages, system instructions, tools).
     content_attributes: Callable[[Mapping[str, Any]], dict[str, str]]
     client_info: Callable[[Any, Settings], ClientInfo]  # (SDK resource, settings)

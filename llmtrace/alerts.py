@@ -93,6 +93,10 @@ class Webhook:
         with done:
             return done.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
 
+    def unsent(self) -> int:
+        """Alerts queued or being sent."""
+        return self._queue.unfinished_tasks
+
     def stop(self) -> None:
         self._queue.put(None)
 

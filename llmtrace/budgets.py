@@ -17,6 +17,7 @@ A ``model`` budget limits the model the app asks for (the request model, known b
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -44,8 +45,11 @@ SCOPE_DIMENSIONS = {"tenant": "tenant", "user": "user", "feature": "feature", "m
 
 
 def usd(amount: float) -> str:
-    """Money in messages: in cents, or to two significant digits below a cent (half a cent is not "$0.01")."""
-    return f"${amount:,.2f}" if abs(amount) >= 0.01 or amount == 0 else f"${amount:.2g}"
+    """Money in messages: in cents, or to two significant digits below a cent (half a cent is not "$0.01"), never
+    in scientific notation ($0.000037, not $3.7e-05: these messages reach people, in chat and in logs)."""
+    if abs(amount) >= 0.01 or amount == 0:
+        return f"${amount:,.2f}"
+    return f"${amount:.{1 - math.floor(math.log10(abs(amount)))}f}".rstrip("0")
 
 
 class BudgetExceeded(Exception):

@@ -227,6 +227,8 @@ class Call:
         self.done = True
         end_ns = time.time_ns()
         attrs: dict[str, Any] = {A.HTTP_ATTEMPTS: 1 + self.retries}
+        if error is not None and not isinstance(error, Exception):
+            error = None  # the app stopped the call (a cancelled task, Ctrl-C, exit): not the call failing
         error_type = failure = None
         if error is not None:
             error_type = type(error).__qualname__

@@ -123,6 +123,9 @@ def cmd_prices(args: argparse.Namespace) -> int:
     return 0
 
 
+_ALERTS_LISTED = 200
+
+
 def cmd_budgets(args: argparse.Namespace) -> int:
     """Spend against every budget in the config file this period (spent, limit, % used, projection), and
     the alerts of the last 7 days."""
@@ -134,8 +137,10 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     else:
         print(f"No budgets in {path or 'llmtrace.toml (not found)'}; declare them with [[budgets]] tables.")
     if query.store_exists(settings.db):
-        fired = query.alert_history(query.TimeRange.last(timedelta(days=7)), db=settings.db)
-        print(f"\nAlerts (last 7 days): {len(fired) or 'none'}")
+        fired = query.alert_history(query.TimeRange.last(timedelta(days=7)), limit=_ALERTS_LISTED + 1, db=settings.db)
+        count = f"more than {_ALERTS_LISTED}, the newest listed" if len(fired) > _ALERTS_LISTED else len(fired) or "none"
+        print(f"\nAlerts (last 7 days): {count}")
+        fired = fired[:_ALERTS_LISTED]
         for row in fired:
             print(f"  {row['fired_at']:%Y-%m-%d %H:%M} UTC  {row['message']}")
     return 0

@@ -52,7 +52,9 @@ class SpendGuard:
         self._lock = threading.Lock()
         self._finished: dict[Slot, float] = {}  # cost of this process's calls that ended, ever
         self._held: dict[Slot, float] = {}  # reservations of calls in flight
-        self._base: dict[Slot, float] = {}  # the store's figure minus ``_finished`` when it was read
+        # The store's figure minus ``_finished`` when it was read. Replaced whole, never changed in place: a refresh
+        # builds the next one outside the lock (a "*" budget can have 10^5 keys), then swaps it in.
+        self._base: dict[Slot, float] = {}
         # (token, budget, the span attribute it reads or None for global)
         self._rules: tuple[tuple[int, Budget, str | None], ...] = ()
         self._tokens: dict[Budget, int] = {}  # every budget ever enforced keeps its token (and its counts)
@@ -121,11 +123,14 @@ class SpendGuard:
         return self._base.get(slot, 0.0) + self._finished.get(slot, 0.0) + self._held.get(slot, 0.0)
 
     def _roll_over(self, token: int, budget: Budget) -> tuple[datetime, float]:
-        """A calendar period ended: what was spent before no longer counts (lock held)."""
+        """A calendar period ended: what was spent before no longer counts, by this process or (as the store
+        said) by any other (lock held)."""
         period = self._period[token] = _period_of(budget, utc_now())
+        base = {slot: figure for slot, figure in self._base.items() if slot[0] != token}
         for slot, finished in self._finished.items():
             if slot[0] == token:
-                self._base[slot] = -finished
+                base[slot] = -finished
+        self._base = base
         return period
 
     def after_fork_in_child(self) -> None:
@@ -146,19 +151,27 @@ class SpendGuard:
             return Snapshot(dict(self._finished), windows, dict(self._tokens))
 
     def refresh(self, snapshot: Snapshot, figures: Mapping[Budget, Mapping[str | None, float]]) -> None:
-        """The store's figures for the snapshot's windows: they replace what was counted up to the snapshot."""
+        """The store's figures for the snapshot's windows: they replace what was counted up to the snapshot.
+        Built outside the lock, swapped in under it: the request path waits for no walk over the keys."""
         with self._lock:
-            for budget, spend in figures.items():
-                token = snapshot.tokens[budget]
-                period = self._period.get(token)
-                if period is not None and period[0] != snapshot.windows[budget][0]:
-                    continue  # the period rolled over while the store was read: that figure is stale
-                keys = set(spend) | {key for t, key in self._finished if t == token} | {
-                    key for t, key in self._base if t == token
-                }
-                for key in keys:
-                    slot = (token, key)
-                    self._base[slot] = spend.get(key, 0.0) - snapshot.finished.get(slot, 0.0)
+            current = self._base
+            periods = dict(self._period)
+        base = dict(current)
+        for budget, spend in figures.items():
+            token = snapshot.tokens[budget]
+            period = periods.get(token)
+            if period is not None and period[0] != snapshot.windows[budget][0]:
+                continue  # the period rolled over while the store was read: that figure is stale
+            for slot in [slot for slot in base if slot[0] == token]:
+                del base[slot]  # a key the store no longer names (its spend left the window) is forgotten
+            for key, figure in spend.items():
+                base[(token, key)] = figure
+            for slot, finished in snapshot.finished.items():
+                if slot[0] == token:
+                    base[slot] = base.get(slot, 0.0) - finished
+        with self._lock:
+            if self._base is current:  # else a period rolled over meanwhile: the next refresh reads it anew
+                self._base = base
 
 
 def _period_of(budget: Budget, now: datetime) -> tuple[datetime, float]:

@@ -11,6 +11,7 @@ serves every process). Nothing here runs in an application thread; every failure
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from .store.files import claim_round, release_round, utc_now
 
 if TYPE_CHECKING:
     from .query import BudgetQuestion  # query loads DuckDB: imported when first needed, in the monitor thread
+
+logger = logging.getLogger("llmtrace")
 
 
 class Monitor:
@@ -95,7 +98,12 @@ class Monitor:
             thread.join(timeout=10)
         webhook = self.alerter.webhook
         if webhook is not None:  # alerts already fired still go out (within the webhook's timeout)
-            webhook.join(timeout=webhook.timeout)
+            if not webhook.join(timeout=webhook.timeout):
+                logger.error(
+                    "llmtrace: %d alert(s) not sent to webhook %s before llmtrace stopped: it did not answer within "
+                    "%g s (every alert is in the store's alert history: llmtrace budgets)",
+                    webhook.unsent(), webhook.url, webhook.timeout,
+                )  # fmt: skip
             webhook.stop()
 
     def _run(self) -> None:
@@ -111,6 +119,11 @@ class Monitor:
         """Budgets only, now (``instrument()`` calls it, so that ``block`` budgets hold from the first call)."""
         with internal_errors(), background_work():
             self._round(anomalies=False)
+            if self._fault.current and any(budget.action == "block" for budget in self.budgets):
+                logger.error(
+                    "llmtrace: block budgets cannot read what was spent so far from the store: until they can, they "
+                    "count only this process's calls, and may let through calls past their limit"
+                )
 
     def _round(self, anomalies: bool = True) -> None:
         try:
@@ -235,7 +248,9 @@ def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: d
             message = (f"Budget warning: {label} spent {usd(spent)} of {usd(budget.limit_usd)} this {budget.period} "
                        f"({used:.0%}, warning at {budget.warn_at:.0%})")  # fmt: skip
         alerts.append(Alert(
-            f"budget:{budget.name}:{target}:{period}:{level}", f"budget_{level}", target, message,
+            # Two budgets alike but for their action or warning threshold are two budgets: each alerts.
+            f"budget:{budget.name}:{budget.action}:{budget.warn_at:g}:{target}:{period}:{level}", f"budget_{level}", target,
+            message,
             {"budget": budget.name, "scope": budget.scope, "key": key, "period": budget.period,
              "period_start": period_start.isoformat(), "spent_usd": spent, "limit_usd": budget.limit_usd,
              "used": used, "action": budget.action},

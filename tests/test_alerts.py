@@ -194,6 +194,22 @@ def test_a_hanging_webhook_never_holds_up_the_app(tmp_path: Path, receiver: Rece
     assert receiver.kinds() == ["budget_exceeded", "budget_warning"]  # delivered before uninstrument() returned
 
 
+def test_alerts_a_hanging_webhook_never_took_are_counted_in_the_log_at_exit(
+    tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = _store_with_spend(tmp_path, 1.0)
+    receiver.hang.set()
+    budgets.add(scope="global", period="day", limit_usd=0.5)
+    try:
+        with llmtrace.testing.capture(store=True, db=db, alert_webhook_url=receiver.url, alert_webhook_timeout=0.5,
+                                      budget_refresh_interval=3600, anomaly_detectors=[]):  # fmt: skip
+            pass  # the first budget read fires a warning and an exceeded alert; the receiver takes neither in time
+    finally:
+        budgets.clear()
+        receiver.release.set()
+    assert any("2 alert(s) not sent to webhook" in r.getMessage() for r in caplog.records), caplog.text
+
+
 def test_budgets_command_and_dashboard_show_alert_history(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,5 +245,7 @@ def test_a_broken_store_is_reported_once_and_the_app_carries_on(tmp_path: Path, 
     assert len(api.requests) == 100
     faults = [r for r in caplog.records if "budgets and alerts cannot use the store" in r.getMessage()]
     assert len(faults) == 1 and str(db) in faults[0].getMessage()
+    # A block budget that could not read the spend so far says what that means for it, once.
+    assert len([r for r in caplog.records if "count only this process's calls" in r.getMessage()]) == 1
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(logged) == len(set(logged)), logged  # each fault once, not once per round

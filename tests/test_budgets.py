@@ -216,6 +216,17 @@ def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: py
 
 
 def test_money_in_messages_keeps_what_a_sub_cent_budget_needs() -> None:
-    assert [budgets.usd(x) for x in (0, 0.0042, 0.000123, 0.5, 1234.5)] == ["$0.00", "$0.0042", "$0.00012", "$0.50", "$1,234.50"]
+    assert [budgets.usd(x) for x in (0, 0.0042, 0.000123, 0.5, 1234.5, 3.7e-05, 0.005)] == [
+        "$0.00", "$0.0042", "$0.00012", "$0.50", "$1,234.50", "$0.000037", "$0.005"]  # never $3.7e-05
     exceeded = budgets.BudgetExceeded(budgets.Budget("global", None, "day", 0.005, 0.8, "block", "UTC"), None, 0.0069, None)
     assert "spent: $0.0069 of $0.005 per day" in str(exceeded)
+
+
+def test_two_budgets_alike_but_for_action_and_threshold_alert_each() -> None:
+    from llmtrace.monitor import budget_alerts
+
+    start = datetime(2026, 11, 24)
+    alerting = budgets.Budget("tenant", "acme", "day", 0.001, warn_at=0.5)
+    blocking = budgets.Budget("tenant", "acme", "day", 0.001, warn_at=0.9, action="block")
+    ids = [a.alert_id for b in (alerting, blocking) for a in budget_alerts(b, "acme", 0.00095, start, start)]
+    assert len(ids) == len(set(ids)) == 2  # each budget's own warning: neither is mistaken for the other's

@@ -204,6 +204,34 @@ def test_a_tags_block_left_in_another_context_ends_quietly(captured: Any) -> Non
     assert copy.run(baggage.get_baggage, "llmtrace.feature") is None
 
 
+def test_a_call_the_app_cancels_is_not_an_error(captured: Any) -> None:
+    async def slow(request: Any) -> Any:
+        await asyncio.sleep(5)
+        return HTTP.Response(200, json={})
+
+    async def main() -> None:
+        client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0,
+                                    http_client=HTTP.AsyncClient(transport=HTTP.MockTransport(slow)))
+        with pytest.raises(asyncio.TimeoutError):  # the app gives up on the call: a timeout, a closed connection
+            await asyncio.wait_for(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES), 0.05)
+
+    asyncio.run(main())
+    span = captured.spans()[0]
+    assert span.status.status_code.name == "UNSET" and "error.type" not in span.attributes
+
+
+def test_requests_that_differ_only_outside_their_messages_are_not_duplicates() -> None:
+    from llmtrace.providers import anthropic as anthropic_adapter
+    from llmtrace.providers import openai as openai_adapter
+
+    messages = [{"role": "user", "content": "yes"}]
+    content = anthropic_adapter.MESSAGES.input_content
+    assert content({"system": "You sell shoes.", "messages": messages}) != content({"system": "You fix bikes.", "messages": messages})
+    content = openai_adapter.RESPONSES.input_content
+    assert content({"input": "yes", "previous_response_id": "resp_1"}) != content({"input": "yes", "previous_response_id": "resp_2"})
+    assert content({"input": "yes", "instructions": "Be brief."}) != content({"input": "yes", "instructions": "Be kind."})
+
+
 def test_tags_reach_baggage() -> None:
     from opentelemetry import baggage
 
@@ -315,7 +343,8 @@ def test_user_exceptions_pass_through_as_the_same_object(captured: Any) -> None:
     with pytest.raises(KeyboardInterrupt) as info:
         _chat(openai_client(handler, max_retries=0))
     assert info.value is boom
-    assert captured.spans()[0].attributes["error.type"] == "KeyboardInterrupt"
+    span = captured.spans()[0]  # the app was stopped (Ctrl-C): not the call failing
+    assert "error.type" not in span.attributes and span.status.status_code.name == "UNSET"
 
 
 def test_config_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -243,6 +243,20 @@ def test_a_calendar_period_starts_over_at_its_end(monkeypatch: pytest.MonkeyPatc
     assert isinstance(guard.admit({}, lambda: 0.0), enforce.Hold)
 
 
+def test_what_other_processes_spent_no_longer_counts_once_the_period_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtrace import enforce
+
+    clock = [datetime(2026, 11, 23, 23, 59)]
+    monkeypatch.setattr(enforce, "utc_now", lambda: clock[0])
+    monkeypatch.setattr(enforce, "_epoch_now", lambda: clock[0].replace(tzinfo=timezone.utc).timestamp())
+    each = budgets.Budget("tenant", "*", "day", 1.0, action="block")
+    guard = enforce.SpendGuard([each])
+    guard.refresh(guard.snapshot(), {each: {"acme": 1.5, "globex": 0.2}})  # the store: what other processes spent
+    assert isinstance(guard.admit({A.TENANT: "acme"}, lambda: 0.0), llmtrace.BudgetExceeded)
+    clock[0] = datetime(2026, 11, 24, 0, 0, 1)  # a new day, before the store is read again
+    assert isinstance(guard.admit({A.TENANT: "acme"}, lambda: 0.0), enforce.Hold)
+
+
 def test_stream_managers_and_async_clients_are_refused_too(tmp_path: Path) -> None:
     import asyncio
 

@@ -253,7 +253,7 @@ def _estimate_input(model: str, kwargs: Mapping[str, Any]) -> int:
 
 
 def _content(kwargs: Mapping[str, Any]) -> Any:
-    return kwargs.get("messages")
+    return kwargs.get("system"), kwargs.get("messages")
 
 
 MESSAGES = Endpoint(

@@ -423,7 +423,8 @@ def _estimate_responses_input(model: str, kwargs: Mapping[str, Any]) -> int:
 
 
 def _responses_content(kwargs: Mapping[str, Any]) -> Any:
-    return kwargs.get("input")
+    # The same input in another conversation (previous_response_id) or under other instructions is another request.
+    return kwargs.get("instructions"), kwargs.get("previous_response_id"), kwargs.get("input")
 
 
 # --- embeddings ----------------------------------------------------------------------------------

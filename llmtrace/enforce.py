@@ -50,7 +50,7 @@ class Snapshot:
 class SpendGuard:
     def __init__(self, budgets: tuple[Budget, ...] | list[Budget] = ()) -> None:
         self._lock = threading.Lock()
-        self._finished: dict[Slot, float] = {}  # cost of this process's calls that ended, ever
+        self._finished: dict[Slot, float] = {}  # cost of this process's calls that ended (this period, for calendar ones)
         self._held: dict[Slot, float] = {}  # reservations of calls in flight
         # The store's figure minus ``_finished`` when it was read. Replaced whole, never changed in place: a refresh
         # builds the next one outside the lock (a "*" budget can have 10^5 keys), then swaps it in.
@@ -126,11 +126,10 @@ class SpendGuard:
         """A calendar period ended: what was spent before no longer counts, by this process or (as the store
         said) by any other (lock held)."""
         period = self._period[token] = _period_of(budget, utc_now())
-        base = {slot: figure for slot, figure in self._base.items() if slot[0] != token}
-        for slot, finished in self._finished.items():
-            if slot[0] == token:
-                base[slot] = -finished
-        self._base = base
+        # Every key of the budget starts from nothing, and the keys of the period that ended are forgotten (a "*"
+        # budget meets new users every day): a refresh that began before the roll-over is dropped as stale.
+        self._base = {slot: figure for slot, figure in self._base.items() if slot[0] != token}
+        self._finished = {slot: cost for slot, cost in self._finished.items() if slot[0] != token}
         return period
 
     def after_fork_in_child(self) -> None:

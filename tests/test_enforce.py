@@ -253,8 +253,12 @@ def test_what_other_processes_spent_no_longer_counts_once_the_period_is_over(mon
     guard = enforce.SpendGuard([each])
     guard.refresh(guard.snapshot(), {each: {"acme": 1.5, "globex": 0.2}})  # the store: what other processes spent
     assert isinstance(guard.admit({A.TENANT: "acme"}, lambda: 0.0), llmtrace.BudgetExceeded)
+    hold = guard.admit({A.TENANT: "globex"}, lambda: 0.0)
+    assert isinstance(hold, enforce.Hold)
+    guard.settle(hold, 0.1)
     clock[0] = datetime(2026, 11, 24, 0, 0, 1)  # a new day, before the store is read again
     assert isinstance(guard.admit({A.TENANT: "acme"}, lambda: 0.0), enforce.Hold)
+    assert guard.snapshot().finished == {}  # yesterday's keys are forgotten: a "*" budget meets new ones every day
 
 
 def test_stream_managers_and_async_clients_are_refused_too(tmp_path: Path) -> None:

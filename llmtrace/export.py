@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .config import ConfigError, Settings
 
@@ -48,13 +48,13 @@ class Destinations:
 _SIGNAL_PATHS = ("/v1/traces", "/v1/metrics")
 
 
-def destinations(settings: Settings, environ: Mapping[str, str] | None = None) -> Destinations:
+def destinations(settings: Settings) -> Destinations:
     if settings.otlp_endpoint:
         base = settings.otlp_endpoint.rstrip("/")
         for path in _SIGNAL_PATHS:  # a signal's full URL given where the base is meant: the base
             base = base.removesuffix(path)
         return Destinations(base, traces=True, metrics=True)
-    env = os.environ if environ is None else environ
+    env = os.environ
 
     def configured(signal: str) -> bool:
         # Only a signal with an endpoint of its own or the common one: an exporter of the other would post to

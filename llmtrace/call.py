@@ -196,7 +196,8 @@ class Call:
     def fail(self, error: BaseException) -> None:
         """The SDK call raised. Never raises."""
         with internal_errors():
-            self.finish(_billed_answer(self.endpoint, error), error)
+            answer = billed_answer_in(error)
+            self.finish(self.endpoint.parse(answer) if answer is not None else None, error)
             return
         self._force_end()
 
@@ -405,11 +406,6 @@ def billed_answer_in(error: BaseException) -> Any:
     """The answer an SDK error carries, which the provider billed though the SDK refused it (openai's
     ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` from ``.parse()``), or None."""
     return getattr(error, "completion", None)
-
-
-def _billed_answer(endpoint: Endpoint, error: BaseException) -> Result | None:
-    answer = billed_answer_in(error)
-    return endpoint.parse(answer) if answer is not None else None
 
 
 def _estimate_output(model: str, text: str) -> int:

@@ -452,8 +452,7 @@ def token_usage(
                coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens,
                coalesce(sum(visible_output_tokens), 0) AS visible_output_tokens,
                coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-               sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls,
-               coalesce(sum(cache_savings_usd), 0) AS cache_savings_usd
+               sum(cost_usd) AS cost_usd, coalesce(sum(cache_savings_usd), 0) AS cache_savings_usd
         FROM spans WHERE {where} GROUP BY {group} ORDER BY 1"""
     with open_store(db) as con:
         return _rows(con, sql, params)

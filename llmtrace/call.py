@@ -7,6 +7,7 @@ so every entry point either contains its own errors or is only called inside ``i
 from __future__ import annotations
 
 import contextvars
+import json
 import marshal
 import time
 from dataclasses import dataclass
@@ -193,10 +194,12 @@ class Call:
             return
         self._force_end()
 
-    def fail(self, error: BaseException) -> None:
-        """The SDK call raised. Never raises."""
+    def fail(self, error: BaseException, answer: Any = None) -> None:
+        """The SDK call raised; ``answer``: what the provider answered, where the error does not carry it (a body the
+        SDK's parse() refused). Never raises."""
         with internal_errors():
-            answer = billed_answer_in(error)
+            carried = billed_answer_in(error)
+            answer = carried if carried is not None else answer
             self.finish(self.endpoint.parse(answer) if answer is not None else None, error)
             return
         self._force_end()
@@ -406,6 +409,18 @@ def billed_answer_in(error: BaseException) -> Any:
     """The answer an SDK error carries, which the provider billed though the SDK refused it (openai's
     ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` from ``.parse()``), or None."""
     return getattr(error, "completion", None)
+
+
+def refused_answer(error: Exception, raw: Any) -> Any:
+    """What a raw response answered though the SDK's parse() refused it with ``error``: the answer the error carries,
+    else the body's JSON (the provider billed the call all the same); None for a body that is not there or not JSON."""
+    answer = billed_answer_in(error)
+    if answer is not None:
+        return answer
+    try:
+        return json.loads(raw.http_response.content)
+    except Exception:  # a body never read (a broken connection) or not JSON: nothing to read usage from
+        return None
 
 
 def _estimate_output(model: str, text: str) -> int:

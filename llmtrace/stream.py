@@ -12,8 +12,8 @@ from typing import Any, AsyncIterator, Iterator
 
 import wrapt
 
-from ._guard import report
-from .call import Call
+from ._guard import internal_errors, report
+from .call import Call, refused_answer
 
 
 def _abandoned(call: Call) -> None:
@@ -193,7 +193,11 @@ class RawResponseProxy(wrapt.ObjectProxy):
         self._self_finalizer = weakref.finalize(self, _abandoned, call)
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
-        parsed = self.__wrapped__.parse(*args, **kwargs)
+        try:
+            parsed = self.__wrapped__.parse(*args, **kwargs)
+        except Exception as exc:
+            self._self_parse_refused(exc, seen_by_app=True)
+            raise
         return self._self_call_parsed(parsed)
 
     def _self_call_parsed(self, parsed: Any) -> Any:
@@ -207,8 +211,21 @@ class RawResponseProxy(wrapt.ObjectProxy):
     def _self_body_is_whole(self) -> bool:
         return not self._self_call.done and self._self_call.kwargs.get("stream") is not True
 
-    def _self_body_unparsable(self) -> None:
-        self._self_call.end_stream(None)  # a body parse() refuses: what the span can say without it
+    def _self_parse_refused(self, error: Exception, seen_by_app: bool) -> None:
+        """parse() refused a whole body (an answer cut at max_tokens, to a ``.parse()`` with a response_format): the
+        provider billed it all the same. The span fails only where the app saw the error. (A stream's parse()
+        failing leaves no body to read: its span ends at close or collection.)"""
+        with internal_errors():
+            if not self._self_body_is_whole():
+                return
+            call = self._self_call
+            answer = refused_answer(error, self.__wrapped__)
+            if seen_by_app:
+                call.fail(error, answer)
+            elif answer is not None:
+                call.complete(answer)
+            else:
+                call.end_stream(None)  # what the span can say without an answer
 
     def read(self) -> Any:
         body = self.__wrapped__.read()
@@ -231,8 +248,8 @@ class RawResponseProxy(wrapt.ObjectProxy):
         if self._self_body_is_whole():
             try:
                 parsed = self.__wrapped__.parse()
-            except Exception:
-                self._self_body_unparsable()
+            except Exception as exc:
+                self._self_parse_refused(exc, seen_by_app=False)
                 return
             self._self_call_parsed(parsed)
 
@@ -245,7 +262,11 @@ class RawResponseProxy(wrapt.ObjectProxy):
 
 class AsyncRawResponseProxy(RawResponseProxy):
     async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        parsed = await self.__wrapped__.parse(*args, **kwargs)
+        try:
+            parsed = await self.__wrapped__.parse(*args, **kwargs)
+        except Exception as exc:
+            self._self_parse_refused(exc, seen_by_app=True)
+            raise
         return self._self_call_parsed(parsed)
 
     async def read(self) -> Any:
@@ -267,8 +288,8 @@ class AsyncRawResponseProxy(RawResponseProxy):
         if self._self_body_is_whole():
             try:
                 parsed = await self.__wrapped__.parse()
-            except Exception:
-                self._self_body_unparsable()
+            except Exception as exc:
+                self._self_parse_refused(exc, seen_by_app=False)
                 return
             self._self_call_parsed(parsed)
 

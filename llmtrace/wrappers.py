@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import json
 from typing import Any, Callable
 
 from opentelemetry import context as otel_context
@@ -62,14 +61,13 @@ def _kind_of(cls: type) -> int:
 
 
 def _answer_of_raw(response: Any) -> Any:
-    """A read raw response's answer: what the SDK's parse() makes of it, or where parse() refuses it (an answer
-    cut at max_tokens, to a ``.parse()`` with a response_format), the answer its error carries or the body's JSON:
-    the provider billed the call all the same. The app's own parse() raises as it would have."""
+    """A read raw response's answer: what the SDK's parse() makes of it, or what it answered though parse() refuses
+    it (an answer cut at max_tokens, to a ``.parse()`` with a response_format). The app's own parse() raises as it
+    would have."""
     try:
         return response.parse()
     except Exception as exc:
-        answer = core.billed_answer_in(exc)
-        return answer if answer is not None else json.loads(response.content)
+        return core.refused_answer(exc, response)
 
 
 def returned(call: Call, response: Any) -> Any:
@@ -87,7 +85,11 @@ def returned(call: Call, response: Any) -> Any:
             core_retries = getattr(response, "retries_taken", None)
             if isinstance(core_retries, int) and core_retries > call.retries:
                 call.retries = core_retries
-            call.complete(_answer_of_raw(response))
+            answer = _answer_of_raw(response)
+            if answer is None:
+                call.end_stream(None)  # no answer to read: what the span can say without it
+            else:
+                call.complete(answer)
             return response
         if kind == _RAW:
             return RawResponseProxy(response, call)

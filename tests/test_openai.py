@@ -390,6 +390,15 @@ def test_malformed_json_body_surfaces_as_the_sdk_does(captured: Any) -> None:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     span = _only(captured)
     assert span.attributes["error.type"] == type(info.value).__qualname__
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)  # parsed later
+    with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES) as streaming:
+        with pytest.raises(type(info.value)):
+            streaming.parse()
+    with pytest.raises(type(info.value)):
+        raw.parse()
+    unread, refused = captured.spans()[1:]  # both ended, without an internal error
+    assert unread.attributes["llmtrace.usage.source"] == "estimated" and "error.type" not in unread.attributes
+    assert refused.attributes["error.type"] == type(info.value).__qualname__
 
 
 def test_missing_usage_is_estimated_and_priced(captured: Any) -> None:
@@ -652,6 +661,39 @@ def test_a_billed_answer_that_parse_refuses_keeps_its_usage_and_cost(captured: A
         assert a["gen_ai.usage.output_tokens"] == 16 and a["llmtrace.cost.usd"] > 0
         assert a["gen_ai.response.finish_reasons"] == ("length",)
 
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_billed_answer_read_through_a_streaming_response_keeps_its_usage(captured: Any, is_async: bool) -> None:
+    import pydantic
+
+    class Person(pydantic.BaseModel):
+        name: str
+
+    client = openai_client(_cut_at_max_tokens, is_async=is_async)
+    streaming = client.chat.completions.with_streaming_response
+    for read in ("parse", "json"):  # the app parses (and the SDK refuses), or reads the body itself
+        if is_async:
+            async with streaming.parse(model="gpt-4o", messages=MESSAGES, response_format=Person) as response:
+                if read == "parse":
+                    with pytest.raises(openai.LengthFinishReasonError):
+                        await response.parse()
+                else:
+                    await response.json()
+        else:
+            with streaming.parse(model="gpt-4o", messages=MESSAGES, response_format=Person) as response:
+                if read == "parse":
+                    with pytest.raises(openai.LengthFinishReasonError):
+                        response.parse()
+                else:
+                    response.json()
+    refused, read_body = captured.spans()
+    assert refused.attributes["error.type"] == "LengthFinishReasonError"
+    assert "error.type" not in read_body.attributes  # the app read the body; nothing failed
+    for span in (refused, read_body):
+        a = span.attributes
+        assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.output_tokens"] == 16
+        assert a["llmtrace.cost.usd"] > 0 and a["gen_ai.response.finish_reasons"] == ("length",)
 
 @pytest.mark.parametrize("api", ["chat", "responses"])
 def test_a_stream_helper_left_early_ends_its_span_at_the_block_exit(captured: Any, api: str) -> None:

@@ -150,27 +150,36 @@ class SpendGuard:
             return Snapshot(dict(self._finished), windows, dict(self._tokens))
 
     def refresh(self, snapshot: Snapshot, figures: Mapping[Budget, Mapping[str | None, float]]) -> None:
-        """The store's figures for the snapshot's windows: they replace what was counted up to the snapshot.
-        Built outside the lock, swapped in under it: the request path waits for no walk over the keys."""
+        """The store's figures for the snapshot's windows: they replace what was counted up to the snapshot, and
+        this process keeps counting only what ended since (so its counts never outgrow the keys active between
+        two refreshes, whatever the window). Built outside the lock, swapped in under it: the request path waits
+        for no walk over the store's keys."""
         with self._lock:
             current = self._base
             periods = dict(self._period)
         base = dict(current)
+        refreshed: set[int] = set()
         for budget, spend in figures.items():
             token = snapshot.tokens[budget]
             period = periods.get(token)
             if period is not None and period[0] != snapshot.windows[budget][0]:
                 continue  # the period rolled over while the store was read: that figure is stale
+            refreshed.add(token)
             for slot in [slot for slot in base if slot[0] == token]:
                 del base[slot]  # a key the store no longer names (its spend left the window) is forgotten
             for key, figure in spend.items():
                 base[(token, key)] = figure
-            for slot, finished in snapshot.finished.items():
-                if slot[0] == token:
-                    base[slot] = base.get(slot, 0.0) - finished
         with self._lock:
-            if self._base is current:  # else a period rolled over meanwhile: the next refresh reads it anew
-                self._base = base
+            if self._base is not current:
+                return  # a period rolled over meanwhile: the next refresh reads it anew
+            self._base = base
+            finished: dict[Slot, float] = {}
+            for slot, cost in self._finished.items():
+                if slot[0] in refreshed:
+                    cost -= snapshot.finished.get(slot, 0.0)  # the store's figure holds what had ended by the snapshot
+                if cost > 0.0:
+                    finished[slot] = cost
+            self._finished = finished
 
 
 def _period_of(budget: Budget, now: datetime) -> tuple[datetime, float]:

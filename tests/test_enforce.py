@@ -261,6 +261,31 @@ def test_what_other_processes_spent_no_longer_counts_once_the_period_is_over(mon
     assert guard.snapshot().finished == {}  # yesterday's keys are forgotten: a "*" budget meets new ones every day
 
 
+
+def test_a_rolling_budget_keeps_counting_only_what_ended_since_the_stores_last_figure() -> None:
+    """A rolling window never starts over: the per-key counts of this process must still not grow with every key
+    it ever met (a "*" budget meets new users every day), and no spend may be lost or counted twice."""
+    from llmtrace import enforce
+
+    each = budgets.Budget("user", "*", "24h", 1.0, action="block")
+    guard = enforce.SpendGuard([each])
+
+    def spend(user: str, cost: float) -> None:
+        hold = guard.admit({A.USER_ID: user}, lambda: 0.0)
+        assert isinstance(hold, enforce.Hold)
+        guard.settle(hold, cost)
+
+    for n in range(1000):
+        spend(f"user-{n}", 0.01)
+    snapshot = guard.snapshot()
+    spend("user-1", 0.5)  # ends after the snapshot: not in the store's figure
+    guard.refresh(snapshot, {each: {f"user-{n}": 0.01 for n in range(1000)}})  # the store: what had ended by then
+    assert guard.snapshot().finished == {(0, "user-1"): pytest.approx(0.5)}  # the rest is in the store's figure
+    spend("user-1", 0.48)  # 0.01 + 0.5 + 0.48 = 0.99: still room
+    spend("user-1", 0.02)
+    assert isinstance(guard.admit({A.USER_ID: "user-1"}, lambda: 0.0), llmtrace.BudgetExceeded)
+    assert isinstance(guard.admit({A.USER_ID: "user-2"}, lambda: 0.0), enforce.Hold)
+
 def test_stream_managers_and_async_clients_are_refused_too(tmp_path: Path) -> None:
     import asyncio
 

@@ -231,4 +231,7 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     values["provider_hosts"] = tuple(
         "=".join(part.strip() for part in pair.split("=", 1)) for pair in values.get("provider_hosts", ())
     )
+    # Hosts named here come beside the ones known to accept the field, never instead: naming a gateway must not
+    # cost OpenAI's own streams their usage.
+    values["include_usage_hosts"] = tuple(dict.fromkeys((*DEFAULT_INCLUDE_USAGE_HOSTS, *values.get("include_usage_hosts", ()))))
     return Settings(**values)

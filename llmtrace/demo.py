@@ -146,7 +146,7 @@ def instrument_for_demo(db: str | None) -> None:
         db=db,
         service_name=SERVICE_NAME,
         provider_hosts=["127.0.0.1=openai"],
-        include_usage_hosts=["127.0.0.1", "api.openai.com"],
+        include_usage_hosts=["127.0.0.1"],
         flush_interval=1.0,
     )
 

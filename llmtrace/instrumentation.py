@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import logging
 import os
+import signal
 import sys
 import threading
 import weakref
@@ -102,6 +103,8 @@ def instrument(**options: Any) -> None:
             _say_already_instrumented(core.runtime.settings, settings)
             return
         _flush_at_multiprocessing_child_exit()
+        with internal_errors():
+            _flush_on_sigterm()
         if settings.prices:
             pricing.set_prices(settings.prices)
         apps_own = _apps_own(tracer_provider, trace.get_tracer_provider(), TracerProvider) or _apps_own(
@@ -168,6 +171,8 @@ def uninstrument() -> None:
             owner, attribute, original = _patches.pop()
             setattr(owner, attribute, original)
         _patched_sdks.clear()
+        with internal_errors():
+            _restore_sigterm()
 
 
 def _patch_sdk(module: Any) -> None:
@@ -288,16 +293,49 @@ def _warm_prices() -> None:
         import genai_prices.data  # noqa: F401
 
 
-def _flush_before_child_exit() -> None:
-    """What exit does (the monitor stopped, spans exported and written), for a process that exits without it."""
+def _flush_before_abrupt_exit() -> None:
+    """What exit does (the monitor stopped, spans exported and written, metrics sent), for a process that ends
+    without running its atexit hooks."""
     _stop_monitor_at_exit()
     with internal_errors():
         provider = trace.get_tracer_provider()
         if isinstance(provider, TracerProvider):
             provider.force_flush()  # OTLP export, and the app's own processors
+        meters = metrics.get_meter_provider()
+        if isinstance(meters, MeterProvider):
+            meters.force_flush()
     writer = _store_writer
     if writer is not None:
         writer.shutdown()
+
+
+# How long a SIGTERM waits for that flush: docker stop gives 10 s before SIGKILL (Kubernetes 30 s).
+_SIGTERM_FLUSH_TIMEOUT_S = 8.0
+
+
+def _flush_on_sigterm() -> None:
+    """SIGTERM's default action ends the process without atexit hooks, so the last flush interval of spans,
+    metrics and alerts was lost: docker stop, Kubernetes and systemd stop services with it, and uvicorn raises it
+    again after its graceful shutdown. Where SIGTERM still has its default action, llmtrace's handler flushes
+    first, then lets the default action end the process as it would have (the same signal, the same status).
+    A handler the app installs (before or after) is never replaced; only the main thread can install one."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # On a thread of its own, waited for a bounded time: the signal may have stopped the main thread inside a
+    # lock the flush needs.
+    flush = threading.Thread(target=_flush_before_abrupt_exit, name="llmtrace-sigterm-flush", daemon=True)
+    flush.start()
+    flush.join(_SIGTERM_FLUSH_TIMEOUT_S)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.raise_signal(signal.SIGTERM)
+
+
+def _restore_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 _child_exit_hooked = False
@@ -314,10 +352,10 @@ def _flush_at_multiprocessing_child_exit() -> None:
     import multiprocessing.util as mp_util
 
     def in_new_child(_: object) -> None:
-        mp_util.Finalize(None, _flush_before_child_exit, exitpriority=100)
+        mp_util.Finalize(None, _flush_before_abrupt_exit, exitpriority=100)
 
     # Called in each child with its first argument, held weakly: this module's function lives as long as it.
-    mp_util.register_after_fork(_flush_before_child_exit, in_new_child)
+    mp_util.register_after_fork(_flush_before_abrupt_exit, in_new_child)
 
 
 def _restart_monitor_in_child() -> None:

@@ -96,6 +96,11 @@ class Monitor:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
+        if self.budgets and not (thread is not None and thread.is_alive()):
+            # A last look at the budgets: a process that crossed one since the last round (a short script, a worker
+            # stopped) alerts all the same.
+            with internal_errors(), background_work():
+                self._round(anomalies=False)
         webhook = self.alerter.webhook
         if webhook is not None:  # alerts already fired still go out (within the webhook's timeout)
             if not webhook.join(timeout=webhook.timeout):

@@ -68,10 +68,11 @@ class SyncStreamProxy(wrapt.ObjectProxy):
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        # ``exc`` is the app's own: an error of the stream's reached the span where the stream raised it.
         try:
             return self.__wrapped__.__exit__(exc_type, exc, tb)
         finally:
-            self._self_call.end_stream(exc)
+            self._self_call.end_stream(None)
 
     def close(self) -> None:
         try:
@@ -154,10 +155,11 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        # ``exc`` is the app's own: an error of the stream's reached the span where the stream raised it.
         try:
             return await self.__wrapped__.__aexit__(exc_type, exc, tb)
         finally:
-            self._self_call.end_stream(exc)
+            self._self_call.end_stream(None)
 
     async def close(self) -> None:
         try:

@@ -123,6 +123,35 @@ def test_budget_alerts_fire_once_across_processes(tmp_path: Path, receiver: Rece
     assert sorted(row["kind"] for row in history) == receiver.kinds()
 
 
+
+def test_a_short_script_that_spends_past_a_budget_alerts_before_it_exits(tmp_path: Path, receiver: Receiver) -> None:
+    config = tmp_path / "llmtrace.toml"
+    config.write_text(f"""
+[[budgets]]
+scope = "tenant"
+key = "acme"
+period = "day"
+limit_usd = 0.000001
+
+[alerts]
+webhook_url = "{receiver.url}"
+""")
+    app = f"""
+import sys
+sys.path.insert(0, {str(HERE)!r})
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+
+llmtrace.instrument(budget_refresh_interval=600, anomaly_detectors=[])  # no round of the monitor's own before exit
+with llmtrace.tags(tenant="acme"):
+    openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+"""
+    env = {**os.environ, "LLMTRACE_DB": str(tmp_path / "s.duckdb"), "LLMTRACE_CONFIG": str(config), "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+    done = subprocess.run([sys.executable, "-c", app], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert receiver.kinds() == ["budget_exceeded", "budget_warning"]
+
 def test_logger_and_callbacks_get_each_alert_and_a_failing_callback_changes_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

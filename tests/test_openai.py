@@ -231,12 +231,13 @@ def test_compatible_host_never_sees_stream_options_and_usage_is_estimated(captur
 def test_include_usage_hosts_setting_extends_the_list() -> None:
     import llmtrace.testing
 
-    api = _api()
-    with llmtrace.testing.capture(include_usage_hosts=["api.openai.com", "llm.internal"]) as captured:
-        client = openai_client(api, base_url="https://llm.internal/v1")
-        list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
-    assert api.requests[0]["stream_options"] == {"include_usage": True}
-    assert captured.spans()[0].attributes["llmtrace.usage.source"] == "provider"
+    gateway, openai_itself = _api(), _api()
+    with llmtrace.testing.capture(include_usage_hosts=["llm.internal"]) as captured:  # a gateway, beside OpenAI
+        for api, base_url in ((gateway, "https://llm.internal/v1"), (openai_itself, "https://api.openai.com/v1")):
+            list(openai_client(api, base_url=base_url).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    for api in (gateway, openai_itself):
+        assert api.requests[0]["stream_options"] == {"include_usage": True}
+    assert [span.attributes["llmtrace.usage.source"] for span in captured.spans()] == ["provider", "provider"]
 
 
 def test_provider_hosts_names_and_prices_a_gateway_as_its_provider() -> None:

@@ -480,6 +480,51 @@ if __name__ == "__main__":
     assert out.stdout.strip() == str([f"child-{i}" for i in range(4)])
 
 
+
+@pytest.mark.parametrize("server", ["none", "uvicorn-like"])
+def test_a_process_stopped_by_sigterm_stores_its_calls_first(tmp_path: Path, server: str) -> None:
+    """docker stop, Kubernetes and systemd send SIGTERM, whose default action skips atexit; uvicorn catches it for
+    its graceful shutdown, then restores the handler it found and raises it again. The calls are stored all the
+    same, and the process still ends by SIGTERM."""
+    db = _db(tmp_path)
+    script = f"""
+import signal, sys, time
+sys.path.insert(0, {str(HERE)!r})
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+
+llmtrace.instrument(db={db!r}, flush_interval=600)  # no timed flush: only the exit writes the spans
+client = openai_client(FakeAPI(http_module(openai)))
+for i in range(3):
+    with llmtrace.tags(tenant=f"t-{{i}}"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+if {server == "uvicorn-like"}:
+    caught = []
+    found = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    print("ready", flush=True)
+    while not caught:
+        time.sleep(0.01)
+    signal.signal(signal.SIGTERM, found)  # graceful shutdown done: the signal goes on as it would have
+    signal.raise_signal(caught[0])
+else:
+    print("ready", flush=True)
+time.sleep(60)
+print("still alive", flush=True)
+"""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path)  # fmt: skip
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGTERM, err
+    assert "still alive" not in out and "Traceback" not in err, err
+    rows = query.spend_by("tenant", query.TimeRange.last(timedelta(hours=1)), db=db)
+    assert sorted(r["key"] for r in rows) == ["t-0", "t-1", "t-2"]
+
 def test_untagged_refused_and_unpriced_calls_count_as_they_do_everywhere(tmp_path: Path) -> None:
     db = _db(tmp_path)
     fill_mixed_store(db)

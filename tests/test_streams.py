@@ -94,3 +94,35 @@ def test_an_async_stream_left_early_in_asyncio_run_is_not_an_error(captured: Any
     assert asyncio.run(first_chunk_only()) is not None
     (span,) = captured.spans()
     assert span.status.status_code.name == "UNSET" and "error.type" not in span.attributes
+
+
+class _AppBug(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_the_apps_own_error_in_a_stream_block_is_not_the_calls(captured: Any, sdk: str) -> None:
+    """The app's code failing while it reads a stream (a client that went away, a bug in its per-chunk code) leaves
+    the call a success: the SDK's own errors reach the span where the stream raised them, never at the block's exit."""
+
+    def open_stream(is_async: bool) -> Any:
+        if sdk == "openai":
+            client = openai_client(FakeAPI(http_module(openai), is_async=is_async), is_async=is_async)
+            return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+        client = anthropic_client(FakeAPI(http_module(anthropic), is_async=is_async), is_async=is_async)
+        return client.messages.create(model="claude-3-5-haiku-20241022", max_tokens=64, messages=MESSAGES, stream=True)
+
+    async def read_async() -> None:
+        async with await open_stream(True) as stream:
+            async for _ in stream:
+                raise _AppBug
+
+    with pytest.raises(_AppBug):
+        asyncio.run(read_async())
+    with pytest.raises(_AppBug):
+        with open_stream(False) as stream:
+            next(stream)
+            raise _AppBug
+    assert len(captured.spans()) == 2
+    for span in captured.spans():
+        assert span.status.status_code.name == "UNSET" and "error.type" not in span.attributes

@@ -235,8 +235,8 @@ class Call:
             error = None  # the app stopped the call (a cancelled task, Ctrl-C, exit): not the call failing
         error_type = failure = None
         if error is not None:
-            error_type = type(error).__qualname__
-            failure = f"{error_type}: {error}"
+            error_type = _error_type(error)
+            failure = f"{type(error).__qualname__}: {error}"
             status = getattr(error, "status_code", None)
             if isinstance(status, int):
                 attrs[A.HTTP_STATUS_CODE] = status
@@ -421,6 +421,25 @@ def refused_answer(error: Exception, raw: Any) -> Any:
         return json.loads(raw.http_response.content)
     except Exception:  # a body never read (a broken connection) or not JSON: nothing to read usage from
         return None
+
+
+# The SDKs' catch-all error classes: raised for an error the API sent inside a stream that had begun with a 200 (an
+# overload, most often), which has no class of its own.
+_CATCH_ALL_ERRORS = frozenset({"APIError", "APIStatusError"})
+
+
+def _error_type(error: BaseException) -> str:
+    """The SDK's exception class, or for its catch-all class the API's own error type (``overloaded_error``,
+    ``server_error``), where the error's body names one: low-cardinality either way."""
+    name = type(error).__qualname__
+    if name in _CATCH_ALL_ERRORS:
+        body = getattr(error, "body", None)
+        if isinstance(body, Mapping):
+            inner = body.get("error")  # anthropic: the whole event; openai: the error object itself
+            kind = (inner if isinstance(inner, Mapping) else body).get("type")
+            if isinstance(kind, str) and kind and kind != "error":
+                return kind
+    return name
 
 
 def _estimate_output(model: str, text: str) -> int:

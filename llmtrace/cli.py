@@ -242,6 +242,23 @@ def _whole_number(low: int, high: int | None = None, unit: str = "", note: str =
 # Whole days, as the config's retention_days.
 _retention_days = _whole_number(0, config.MAX_RETENTION_DAYS, " of days", " (0 keeps spans forever)")
 _positive = _whole_number(1)
+_port = _whole_number(1, 65535, " (a TCP port)")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds, 0 or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return seconds
+
+
+# The values the APIs take (OpenAI's service_tier; Anthropic's speed): a typo must not read as standard prices.
+_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
+_SPEEDS = ("standard", "fast")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     prices = _add_command(commands, "prices", cmd_prices)
     prices.add_argument("model")
     prices.add_argument("--provider", default="openai")
-    prices.add_argument("--service-tier", help="the tier that serves the calls (OpenAI: flex, priority); default: standard")
-    prices.add_argument("--speed", help="the speed mode that serves the calls (Anthropic: fast); default: standard")
+    prices.add_argument("--service-tier", choices=_SERVICE_TIERS,
+                        help="the tier that serves the calls (OpenAI: flex, priority); default: standard")
+    prices.add_argument("--speed", choices=_SPEEDS, help="the speed mode that serves the calls (Anthropic: fast); default: standard")
     prices.add_argument("--config", help=_CONFIG_HELP)
 
     budget = _add_command(commands, "budgets", cmd_budgets)
@@ -276,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--db", help=_DB_HELP)
     board.add_argument("--config", help="config file whose budgets the Budgets page shows (default as above)")
     board.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    board.add_argument("--port", type=int, default=dashboard.DEFAULT_PORT)
-    board.add_argument("--refresh", type=float, default=None,
+    board.add_argument("--port", type=_port, default=dashboard.DEFAULT_PORT)
+    board.add_argument("--refresh", type=_seconds, default=None,
                        help=f"seconds between automatic refreshes, 0 = off (default {dashboard.DEFAULT_REFRESH_S:g})")
 
     demo = _add_command(commands, "demo", cmd_demo)
@@ -286,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--db")
     demo.add_argument("--no-dashboard", action="store_true", help="stop after the burst")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=dashboard.DEFAULT_PORT)
+    demo.add_argument("--port", type=_port, default=dashboard.DEFAULT_PORT)
     demo.add_argument("--seed", type=int, default=None, help="repeatable traffic")
     return parser
 

@@ -207,7 +207,8 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
         env_name = "LLMTRACE_" + name.upper()
         if name in options and options[name] is not None:
             values[name] = _coerce(name, options[name], default, "instrument()")
-        elif env.get(env_name) is not None:
+        elif env.get(env_name) is not None and (env[env_name].strip() or isinstance(default, tuple)):
+            # Empty is unset (compose and Kubernetes files leave variables empty), except for a list: none.
             values[name] = _coerce(name, env[env_name], default, env_name)
         elif std_env.get(name):
             values[name] = std_env[name]

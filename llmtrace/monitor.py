@@ -132,7 +132,7 @@ class Monitor:
 
     def _round(self, anomalies: bool = True) -> None:
         try:
-            self.run_once(anomalies=anomalies)
+            read_the_store = self.run_once(anomalies=anomalies)
         except _SpansNotWritten:
             return  # the store writer logged why; budgets keep their last figures (and the round waits) until it recovers
         except Exception as exc:
@@ -141,12 +141,15 @@ class Monitor:
                 raise
             self._fault.report(f"{type(exc).__name__}: {exc}")
             return
-        self._fault.clear()
+        if read_the_store:  # a round that had nothing to read says nothing of the store's health
+            self._fault.clear()
 
-    def run_once(self, now: datetime | None = None, anomalies: bool = True) -> None:
-        """One round: budgets, then anomalies when due; alerts go out through the alerter."""
+    def run_once(self, now: datetime | None = None, anomalies: bool = True) -> bool:
+        """One round: budgets, then anomalies when due; alerts go out through the alerter. True when it read the
+        store."""
         declared = self.budgets
         alerts: list[Alert] = []
+        read_the_store = bool(declared)
         if declared:
             alerts.extend(self.refresh_budgets(declared, now))
         if anomalies and self.settings.anomaly_detectors and time.monotonic() >= self._next_anomaly_run:
@@ -162,7 +165,9 @@ class Monitor:
                 except BaseException:
                     release_round(stamp)
                     raise
+                read_the_store = True
         self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
+        return read_the_store
 
     def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:
         """Read every budget's spend from the store, update the guard, and return the alerts that are due."""

@@ -273,6 +273,10 @@ def price_for(provider: str, model: str, api_url: str | None = None, context: Pr
     price = _overrides.get(model)
     if price is None:
         price = _resolve(provider, model, api_url, context)
+        if price is not None and _overrides:
+            # An override of a model holds for every name the price list knows it by: a pinned snapshot
+            # (gpt-4o-2024-08-06) is priced as gpt-4o, whose override then applies to it too.
+            price = _overrides.get(price.model, price)
     _cache[key] = price
     return price
 

@@ -21,7 +21,7 @@ import duckdb
 from ._fork import background_work
 from .budgets import BudgetExceeded
 from .store.files import StorePaths, resolve, utc_now
-from .store.merge import is_lock_error, merge, merged_ids
+from .store.merge import DATA_ERRORS, is_lock_error, merge, merged_ids
 from .store.schema import COLUMN_NAMES, COLUMNS
 
 logger = logging.getLogger("llmtrace")
@@ -39,6 +39,9 @@ DIMENSIONS = {
     "service": "service_name",
 }
 _ATTACH_WAIT_S = 5.0
+# Inside the app (the budget monitor) a read is retried next round: waiting long there would hold up what waits for
+# the monitor's work (instrument()'s first budget read, a fork(), exit) whenever another process holds the file.
+_IN_APP_ATTACH_WAIT_S = 1.0
 # A call that met HTTP 429: it failed with one, or the SDK retried after one.
 _RATE_LIMITED = "http_status = 429 OR rate_limited > 0"
 # A call a ``block`` budget refused: it never reached the provider, so it is neither a provider's error nor a
@@ -139,16 +142,18 @@ def open_store(db: Store = None, *, merge_first: bool = True, in_app: bool = Fal
             if in_app:
                 con.execute("SET threads = 1")
                 con.execute("SET memory_limit = '128MB'")
-            _create_view(con, paths)
+            _create_view(con, paths, _IN_APP_ATTACH_WAIT_S if in_app else _ATTACH_WAIT_S)
             yield con
+        except (duckdb.IOException, *DATA_ERRORS) as exc:  # a damaged database, a segment DuckDB cannot read
+            raise StoreError(f"{paths.db} cannot be read: {exc}") from exc
         finally:
             con.close()
 
 
-def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> bool:
+def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths, wait_s: float) -> bool:
     if not paths.db.exists():
         return False
-    deadline = time.monotonic() + _ATTACH_WAIT_S
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             con.execute("ATTACH ? AS store (READ_ONLY)", [str(paths.db)])
@@ -162,7 +167,7 @@ def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> bool:
             raise StoreError(f"{paths.db} cannot be read: {exc}") from None
 
 
-def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> None:
+def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths, lock_wait_s: float) -> None:
     # Every part is unioned by name onto an empty table of today's columns: a database or segment
     # written by an older llmtrace lacks the newer columns, which then read as NULL.
     ddl = ", ".join(f"{name} {sql_type}" for name, sql_type, _ in COLUMNS)
@@ -170,7 +175,7 @@ def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths) -> None:
     parts = ["SELECT * FROM _columns"]
     pending_paths = paths.pending()
     merged: set[str] = set()
-    if _attach(con, paths):
+    if _attach(con, paths, lock_wait_s):
         parts.append("SELECT * FROM store.spans")
         merged = merged_ids(con, "store._segments", [p.stem for p in pending_paths])
     pending = [str(p) for p in pending_paths if p.stem not in merged]

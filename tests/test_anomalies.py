@@ -3,6 +3,7 @@ demo sends through the real SDKs to the simulated provider."""
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -184,7 +185,7 @@ def test_detectors_stay_silent_on_the_demos_traffic(tmp_path: Path) -> None:
     opened: list[str] = []
     build_view = query._create_view
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(query, "_create_view", lambda con, paths: (opened.append(str(paths.db)), build_view(con, paths))[1])
+        patch.setattr(query, "_create_view", lambda con, paths, wait: (opened.append(str(paths.db)), build_view(con, paths, wait))[1])
         assert anomalies.detect(settings, demo_db, now) == []
     assert opened == [demo_db]  # every detector read one snapshot
     fired = query.alert_history(query.TimeRange.last(timedelta(hours=1)), db=demo_db)
@@ -242,3 +243,25 @@ def test_a_round_whose_detectors_fail_is_left_to_the_next_process(tmp_path: Path
     finally:
         for writer in writers:
             writer.shutdown()
+
+
+def test_a_round_with_nothing_to_read_does_not_say_the_store_works_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no budgets, only the detectors read the store, once an interval: the rounds between say nothing of it."""
+    calls: list[int] = []
+
+    def detect(settings: config.Settings, db: str, now: datetime) -> list[Alert]:
+        calls.append(1)
+        raise duckdb.IOException("Could not set lock on file: Conflicting lock is held")
+
+    monkeypatch.setattr(anomalies, "detect", detect)
+    writer = provider_with_store(str(tmp_path / "s.duckdb"), flush_interval=60)[1]
+    monitor = Monitor(_settings(anomaly_interval=60.0), writer, Alerter(writer.paths), [])
+    try:
+        with caplog.at_level(logging.WARNING, logger="llmtrace"):
+            monitor._round()  # the detectors meet the lock
+            monitor._round()  # not due again for a minute: nothing read
+    finally:
+        writer.shutdown()
+    assert calls == [1] and "cannot use the store" in caplog.text and "work again" not in caplog.text

@@ -43,9 +43,12 @@ def test_report_table_json_csv(db: str, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_a_missing_store_is_an_error_and_an_empty_window_says_so(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = str(tmp_path / "typo" / "none.duckdb")
+    (tmp_path / "a-file").write_text("")
+    under_a_file = str(tmp_path / "a-file" / "x.duckdb")
     for command in (["report"], ["compact"]):  # a mistyped path is not an empty store, nor a new one
-        assert main([*command, "--db", missing]) == 2
-        assert f"no llmtrace store at {missing}" in capsys.readouterr().err
+        for path in (missing, under_a_file):
+            assert main([*command, "--db", path]) == 2
+            assert f"no llmtrace store at {path}" in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
     assert main(["report", "--since", "7x", "--db", missing]) == 2
     assert "not a duration" in capsys.readouterr().err
@@ -89,7 +92,7 @@ def test_prices_of_a_service_tier(capsys: pytest.CaptureFixture[str]) -> None:
 def test_prices_says_which_context_and_provider_apply(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prices", "gpt-5", "--service-tier", "flex"]) == 0
     assert capsys.readouterr().out.startswith("gpt-5 (openai, service tier flex), priced as")
-    for tier in ("bogus", "default"):  # tiers without prices of their own: the header must not claim them
+    for tier in ("scale", "default"):  # tiers without prices of their own: the header must not claim them
         assert main(["prices", "gpt-5", "--service-tier", tier]) == 0
         assert f"(openai; service tier {tier}: no prices of its own, the standard ones)" in capsys.readouterr().out
     assert main(["prices", "claude-sonnet-4-5"]) == 1  # an Anthropic model asked of the default provider
@@ -182,6 +185,13 @@ def test_demo_refuses_a_busy_port_and_bad_sizes_before_its_traffic(tmp_path: Pat
         with pytest.raises(SystemExit):  # argparse's usage error
             main(["demo", "--no-dashboard", "--db", db, option, value])
         assert f"{value!r} is not a whole number, 1 or more" in capsys.readouterr().err
+    for command, said in ((["demo", "--port", "99999"], "'99999' is not a whole number (a TCP port) from 1 to 65,535"),
+                          (["dashboard", "--port", "0"], "'0' is not a whole number (a TCP port)"),
+                          (["dashboard", "--refresh", "-5"], "'-5' is not a number of seconds, 0 or more"),
+                          (["prices", "gpt-4o", "--service-tier", "flexx"], "invalid choice: 'flexx'")):  # fmt: skip
+        with pytest.raises(SystemExit):  # a usage error, before anything starts
+            main(command)
+        assert said in capsys.readouterr().err
 
 
 def test_demo_progress_in_a_log_file() -> None:

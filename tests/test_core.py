@@ -380,6 +380,9 @@ def test_every_option_is_also_its_llmtrace_variable(tmp_path: Path) -> None:
     assert settings.capture_content and settings.config_file == str(other)  # the file it names is read
     with pytest.raises(llmtrace.ConfigError, match="LLMTRACE_PRICES: prices must be JSON"):
         config.load({}, {"LLMTRACE_PRICES": "my-model=1,2"})
+    # An empty variable (compose and Kubernetes files leave them so) is unset; an empty list is none.
+    empty = config.load({}, {"LLMTRACE_DB": "", "LLMTRACE_RETENTION_DAYS": " ", "LLMTRACE_STORE": "", "LLMTRACE_ANOMALY_DETECTORS": ""})
+    assert (empty.db, empty.retention_days, empty.store, empty.anomaly_detectors) == (None, 0, True, ())
 
 
 def test_metric_labels_follow_the_busiest_tenants_after_many_one_offs() -> None:

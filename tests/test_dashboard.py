@@ -63,7 +63,7 @@ def _texts(at: AppTest) -> str:
 def test_every_page_renders_numbers_and_charts(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[str] = []  # each time a page run opens the store (builds its view of database + segments)
     build_view = query._create_view
-    monkeypatch.setattr(query, "_create_view", lambda con, paths: (opened.append(str(paths.db)), build_view(con, paths))[1])
+    monkeypatch.setattr(query, "_create_view", lambda con, paths, wait: (opened.append(str(paths.db)), build_view(con, paths, wait))[1])
     at = _app(demo_db, monkeypatch)
     at.run()
     for page, (says, charts) in PAGES.items():

@@ -108,6 +108,29 @@ def test_readers_see_pending_segments_while_another_process_holds_the_database(t
     assert _count(db)["spans"] == 7  # the lock is gone: the reader merged the waiting segment
 
 
+
+def test_a_reader_inside_the_app_waits_less_for_a_store_another_process_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget monitor's reads hold up instrument(), fork() and exit: they give up after a second (the next
+    round tries again), where a report waits five for a merge to end."""
+    import types
+
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 2)
+    writer.force_flush()
+    clock = [0.0]
+    monkeypatch.setattr(query, "time", types.SimpleNamespace(
+        monotonic=lambda: clock[0], sleep=lambda seconds: clock.__setitem__(0, clock[0] + seconds)))  # fmt: skip
+    with database_held_by_another_process(db):
+        for in_app, waited in ((True, 1.0), (False, 5.0)):
+            clock[0] = 0.0
+            with pytest.raises(query.StoreError, match="held by another process"):
+                with query.open_store(db, merge_first=False, in_app=in_app):
+                    pass
+            assert clock[0] == pytest.approx(waited, abs=0.06)
+
 def test_segments_committed_but_not_deleted_are_not_counted_twice(tmp_path: Path) -> None:
     db = _db(tmp_path)
     provider, writer = provider_with_store(db, flush_interval=60)
@@ -135,7 +158,17 @@ def _damaged(segment: Path) -> None:
     segment.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("spoil, logged", [(_truncated, "truncated by a crash"), (_damaged, "damaged data")])
+def _foreign(segment: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # A whole Parquet file, which pyarrow reads, whose values the spans table refuses: not one llmtrace wrote.
+    pq.write_table(pa.table({"trace_id": ["x"], "start_time": ["yesterday"], "http_status": ["abc"]}), segment)
+
+
+@pytest.mark.parametrize(
+    "spoil, logged", [(_truncated, "truncated by a crash"), (_damaged, "damaged data"), (_foreign, "damaged data")]
+)
 def test_an_unreadable_segment_is_quarantined_and_the_rest_merged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Callable[[Path], None], logged: str
 ) -> None:
@@ -154,6 +187,21 @@ def test_an_unreadable_segment_is_quarantined_and_the_rest_merged(
     assert logged in caplog.text
     assert query.summary(query.TimeRange.last(timedelta(days=1)), db=db)["calls"] == 10
 
+
+
+@pytest.mark.parametrize("spoil", [_truncated, _foreign])
+def test_a_segment_that_cannot_be_read_before_a_merge_is_a_clear_store_error(tmp_path: Path, spoil: Any) -> None:
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 3)
+    writer.force_flush()  # merged: the database exists
+    paths = resolve(db)
+    table = schema.spans_to_table([])
+    spoil(files.write_segment(paths, table))
+    with pytest.raises(query.StoreError, match="cannot be read"):  # a reader that does not merge first (in the app)
+        with query.open_store(db, merge_first=False) as con:
+            query.summary(query.TimeRange.last(timedelta(days=1)), db=con)
+    assert merge(paths).quarantined and _count(db)["spans"] == 3  # the next merge sets the segment aside
 
 def test_unwritable_folder_keeps_spans_until_it_is_fixed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = _db(tmp_path)

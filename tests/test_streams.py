@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from conftest import anthropic_client, http_module, openai_client
-from fake_api import FakeAPI
+from fake_api import FakeAPI, sse
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 _WAIT_NS = 5_000_000_000  # the model thinks this long after the stream opened, before its first output
@@ -126,3 +126,37 @@ def test_the_apps_own_error_in_a_stream_block_is_not_the_calls(captured: Any, sd
     assert len(captured.spans()) == 2
     for span in captured.spans():
         assert span.status.status_code.name == "UNSET" and "error.type" not in span.attributes
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_an_error_the_api_sends_mid_stream_is_named_by_its_type(captured: Any, sdk: str) -> None:
+    """An overload after the 200 is how streams most often fail: the SDKs raise their catch-all error class, and the
+    span says what the API said instead (as for a status the SDK has a class for)."""
+    if sdk == "openai":
+        events: list[tuple[str | None, Any]] = [
+            (None, {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]}),
+            (None, {"error": {"message": "The server is overloaded", "type": "server_error", "code": None}}),
+        ]  # fmt: skip
+        client: Any = openai_client(lambda request: http_module(openai).Response(
+            200, headers={"content-type": "text/event-stream"}, content=sse(events)), max_retries=0)  # fmt: skip
+        with pytest.raises(openai.APIError):
+            list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+        expected = "server_error"
+    else:
+        events = [
+            ("message_start", {"type": "message_start", "message": {
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+                "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 30, "output_tokens": 1}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}}),
+            ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ]  # fmt: skip
+        client = anthropic_client(lambda request: http_module(anthropic).Response(
+            200, headers={"content-type": "text/event-stream"}, content=sse(events)), max_retries=0)  # fmt: skip
+        with pytest.raises(anthropic.APIStatusError):
+            with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=MESSAGES) as stream:
+                stream.get_final_text()
+        expected = "overloaded_error"
+    (span,) = captured.spans()
+    assert span.status.status_code.name == "ERROR" and span.attributes["error.type"] == expected

@@ -46,7 +46,7 @@ class StorePaths:
         """Finished segment files not yet merged, oldest first (names sort by time)."""
         try:
             return sorted(p for p in self.segments.iterdir() if p.suffix == SEGMENT_SUFFIX)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no folder, or a path under a file: no segments
             return []
 
     def version(self) -> tuple[Any, ...]:

@@ -26,6 +26,11 @@ _LOCK_WORDS = ("lock", "Conflicting")
 # reader such as the budget monitor, at the same moment) with this: as brief, and as harmless, as a lock.
 _IN_USE: type[Exception] | tuple[()] = getattr(duckdb, "ResourceInUseException", ())
 _MEMORY_LIMIT = "64MB"
+# What DuckDB raises for values it cannot take (a file llmtrace did not write, in the segments folder), as opposed to
+# the database or disk failing.
+DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.BinderException, duckdb.TypeMismatchException)
+# By name: a segment written by an older llmtrace lacks later columns, which become NULL.
+_INSERT_SEGMENTS = "INSERT INTO spans BY NAME SELECT * FROM read_parquet(?, union_by_name = true)"
 
 
 @dataclass
@@ -89,6 +94,19 @@ def _decodes(segment: Path) -> bool:
         return False
 
 
+def _loads(con: duckdb.DuckDBPyConnection, segment: Path) -> bool:
+    """Whether DuckDB takes a segment's rows (tried, then rolled back): pyarrow decodes a file whose values the
+    table refuses, one llmtrace did not write."""
+    con.execute("BEGIN")
+    try:
+        con.execute(_INSERT_SEGMENTS, [[str(segment)]])
+        return True
+    except DATA_ERRORS:
+        return False
+    finally:
+        con.execute("ROLLBACK")
+
+
 def _quarantine(paths: StorePaths, segment: Path, outcome: MergeOutcome, why: str) -> None:
     outcome.quarantined.append(quarantine(paths, segment))
     logger.error("llmtrace: segment %s is unreadable (%s); moved to %s", segment.name, why, paths.quarantine)
@@ -127,7 +145,7 @@ def _merge_with(
         _commit(con, to_insert, retention_days, outcome)
     except duckdb.Error as exc:
         # One damaged segment must not hold back every other one (nor every reader): find it, set it aside.
-        damaged = [(segment, rows) for segment, rows in to_insert if not _decodes(segment)]
+        damaged = [(segment, rows) for segment, rows in to_insert if not (_decodes(segment) and _loads(con, segment))]
         if is_lock_error(exc) or not damaged:
             raise
         for segment, _ in damaged:
@@ -147,9 +165,7 @@ def _commit(
     con.execute("BEGIN")
     try:
         if to_insert:
-            files = [str(segment) for segment, _ in to_insert]
-            # By name: a segment written by an older llmtrace lacks later columns, which become NULL.
-            con.execute("INSERT INTO spans BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [files])
+            con.execute(_INSERT_SEGMENTS, [[str(segment) for segment, _ in to_insert]])
             con.executemany(
                 "INSERT INTO _segments VALUES (?, ?, now())", [[segment.stem, rows] for segment, rows in to_insert]
             )

@@ -91,7 +91,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
     except (duckdb.Error, StoreFromTheFuture) as exc:
         raise query.StoreError(f"cannot merge into {paths.db}: {exc}") from None
     if outcome.busy:
-        print("Another process is writing the store; try again in a moment.", file=sys.stderr)
+        print(f"Another process has {paths.db} open (an app merging into it, or a DuckDB shell or notebook holding it); "
+              "try again once it is closed.", file=sys.stderr)  # fmt: skip
         return 1
     print(f"merged {outcome.merged_segments} segment(s), {outcome.merged_rows:,} span(s); "
           f"retention removed {outcome.deleted_by_retention:,}; quarantined {len(outcome.quarantined)}")

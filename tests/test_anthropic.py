@@ -91,6 +91,32 @@ def test_the_web_searches_the_api_ran_are_counted_and_priced(captured: Any, stre
     assert a["llmtrace.cost.usd"] == pytest.approx(float(with_searches.total_price), rel=1e-9)
 
 
+
+def test_a_stream_cut_after_a_search_ran_keeps_that_search(captured: Any) -> None:
+    """The searches are counted in the final usage; a stream cut before it still had its results (and is billed)."""
+    start = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5", "content": [],
+             "stop_reason": None, "stop_sequence": None,
+             "usage": {"input_tokens": 30, "output_tokens": 1, "server_tool_use": {"web_search_requests": 0}}}
+    use = {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+    results = {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []}
+    events: list[tuple[str | None, Any]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": use}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "input_json_delta", "partial_json": '{"query": "paris weather"}'}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("content_block_start", {"type": "content_block_start", "index": 1, "content_block": results}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 1}),
+        ("content_block_start", {"type": "content_block_start", "index": 2, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "It is"}}),
+    ]  # fmt: skip  (the connection ends here: no message_delta)
+    client = anthropic_client(lambda request: HTTP.Response(200, headers={"content-type": "text/event-stream"}, content=sse(events)))
+    list(client.messages.create(**{**KW, "model": "claude-sonnet-4-5"}, stream=True))
+    (span,) = captured.spans()
+    a = span.attributes
+    assert a["llmtrace.usage.source"] == "estimated" and a["llmtrace.usage.web_searches"] == 1
+    assert a["llmtrace.cost.usd"] > 0.01  # $10 per 1,000 searches, beside the tokens
+
 def test_sdk_own_tracing_is_off_so_one_call_is_one_span(captured: Any) -> None:
     from opentelemetry import trace
 

@@ -228,10 +228,13 @@ class _Accumulator:
             )
             if usage is not None and not self._output_counted:
                 # The stream ended (failed, or the app stopped reading) before the final count: the input is
-                # the provider's, the output is estimated from what streamed in.
+                # the provider's, the output is estimated from what streamed in, and each search whose results
+                # had arrived ran (and is billed).
+                searched = sum(get(block, "type") == "web_search_tool_result" for block in self._blocks.values())
                 usage = dataclasses.replace(
                     usage, visible_output=tokenizer.count_text(_TOKENIZER_MODEL, text), reasoning=0,
                     source=A.SOURCE_ESTIMATED, reasoning_known=not _thought(self._blocks.values()),
+                    web_searches=max(usage.web_searches, searched),
                 )
         return Result(
             response_model=self._model,

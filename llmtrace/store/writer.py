@@ -75,8 +75,9 @@ class StoreWriter(SpanProcessor):
             "llmtrace: %s (LLM calls are not affected; spans are kept and retried)", f"llmtrace: store at {paths.db} works again"
         )
         self._locked = Fault(
-            "llmtrace: %s (LLM calls are not affected; spans wait in segments, which readers see, and are merged once "
-            "it is released)", f"llmtrace: {paths.db} is merged into again",
+            "llmtrace: %s (LLM calls are not affected; spans wait in segments and are merged once it is released; "
+            "while a process holds it read-write, reports and the dashboard cannot read it either)",
+            f"llmtrace: {paths.db} is merged into again",
         )  # fmt: skip
         self._locked_since: float | None = None
         self._reset_state()

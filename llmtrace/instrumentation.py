@@ -105,6 +105,12 @@ def instrument(**options: Any) -> None:
         _flush_at_multiprocessing_child_exit()
         with internal_errors():
             _flush_on_sigterm()
+        # Last registered, so first to run at exit (atexit runs hooks in reverse order), before the store's own.
+        atexit.unregister(_exiting.set)
+        atexit.register(_exiting.set)
+        if "celery" not in _hooks_registered:  # now, or whenever the app imports Celery
+            _hooks_registered.add("celery")
+            wrapt.register_post_import_hook(_flush_celery_pool_children, "celery")
         if settings.prices:
             pricing.set_prices(settings.prices)
         apps_own = _apps_own(tracer_provider, trace.get_tracer_provider(), TracerProvider) or _apps_own(
@@ -293,9 +299,14 @@ def _warm_prices() -> None:
         import genai_prices.data  # noqa: F401
 
 
+# Set once the process has begun to exit (atexit, or one of the flushes below): a SIGTERM then leaves it to finish.
+_exiting = threading.Event()
+
+
 def _flush_before_abrupt_exit() -> None:
     """What exit does (the monitor stopped, spans exported and written, metrics sent), for a process that ends
     without running its atexit hooks."""
+    _exiting.set()
     _stop_monitor_at_exit()
     with internal_errors():
         provider = trace.get_tracer_provider()
@@ -324,6 +335,10 @@ def _flush_on_sigterm() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    if _exiting.is_set():
+        # Already exiting and flushing (a multiprocessing pool's worker told to stop as it ends, a second SIGTERM):
+        # the interrupted flush finishes, then the process ends as it was going to.
+        return
     # On a thread of its own, waited for a bounded time: the signal may have stopped the main thread inside a
     # lock the flush needs.
     flush = threading.Thread(target=_flush_before_abrupt_exit, name="llmtrace-sigterm-flush", daemon=True)
@@ -331,6 +346,20 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     flush.join(_SIGTERM_FLUSH_TIMEOUT_S)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.raise_signal(signal.SIGTERM)
+
+
+def _flush_celery_pool_children(celery: Any) -> None:
+    """Celery's prefork pool ends each child with ``os._exit()`` (at shutdown, and whenever it recycles one:
+    ``max_tasks_per_child``, ``max_memory_per_child``), past atexit and multiprocessing's finalizers alike: Celery's
+    ``worker_process_shutdown`` signal, sent in the child just before, is the last moment to flush."""
+    with internal_errors():
+        from celery.signals import worker_process_shutdown
+
+        worker_process_shutdown.connect(_on_celery_child_exit, weak=False, dispatch_uid="llmtrace-flush")
+
+
+def _on_celery_child_exit(**_: Any) -> None:
+    _flush_before_abrupt_exit()
 
 
 def _restore_sigterm() -> None:

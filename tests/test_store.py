@@ -516,6 +516,8 @@ if __name__ == "__main__":
     pool.map(work, range(1, 4))
     pool.close()
     pool.join()
+    with fork.Pool(2) as pool:  # its exit terminates the workers (SIGTERM) as they end
+        pool.map(work, range(4, 6))
     llmtrace.uninstrument()
     llmtrace.instrument(store=False)
     child = fork.Process(target=work, args=(9,))
@@ -525,7 +527,7 @@ if __name__ == "__main__":
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str([f"child-{i}" for i in range(4)])
+    assert out.stdout.strip() == str([f"child-{i}" for i in range(6)])
 
 
 

@@ -142,10 +142,15 @@ class SpendGuard:
     def snapshot(self) -> Snapshot:
         """Taken before the refresh flushes this process's spans: everything counted here is in the store after."""
         now = utc_now()
+        epoch = _epoch_now()
         with self._lock:
             windows = {}
             for token, budget, _ in self._rules:
                 period = self._period.get(token)
+                if period is not None and epoch >= period[1]:
+                    # Ended with no call since (a call's admit() rolls it over): the store must be read, and the
+                    # alerts judged, for the new period, not the one that ended.
+                    period = self._roll_over(token, budget)
                 windows[budget] = (period[0] if period else budget.window(now)[0], now)
             return Snapshot(dict(self._finished), windows, dict(self._tokens))
 

@@ -75,7 +75,7 @@ def fill_mixed_store(db: str) -> None:
         emit_at(provider, now, 0.5, **{A.TENANT: f"tenant-{i:02}", A.COST_USD: 0.001 * (i + 1)})
     for _ in range(2):
         emit_at(provider, now, 1.5, **{A.TENANT: None, A.FEATURE: None})
-        emit_at(provider, now, 0.0002, **{A.ERROR_TYPE: "BudgetExceeded", A.COST_USD: None})  # refused, not sent
+        emit_at(provider, now, 0.0002, **{A.ERROR_TYPE: "BudgetExceeded", A.COST_USD: None, A.FEATURE: "over-budget"})  # refused, not sent
         emit_at(provider, now, 0.8, **{A.TENANT: "self-hosted", A.REQUEST_MODEL: "llama-local", A.RESPONSE_MODEL: None,
                                        A.COST_USD: None, A.COST_UNPRICED: True})
     emit_at(provider, now, 2.0, **{A.ERROR_TYPE: "RateLimitError", A.HTTP_RATE_LIMITED: 3, A.HTTP_STATUS_CODE: 429,

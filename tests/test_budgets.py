@@ -215,6 +215,22 @@ def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: py
     assert "tenant=* (acme)" in page.warning[0].value
 
 
+
+def test_the_budgets_page_says_how_far_past_and_names_the_worst_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = str(tmp_path / "budgets.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    for i in range(12):  # tenant=* allows $1.00 a month each: all past it, t-11 twelve times over
+        emit(provider, 1, tenant=f"t-{i:02}", cost=1.0 + i)
+    writer.force_flush()
+    config = tmp_path / "llmtrace.toml"
+    config.write_text(GOOD)
+    page = open_budgets_page(monkeypatch, db, config)
+    table = page.dataframe[0].value
+    assert table[table["key"] == "t-11"]["used"].iloc[0] == pytest.approx(12.0)  # as `llmtrace budgets` says it
+    warning = page.warning[0].value
+    assert warning.startswith("12 budget(s) past their warning threshold or limit: tenant=* (t-11), tenant=* (t-10)")
+    assert warning.endswith(", and 2 more") and "(t-00)" not in warning
+
 def test_money_in_messages_keeps_what_a_sub_cent_budget_needs() -> None:
     assert [budgets.usd(x) for x in (0, 0.0042, 0.000123, 0.5, 1234.5, 3.7e-05, 0.005)] == [
         "$0.00", "$0.0042", "$0.00012", "$0.50", "$1,234.50", "$0.000037", "$0.005"]  # never $3.7e-05

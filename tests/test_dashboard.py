@@ -130,6 +130,29 @@ def test_rates_tables_and_spend_say_what_they_leave_out(mixed_db: str, monkeypat
     assert list(at.dataframe[0].value["model"]) == ["llama-local", "llama-local"]  # the slowest calls still listed
 
 
+
+def _chart_rows(chart: Any) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_all().to_pylist()
+
+
+def test_spend_charts_draw_every_priced_dollar_and_refused_calls_are_said(mixed_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    at = _app(mixed_db, monkeypatch)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Spend").run()
+    spend = query.summary(query.TimeRange.last(timedelta(days=1)), db=mixed_db)["cost_usd"]
+    for chart in at.get("vega_lite_chart")[:3]:  # per tenant, feature and model over time
+        rows = _chart_rows(chart)
+        # A bucket holding an unpriced key (self-hosted) drew none of its other keys' bars.
+        assert all(row["cost_usd"] is not None for row in rows)
+        assert sum(row["cost_usd"] for row in rows) == pytest.approx(spend)
+    at.sidebar.selectbox(key="filter_feature").set_value("over-budget").run()  # every call refused by a budget
+    for page in ("Reliability", "Overview"):
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception, page
+        assert any("2 call(s) in" in i.value and "refused by a block budget" in i.value for i in at.info), page
+
 def test_missing_store_says_how_to_fill_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(str(tmp_path / "nothing-here.duckdb"), monkeypatch)
     at.run()

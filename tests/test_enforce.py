@@ -262,6 +262,24 @@ def test_what_other_processes_spent_no_longer_counts_once_the_period_is_over(mon
 
 
 
+
+def test_a_period_that_ended_with_no_call_since_is_read_as_the_new_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor reads the store (and judges alerts) for the guard's windows: a process with no call for a key
+    since midnight must not read yesterday's spend as today's (it fired a false warning)."""
+    from llmtrace import enforce
+
+    clock = [datetime(2026, 11, 23, 23, 34)]
+    monkeypatch.setattr(enforce, "utc_now", lambda: clock[0])
+    monkeypatch.setattr(enforce, "_epoch_now", lambda: clock[0].replace(tzinfo=timezone.utc).timestamp())
+    acme = budgets.Budget("tenant", "acme", "day", 0.10, action="block")
+    guard = enforce.SpendGuard([acme])
+    hold = guard.admit({A.TENANT: "acme"}, lambda: 0.0)
+    assert isinstance(hold, enforce.Hold)
+    guard.settle(hold, 0.06)
+    clock[0] = datetime(2026, 11, 24, 0, 0, 11)  # past midnight; no acme call in this process since
+    snapshot = guard.snapshot()
+    assert snapshot.windows[acme][0] == datetime(2026, 11, 24) and snapshot.finished == {}
+
 def test_a_rolling_budget_keeps_counting_only_what_ended_since_the_stores_last_figure() -> None:
     """A rolling window never starts over: the per-key counts of this process must still not grow with every key
     it ever met (a "*" budget meets new users every day), and no spend may be lost or counted twice."""

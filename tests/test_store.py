@@ -131,6 +131,34 @@ def test_a_reader_inside_the_app_waits_less_for_a_store_another_process_holds(
                     pass
             assert clock[0] == pytest.approx(waited, abs=0.06)
 
+
+def test_two_merges_in_one_process_never_race_over_the_same_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer merges on its thread while the app's own llmtrace.query call merges first: the second one waits
+    for a later turn (the loser used to find the segments gone, and log a store fault)."""
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 5)
+    writer.force_flush(merge=False)
+    paths = resolve(db)
+    inside, go_on = threading.Event(), threading.Event()
+    real = merge_module._merge_with
+
+    def slow(*args: Any) -> None:
+        inside.set()
+        go_on.wait(10)
+        real(*args)
+
+    monkeypatch.setattr(merge_module, "_merge_with", slow)
+    first: list[Any] = []
+    thread = threading.Thread(target=lambda: first.append(merge(paths)))
+    thread.start()
+    assert inside.wait(10)
+    second = merge(paths)
+    go_on.set()
+    thread.join(10)
+    assert second.busy and second.merged_rows == 0 and not second.quarantined
+    assert first[0].merged_rows == 5 and _count(db)["spans"] == 5
+
 def test_segments_committed_but_not_deleted_are_not_counted_twice(tmp_path: Path) -> None:
     db = _db(tmp_path)
     provider, writer = provider_with_store(db, flush_interval=60)

@@ -56,6 +56,13 @@ def _warn_unpriced(view: View) -> None:
 _SERVED_HELP = "Of the calls sent: calls a budget refused are not counted."
 
 
+def _note_blocked(view: View) -> None:
+    blocked = view.summary["blocked_calls"]
+    if blocked:
+        st.info(f"{blocked:,} call(s) in {view.label} were refused by a block budget (`BudgetExceeded`) and never sent: "
+                "error and 429 rates and latencies leave them out. The Budgets page says which budget is spent.")
+
+
 def _served(summary: dict[str, Any]) -> int:
     """Calls that reached the provider: rates of errors and 429s are of these, as everywhere."""
     return int(summary["calls"]) - int(summary["blocked_calls"])
@@ -104,6 +111,7 @@ def overview(view: View) -> None:
     _warn_unpriced(view)
     if _when_empty(view, s["calls"]):
         return
+    _note_blocked(view)
     left, right = st.columns(2)
     for column, by, title in ((left, "tenant", "Tenant"), (right, "feature", "Feature")):
         rows = query.spend_by(by, view.time_range, view.filters, db=view.db, limit=10)
@@ -176,7 +184,9 @@ def spend(view: View) -> None:
     cols[3].metric("Reasoning share of output", C.percent(
         totals["reasoning_tokens"], totals["visible_output_tokens"] + totals["reasoning_tokens"]))
     for by, title in (("tenant", "Tenant"), ("feature", "Feature"), ("model", "Model")):
-        rows = query.spend_over_time(by, view.time_range, view.bucket, view.filters, db=view.db)
+        # A key none of whose calls in a bucket is priced has no spend to draw (as a NULL it hid the bucket's other bars).
+        rows = [row for row in query.spend_over_time(by, view.time_range, view.bucket, view.filters, db=view.db)
+                if row["cost_usd"] is not None]
         st.markdown(f"**Spend per {title.lower()} over time**")
         _chart(C.stacked_bars_over_time(C.frame(rows, top=_TOP_KEYS), view.bucket, "cost_usd", "Spend (USD)", title, "$,.2f"))
     st.markdown("**Tokens by kind over time** — cached input is billed at a discount, cache writes at a premium")
@@ -216,6 +226,9 @@ def reliability(view: View) -> None:
     s = view.summary
     if _when_empty(view, s["calls"]):
         return
+    _note_blocked(view)
+    if not _served(s):
+        return  # every call was refused: no provider was asked, so there is no rate to show
     by_model = query.error_rates(view.time_range, view.filters, by="model", db=view.db)
     retries = sum(r["retries"] or 0 for r in by_model)
     cols = st.columns(4)
@@ -304,6 +317,9 @@ def budgets(view: View) -> None:
     _alert_history(view)
 
 
+_NAMED_OVER = 10  # budgets the warning names, most used first; the table lists every one
+
+
 def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) -> None:
     st.caption(f"From `{path}`. Each budget counts over its own period; the sidebar's filters do not apply here.")
     rows = budget_config.status(declared, db=view.db)
@@ -312,20 +328,22 @@ def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) 
         st.info(note)
     table = pd.DataFrame([
         {"budget": s.budget.target, "key": s.key or "", "period": s.budget.period, "spent": s.spent_usd,
-         "limit": s.budget.limit_usd, "used": min(s.used, 1.0), "projected": s.projected_usd, "state": s.state,
+         "limit": s.budget.limit_usd, "used": s.used, "projected": s.projected_usd, "state": s.state,
          "action": s.budget.action, "ends": s.period_end}
         for s in rows
     ])
-    over = table[table["state"] != "ok"]
+    over = table[table["state"] != "ok"].sort_values("used", ascending=False)
     if not over.empty:
-        st.warning(f"{len(over)} budget(s) past their warning threshold or limit: "
-                   + ", ".join(f"{b} ({k})" if k else b for b, k in zip(over["budget"], over["key"])))
+        named = [f"{b} ({k})" if k else b for b, k in zip(over["budget"], over["key"])]
+        more = f", and {len(named) - _NAMED_OVER:,} more" if len(named) > _NAMED_OVER else ""
+        st.warning(f"{len(over):,} budget(s) past their warning threshold or limit: " + ", ".join(named[:_NAMED_OVER]) + more)
     st.dataframe(
         table, hide_index=True, width="stretch",
         column_config={
             "budget": "Budget", "key": "Key", "period": "Period", "state": "State", "action": "Action",
             "spent": st.column_config.NumberColumn("Spent", format="dollar"),
             "limit": st.column_config.NumberColumn("Limit", format="dollar"),
+            # The bar stops at 100 %; the figure beside it says how far past the limit (as `llmtrace budgets` does).
             "used": st.column_config.ProgressColumn("Used", format="percent", min_value=0.0, max_value=1.0),
             "projected": st.column_config.NumberColumn("Projected by period end", format="dollar"),
             "ends": st.column_config.DatetimeColumn("Period ends (UTC)", format="YYYY-MM-DD HH:mm"),

@@ -8,6 +8,8 @@ already recorded: the next merge deletes them without inserting them again.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,15 +116,31 @@ def _quarantine(paths: StorePaths, segment: Path, outcome: MergeOutcome, why: st
 
 def merge(paths: StorePaths, retention_days: float | None = None) -> MergeOutcome:
     outcome = MergeOutcome()
-    con = open_for_write(paths)
-    if con is None:
+    # One merge at a time in this process (the writer's, and a report's or the app's own query merging first): two
+    # would race over the same segment files, the loser finding them gone. DuckDB's own lock is per process.
+    if not _merging.acquire(blocking=False):
         outcome.busy = True
         return outcome
     try:
-        _merge_with(con, paths, retention_days, outcome)
+        con = open_for_write(paths)
+        if con is None:
+            outcome.busy = True
+            return outcome
+        try:
+            _merge_with(con, paths, retention_days, outcome)
+        finally:
+            con.close()
     finally:
-        con.close()
+        _merging.release()
     return outcome
+
+
+_merging = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _merging
+    _merging = threading.Lock()  # a merge of the parent's does not go on in the child
 
 
 def _merge_with(
@@ -177,3 +195,7 @@ def _commit(
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)

@@ -155,6 +155,10 @@ class Price:
         """The dearest rate an output token can have (budgets reserve ``max_tokens`` at it)."""
         return max(rate.worst() for rate in (self.output, self.reasoning))
 
+    def worst_input_per_token(self) -> float:
+        """The dearest rate an input token can have (a cache write costs more than a plain read)."""
+        return max(rate.worst() for rate in (self.input, self.cache_write, self.cache_write_1h))
+
     def _rate_list(self) -> tuple[Rate, ...]:
         return (self.input, self.output, self.cache_read, self.cache_write, self.cache_write_1h, self.reasoning)
 

@@ -9,6 +9,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_a_stream_in_flight_holds_its_worst_case_until_it_ends(tmp_path: Path, s
                         one_call()
                     list(stream.text_stream)
             one_call()  # the stream ended and cost far less than its reservation
-    assert refused.value.spent_usd == pytest.approx(worst)
+    assert refused.value.spent_usd == pytest.approx(worst, rel=1e-3)  # and the short prompt's few tokens
     streamed = next(s for s in captured.spans() if s.attributes.get(A.REQUEST_MAX_TOKENS) == max_tokens)
     assert 0 < streamed.attributes[A.COST_USD] < 0.01 * worst
     assert len(api.requests) == 2
@@ -304,6 +305,33 @@ def test_a_rolling_budget_keeps_counting_only_what_ended_since_the_stores_last_f
     assert isinstance(guard.admit({A.USER_ID: "user-1"}, lambda: 0.0), llmtrace.BudgetExceeded)
     assert isinstance(guard.admit({A.USER_ID: "user-2"}, lambda: 0.0), enforce.Hold)
 
+
+def test_a_call_in_flight_holds_its_prompts_cost_against_the_budget(tmp_path: Path) -> None:
+    """Calls sent at once near the limit: each one's prompt is known before it is sent, and is held (a long prompt
+    with no max_tokens used to hold nothing, and 16 threads overspent a budget by 42-61 %)."""
+    config = _config(tmp_path, 'scope = "global"\nperiod = "day"\nlimit_usd = 0.02\naction = "block"')
+    api = FakeAPI(http_module(openai))
+    sent, release = threading.Event(), threading.Event()
+
+    def slow(request: Any) -> Any:
+        sent.set()
+        release.wait(10)
+        return api(request)
+
+    long_prompt = [{"role": "user", "content": "word " * 6000}]  # 30 kB: ~10,000 tokens at gpt-4o's $2.50/M: $0.025
+    in_flight = threading.Thread(
+        target=lambda: openai_client(slow).chat.completions.create(model="gpt-4o", messages=long_prompt))
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), config_file=config, **NO_REFRESH):
+        in_flight.start()
+        try:
+            assert sent.wait(10)
+            with pytest.raises(llmtrace.BudgetExceeded):
+                openai_client(api).chat.completions.create(model="gpt-4o", messages=HI)
+        finally:
+            release.set()
+            in_flight.join(10)
+    assert len(api.requests) == 1  # the long prompt's call; the second one never left the process
+
 def test_stream_managers_and_async_clients_are_refused_too(tmp_path: Path) -> None:
     import asyncio
 
@@ -384,4 +412,4 @@ def test_a_stream_in_flight_holds_the_worst_case_of_the_service_tier_it_asked_fo
         with pytest.raises(llmtrace.BudgetExceeded) as refused:
             client.chat.completions.create(model="gpt-5", messages=HI, max_tokens=10)  # the stream may yet cost `worst`
         list(stream)
-    assert refused.value.spent_usd == pytest.approx(worst)
+    assert refused.value.spent_usd == pytest.approx(worst, rel=1e-3)  # and the short prompt's few tokens

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 DEFAULT_CONFIG_FILE = "llmtrace.toml"
-DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com",)
+DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com", "eu.api.openai.com", "us.api.openai.com")
 ANOMALY_DETECTORS = ("spend_spike", "prompt_growth", "duplicate_calls", "model_drift", "error_rate")
 # Tables of llmtrace.toml whose keys are settings with a prefix: [alerts] webhook_url = alert_webhook_url.
 _PREFIXED_TABLES = {"alerts": "alert_", "anomalies": "anomaly_"}

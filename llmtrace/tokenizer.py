@@ -93,7 +93,10 @@ def count_prompt(model: str, messages: Iterable[Any] | None, prompt: Any = None)
         if isinstance(prompt, str):
             return count_text(model, prompt)
         if isinstance(prompt, list):
-            return sum(count_text(model, p) for p in prompt if isinstance(p, str))
+            if all(isinstance(p, int) for p in prompt):
+                return len(prompt)  # token ids: the count is exact
+            # texts, or lists of token ids (a batch of pre-tokenized inputs)
+            return sum(count_text(model, p) if isinstance(p, str) else len(p) if isinstance(p, list) else 0 for p in prompt)
         return 0
     total = _TOKENS_PER_REPLY
     for message in messages:

@@ -477,6 +477,21 @@ def test_parse_legacy_completions_and_embeddings(captured: Any) -> None:
     assert embedding.attributes["llmtrace.cost.usd"] == pytest.approx(8 * 0.02 / 1e6)
 
 
+
+def test_token_id_input_without_usage_counts_its_ids(captured: Any) -> None:
+    """A server that sends no usage: pre-tokenized input (token ids) has an exact count, never 0 (cost $0)."""
+
+    def no_usage(request: Any) -> Any:
+        return HTTP.Response(200, json={"object": "list", "model": "text-embedding-3-small",
+                                        "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}]})
+
+    client = openai_client(no_usage, base_url="http://localhost:8000/v1")
+    client.embeddings.create(model="text-embedding-3-small", input=[list(range(300)), list(range(200))])
+    client.embeddings.create(model="text-embedding-3-small", input=list(range(250)))
+    batch, single = captured.spans()
+    assert batch.attributes["llmtrace.usage.source"] == "estimated" and batch.attributes["gen_ai.usage.input_tokens"] == 500
+    assert single.attributes["gen_ai.usage.input_tokens"] == 250
+
 def test_with_raw_response_and_streaming_response(captured: Any) -> None:
     client = openai_client(_api())
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
@@ -503,10 +518,17 @@ def test_azure_and_compatible_providers(captured: Any) -> None:
                                http_client=HTTP.Client(transport=HTTP.MockTransport(_api())))
     azure.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     openai_client(_api(), base_url="https://api.groq.com/openai/v1").chat.completions.create(model="llama-3.1-8b-instant", messages=MESSAGES)
-    az, groq = captured.spans()
+    hosts = ("eu.api.openai.com", "acme.cognitiveservices.azure.com", "api.anthropic.com")
+    for host, model in zip(hosts, ("gpt-4o-mini", "gpt-4o-mini", "claude-sonnet-4-5")):
+        openai_client(_api(), base_url=f"https://{host}/v1").chat.completions.create(model=model, messages=MESSAGES)
+    az, groq, eu, az_v1, claude = captured.spans()
     assert az.attributes["gen_ai.provider.name"] == "azure.ai.openai"
     assert az.attributes["server.address"] == "acme.openai.azure.com"
     assert groq.attributes["gen_ai.provider.name"] == "groq"
+    # OpenAI's data-residency host, Azure's v1 API through a plain client, Anthropic's compatible endpoint: named
+    # (and priced) as their provider, never as an unknown host.
+    assert [s.attributes["gen_ai.provider.name"] for s in (eu, az_v1, claude)] == ["openai", "azure.ai.openai", "anthropic"]
+    assert all(s.attributes["llmtrace.cost.usd"] > 0 for s in (eu, az_v1, claude))
 
 
 @pytest.mark.parametrize("is_async", [False, True])

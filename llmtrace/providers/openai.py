@@ -20,6 +20,9 @@ from ._stainless import RequestTable, client_info_for, get, pick, string
 # OpenAI-compatible hosts whose provider has a semconv name (or a well-known one).
 _HOST_PROVIDERS = {
     "api.openai.com": "openai",
+    "eu.api.openai.com": "openai",  # OpenAI's data-residency hosts
+    "us.api.openai.com": "openai",
+    "api.anthropic.com": "anthropic",  # Anthropic's OpenAI-compatible endpoint
     "api.groq.com": "groq",
     "api.deepseek.com": "deepseek",
     "api.x.ai": "x_ai",
@@ -52,8 +55,12 @@ _RESPONSES_REQUEST: RequestTable = {**_COMMON, "max_output_tokens": (A.REQUEST_M
 _EMBEDDINGS_REQUEST: RequestTable = {"model": (A.REQUEST_MODEL, str), "encoding_format": (A.REQUEST_ENCODING_FORMATS, str)}
 
 
+# Azure OpenAI resources, reached through AzureOpenAI or a plain client on the v1 API.
+_AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+
+
 def _provider_of(client: Any, host: str, settings: Settings) -> str:
-    if "Azure" in type(client).__name__ or host.endswith(".openai.azure.com"):
+    if "Azure" in type(client).__name__ or host.endswith(_AZURE_HOSTS):
         return "azure.ai.openai"
     # A gateway, proxy or local server the settings name (provider_hosts) is the provider behind it.
     return settings.host_providers().get(host) or _HOST_PROVIDERS.get(host, host or "openai")

@@ -210,9 +210,10 @@ class Call:
         self._force_end()
 
     def complete(self, response: Any) -> None:
-        """A whole (non-streamed) response came back. Never raises."""
+        """A whole (non-streamed) response came back; None: a raw response with no answer to read (the span says
+        what it can without one). Never raises."""
         with internal_errors():
-            self.finish(self.endpoint.parse(response), None)
+            self.finish(self.endpoint.parse(response) if response is not None else Result(), None)
             return
         self._force_end()
 

@@ -224,10 +224,8 @@ class RawResponseProxy(wrapt.ObjectProxy):
             answer = refused_answer(error, self.__wrapped__)
             if seen_by_app:
                 call.fail(error, answer)
-            elif answer is not None:
-                call.complete(answer)
             else:
-                call.end_stream(None)  # what the span can say without an answer
+                call.complete(answer)
 
     def read(self) -> Any:
         body = self.__wrapped__.read()

@@ -85,11 +85,7 @@ def returned(call: Call, response: Any) -> Any:
             core_retries = getattr(response, "retries_taken", None)
             if isinstance(core_retries, int) and core_retries > call.retries:
                 call.retries = core_retries
-            answer = _answer_of_raw(response)
-            if answer is None:
-                call.end_stream(None)  # no answer to read: what the span can say without it
-            else:
-                call.complete(answer)
+            call.complete(_answer_of_raw(response))
             return response
         if kind == _RAW:
             return RawResponseProxy(response, call)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.trace import Span, Status, StatusCode, get_current_span
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_span
 
 from . import attributes as A
 from . import pricing
@@ -26,24 +27,6 @@ from .context import current_tags
 from .metrics import Instruments
 from .spans import CallSpans, stored_as_is
 from .usage import Usage
-
-
-@dataclass(frozen=True)
-class UnsampledCall:
-    """What the store needs of a call whose span the app's sampler did not record."""
-
-    name: str
-    context: Any
-    parent: Any
-    start_time: int
-    end_time: int
-    attributes: dict[str, Any]
-    error: bool
-    resource: Any
-
-    @property
-    def status(self) -> Status:
-        return Status(StatusCode.ERROR if self.error else StatusCode.UNSET)
 
 
 @dataclass(frozen=True)
@@ -280,15 +263,17 @@ class Call:
         all_attrs = {**self.attrs, **attrs}
         if self.unsampled:
             self.runtime.ledger.record_unsampled(
-                UnsampledCall(
+                # The span the app's sampler did not record, as the store reads every span.
+                ReadableSpan(
                     name=self._name(),
                     context=span.get_span_context(),
                     parent=self.unsampled_parent,
+                    resource=getattr(self.runtime.spans.tracer, "resource", None),
+                    attributes=all_attrs,
+                    kind=SpanKind.CLIENT,
+                    status=Status(StatusCode.ERROR if failure is not None else StatusCode.UNSET),
                     start_time=self.start_ns,
                     end_time=end_ns,
-                    attributes=all_attrs,
-                    error=failure is not None,
-                    resource=getattr(self.runtime.spans.tracer, "resource", None),
                 )
             )
         if instruments is not None:

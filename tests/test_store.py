@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import statistics
@@ -833,3 +834,85 @@ def test_a_database_locked_for_long_is_logged_once_and_merged_after(
     assert writer.force_flush()
     assert any(r.getMessage() == f"llmtrace: {db} is merged into again" for r in caplog.records)
     assert _count(db) == {"spans": 8, "distinct_span_ids": 8, "pending_segments": 0}
+
+
+def _expected_row(span: Any) -> dict[str, Any]:
+    """What a stored row holds, read from a span's public OpenTelemetry API (the store reads its fields directly)."""
+    from opentelemetry import trace
+
+    attributes = dict(span.attributes or {})
+    start = span.start_time or 0
+    ttfc = attributes.get(A.RESPONSE_TIME_TO_FIRST_CHUNK)
+    row: dict[str, Any] = {
+        "trace_id": trace.format_trace_id(span.context.trace_id),
+        "span_id": trace.format_span_id(span.context.span_id),
+        "parent_span_id": trace.format_span_id(span.parent.span_id) if span.parent else None,
+        "service_name": span.resource.attributes.get("service.name"),
+        "span_name": span.name,
+        "start_time": datetime(1970, 1, 1) + timedelta(microseconds=start // 1000),
+        "duration_ms": ((span.end_time or start) - start) / 1e6,
+        "ttft_ms": ttfc * 1000 if ttfc is not None else None,
+        "status": span.status.status_code.name,
+    }
+    for attribute, column, _, _ in schema._ATTRIBUTE_COLUMNS:
+        value = attributes.get(attribute)
+        row[column] = list(value) if isinstance(value, tuple) else value
+    row["stream"] = bool(row["stream"])
+    extra = {k: v for k, v in attributes.items() if k not in schema._COPIED}
+    row["attributes"] = extra
+    return row
+
+
+def test_every_kind_of_span_becomes_the_row_its_public_fields_say(tmp_path: Path) -> None:
+    import openai
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+    from opentelemetry.trace import SpanContext, Status, StatusCode
+
+    import llmtrace
+    from conftest import http_module, openai_client
+    from fake_api import FakeAPI
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "checkout"}), id_generator=CountingIds())
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    llmtrace.instrument(tracer_provider=provider, store=False)
+    try:  # llmtrace's own spans: a plain call, a stream (time to first chunk), extra tags (the JSON column)
+        client = openai_client(FakeAPI(http_module(openai)))
+        with provider.get_tracer("app").start_as_current_span("request"), llmtrace.tags(tenant="acme", plan="pro"):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], temperature=0.2)
+            for _ in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True):
+                pass
+    finally:
+        llmtrace.uninstrument()
+    spans: list[Any] = [s for s in exported.get_finished_spans() if s.name != "request"]
+    assert len(spans) == 2 and any(A.RESPONSE_TIME_TO_FIRST_CHUNK in s.attributes for s in spans)
+    # The SDK's own span (bounded attributes), failed, with an odd value and a tuple; a bare one from another service
+    # (no attributes, never ended); a call the app's sampler dropped, as llmtrace hands it to the store.
+    sdk = provider.get_tracer("llmtrace").start_span("chat x", attributes={
+        A.OPERATION_NAME: "chat", A.SERVER_PORT: 443, A.RESPONSE_FINISH_REASONS: ("stop", "length"), "llmtrace.tag.n": 3})
+    sdk.set_status(Status(StatusCode.ERROR, "boom"))
+    sdk.end()
+    spans.append(sdk)
+    spans.append(ReadableSpan("bare", context=SpanContext(5 << 64, 6, False), resource=Resource.create({"service.name": "other"}),
+                              start_time=1_700_000_000_123_456_789))
+    unsampled = TracerProvider(sampler=ALWAYS_OFF, resource=provider.resource)
+    llmtrace.instrument(tracer_provider=unsampled, db=_db(tmp_path), flush_interval=60)
+    try:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        import importlib
+
+        writer = importlib.import_module("llmtrace.instrumentation")._store_writer
+        spans.extend(writer._spans)
+        writer._spans.clear()
+    finally:
+        llmtrace.uninstrument()
+    assert len(spans) == 5 and len({type(s) for s in spans}) == 2  # ReadableSpans and the SDK's Span
+    table = schema.spans_to_table(spans).to_pylist()
+    for row in table:
+        row["attributes"] = json.loads(row["attributes"])
+    assert table == [_expected_row(span) for span in spans]
+    assert schema.spans_to_table(spans[:2]).to_pylist()[0]["service_name"] == "checkout"  # one resource: the short cut

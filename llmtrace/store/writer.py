@@ -105,17 +105,17 @@ class StoreWriter(SpanProcessor):
         if is_llm_span(span):
             self._buffer(span)
 
-    def record_unsampled(self, call: Any) -> None:
-        """A call whose span the app's sampler dropped: the ledger still records it (same row shape)."""
-        self._buffer(call)
+    def record_unsampled(self, span: ReadableSpan) -> None:
+        """A call whose span the app's sampler dropped: the ledger still records it."""
+        self._buffer(span)
 
-    def _buffer(self, item: Any) -> None:
+    def _buffer(self, span: ReadableSpan) -> None:
         if self._stopped:
             return
         if len(self._spans) + len(self._unwritten) >= self.max_buffered:
             self._drop()
             return
-        self._spans.append(item)
+        self._spans.append(span)
         if self._thread is None:
             self._start_thread()
 

@@ -311,6 +311,82 @@ def test_a_backlog_is_merged_on_another_thread_while_the_writer_goes_on(tmp_path
     assert _count(db) == {"spans": 95, "distinct_span_ids": 95, "pending_segments": 0}
 
 
+def _eventually(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    """Polls (the writer works on its own thread): a wait with a deadline, not a sleep."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _writer_of_small_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any, StoreWriter, list[str]]:
+    """A store of 10-span segments whose writer only wakes for a segment's worth (its interval is 10 minutes); the
+    names of the threads merges run on."""
+    db = _db(tmp_path)
+    merged_on = _small_segments(monkeypatch)
+    provider, writer = provider_with_store(db, flush_interval=600)
+    return db, provider, writer, merged_on
+
+
+def test_a_segments_worth_of_spans_is_written_without_waiting_out_the_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, provider, writer, _ = _writer_of_small_segments(tmp_path, monkeypatch)
+    emit(provider, 9)
+    emit(provider, 1)  # the tenth: a segment's worth
+    assert _eventually(lambda: len(resolve(db).pending()) == 1) and not writer._spans
+
+
+def test_spans_that_pile_up_during_a_round_are_written_by_the_next_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, provider, writer, _ = _writer_of_small_segments(tmp_path, monkeypatch)
+    in_round, go_on = threading.Event(), threading.Event()
+    take = writer._take_spans
+
+    def slow_first_take(limit: int) -> Any:
+        if not in_round.is_set():
+            in_round.set()
+            assert go_on.wait(20)
+        return take(limit)
+
+    monkeypatch.setattr(writer, "_take_spans", slow_first_take)
+    emit(provider, 10)  # a segment's worth: a round begins
+    assert in_round.wait(20)
+    emit(provider, 15)  # meanwhile (the buffer goes from 10 to 25: no new wake-up)
+    go_on.set()
+    assert _eventually(lambda: not writer._spans)  # not after the 600 s interval
+    assert writer.force_flush() and _count(db)["spans"] == 25
+
+
+def test_segments_from_many_rounds_make_a_backlog_merged_on_its_own_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, provider, writer, merged_on = _writer_of_small_segments(tmp_path, monkeypatch)  # a backlog of 2; a round writes one
+    for _ in range(2):
+        emit(provider, 10)
+        assert _eventually(lambda: not writer._spans)
+    assert _eventually(lambda: merged_on == ["llmtrace-store-merge"] and not resolve(db).pending())
+    assert _count(db)["spans"] == 20
+
+
+def test_periodic_merges_run_on_their_own_thread_so_the_writer_goes_on_converting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _db(tmp_path)
+    merged_on = _small_segments(monkeypatch)
+    monkeypatch.setattr(writer_module, "_BACKLOG_SEGMENTS", 1000)  # no backlog: only the periodic merge
+    provider, writer = provider_with_store(db, flush_interval=0.02)
+    emit(provider, 5)
+    assert _eventually(lambda: bool(merged_on) and not resolve(db).pending())
+    assert set(merged_on) == {"llmtrace-store-merge"}
+    emit(provider, 3)
+    assert writer.force_flush()  # a flush someone waits for: merged when it returns, the merge running then included
+    assert _count(db) == {"spans": 8, "distinct_span_ids": 8, "pending_segments": 0}
+
+
 def test_a_background_merge_that_works_does_not_hide_a_failed_segment_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -27,7 +27,8 @@ _LOCK_WORDS = ("lock", "Conflicting")
 # Within one process it refuses a second database instance on the same file (the writer's merge and a
 # reader such as the budget monitor, at the same moment) with this: as brief, and as harmless, as a lock.
 _IN_USE: type[Exception] | tuple[()] = getattr(duckdb, "ResourceInUseException", ())
-_MEMORY_LIMIT = "64MB"
+# A merge of 200k rows takes ~14 % less CPU at 128 MB than at 64 MB (the writer's RSS peaks ~30 MB higher).
+_MEMORY_LIMIT = "128MB"
 # What DuckDB raises for values it cannot take (a file llmtrace did not write, in the segments folder), as opposed to
 # the database or disk failing.
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.BinderException, duckdb.TypeMismatchException)

@@ -39,12 +39,13 @@ DEFAULT_MAX_BUFFERED = 1_000_000
 _SEGMENT_ROWS = 10_000  # rows per segment file at most (and rows held by the writer at once)
 
 _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
-# Merging opens the DuckDB file (tens of ms): done every few flushes, not every one. Readers see
+# Merging opens the DuckDB file (tens of ms): done every few flush intervals, not every flush. Readers see
 # unmerged segments anyway, so this does not delay visibility.
 _MERGE_EVERY = 5
-# A round that writes this many segments (a backlog: a burst, or over ~100k spans/s) merges them
-# meanwhile, on another thread. Not fewer: each merge rewrites DuckDB's last, partial row group (122,880
-# rows) when it closes the file, so merges of 100k rows took ~20 % more CPU in all than one merge at the end.
+# Once this many segments are written and not merged (a burst, a sustained ~100k spans/s, a long outage), they are
+# merged at once, on another thread, while the writer converts the next ones. Not fewer: each merge rewrites DuckDB's
+# last, partial row group (122,880 rows) when it closes the file, so merges of 100k rows took ~20 % more CPU in all
+# than one merge at the end.
 _BACKLOG_SEGMENTS = 20
 # A merge that finds the database locked tries again later (spans wait in segments, which readers see).
 # Locked this long, it is worth a log line: someone left the file open (a DuckDB shell, a notebook).
@@ -95,6 +96,10 @@ class StoreWriter(SpanProcessor):
         self._stopped = stopped
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
+        # The merge running on its own thread (the writer goes on converting meanwhile), and what it has not taken yet.
+        self._merging: _MergeInBackground | None = None
+        self._unmerged_segments = 0
+        self._last_merge = time.monotonic()
 
     # --- SpanProcessor: the request path --------------------------------------------------------
 
@@ -118,6 +123,8 @@ class StoreWriter(SpanProcessor):
         self._spans.append(span)
         if self._thread is None:
             self._start_thread()
+        elif len(self._spans) == _SEGMENT_ROWS:  # a segment's worth: the writer need not wait out its interval
+            self._wake.set()
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -133,19 +140,18 @@ class StoreWriter(SpanProcessor):
     # --- the writer thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        rounds = 0
         while True:
-            self._wake.wait(self.flush_interval)
+            if len(self._spans) < _SEGMENT_ROWS:  # spans that came during the last round may make a segment already
+                self._wake.wait(self.flush_interval)
             self._wake.clear()
             if self._stopped:
                 return
             with self._flushed:
                 requested = self._flush_requests
                 merge_requested, self._merge_requested = self._merge_requested, False
-            rounds += 1
             with internal_errors(), background_work():
-                # A flush someone waits for may merge at once; periodic ones merge every few rounds.
-                self._write_and_merge(merge_now=merge_requested or rounds % _MERGE_EVERY == 0)
+                # A flush someone waits for merges at once; otherwise a merge every few intervals, on its own thread.
+                self._write_and_merge(merge_now=merge_requested, periodic=True)
             with self._flushed:
                 self._flushes_done = requested
                 self._flushed.notify_all()
@@ -154,51 +160,72 @@ class StoreWriter(SpanProcessor):
         spans = self._spans
         return [spans.popleft() for _ in range(min(limit, len(spans)))]
 
-    def _write_and_merge(self, merge_now: bool = True) -> None:
+    def _write_and_merge(self, merge_now: bool = True, periodic: bool = False) -> None:
+        """Write what is buffered to segments and merge them: now (someone waits), or on the merge thread when a
+        backlog builds up or (``periodic``: the writer thread's rounds) every few intervals."""
         # Segment by segment, so the writer's memory stays bounded by one segment; only what was
         # buffered when the round began, so a busy app cannot keep the merge from happening.
-        from .merge import merge
         from .schema import spans_to_table  # DuckDB and Arrow load here, in the writer thread
 
-        merge_all = functools.partial(merge, self.paths, self.retention_days)
         remaining = len(self._spans)
-        backlog: _MergeInBackground | None = None
-        written = 0  # segments written since the last background merge began
         write_error: OSError | None = None
-        try:
-            while True:
-                if self._unwritten:
-                    batch = self._unwritten
-                else:
-                    batch = self._take_spans(min(_SEGMENT_ROWS, remaining))
-                    remaining -= len(batch)
-                if not batch:
-                    break
-                self._unwritten = []
-                try:
-                    write_segment(self.paths, spans_to_table(batch))
-                except OSError as exc:
-                    self._unwritten = batch  # kept: the next round tries again
-                    write_error = exc
-                    break
-                written += 1
-                # A backlog (a burst, a long outage) is merged while the next segments are converted:
-                # DuckDB works without the GIL, so the merge takes the other core, not the writer's time.
-                if written >= _BACKLOG_SEGMENTS and (backlog is None or backlog.done()):
-                    if backlog is not None:
-                        self._merged(backlog.outcome)
-                    backlog, written = _MergeInBackground(merge_all), 0
-        finally:
-            if backlog is not None:
-                self._merged(backlog.outcome)
-        if write_error is not None:  # after the merge's outcome: a merge that worked must not clear this fault
-            # The OS error's text without its file name: each attempt writes a new temporary file, and one
-            # fault must stay one log line.
+        while True:
+            if self._unwritten:
+                batch = self._unwritten
+            else:
+                batch = self._take_spans(min(_SEGMENT_ROWS, remaining))
+                remaining -= len(batch)
+            if not batch:
+                break
+            self._unwritten = []
+            try:
+                write_segment(self.paths, spans_to_table(batch))
+            except OSError as exc:
+                self._unwritten = batch  # kept: the next round tries again
+                write_error = exc
+                break
+            self._unmerged_segments += 1
+            # DuckDB works without the GIL, so a merge takes the other core, not the writer's time.
+            if self._unmerged_segments >= _BACKLOG_SEGMENTS:
+                self._merge_in_background()
+        if write_error is not None:
+            # After the running merge's outcome: a merge that worked must not clear this fault. The OS error's text
+            # without its file name: each attempt writes a new temporary file, and one fault must stay one log line.
+            self._take_merge(wait=True)
             reason = write_error.strerror or str(write_error)
             self._fault.report(f"cannot write segments in {self.paths.segments}: {reason}")
             return
-        if merge_now and self.paths.pending():
-            self._merged(merge_all)
+        if merge_now:
+            self._take_merge(wait=True)
+            if self.paths.pending():
+                self._merged(self._merge_function())
+        elif periodic and time.monotonic() - self._last_merge >= _MERGE_EVERY * self.flush_interval and self.paths.pending():
+            self._merge_in_background()
+        else:
+            self._take_merge(wait=False)
+
+    def _merge_function(self) -> Callable[[], MergeOutcome]:
+        from .merge import merge
+
+        self._unmerged_segments = 0
+        self._last_merge = time.monotonic()
+        return functools.partial(merge, self.paths, self.retention_days)
+
+    def _merge_in_background(self) -> None:
+        """Start a merge on its own thread, unless one still runs (the next one takes what it leaves)."""
+        if self._take_merge(wait=False):
+            self._merging = _MergeInBackground(self._merge_function())
+
+    def _take_merge(self, *, wait: bool) -> bool:
+        """Take the background merge's outcome once it is done (waiting for it with ``wait``); False while it runs."""
+        merging = self._merging
+        if merging is None:
+            return True
+        if not (wait or merging.done()):
+            return False
+        self._merging = None
+        self._merged(merging.outcome)
+        return True
 
     def _merged(self, outcome: Callable[[], MergeOutcome]) -> None:
         """Take a merge's outcome (running it, or waiting for it) and report how the database fared."""
@@ -256,6 +283,9 @@ class StoreWriter(SpanProcessor):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
+        merging = self._merging
+        if merging is not None:  # the final flush did not finish: its merge must not be cut off inside DuckDB
+            merging.join(timeout=10)
         lost = len(self._spans) + len(self._unwritten)
         if lost:  # the last line the app's log gets about the store must say what it cost
             logger.error("llmtrace: %d span(s) could not be written to %s before the store stopped, and are lost: %s",
@@ -291,6 +321,9 @@ class _MergeInBackground:
 
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
 
     def outcome(self) -> MergeOutcome:
         self._thread.join()

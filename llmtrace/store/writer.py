@@ -1,6 +1,7 @@
 """The store's span processor: LLM spans go to a buffer on the request path, and a writer thread
-turns them into segment files and merges them into DuckDB, off the request path (a backlog is merged
-on a second, short-lived thread while the writer converts the rest of it).
+turns them into segment files and merges them into DuckDB, off the request path (merges run on a
+second, short-lived thread while the writer converts what came next; only a flush someone waits for
+merges on the writer thread).
 
 It is a ledger, so it does not drop spans the way OTel's BatchSpanProcessor does when its queue
 fills: the buffer holds up to ``max_buffered`` spans; beyond that new spans are counted and

@@ -387,6 +387,37 @@ def test_periodic_merges_run_on_their_own_thread_so_the_writer_goes_on_convertin
     assert _count(db) == {"spans": 8, "distinct_span_ids": 8, "pending_segments": 0}
 
 
+def _app_thread_that_keeps_the_gil(until: threading.Event, emit_one: Callable[[], None], seconds: float = 30) -> None:
+    """Works ~1 ms in Python between two instants without the GIL (a getrandom() syscall, as an SDK call on a mock
+    transport makes): a thread waiting for the GIL then never gets it (its 5 ms wait restarts at every hand-back)."""
+    deadline = time.monotonic() + seconds
+    while not until.is_set() and time.monotonic() < deadline:
+        emit_one()
+        x = 0
+        for _ in range(20_000):
+            x += 1
+        os.urandom(8)
+
+
+def test_an_app_thread_that_keeps_the_gil_does_not_starve_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "_CHECK_EVERY", 8)  # production checks every 256 spans; this test emits slowly
+    monkeypatch.setattr(writer_module, "_LATE_S", 0.0)
+    provider, writer = provider_with_store(_db(tmp_path), flush_interval=0.05)
+    emit(provider, 1)  # the writer thread starts, and waits out its interval
+    written = threading.Event()
+    real_write = writer_module.write_segment
+
+    def write(*args: Any) -> Any:
+        path = real_write(*args)
+        written.set()
+        return path
+
+    monkeypatch.setattr(writer_module, "write_segment", write)
+    _app_thread_that_keeps_the_gil(written, lambda: emit(provider, 1))
+    assert written.is_set()
+    assert writer.force_flush()
+
+
 def test_a_background_merge_that_works_does_not_hide_a_failed_segment_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,6 +3,9 @@ turns them into segment files and merges them into DuckDB, off the request path 
 second, short-lived thread while the writer converts what came next; only a flush someone waits for
 merges on the writer thread).
 
+An app thread that keeps the GIL (busy, letting go only for instants) would starve the writer thread: once the
+writer is late, the request path hands the GIL over for a moment every few hundred spans (see ``_CHECK_EVERY``).
+
 It is a ledger, so it does not drop spans the way OTel's BatchSpanProcessor does when its queue
 fills: the buffer holds up to ``max_buffered`` spans; beyond that new spans are counted and
 dropped with one log line per episode. When the disk or the database fails, rows wait (in memory,
@@ -38,6 +41,15 @@ logger = logging.getLogger("llmtrace")
 DEFAULT_FLUSH_INTERVAL = 2.0
 DEFAULT_MAX_BUFFERED = 1_000_000
 _SEGMENT_ROWS = 10_000  # rows per segment file at most (and rows held by the writer at once)
+# GIL starvation. A thread waiting for the GIL asks its holder to let go only after 5 ms in which no other thread took
+# it; an app thread that lets go for an instant (a syscall) and takes it straight back, every millisecond or so, keeps
+# resetting that wait, so the writer never gets the GIL back after its first call into C (a CPU-bound loop of SDK calls
+# on a mock transport does this: one getrandom() per call; so may an event loop that never waits). Seconds behind its
+# interval, the writer then gets the app thread's help: every _CHECK_EVERY spans, the app thread sleeps a moment,
+# long enough for the writer to wake and take the GIL (and keep it up to 5 ms). Never while the writer keeps up.
+_CHECK_EVERY = 256
+_HAND_OVER_S = 0.0005
+_LATE_S = 1.0  # beyond twice the flush interval
 
 _writers: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 # Merging opens the DuckDB file (tens of ms): done every few flush intervals, not every flush. Readers see
@@ -101,6 +113,7 @@ class StoreWriter(SpanProcessor):
         self._merging: _MergeInBackground | None = None
         self._unmerged_segments = 0
         self._last_merge = time.monotonic()
+        self._last_round = time.monotonic()  # when the writer thread last finished a round
 
     # --- SpanProcessor: the request path --------------------------------------------------------
 
@@ -118,14 +131,20 @@ class StoreWriter(SpanProcessor):
     def _buffer(self, span: ReadableSpan) -> None:
         if self._stopped:
             return
-        if len(self._spans) + len(self._unwritten) >= self.max_buffered:
+        held = len(self._spans)
+        if held + len(self._unwritten) >= self.max_buffered:
             self._drop()
             return
         self._spans.append(span)
         if self._thread is None:
             self._start_thread()
-        elif len(self._spans) == _SEGMENT_ROWS:  # a segment's worth: the writer need not wait out its interval
+        elif held == _SEGMENT_ROWS - 1:  # a segment's worth: the writer need not wait out its interval
             self._wake.set()
+        elif held % _CHECK_EVERY == 0 and held and self._writer_is_late():
+            time.sleep(_HAND_OVER_S)  # see _CHECK_EVERY
+
+    def _writer_is_late(self) -> bool:
+        return time.monotonic() - self._last_round > 2 * self.flush_interval + _LATE_S
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -135,6 +154,7 @@ class StoreWriter(SpanProcessor):
     def _start_thread(self) -> None:
         with self._thread_lock:
             if self._thread is None:
+                self._last_round = time.monotonic()  # its first round is an interval away
                 self._thread = threading.Thread(target=self._run, name="llmtrace-store", daemon=True)
                 self._thread.start()
 
@@ -153,6 +173,7 @@ class StoreWriter(SpanProcessor):
             with internal_errors(), background_work():
                 # A flush someone waits for merges at once; otherwise a merge every few intervals, on its own thread.
                 self._write_and_merge(merge_now=merge_requested, periodic=True)
+            self._last_round = time.monotonic()
             with self._flushed:
                 self._flushes_done = requested
                 self._flushed.notify_all()

@@ -163,7 +163,10 @@ def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths, wait_s: float) ->
                 time.sleep(0.05)  # a writer is merging: that takes milliseconds
                 continue
             if is_lock_error(exc):
-                raise StoreError(f"{paths.db} is held by another process for writing; try again") from None
+                raise StoreError(
+                    f"{paths.db} is held by another process for writing (or, read from inside an app, by that app's own "
+                    "store merging, slowed down by a busy app thread); try again"
+                ) from None
             raise StoreError(f"{paths.db} cannot be read: {exc}") from None
 
 

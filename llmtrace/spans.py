@@ -51,6 +51,9 @@ def stored_as_is(attributes: Mapping[str, Any]) -> bool:
 _UNSET = Status(StatusCode.UNSET)
 # W3C trace-context level 2 flag, set by newer SDKs when the trace id is random (0 where unknown).
 _RANDOM_TRACE_ID = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
+# The few flag values a call's span can have, made once: a TraceFlags (an int with a __dict__) is one more object the
+# garbage collector tracks for every span the store's buffer holds.
+_TRACE_FLAGS = {flags: TraceFlags(flags) for flags in {0, 1, _RANDOM_TRACE_ID, _RANDOM_TRACE_ID | TraceFlags.SAMPLED}}
 
 
 def _does_nothing(function: Any) -> bool:
@@ -133,7 +136,7 @@ class CallSpans:
             trace_id,
             tracer.id_generator.generate_span_id(),
             is_remote=False,
-            trace_flags=TraceFlags(flags),
+            trace_flags=_TRACE_FLAGS[flags],
             trace_state=sampling.trace_state,
         )
         if not sampling.decision.is_recording():

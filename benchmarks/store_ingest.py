@@ -6,7 +6,14 @@ then waits until
 every span is written to segments and merged into DuckDB; reports spans/s end to end and the
 process RSS across the run. Span creation is not timed: it is the SDK's cost, not the store's.
 
+With ``--rate`` the spans come at a steady rate, and it also reports what the store sustains while they
+come: rows merged into DuckDB per second from its first merge to the end of the feed, and the backlog
+(spans buffered, segments not merged) in each half of the feed: a backlog that does not grow from the
+first half to the second is a rate the store keeps up with. End to end then includes draining the
+last backlog after the feed (up to ~20 segments), a fixed tail that weighs less the longer the run.
+
     .venv/bin/python benchmarks/store_ingest.py [--spans 1000000] [--db /tmp/ingest.duckdb]
+    .venv/bin/python benchmarks/store_ingest.py --spans 6000000 --rate 200000
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider 
 import llmtrace  # noqa: E402
 from llmtrace import query  # noqa: E402
 from llmtrace.store import StoreWriter, resolve  # noqa: E402
+from llmtrace.store import merge as merge_module  # noqa: E402
 
 def real_spans(provider: TracerProvider, distinct: int) -> None:
     import openai
@@ -77,14 +85,26 @@ def main() -> None:
     real_spans(provider, args.distinct)
     spans = collect.spans
 
-    writer = StoreWriter(resolve(args.db), flush_interval=0.5)
+    paths = resolve(args.db)
+    writer = StoreWriter(paths, flush_interval=0.5)
+    merges: list[tuple[float, int]] = []  # (when it ended, rows it merged)
+    real_merge = merge_module.merge
+
+    def timed_merge(*a: object, **k: object) -> merge_module.MergeOutcome:
+        outcome = real_merge(*a, **k)  # type: ignore[arg-type]
+        merges.append((time.perf_counter(), outcome.merged_rows))
+        return outcome
+
+    merge_module.merge = timed_merge  # the writer looks it up at every merge
     rss_start = rss_mb()
     samples: list[tuple[int, float]] = []
+    backlog: list[tuple[float, int, int]] = []  # (when, spans buffered, segments not merged)
     done = threading.Event()
 
     def sample() -> None:  # RSS through the whole run, the final flush and merge included
         while not done.wait(0.1):
             samples.append((0, rss_mb()))
+            backlog.append((time.perf_counter(), len(writer._spans), len(paths.pending())))
 
     samples.append((0, rss_start))
     sampler = threading.Thread(target=sample, daemon=True)
@@ -102,6 +122,7 @@ def main() -> None:
         if args.rate:
             next_at += 0.1
             time.sleep(max(0.0, next_at - time.perf_counter()))
+    fed_at = time.perf_counter()
     assert writer.force_flush(600_000)
     elapsed = time.perf_counter() - start
     cpu = time.process_time() - cpu_start
@@ -119,6 +140,20 @@ def main() -> None:
     print(f"ingest: {args.spans / elapsed:,.0f} spans/s end to end (buffer -> rows -> Parquet segments -> merge), {elapsed:.1f} s")
     print(f"CPU: {cpu / args.spans * 1e6:.1f} us per span, every thread (feeding, converting, writing, merging), "
           f"{cpu / elapsed:.1f} cores busy on average")
+    if args.rate:
+        during = [(t, rows) for t, rows in merges if t <= fed_at]
+        if len(during) > 1:
+            rows = sum(r for _, r in during[1:])
+            print(f"sustained: {rows / (during[-1][0] - during[0][0]):,.0f} spans/s merged into DuckDB while fed "
+                  f"({len(during)} merges during the {fed_at - start:.1f} s feed)")
+        half = start + (fed_at - start) / 2
+        for name, part in (("first", [b for b in backlog if b[0] < half]), ("second", [b for b in backlog if half <= b[0] <= fed_at])):
+            if part:
+                print(f"backlog in the {name} half of the feed: at most {max(b[1] for b in part):,} spans buffered and "
+                      f"{max(b[2] for b in part)} segments not merged")
+        feed = [b for b in backlog if b[0] <= fed_at]
+        tenth = max(1, len(feed) // 10)
+        print("segments not merged, most by tenth of the feed:", " ".join(str(max(b[2] for b in feed[i:i + tenth])) for i in range(0, len(feed), tenth)))
     mode = f"fed at {args.rate:,} spans/s" if args.rate else "fed as one burst"
     print(f"writer RSS ({mode}): start {rss_start:.0f} MB, during run {min(r for _, r in samples):.0f}-{max(r for _, r in samples):.0f} MB, "
           f"peak (ru_maxrss) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -34,6 +34,14 @@ def test_store_ingest_benchmark_stores_every_span_it_feeds(tmp_path: Path) -> No
     assert query.span_count(db=db)["spans"] == 2000
 
 
+def test_store_ingest_benchmark_at_a_steady_rate_reports_the_backlog_it_leaves(tmp_path: Path) -> None:
+    db = str(tmp_path / "ingest" / "ingest.duckdb")
+    out = _run("store_ingest.py", "--spans", "20000", "--rate", "20000", "--distinct", "200", "--db", db)
+    assert "spans: 20,000 fed, 20,000 in DuckDB" in out
+    for half in ("first", "second"):
+        assert f"backlog in the {half} half of the feed: at most " in out
+
+
 def test_stream_proxy_benchmark_ends_one_span_per_stream() -> None:
     out = _run("stream_proxy.py", "--quads", "2", "--repeat", "1")
     assert "per chunk:" in out

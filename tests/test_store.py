@@ -418,6 +418,22 @@ def test_an_app_thread_that_keeps_the_gil_does_not_starve_the_writer(tmp_path: P
     assert writer.force_flush()
 
 
+def test_an_app_that_waits_on_its_calls_never_hands_the_gil_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "_CHECK_EVERY", 8)
+    provider, writer = provider_with_store(_db(tmp_path), flush_interval=0.05)
+    emit(provider, 1)
+    assert writer.force_flush()  # the writer has loaded Arrow and DuckDB (once per process: a long first round)
+    verdicts: list[bool] = []
+    is_late = writer._writer_is_late
+    monkeypatch.setattr(writer, "_writer_is_late", lambda: verdicts.append(is_late()) or verdicts[-1])
+    deadline = time.monotonic() + 2.0  # 40 intervals
+    while time.monotonic() < deadline:
+        emit(provider, 8)
+        time.sleep(0.005)  # the app waits on the network between calls, so the writer gets the GIL
+    assert len(verdicts) > 100 and not any(verdicts)
+    assert writer.force_flush()
+
+
 def test_a_background_merge_that_works_does_not_hide_a_failed_segment_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

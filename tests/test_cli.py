@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import json
+import subprocess
+import sys
 import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -62,6 +64,16 @@ def test_a_missing_store_is_an_error_and_an_empty_window_says_so(db: str, tmp_pa
     empty_header = capsys.readouterr().out.splitlines()
     assert main(["report", "--db", db, "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == empty_header[0] == ",".join(query.SPEND_COLUMNS) and len(empty_header) == 1
+
+
+def test_python_dash_m_llmtrace_is_the_command(db: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "llmtrace", "report", "--db", db, "--format", "json"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert {row["key"]: row["calls"] for row in json.loads(done.stdout)} == {"acme": 3, "globex": 1}
+    failed = subprocess.run([sys.executable, "-m", "llmtrace", "report", "--since", "0d"], capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and failed.stderr.startswith("llmtrace: not a duration")  # the exit status goes through
 
 
 def test_compact_and_prices(db: str, capsys: pytest.CaptureFixture[str]) -> None:

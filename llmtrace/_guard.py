@@ -1,7 +1,8 @@
 """Containment for llmtrace's own failures: they are logged and counted, never raised into the host app.
 
-Code that runs inside a user's SDK call wraps its own work in ``with internal_errors():``. The user's
-call itself always runs outside that block, so its result and exceptions pass through untouched.
+Code that runs inside a user's SDK call wraps its own work in ``with internal_errors():`` (or, on the path
+every call takes, in the ``try: ... except Exception as exc: report(exc)`` it stands for, which costs no calls).
+The user's call itself always runs outside that block, so its result and exceptions pass through untouched.
 Tests install a hook with :func:`set_error_hook` to turn every contained error back into a failure.
 """
 

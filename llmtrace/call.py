@@ -25,7 +25,7 @@ from .config import Settings
 from .content import to_json
 from .context import current_tags
 from .metrics import Instruments
-from .spans import CallSpans, stored_as_is
+from .spans import CallSpan, CallSpans
 from .usage import Usage
 
 
@@ -176,29 +176,31 @@ class Call:
         """End after a stream: exhausted, closed, exited, failed or dropped. Never raises."""
         if self.done:
             return
-        with internal_errors():
-            result = self.acc.result() if self.acc is not None else Result()
-            self.finish(result, error)
-            return
-        self._force_end()
+        try:
+            self.finish(self.acc.result() if self.acc is not None else Result(), error)
+        except Exception as exc:
+            report(exc)
+            self._force_end()
 
     def fail(self, error: BaseException, answer: Any = None) -> None:
         """The SDK call raised; ``answer``: what the provider answered, where the error does not carry it (a body the
         SDK's parse() refused). Never raises."""
-        with internal_errors():
+        try:
             carried = billed_answer_in(error)
             answer = carried if carried is not None else answer
             self.finish(self.endpoint.parse(answer) if answer is not None else None, error)
-            return
-        self._force_end()
+        except Exception as exc:
+            report(exc)
+            self._force_end()
 
     def complete(self, response: Any) -> None:
         """A whole (non-streamed) response came back; None: a raw response with no answer to read (the span says
         what it can without one). Never raises."""
-        with internal_errors():
+        try:
             self.finish(self.endpoint.parse(response) if response is not None else Result(), None)
-            return
-        self._force_end()
+        except Exception as exc:
+            report(exc)
+            self._force_end()
 
     def _force_end(self) -> None:
         """``finish`` failed, or never ran: the span ends all the same (once), and a budget hold is given back."""
@@ -246,11 +248,12 @@ class Call:
         usage = None
         cost = None
         if result is not None:
-            usage = self._usage_of(result)
+            usage = result.usage if result.usage is not None or result.pending else self._estimated_usage(result)
             cost = self._add_result(attrs, result, usage)
         else:
             attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
-        self._release(cost)
+        if self.hold is not None:
+            self._release(cost)
         span = self.span
         add_attributes(span, attrs)
         if failure is not None:
@@ -291,11 +294,9 @@ class Call:
         model = self.attrs.get(A.REQUEST_MODEL)
         return f"{self.endpoint.operation} {model}" if model else self.endpoint.operation
 
-    def _usage_of(self, result: Result) -> Usage | None:
-        if result.usage is not None or result.pending:
-            return result.usage
+    def _estimated_usage(self, result: Result) -> Usage:
+        """The provider sent no usage: estimate with the tokenizer (off the common path)."""
         model = result.response_model or self.attrs.get(A.REQUEST_MODEL) or ""
-        # The provider sent no usage: estimate with the tokenizer (off the common path).
         return Usage(
             uncached_input=self.endpoint.estimate_input(model, self.kwargs),
             visible_output=_estimate_output(model, result.text()),
@@ -346,16 +347,19 @@ class Call:
 def add_attributes(span: Span, attrs: dict[str, Any]) -> None:
     """``span.set_attributes(attrs)`` without the SDK validating, again, values llmtrace built itself.
 
-    The SDK cleans each value on the way in (~0.5 µs each: ~10 µs for the ~20 attributes a call gets at
-    its end, a fifth of llmtrace's whole cost per call). When the span is the SDK's own, its attribute
-    limits are the defaults (no value-length limit, room for every attribute) and every value is already
-    in the form the SDK would store, the values go into its attribute mapping directly, under the same
-    locks ``set_attributes`` takes. Anything else (another SDK version's internals, limits set by the
-    app, a value that needs cleaning, and llmtrace's own spans, whose ``set_attributes`` is already this
-    cheap: ``llmtrace.spans``) takes the public path.
+    llmtrace builds every attribute value in a form the SDK stores as it is (a str, bool, int or float, a tuple
+    of str; never None, a list or an object: the tests check every span they read), so cleaning them (~0.5 µs
+    each in the SDK: ~10 µs for the ~20 attributes a call gets at its end) changes nothing. llmtrace's own spans
+    take them as they are (``llmtrace.spans``). The SDK's span takes them into its attribute mapping directly,
+    under the same locks ``set_attributes`` takes, when its limits are the defaults (no value-length limit, room
+    for every attribute); anything else (another SDK version's internals, limits set by the app) takes the
+    public path.
     """
+    if type(span) is CallSpan:
+        span.add_built(attrs)
+        return
     bounded = getattr(span, "_attributes", None)
-    if type(bounded) is BoundedAttributes and stored_as_is(attrs):
+    if type(bounded) is BoundedAttributes:
         try:
             with span._lock:  # type: ignore[attr-defined]
                 if (

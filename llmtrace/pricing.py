@@ -167,8 +167,7 @@ class Price:
 
     def cost(self, usage: Usage) -> Cost:
         """Runs on the request path for every priced call: plain float arithmetic, one tuple built."""
-        total_input = usage.input_tokens
-        inp, out, cache_read, cache_write, cache_write_1h, reasoning = self._flat or self._rates_at(total_input)
+        inp, out, cache_read, cache_write, cache_write_1h, reasoning = self._flat or self._rates_at(usage.input_tokens)
         write_1h = usage.cache_write_1h
         write_short = usage.cache_write - write_1h
         savings = 0.0

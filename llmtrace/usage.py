@@ -71,8 +71,8 @@ class Usage:
 
     def attributes(self) -> dict[str, int | str]:
         attrs: dict[str, int | str] = {
-            A.USAGE_INPUT_TOKENS: self.input_tokens,
-            A.USAGE_OUTPUT_TOKENS: self.output_tokens,
+            A.USAGE_INPUT_TOKENS: self.uncached_input + self.cache_read + self.cache_write,  # input_tokens, inlined
+            A.USAGE_OUTPUT_TOKENS: self.visible_output + self.reasoning,
             A.USAGE_CACHE_READ_INPUT_TOKENS: self.cache_read,
             A.USAGE_CACHE_CREATION_INPUT_TOKENS: self.cache_write,
             A.USAGE_REASONING_OUTPUT_TOKENS: self.reasoning,

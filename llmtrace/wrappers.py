@@ -10,9 +10,6 @@ import contextvars
 import inspect
 from typing import Any, Callable
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-
 from . import call as core
 from ._guard import internal_errors, report
 from .adapter import (
@@ -27,6 +24,7 @@ from .adapter import (
     Target,
 )
 from .call import Call, active_call
+from .spans import make_current, restore
 from .stream import (
     AsyncRawResponseProxy,
     AsyncStreamManagerProxy,
@@ -73,8 +71,12 @@ def _answer_of_raw(response: Any) -> Any:
 def returned(call: Call, response: Any) -> Any:
     """What the app gets back: the response itself, or a proxy that ends the span later."""
     try:
-        kind = _kind_of(type(response))
-        if kind == _SYNC_STREAM:
+        kind = _kinds.get(type(response))
+        if kind is None:
+            kind = _kind_of(type(response))
+        if kind == _PLAIN:
+            pass  # a whole response: completed below, outside this try (its own errors are contained there)
+        elif kind == _SYNC_STREAM:
             return SyncStreamProxy(response, call)
         if kind == _ASYNC_STREAM:
             return AsyncStreamProxy(response, call)
@@ -107,23 +109,25 @@ def _start(endpoint: Endpoint, instance: Any, kwargs: dict[str, Any]) -> tuple[C
         return None
     started = None
     refused = None
-    with internal_errors():
+    try:
         call = Call(endpoint, rt, instance, kwargs)
         started = call, call.request_kwargs()
         if rt.guard is not None:
             refused = call.admit()
+    except Exception as exc:
+        report(exc)
     if refused is not None and started is not None:
         started[0].fail(refused)  # the span says why the call did not happen
         raise refused
     return started
 
 
-def _activate(call: Call) -> tuple[object, contextvars.Token[Call | None]]:
-    return otel_context.attach(trace.set_span_in_context(call.span)), active_call.set(call)
+def _activate(call: Call) -> tuple[contextvars.Token[Any], contextvars.Token[Call | None]]:
+    return make_current(call.span), active_call.set(call)
 
 
-def _deactivate(tokens: tuple[object, contextvars.Token[Call | None]]) -> None:
-    otel_context.detach(tokens[0])  # type: ignore[arg-type]
+def _deactivate(tokens: tuple[contextvars.Token[Any], contextvars.Token[Call | None]]) -> None:
+    restore(tokens[0])
     active_call.reset(tokens[1])
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 import llmtrace.testing
@@ -26,6 +28,26 @@ def internal_errors_fail_tests() -> Iterator[list[BaseException]]:
     _guard.set_error_hook(None)
     if errors:
         raise AssertionError(f"llmtrace contained {len(errors)} internal error(s): {errors!r}") from errors[0]
+
+
+@pytest.fixture(autouse=True)
+def spans_hold_what_the_sdk_would_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """llmtrace hands the values it builds to spans unchecked (``call.add_attributes``): every span a test exports
+    must hold what the SDK's own cleaning keeps (no None, list, bytes or object among its values)."""
+    wrong: list[str] = []
+    export = InMemorySpanExporter.export
+
+    def checked_export(self: InMemorySpanExporter, spans: Any) -> Any:
+        for span in spans:
+            given = dict(span.attributes or {})
+            cleaned = dict(BoundedAttributes(attributes=given))
+            if cleaned != given or any(type(cleaned[key]) is not type(value) for key, value in given.items()):
+                wrong.append(f"{span.name}: {given!r}")
+        return export(self, spans)
+
+    monkeypatch.setattr(InMemorySpanExporter, "export", checked_export)
+    yield
+    assert not wrong, f"spans holding values the SDK would have cleaned: {wrong}"
 
 
 @pytest.fixture(autouse=True)

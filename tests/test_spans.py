@@ -12,7 +12,10 @@ from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, StaticSampler, Decision, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased, SamplingResult, StaticSampler, TraceIdRatioBased, _AlwaysOn,
+    _ParentBasedAlwaysOff,
+)  # fmt: skip
 from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 import llmtrace
@@ -124,6 +127,53 @@ def test_samplers_decide_the_same(sampler: Any, context: Any) -> None:
     assert sdk[1].trace_flags.sampled is False
 
 
+class SamplesOddTraces(ParentBased):
+    """A ParentBased of the app's that decides for itself (against its root, ALWAYS_OFF): it must be asked."""
+
+    def should_sample(self, parent_context: Any, trace_id: int, *args: Any, **kwargs: Any) -> SamplingResult:
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, {"app.sampled": "by the app"})
+
+
+# Samplers whose verdict llmtrace knows from the parent alone (llmtrace.spans.parent_verdicts), each where the parent
+# picks a different one of its delegates, and samplers it must ask.
+@pytest.mark.parametrize(
+    ("sampler", "context"),
+    [
+        (None, parent_context(False, remote=False)),  # the SDK's default, ParentBased(ALWAYS_ON)
+        (None, parent_context(True, remote=False)),
+        (None, parent_context(False, remote=True, state=TraceState([("vendor", "x1")]))),
+        (_ParentBasedAlwaysOff(None), None),
+        (_ParentBasedAlwaysOff(None), parent_context(True, remote=True)),
+        (ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_sampled=ALWAYS_OFF), parent_context(False)),
+        (ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON, local_parent_sampled=ALWAYS_OFF),
+         parent_context(True, remote=False)),
+        (_AlwaysOn(None), parent_context(False)),
+        (ParentBased(TraceIdRatioBased(0.0)), None),  # a delegate that is not static: asked
+        (SamplesOddTraces(ALWAYS_OFF), None),
+    ],
+    ids=["default local unsampled", "default local sampled", "default remote unsampled", "parentbased_always_off root",
+         "parentbased_always_off remote sampled", "mixed remote unsampled", "mixed local sampled", "always_on",
+         "ratio root", "app subclass"],
+)  # fmt: skip
+def test_samplers_known_from_the_parent_decide_as_they_would(sampler: Any, context: Any) -> None:
+    sdk, direct = both_ways(end_as_a_call_does, context, **({"sampler": sampler} if sampler is not None else {}))
+    assert direct[1] == sdk[1]  # ids, flags (sampled or not) and trace state
+    assert direct[2] == sdk[2]  # what reached the processors, the app's sampler's attributes included
+    assert direct[3] == sdk[3]
+
+
+def test_a_tracer_given_another_sampler_is_asked_again() -> None:
+    tp, exporter = provider(sampler=ALWAYS_ON)
+    tracer = tp.get_tracer("llmtrace")
+    spans = CallSpans(tracer)
+    spans.start("chat gpt-4o", dict(REQUEST), START).end(END)
+    tracer.sampler = ALWAYS_OFF  # type: ignore[attr-defined]
+    dropped = spans.start("chat gpt-4o", dict(REQUEST), START)
+    dropped.end(END)
+    assert not dropped.is_recording() and not dropped.get_span_context().trace_flags.sampled
+    assert len(exporter.get_finished_spans()) == 1
+
+
 def test_span_limits_apply_as_in_the_sdk() -> None:
     limits = SpanLimits(max_span_attributes=4, max_span_attribute_length=3, max_events=1, max_links=1)
 
@@ -205,9 +255,12 @@ def test_a_processor_that_works_at_start_gets_the_sdk_span() -> None:
     assert second.attributes["set.at.start"] is True and second.attributes["llmtrace.cost.usd"] > 0
 
 
-def test_the_call_span_is_current_during_the_sdk_call() -> None:
+@pytest.mark.parametrize("through_api", [False, True], ids=["context var", "runtime context of the app's"])
+def test_the_call_span_is_current_during_the_sdk_call(through_api: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     import openai
 
+    if through_api:  # an OTEL_PYTHON_CONTEXT of the app's: spans are made current through the API
+        monkeypatch.setattr(llmtrace.spans, "_CONTEXT_VAR", None)
     seen: list[trace.Span] = []
     api = FakeAPI(http_module(openai))
 
@@ -217,10 +270,16 @@ def test_the_call_span_is_current_during_the_sdk_call() -> None:
         return api(request)
 
     with llmtrace.testing.capture() as captured:
+        outer = captured.tracer_provider.get_tracer("app").start_span("request")
+        with trace.use_span(outer, end_on_exit=True):
+            chat(openai_client(handler))
+            assert trace.get_current_span() is outer
         chat(openai_client(handler))
-    (span,) = captured.spans()
-    assert isinstance(seen[0], CallSpan) and seen[0].get_span_context() == span.context
-    assert span.attributes["app.in.transport"] == "yes"
+        assert trace.get_current_span() is trace.INVALID_SPAN
+    call, outer_span, root_call = captured.spans()
+    assert isinstance(seen[0], CallSpan) and seen[0].get_span_context() == call.context
+    assert call.parent == outer_span.context and root_call.parent is None
+    assert call.attributes["app.in.transport"] == root_call.attributes["app.in.transport"] == "yes"
 
 
 class CountingTracer(SdkTracer):

@@ -56,6 +56,16 @@ def get(obj: Any, name: str, default: Any = None) -> Any:
     return value
 
 
+def counts(obj: Any, names: tuple[str, ...]) -> list[int]:
+    """Several token counts of one usage object (an SDK model, a dict or None), each read as ``as_int(get(obj,
+    name))`` reads it, in two calls rather than two per field (usage is read on every call)."""
+    if type(obj) is dict or obj is None or isinstance(obj, dict):
+        values = [get(obj, name) for name in names]
+    else:
+        values = [getattr(obj, name, None) for name in names]
+    return [value if type(value) is int and value > 0 else 0 for value in values]
+
+
 def string(value: Any) -> str | None:
     """A field read from an SDK model or a dict, when it is a string."""
     return value if isinstance(value, str) else None

@@ -15,7 +15,7 @@ from ..content import Message
 from ..pricing import PriceContext
 from ..usage import Usage, as_int
 from . import openai_content
-from ._stainless import RequestTable, client_info_for, get, pick, string
+from ._stainless import RequestTable, client_info_for, counts, get, pick, string
 
 # OpenAI-compatible hosts whose provider has a semconv name (or a well-known one).
 _HOST_PROVIDERS = {
@@ -97,17 +97,23 @@ def _chat_usage(usage: Any) -> Usage | None:
     """Chat/legacy-completions/embeddings usage: totals that include cached and reasoning tokens."""
     if usage is None:
         return None
-    prompt_details = get(usage, "prompt_tokens_details")
-    completion_details = get(usage, "completion_tokens_details")
+    input_total, output_total = counts(usage, _CHAT_TOTALS)
+    cache_read, cache_write, input_audio = counts(get(usage, "prompt_tokens_details"), _CHAT_PROMPT_DETAILS)
+    reasoning, output_audio = counts(get(usage, "completion_tokens_details"), _CHAT_COMPLETION_DETAILS)
     return Usage.from_totals(
-        input_total=as_int(get(usage, "prompt_tokens")),
-        output_total=as_int(get(usage, "completion_tokens")),
-        cache_read=as_int(get(prompt_details, "cached_tokens")),
-        cache_write=as_int(get(prompt_details, "cache_write_tokens")),
-        reasoning=as_int(get(completion_details, "reasoning_tokens")),
-        input_audio=as_int(get(prompt_details, "audio_tokens")),
-        output_audio=as_int(get(completion_details, "audio_tokens")),
+        input_total=input_total,
+        output_total=output_total,
+        cache_read=cache_read,
+        cache_write=cache_write,
+        reasoning=reasoning,
+        input_audio=input_audio,
+        output_audio=output_audio,
     )
+
+
+_CHAT_TOTALS = ("prompt_tokens", "completion_tokens")
+_CHAT_PROMPT_DETAILS = ("cached_tokens", "cache_write_tokens", "audio_tokens")
+_CHAT_COMPLETION_DETAILS = ("reasoning_tokens", "audio_tokens")
 
 
 def _responses_usage(usage: Any, output: Any) -> Usage | None:
@@ -166,10 +172,17 @@ def _price_context(extras: Mapping[str, Any]) -> PriceContext:
 def _parse_choices_response(response: Any) -> Result:
     choices = getattr(response, "choices", None) or ()
     extras = _extras(response)
+    reasons = []
+    for choice in choices:  # a loop, not a generator: one call fewer on every call
+        reason = getattr(choice, "finish_reason", None)
+        if type(reason) is str:
+            reasons.append(reason)
+    model = getattr(response, "model", None)
+    response_id = getattr(response, "id", None)
     return Result(
-        response_model=string(getattr(response, "model", None)),
-        response_id=string(getattr(response, "id", None)),
-        finish_reasons=tuple(r for c in choices if type(r := getattr(c, "finish_reason", None)) is str),
+        response_model=model if isinstance(model, str) else None,
+        response_id=response_id if isinstance(response_id, str) else None,
+        finish_reasons=tuple(reasons),
         usage=_chat_usage(getattr(response, "usage", None)),
         attributes=extras,
         messages_of=lambda: openai_content.choices_output(choices),

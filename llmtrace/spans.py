@@ -3,10 +3,12 @@
 The SDK's ``Tracer.start_span`` and ``Span`` clean every attribute on the way in, take locks, build
 bounded containers and call every processor twice: in a real OpenAI call (the CPU caches full of
 the SDK's and httpx's code) that was ~45 µs of llmtrace's ~100. llmtrace builds its attributes
-itself and checks their types, so where no one can tell the difference it makes the span itself:
-ids from the tracer's id generator, the tracer's sampler deciding, the same parent, trace flags and
-trace state, resource, scope and limits as ``start_span`` would give, and, when it ends, the same
-``ReadableSpan`` handed to the same processors' ``on_end``.
+itself, in the forms the SDK stores, so where no one can tell the difference it makes the span itself:
+ids from the tracer's id generator, the tracer's sampler deciding (the SDK's stock samplers, which decide
+from the parent alone, by their known verdicts), the same parent, trace flags and trace state, resource,
+scope and limits as ``start_span`` would give, and, when it ends, the same ``ReadableSpan`` handed to the
+same processors' ``on_end``. The span is made current through the OTel context's own ContextVar where the
+runtime context is the API's default (the API's functions otherwise).
 
 "No one can tell" means: the tracer is the SDK's own, enabled, without the SDK's self-metrics, and
 none of its processors does anything when a span starts or is ending (the SDK's batch and simple

@@ -14,7 +14,7 @@ from .pricing import PriceContext
 from .usage import Usage
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     """What one response (or one whole stream) said, provider-neutral."""
 

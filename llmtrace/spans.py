@@ -33,7 +33,7 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.sampling import ParentBased, StaticSampler
 from opentelemetry.sdk.util import BoundedList
-from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation import _SPAN_KEY  # the key the API keeps the current span under
 
 from ._guard import report
@@ -120,8 +120,8 @@ def current_span_context() -> SpanContext:
     """``trace.get_current_span().get_span_context()``."""
     if _CONTEXT_VAR is None:
         return trace.get_current_span().get_span_context()
-    span = _CONTEXT_VAR.get().get(_SPAN_KEY)
-    return (span if isinstance(span, trace.Span) else INVALID_SPAN).get_span_context()
+    span = _CONTEXT_VAR.get().get(_SPAN_KEY)  # only the API's set_span_in_context puts a span there
+    return INVALID_SPAN_CONTEXT if span is None else span.get_span_context()  # type: ignore[attr-defined]
 
 
 def make_current(span: trace.Span) -> Token[Context]:

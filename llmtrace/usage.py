@@ -58,15 +58,18 @@ class Usage:
         output_audio: int = 0,
     ) -> Usage:
         """Build from totals that *include* their subsets (OpenAI's way of reporting)."""
+        # Conditional expressions, not max() and min(): this runs on every call.
+        uncached = input_total - cache_read - cache_write
+        visible = output_total - reasoning
         return cls(
-            uncached_input=max(input_total - cache_read - cache_write, 0),
+            uncached_input=uncached if uncached > 0 else 0,
             cache_read=cache_read,
             cache_write=cache_write,
-            visible_output=max(output_total - reasoning, 0),
+            visible_output=visible if visible > 0 else 0,
             reasoning=reasoning,
             source=source,
-            input_audio=min(input_audio, input_total),
-            output_audio=min(output_audio, output_total),
+            input_audio=input_audio if input_audio < input_total else input_total,
+            output_audio=output_audio if output_audio < output_total else output_total,
         )
 
     def attributes(self) -> dict[str, int | str]:

@@ -58,12 +58,14 @@ def get(obj: Any, name: str, default: Any = None) -> Any:
 
 def counts(obj: Any, names: tuple[str, ...]) -> list[int]:
     """Several token counts of one usage object (an SDK model, a dict or None), each read as ``as_int(get(obj,
-    name))`` reads it, in two calls rather than two per field (usage is read on every call)."""
-    if type(obj) is dict or obj is None or isinstance(obj, dict):
-        values = [get(obj, name) for name in names]
-    else:
-        values = [getattr(obj, name, None) for name in names]
-    return [value if type(value) is int and value > 0 else 0 for value in values]
+    name))`` reads it, without two calls per field (usage is read on every call; a plain loop: a comprehension is
+    a call too)."""
+    dict_like = isinstance(obj, dict)
+    found = []
+    for name in names:
+        value = get(obj, name) if dict_like else getattr(obj, name, None)
+        found.append(value if type(value) is int and value > 0 else 0)
+    return found
 
 
 def string(value: Any) -> str | None:

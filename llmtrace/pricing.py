@@ -194,6 +194,7 @@ class Price:
 
 
 _cache: dict[tuple[str, str, PriceContext], Price | None] = {}
+_UNCACHED: Any = object()
 _overrides: dict[str, Price] = {}
 _warned: set[tuple[str, str]] = set()
 _lock = threading.Lock()
@@ -309,7 +310,10 @@ def price_for_call(
         price = _overrides.get(response_model) or _overrides.get(request_model)
         if price is not None:
             return price
-    price = price_for(provider, response_model or request_model, api_url, context)
+    # price_for's cache, read here: one call fewer on every call.
+    price = _cache.get((provider, response_model or request_model, context), _UNCACHED)
+    if price is _UNCACHED:
+        price = price_for(provider, response_model or request_model, api_url, context)
     if price is None and request_model and request_model != response_model:
         price = price_for(provider, request_model, api_url, context)
     return price

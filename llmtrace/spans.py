@@ -343,8 +343,8 @@ class CallSpan(trace.Span):
                 parent=self._parent,
                 resource=tracer.resource,
                 attributes=attributes,
-                events=_bounded(self._events, limits.max_events),
-                links=_bounded(self._links, limits.max_links),
+                events=_bounded(self._events, limits.max_events) if self._events else (),
+                links=_bounded(self._links, limits.max_links) if self._links else (),
                 kind=SpanKind.CLIENT,
                 instrumentation_info=getattr(tracer, "instrumentation_info", None),  # deprecated: may go
                 status=self._status,
@@ -355,7 +355,5 @@ class CallSpan(trace.Span):
         )
 
 
-def _bounded(items: Sequence[Any] | None, limit: int | None) -> Sequence[Any]:
-    if not items:
-        return ()
+def _bounded(items: Sequence[Any], limit: int | None) -> Sequence[Any]:
     return BoundedList.from_seq(limit, items) if limit is not None and len(items) > limit else tuple(items)

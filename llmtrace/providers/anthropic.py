@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .. import attributes as A
 from .. import content as C
@@ -49,8 +50,8 @@ def _provider_of(client: Any, host: str, settings: Settings) -> str:
     return "anthropic"
 
 
-def client_info(resource: Any, settings: Settings) -> ClientInfo:
-    return client_info_for(resource, settings, _provider_of)
+# A partial, not a function calling client_info_for: one Python call fewer on every call.
+client_info: Callable[[Any, Settings], ClientInfo] = functools.partial(client_info_for, provider_of=_provider_of)
 
 
 def _request_attributes(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -322,7 +322,7 @@ class Call:
         if usage is None:
             attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
             return None
-        attrs.update(usage.attributes())
+        usage.add_attributes(attrs)
         provider = self.attrs[A.PROVIDER_NAME]
         request_model = self.attrs.get(A.REQUEST_MODEL) or ""
         model = result.response_model or request_model
@@ -407,9 +407,27 @@ def _streamed_raw(kwargs: Mapping[str, Any]) -> bool:
 
 
 def billed_answer_in(error: BaseException) -> Any:
-    """The answer an SDK error carries, which the provider billed though the SDK refused it (openai's
-    ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` from ``.parse()``), or None."""
-    return getattr(error, "completion", None)
+    """The answer the provider billed though the SDK refused it, or None: the one the error carries (openai's
+    ``LengthFinishReasonError`` and ``ContentFilterFinishReasonError`` from ``.parse()``), else the one the SDK's
+    response ``parse()`` had read when the step after it raised (a ``.parse()`` whose answer does not fit its
+    ``response_format`` / ``text_format`` / ``output_format``: pydantic's ValidationError carries no answer)."""
+    answer = getattr(error, "completion", None)
+    return answer if answer is not None else _read_before_failing(error)
+
+
+def _read_before_failing(error: BaseException) -> Any:
+    """The answer in the frame of the Stainless SDKs' ``APIResponse.parse`` (and its async and legacy twins) that
+    the error left: that method reads the body into ``parsed``, then hands it to the request's post-parser, which
+    raised. Read from the traceback, on failures only: no call pays for it."""
+    tb = error.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "parse":
+            local = frame.f_locals
+            if "parsed" in local and type(local.get("self")).__name__.endswith("APIResponse"):
+                return local["parsed"]
+        tb = tb.tb_next
+    return None
 
 
 def refused_answer(error: Exception, raw: Any) -> Any:

@@ -7,6 +7,7 @@ The semantic-convention totals are derived from the buckets, the same way for ev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from . import attributes as A
 
@@ -72,19 +73,17 @@ class Usage:
             output_audio=output_audio if output_audio < output_total else output_total,
         )
 
-    def attributes(self) -> dict[str, int | str]:
-        attrs: dict[str, int | str] = {
-            A.USAGE_INPUT_TOKENS: self.uncached_input + self.cache_read + self.cache_write,  # input_tokens, inlined
-            A.USAGE_OUTPUT_TOKENS: self.visible_output + self.reasoning,
-            A.USAGE_CACHE_READ_INPUT_TOKENS: self.cache_read,
-            A.USAGE_CACHE_CREATION_INPUT_TOKENS: self.cache_write,
-            A.USAGE_REASONING_OUTPUT_TOKENS: self.reasoning,
-            A.USAGE_UNCACHED_INPUT_TOKENS: self.uncached_input,
-            A.USAGE_VISIBLE_OUTPUT_TOKENS: self.visible_output,
-            A.USAGE_SOURCE: self.source,
-        }
-        if not self.reasoning_known:
-            del attrs[A.USAGE_REASONING_OUTPUT_TOKENS]
+    def add_attributes(self, attrs: dict[str, Any]) -> None:
+        """Put the usage attributes into ``attrs`` (a call's end attributes)."""
+        attrs[A.USAGE_INPUT_TOKENS] = self.uncached_input + self.cache_read + self.cache_write  # input_tokens, inlined
+        attrs[A.USAGE_OUTPUT_TOKENS] = self.visible_output + self.reasoning
+        attrs[A.USAGE_CACHE_READ_INPUT_TOKENS] = self.cache_read
+        attrs[A.USAGE_CACHE_CREATION_INPUT_TOKENS] = self.cache_write
+        if self.reasoning_known:
+            attrs[A.USAGE_REASONING_OUTPUT_TOKENS] = self.reasoning
+        attrs[A.USAGE_UNCACHED_INPUT_TOKENS] = self.uncached_input
+        attrs[A.USAGE_VISIBLE_OUTPUT_TOKENS] = self.visible_output
+        attrs[A.USAGE_SOURCE] = self.source
         if self.web_searches:
             attrs[A.USAGE_WEB_SEARCHES] = self.web_searches
         if self.file_searches:
@@ -93,7 +92,6 @@ class Usage:
             attrs[A.USAGE_INPUT_AUDIO_TOKENS] = self.input_audio
         if self.output_audio:
             attrs[A.USAGE_OUTPUT_AUDIO_TOKENS] = self.output_audio
-        return attrs
 
 
 def as_int(value: object) -> int:

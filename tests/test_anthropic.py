@@ -255,3 +255,28 @@ def test_a_stream_cut_before_its_count_estimates_thinking_and_tool_input_too(cap
     (span,) = captured.spans()
     assert span.attributes["llmtrace.usage.source"] == "estimated"
     assert span.attributes["gen_ai.usage.output_tokens"] == tokenizer.count_text("gpt-4", thinking + tool_input)
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_an_answer_that_does_not_fit_the_output_format_keeps_its_usage_and_cost(captured: Any, is_async: bool) -> None:
+    """messages.parse() raises pydantic's ValidationError (which carries no answer) for an answer that is not the
+    format asked for: Anthropic billed it all the same."""
+    import pydantic
+
+    class Person(pydantic.BaseModel):
+        name: str
+
+    client = anthropic_client(_api(is_async=is_async), is_async=is_async)
+    if is_async:
+        await client.messages.create(**KW)
+        with pytest.raises(pydantic.ValidationError):
+            await client.messages.parse(**KW, output_format=Person)
+    else:
+        client.messages.create(**KW)
+        with pytest.raises(pydantic.ValidationError):
+            client.messages.parse(**KW, output_format=Person)
+    answered, refused = captured.spans()
+    keys = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "llmtrace.usage.source", "llmtrace.cost.usd")
+    assert refused.attributes["error.type"] == "ValidationError"
+    assert [refused.attributes.get(key) for key in keys] == [answered.attributes[key] for key in keys]
+    assert refused.attributes["llmtrace.usage.source"] == "provider" and refused.attributes["llmtrace.cost.usd"] > 0

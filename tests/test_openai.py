@@ -781,3 +781,54 @@ def test_a_background_response_not_yet_ready_has_no_made_up_usage(captured: Any)
     assert client.responses.create(model="o3", input="a long task", background=True).status == "queued"
     a = _only(captured).attributes
     assert a["llmtrace.usage.source"] == "none" and "llmtrace.cost.usd" not in a and "gen_ai.usage.input_tokens" not in a
+
+
+_USAGE_KEYS = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "llmtrace.usage.source", "llmtrace.cost.usd")
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_an_answer_that_does_not_fit_the_format_keeps_its_usage_and_cost(captured: Any, api: str, is_async: bool) -> None:
+    """The SDK's .parse() raises pydantic's ValidationError (which carries no answer) for an answer that is not the
+    format asked for: the provider billed it all the same."""
+    import pydantic
+
+    class Person(pydantic.BaseModel):
+        name: str
+
+    client = openai_client(FakeAPI(HTTP, is_async=is_async), is_async=is_async)
+    if api == "chat":
+        plain = lambda: client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # noqa: E731
+        parse = lambda: client.chat.completions.parse(model="gpt-4o", messages=MESSAGES, response_format=Person)  # noqa: E731
+    else:
+        plain = lambda: client.responses.create(model="gpt-4o", input="hi")  # noqa: E731
+        parse = lambda: client.responses.parse(model="gpt-4o", input="hi", text_format=Person)  # noqa: E731
+    if is_async:
+        await plain()
+        with pytest.raises(pydantic.ValidationError):
+            await parse()
+    else:
+        plain()
+        with pytest.raises(pydantic.ValidationError):
+            parse()
+    answered, refused = captured.spans()
+    assert refused.attributes["error.type"] == "ValidationError"
+    assert [refused.attributes.get(key) for key in _USAGE_KEYS] == [answered.attributes[key] for key in _USAGE_KEYS]
+    assert refused.attributes["llmtrace.usage.source"] == "provider" and refused.attributes["llmtrace.cost.usd"] > 0
+    assert refused.attributes["gen_ai.response.model"] == answered.attributes["gen_ai.response.model"]
+
+
+def test_a_raw_answer_that_does_not_fit_the_format_keeps_its_usage_and_cost(captured: Any) -> None:
+    import pydantic
+
+    class Person(pydantic.BaseModel):
+        name: str
+
+    client = openai_client(FakeAPI(HTTP))
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    raw = client.chat.completions.with_raw_response.parse(model="gpt-4o", messages=MESSAGES, response_format=Person)
+    with pytest.raises(pydantic.ValidationError):  # the app's own parse() raises as it would have
+        raw.parse()
+    answered, read_raw = captured.spans()
+    assert [read_raw.attributes.get(key) for key in _USAGE_KEYS] == [answered.attributes[key] for key in _USAGE_KEYS]
+    assert read_raw.attributes["llmtrace.usage.source"] == "provider"

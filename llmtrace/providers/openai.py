@@ -171,20 +171,21 @@ def _price_context(extras: Mapping[str, Any]) -> PriceContext:
 
 
 def _parse_choices_response(response: Any) -> Result:
-    choices = getattr(response, "choices", None) or ()
+    """An SDK model, or the JSON body of an answer the SDK's parse() refused without carrying it (a dict)."""
+    choices = get(response, "choices") or ()
     extras = _extras(response)
     reasons = []
-    for choice in choices:  # a loop, not a generator: one call fewer on every call
-        reason = getattr(choice, "finish_reason", None)
+    for choice in choices if isinstance(choices, list) else ():  # a loop, not a generator: one call fewer
+        reason = get(choice, "finish_reason")
         if type(reason) is str:
             reasons.append(reason)
-    model = getattr(response, "model", None)
-    response_id = getattr(response, "id", None)
+    model = get(response, "model")
+    response_id = get(response, "id")
     return Result(
         response_model=model if isinstance(model, str) else None,
         response_id=response_id if isinstance(response_id, str) else None,
         finish_reasons=tuple(reasons),
-        usage=_chat_usage(getattr(response, "usage", None)),
+        usage=_chat_usage(get(response, "usage")),
         attributes=extras,
         messages_of=lambda: openai_content.choices_output(choices),
         price_context=_price_context(extras),

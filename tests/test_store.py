@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 
 from llmtrace import attributes as A
@@ -472,7 +473,9 @@ def test_a_background_merge_into_a_corrupt_database_keeps_the_backlog(
     emit(provider, 40)
     writer.force_flush()
     assert "llmtrace-store-merge" in merged_on and "cannot merge" in caplog.text and not writer.healthy
-    assert len(paths.pending()) == 4  # nothing lost: every span waits in its segment
+    # Nothing lost: every span waits in a segment (how the 40 fall into segments depends on when the writer woke).
+    pending = paths.pending()
+    assert len(pending) >= 4 and sum(pq.read_metadata(p).num_rows for p in pending) == 40
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "future"])

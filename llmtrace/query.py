@@ -390,12 +390,16 @@ def unpriced_calls(
 
 def spent(
     time_range: TimeRange, filters: Filters | None = None, *, db: Store = None
-) -> float:
-    """Total USD spent in the range (what budgets compare against their limit)."""
+) -> float | None:
+    """Total USD spent in the range: 0.0 when nothing was billed, None (unknown, never $0) when the only calls billed
+    have no known price."""
     where, params = _where(time_range, filters)
     with open_store(db) as con:
-        row = con.execute(f"SELECT coalesce(sum(cost_usd), 0) FROM spans WHERE {where}", params).fetchone()
-    return float(row[0]) if row else 0.0
+        row = con.execute(f"SELECT sum(cost_usd), bool_or(unpriced) FROM spans WHERE {where}", params).fetchone()
+    cost, any_unpriced = row if row else (None, None)
+    if cost is None:
+        return None if any_unpriced else 0.0
+    return float(cost)
 
 
 BudgetQuestion = tuple[str | None, str | None, datetime, datetime]

@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -124,6 +124,10 @@ def test_rates_tables_and_spend_say_what_they_leave_out(mixed_db: str, monkeypat
     assert len(at.dataframe[0].value) == 50
     at.sidebar.selectbox(key="filter_model").set_value("llama-local").run()
     assert {m.label: m.value for m in at.metric}["Spend"] == "unknown"  # no known price: not $0
+    at.sidebar.radio(key="page").set_value("Overview").run()
+    overview = {m.label: m.value for m in at.metric}
+    if (datetime.now(timezone.utc) - timedelta(minutes=10)).day == datetime.now(timezone.utc).day:  # the calls are today's
+        assert overview["Spend today (UTC)"] == overview["Month to date"] == overview["Projected month end"] == "unknown"
     at.sidebar.radio(key="page").set_value("Calls").run()
     assert not at.exception
     assert any("has a known cost" in i.value for i in at.info)

@@ -518,26 +518,30 @@ def test_older_store_is_upgraded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     con = duckdb.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM spans WHERE upgraded").fetchone() == (2,)
     assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == [
-        "m001_spans", "m002_cache_savings", "m003_alerts", "m004_unstreamed_calls", "m999_test_column"]
+        "m001_spans", "m002_cache_savings", "m003_alerts", "m004_unstreamed_calls", "m005_priced_calls", "m999_test_column"]
     con.close()
 
 
-def test_calls_that_did_not_stream_read_as_not_streamed_old_rows_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("column, attribute, migration", [("stream", A.REQUEST_STREAM, "m004_unstreamed_calls"),
+                                                          ("unpriced", A.COST_UNPRICED, "m005_priced_calls")])
+def test_flags_a_span_carries_only_when_true_read_false_old_rows_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, column: str, attribute: str, migration: str
+) -> None:
     db = _db(tmp_path)
     provider, writer = provider_with_store(db, flush_interval=60)
-    with monkeypatch.context() as before_m004:
-        before_m004.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
-        emit(provider, 2)  # no stream attribute: the calls did not ask to stream
+    with monkeypatch.context() as before:
+        before.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[: [name for name, _ in schema.MIGRATIONS].index(migration)])
+        emit(provider, 2)  # no stream or unpriced attribute: priced calls that did not ask to stream
         writer.force_flush()
         con = duckdb.connect(db)
-        con.execute("UPDATE spans SET stream = NULL")  # as rows were stored before m004
+        con.execute(f"UPDATE spans SET {column} = NULL")  # as rows were stored before the migration
         con.close()
     tracer = provider.get_tracer("llmtrace")
-    tracer.start_span("chat", attributes={A.OPERATION_NAME: "chat", A.REQUEST_STREAM: True}).end()
+    tracer.start_span("chat", attributes={A.OPERATION_NAME: "chat", attribute: True}).end()
     emit(provider, 1)
     writer.force_flush()
     con = duckdb.connect(db, read_only=True)
-    assert con.execute("SELECT stream, count(*) FROM spans GROUP BY 1 ORDER BY 1").fetchall() == [(False, 3), (True, 1)]
+    assert con.execute(f"SELECT {column}, count(*) FROM spans GROUP BY 1 ORDER BY 1").fetchall() == [(False, 3), (True, 1)]
     con.close()
 
 
@@ -741,6 +745,13 @@ def test_untagged_refused_and_unpriced_calls_count_as_they_do_everywhere(tmp_pat
     assert sum(r["calls"] for r in query.latency_histogram(window, db=db)) == served
     mine = query.Filters(tenant="self-hosted")
     assert query.summary(window, mine, db=db)["cost_usd"] is None  # unknown, never $0
+    assert query.spent(window, mine, db=db) is None
+    assert query.spent(window, query.Filters(feature="over-budget"), db=db) == 0.0  # refused: nothing was billed
+    assert query.spent(window, query.Filters(tenant="tenant-00"), db=db) == pytest.approx(0.001)
+    # Raw SQL: the unpriced calls, and every other call as not unpriced.
+    con = duckdb.connect(db, read_only=True)
+    assert con.execute("SELECT unpriced, count(*) FROM spans GROUP BY 1 ORDER BY 1").fetchall() == [(False, MIXED_TENANTS + 5), (True, 2)]
+    con.close()
     assert query.token_usage(window, mine, db=db)[0]["cost_usd"] is None
     assert query.summary(window, db=db)["cost_usd"] == pytest.approx(0.001 * sum(range(1, MIXED_TENANTS + 1)) + 2 * 0.001)
     # An aware datetime is converted to the store's UTC (bound as it is, DuckDB compared it in local time).
@@ -983,7 +994,7 @@ def _expected_row(span: Any) -> dict[str, Any]:
     for attribute, column, _, _ in schema._ATTRIBUTE_COLUMNS:
         value = attributes.get(attribute)
         row[column] = list(value) if isinstance(value, tuple) else value
-    row["stream"] = bool(row["stream"])
+    row["stream"], row["unpriced"] = bool(row["stream"]), bool(row["unpriced"])  # each stored only when true
     extra = {k: v for k, v in attributes.items() if k not in schema._COPIED}
     row["attributes"] = extra
     return row

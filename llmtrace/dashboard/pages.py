@@ -91,7 +91,7 @@ def overview(view: View) -> None:
     month = query.spent(query.TimeRange(month_start, now + timedelta(minutes=1)), view.filters, db=view.db)
     days_in_month = calendar.monthrange(now.year, now.month)[1]
     elapsed_days = (now - month_start).total_seconds() / 86400
-    projection = month / elapsed_days * days_in_month if elapsed_days > 0 else None
+    projection = month / elapsed_days * days_in_month if month is not None and elapsed_days > 0 else None
 
     s = view.summary
     head = st.columns(4)

@@ -91,7 +91,9 @@ _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError,
 _JSON = json.JSONEncoder(default=list, separators=(",", ":"), ensure_ascii=False)
 _COPIED = frozenset(_ATTRIBUTE_KEYS) | {A.RESPONSE_TIME_TO_FIRST_CHUNK}
 _STATUS_NAMES = {code: code.name for code in StatusCode}  # a dict lookup: faster than the enum's .name
-_STREAM_INDEX = _ATTRIBUTE_KEYS.index(A.REQUEST_STREAM)
+# Flags a span carries only when they are true: a call that did not ask to stream, or whose cost is known (or was
+# never billed), reads as false, so that `WHERE NOT stream` and `WHERE NOT unpriced` find it.
+_FALSE_WHEN_ABSENT = tuple(_ATTRIBUTE_KEYS.index(key) for key in (A.REQUEST_STREAM, A.COST_UNPRICED))
 # A ReadableSpan's fields, read in C (map + attrgetter) from the instance, not through its Python properties: those
 # cost ~0.5 µs a span on the one thread that holds the GIL. The store only ever gets ReadableSpans (the SDK's Span
 # is one), and the tests run against the oldest and newest SDKs this reads.
@@ -118,8 +120,8 @@ def spans_to_table(spans: list[ReadableSpan]) -> pa.Table:
     start = pc.fill_null(pa.array(starts, _I64), 0)  # ns
     duration_ns = pc.subtract(pc.coalesce(pa.array(ends, _I64), start), start)
     *attribute_arrays, ttfc = _attribute_arrays(attrs)
-    # A call that did not ask to stream carries no stream attribute: it was not streamed (WHERE NOT stream finds it).
-    attribute_arrays[_STREAM_INDEX] = pc.fill_null(attribute_arrays[_STREAM_INDEX], False)
+    for index in _FALSE_WHEN_ABSENT:
+        attribute_arrays[index] = pc.fill_null(attribute_arrays[index], False)
     json_column = [
         "{}" if plain else _JSON.encode({k: v for k, v in a.items() if k not in _COPIED})
         for plain, a in zip(map(_COPIED.issuperset, attrs), attrs)
@@ -231,6 +233,12 @@ def m003_alerts(con: duckdb.DuckDBPyConnection) -> None:
 def m004_unstreamed_calls(con: duckdb.DuckDBPyConnection) -> None:
     # Rows written before a call that did not ask to stream was stored as stream = false.
     con.execute("UPDATE spans SET stream = false WHERE stream IS NULL")
+
+
+@migration
+def m005_priced_calls(con: duckdb.DuckDBPyConnection) -> None:
+    # Rows written before a call with a known cost (or none billed) was stored as unpriced = false.
+    con.execute("UPDATE spans SET unpriced = false WHERE unpriced IS NULL")
 
 
 class StoreFromTheFuture(RuntimeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import marshal
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -257,7 +258,7 @@ class Call:
         span = self.span
         add_attributes(span, attrs)
         if failure is not None:
-            span.set_status(Status(StatusCode.ERROR, failure[:512]))
+            span.set_status(Status(StatusCode.ERROR, _SECRETS.sub("[REDACTED]", failure)[:512]))
         self.ended = True
         span.end(end_time=end_ns)
         instruments = self.runtime.instruments
@@ -377,6 +378,10 @@ def add_attributes(span: Span, attrs: dict[str, Any]) -> None:
 
 
 _BYTES_PER_TOKEN = 3.0
+
+# Secrets an error message may echo back (a proxy repeating the request's API key or bearer token, a key in a URL's
+# query): the status description goes to every backend the span reaches. The app's exception keeps its message.
+_SECRETS = re.compile(r"\b(?:sk-[\w\-*]{8,}|AIza[\w\-]{20,})|(?<=bearer )[^\s\"',;]+|(?<=[?&]key=)[^&\s\"',;]+", re.IGNORECASE)
 
 
 def _serialized(content: Any) -> bytes:

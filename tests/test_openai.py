@@ -326,6 +326,23 @@ async def test_429_retries_are_counted_and_the_error_is_the_sdks(captured: Any, 
     assert info.value.status_code == 429
 
 
+def test_a_key_an_error_message_echoes_stays_out_of_the_span(captured: Any) -> None:
+    key = "sk-proj-Secret_123-abcdefghijklmnop"
+
+    def proxy(request: Any) -> Any:  # a proxy that repeats what it refused, credentials and all
+        said = f"refused {request.headers['authorization']} for {request.url}?key={key[8:]}; key {key}"
+        return HTTP.Response(401, json={"error": {"message": said, "type": "invalid_request_error"}})
+
+    client = openai_client(proxy, max_retries=0).with_options(api_key=key)
+    with pytest.raises(openai.AuthenticationError) as info:
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert key in str(info.value)  # the app's exception is the SDK's, untouched
+    span = _only(captured)
+    description = span.status.description
+    assert span.attributes["error.type"] == "AuthenticationError" and description.startswith("AuthenticationError: ")
+    assert "Secret" not in description and description.count("[REDACTED]") == 3 and "/chat/completions" in description
+
+
 def test_429_then_success_records_attempts(captured: Any) -> None:
     client = openai_client(_api(rate_limited=1), max_retries=2)
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)

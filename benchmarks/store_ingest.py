@@ -77,7 +77,11 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=20_000,
                         help="distinct spans made, then fed repeatedly (keeps the generator's memory out of the RSS)")
     args = parser.parse_args()
-    shutil.rmtree(Path(args.db).parent, ignore_errors=True)
+    # This store's own files only: --db may name a file in a folder that holds other things (/tmp).
+    paths = resolve(args.db)
+    shutil.rmtree(paths.segments, ignore_errors=True)
+    for leftover in (paths.db, paths.db.with_name(paths.db.name + ".wal")):
+        leftover.unlink(missing_ok=True)
 
     collect = Collect()
     provider = TracerProvider()
@@ -85,7 +89,6 @@ def main() -> None:
     real_spans(provider, args.distinct)
     spans = collect.spans
 
-    paths = resolve(args.db)
     writer = StoreWriter(paths, flush_interval=0.5)
     merges: list[tuple[float, int]] = []  # (when it ended, rows it merged)
     real_merge = merge_module.merge

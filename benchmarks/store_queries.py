@@ -66,8 +66,11 @@ FROM base
 
 def generate(db: str, spans: int) -> None:
     paths = resolve(db)
-    shutil.rmtree(paths.db.parent, ignore_errors=True)
-    paths.db.parent.mkdir(parents=True)
+    # This store's own files only: --db may name a file in a folder that holds other things (/tmp).
+    shutil.rmtree(paths.segments, ignore_errors=True)
+    for leftover in (paths.db, paths.db.with_name(paths.db.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    paths.db.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(paths.db))
     migrate(con)
     start = time.perf_counter()

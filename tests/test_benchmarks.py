@@ -18,9 +18,18 @@ def _run(script: str, *args: str) -> str:
     return done.stdout
 
 
+def _neighbour(tmp_path: Path) -> Path:
+    """A file beside the benchmark's store: a benchmark starts its store afresh, never the folder it is in (/tmp)."""
+    other = tmp_path / "not-the-benchmarks.txt"
+    other.write_text("kept")
+    return other
+
+
 def test_store_queries_benchmark_runs_every_dashboard_question(tmp_path: Path) -> None:
-    db = str(tmp_path / "queries" / "q.duckdb")
+    db, neighbour = str(tmp_path / "q.duckdb"), _neighbour(tmp_path)
+    _run("store_queries.py", "--spans", "1000", "--db", db)
     out = _run("store_queries.py", "--spans", "3000", "--db", db)
+    assert neighbour.read_text() == "kept"
     assert "generated 3,000 spans" in out
     timed = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| query")]
     assert len(timed) == 20
@@ -28,9 +37,11 @@ def test_store_queries_benchmark_runs_every_dashboard_question(tmp_path: Path) -
 
 
 def test_store_ingest_benchmark_stores_every_span_it_feeds(tmp_path: Path) -> None:
-    db = str(tmp_path / "ingest" / "ingest.duckdb")
-    out = _run("store_ingest.py", "--spans", "2000", "--distinct", "200", "--db", db)
-    assert "spans: 2,000 fed, 2,000 in DuckDB" in out
+    db, neighbour = str(tmp_path / "ingest.duckdb"), _neighbour(tmp_path)
+    for _ in range(2):  # the second run starts from an empty store
+        out = _run("store_ingest.py", "--spans", "2000", "--distinct", "200", "--db", db)
+        assert "spans: 2,000 fed, 2,000 in DuckDB" in out
+    assert neighbour.read_text() == "kept"
     assert query.span_count(db=db)["spans"] == 2000
 
 

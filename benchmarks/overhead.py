@@ -136,11 +136,12 @@ def mock_bodies(repeat: int = 1) -> tuple[bytes, list[bytes]]:
     return json.dumps(completion).encode(), events
 
 
-def make_clients() -> tuple[Any, Any, Any]:
+def make_clients(network_s: float = 0.0) -> tuple[Any, Any, Any]:
     """Three clients (JSON / SSE / long SSE) on a mock transport, so the handler never has to parse the request.
 
     base_url is the real OpenAI host because llmtrace only asks for stream usage there; nothing
-    leaves the process (MockTransport, plus the socket guard).
+    leaves the process (MockTransport, plus the socket guard). ``network_s``: each answer waits this long first,
+    letting go of the GIL as a socket read does (0: none, the calling thread keeps the GIL).
     """
     import openai
 
@@ -152,13 +153,18 @@ def make_clients() -> tuple[Any, Any, Any]:
     json_body, events = mock_bodies()
     long_events = mock_bodies(LONG_REPEAT)[1]
 
+    def answered(response: Any) -> Any:
+        if network_s:
+            time.sleep(network_s)
+        return response
+
     def json_handler(request: Any) -> Any:
-        return hx.Response(200, headers={"content-type": "application/json"}, content=json_body)
+        return answered(hx.Response(200, headers={"content-type": "application/json"}, content=json_body))
 
     def sse_handler(body: list[bytes]) -> Callable[[Any], Any]:
         def handler(request: Any) -> Any:
             # An iterator, so the SDK receives and parses the stream event by event.
-            return hx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(body))
+            return answered(hx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(body)))
 
         return handler
 
@@ -471,7 +477,7 @@ def versions() -> dict[str, str]:
     return out
 
 
-def run_worker(name: str, quads: dict[str, int], warmup: int) -> dict[str, Any]:
+def run_worker(name: str, quads: dict[str, int], warmup: int, network_ms: float) -> dict[str, Any]:
     attempts = block_network()
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
@@ -482,7 +488,7 @@ def run_worker(name: str, quads: dict[str, int], warmup: int) -> dict[str, Any]:
     counter = BatchSpanProcessor(exporter)  # type: ignore[arg-type]
     tp.add_span_processor(counter)
     trace.set_tracer_provider(tp)  # OpenLIT (and anything calling trace.get_tracer) uses the global
-    json_client, sse_client, long_client = make_clients()
+    json_client, sse_client, long_client = make_clients(network_ms / 1000)
     # Import the SDK's lazily loaded resource modules before any library patches them.
     call_sync(json_client)
 
@@ -618,7 +624,7 @@ def run_config(cfg: Config, args: argparse.Namespace, out: Path) -> dict[str, An
     if not python.exists():
         return {"config": cfg.name, "error": f"{python} missing: run benchmarks/setup.sh"}
     quads = {"sync": args.sync_quads, "stream": args.stream_quads, "long_stream": args.long_stream_quads}
-    params = {"quads": quads, "warmup": args.warmup}
+    params = {"quads": quads, "warmup": args.warmup, "network_ms": args.network_ms}
     # A clean environment and an empty cwd: no LLMTRACE_*/OTEL_* variables or llmtrace.toml leak in.
     env = {
         k: v
@@ -652,12 +658,16 @@ def main() -> None:
         "--long-stream-quads", type=int, default=30, help=f"ABBA quads of {LONG_STREAM_BLOCK}-stream blocks, {LONG_STREAM_CHUNKS} chunks each"
     )
     ap.add_argument("--warmup", type=int, default=100, help="untimed calls per arm and scenario")
+    ap.add_argument(
+        "--network-ms", type=float, default=0.0,
+        help="each mocked answer first waits this long, letting go of the GIL as a network wait does (default 0)",
+    )
     ap.add_argument("--worker", nargs=2, metavar=("CONFIG", "PARAMS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
         name, params = args.worker[0], json.loads(args.worker[1])
-        print("RESULT " + json.dumps(run_worker(name, params["quads"], params["warmup"])), flush=True)
+        print("RESULT " + json.dumps(run_worker(name, params["quads"], params["warmup"], params["network_ms"])), flush=True)
         return
 
     if args.quick:
@@ -696,6 +706,8 @@ def main() -> None:
 
     (out / "raw.json").write_text(json.dumps({**meta, "results": results}, indent=1))
     head = f"{meta['date']} — {meta['machine']}, llmtrace at {commit}"
+    if args.network_ms:
+        head += f"; each answer waits {args.network_ms:g} ms first (a network wait: the GIL is let go)"
     summary = "\n\n".join([head, *(table(results, metric) for metric in METRICS)])
     (out / "summary.md").write_text(summary + "\n")
     print("\n" + summary)

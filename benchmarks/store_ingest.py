@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import shutil
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ import llmtrace  # noqa: E402
 from llmtrace import query  # noqa: E402
 from llmtrace.store import StoreWriter, resolve  # noqa: E402
 from llmtrace.store import merge as merge_module  # noqa: E402
+from store_helpers import start_afresh  # noqa: E402
 
 def real_spans(provider: TracerProvider, distinct: int) -> None:
     import openai
@@ -77,11 +77,8 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=20_000,
                         help="distinct spans made, then fed repeatedly (keeps the generator's memory out of the RSS)")
     args = parser.parse_args()
-    # This store's own files only: --db may name a file in a folder that holds other things (/tmp).
     paths = resolve(args.db)
-    shutil.rmtree(paths.segments, ignore_errors=True)
-    for leftover in (paths.db, paths.db.with_name(paths.db.name + ".wal")):
-        leftover.unlink(missing_ok=True)
+    start_afresh(paths)
 
     collect = Collect()
     provider = TracerProvider()

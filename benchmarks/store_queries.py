@@ -10,8 +10,8 @@ cold (first call) and warm (median of 5). Also reports bytes on disk per million
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -19,9 +19,12 @@ from typing import Any, Callable
 
 import duckdb
 
-from llmtrace import query
-from llmtrace.store import resolve
-from llmtrace.store.schema import migrate
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from llmtrace import query  # noqa: E402
+from llmtrace.store import resolve  # noqa: E402
+from llmtrace.store.schema import migrate  # noqa: E402
+from store_helpers import start_afresh  # noqa: E402
 
 GENERATE = """
 INSERT INTO spans BY NAME
@@ -66,10 +69,7 @@ FROM base
 
 def generate(db: str, spans: int) -> None:
     paths = resolve(db)
-    # This store's own files only: --db may name a file in a folder that holds other things (/tmp).
-    shutil.rmtree(paths.segments, ignore_errors=True)
-    for leftover in (paths.db, paths.db.with_name(paths.db.name + ".wal")):
-        leftover.unlink(missing_ok=True)
+    start_afresh(paths)
     paths.db.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(paths.db))
     migrate(con)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from opentelemetry.trace import SpanKind
 
 from llmtrace import attributes as A
 from llmtrace.store import StoreWriter, resolve
+from llmtrace.store.files import StorePaths
 
 
 def provider_with_store(db: str, **kw: Any) -> tuple[TracerProvider, StoreWriter]:
@@ -21,6 +23,14 @@ def provider_with_store(db: str, **kw: Any) -> tuple[TracerProvider, StoreWriter
     writer = StoreWriter(resolve(db), **kw)
     provider.add_span_processor(writer)
     return provider, writer
+
+
+def start_afresh(paths: StorePaths) -> None:
+    """Remove a store's own files (database, log, segments), never the folder it is in: that may hold other things
+    (a benchmark's --db /tmp/x.duckdb)."""
+    shutil.rmtree(paths.segments, ignore_errors=True)
+    for leftover in (paths.db, paths.wal):
+        leftover.unlink(missing_ok=True)
 
 
 def emit(provider: TracerProvider, count: int, *, tenant: str = "acme", cost: float = 0.001) -> None:

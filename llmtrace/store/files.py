@@ -29,6 +29,11 @@ class StorePaths:
         return self.db.with_name(self.db.name + ".segments")
 
     @property
+    def wal(self) -> Path:
+        """DuckDB's write-ahead log beside the database."""
+        return self.db.with_name(self.db.name + ".wal")
+
+    @property
     def key(self) -> Path:
         """The secret that keys request hashes, shared by every process writing this store."""
         return self.db.with_name(self.db.name + ".key")
@@ -52,7 +57,7 @@ class StorePaths:
     def version(self) -> tuple[Any, ...]:
         """Changes whenever what readers see may have changed: every span arrives in a new segment, every
         merge removes segments, and retention writes the database. Cheap (a listing and two stats)."""
-        return (tuple(p.name for p in self.pending()), _stat(self.db), _stat(self.db.with_name(self.db.name + ".wal")))
+        return (tuple(p.name for p in self.pending()), _stat(self.db), _stat(self.wal))
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

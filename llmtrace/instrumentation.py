@@ -127,7 +127,7 @@ def instrument(**options: Any) -> None:
             guard = SpendGuard()
             _monitor = _start_monitor(settings, _store_writer, file_budgets, guard)
             if "duplicate_calls" in settings.anomaly_detectors:
-                hasher = hashlib.sha256(request_hash_key(_store_writer.paths))
+                hasher = hashlib.blake2b(key=request_hash_key(_store_writer.paths), digest_size=8)
         elif file_budgets or budgets.declared():
             logger.warning("llmtrace: budgets need the store (store=false): they are neither enforced nor alerted on")
         core.runtime = core.Runtime(

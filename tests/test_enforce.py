@@ -306,9 +306,11 @@ def test_a_rolling_budget_keeps_counting_only_what_ended_since_the_stores_last_f
     assert isinstance(guard.admit({A.USER_ID: "user-2"}, lambda: 0.0), enforce.Hold)
 
 
-def test_a_call_in_flight_holds_its_prompts_cost_against_the_budget(tmp_path: Path) -> None:
+@pytest.mark.parametrize("detectors", [[], ["duplicate_calls"]], ids=["own-serialization", "shared-with-the-hash"])
+def test_a_call_in_flight_holds_its_prompts_cost_against_the_budget(tmp_path: Path, detectors: list[str]) -> None:
     """Calls sent at once near the limit: each one's prompt is known before it is sent, and is held (a long prompt
-    with no max_tokens used to hold nothing, and 16 threads overspent a budget by 42-61 %)."""
+    with no max_tokens used to hold nothing, and 16 threads overspent a budget by 42-61 %). With the duplicate
+    detector on, the prompt's size comes from the bytes its request hash was computed over."""
     config = _config(tmp_path, 'scope = "global"\nperiod = "day"\nlimit_usd = 0.02\naction = "block"')
     api = FakeAPI(http_module(openai))
     sent, release = threading.Event(), threading.Event()
@@ -321,7 +323,8 @@ def test_a_call_in_flight_holds_its_prompts_cost_against_the_budget(tmp_path: Pa
     long_prompt = [{"role": "user", "content": "word " * 6000}]  # 30 kB: ~10,000 tokens at gpt-4o's $2.50/M: $0.025
     in_flight = threading.Thread(
         target=lambda: openai_client(slow).chat.completions.create(model="gpt-4o", messages=long_prompt))
-    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), config_file=config, **NO_REFRESH):
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), config_file=config,
+                                  budget_refresh_interval=3600, anomaly_detectors=detectors):
         in_flight.start()
         try:
             assert sent.wait(10)
@@ -331,6 +334,23 @@ def test_a_call_in_flight_holds_its_prompts_cost_against_the_budget(tmp_path: Pa
             release.set()
             in_flight.join(10)
     assert len(api.requests) == 1  # the long prompt's call; the second one never left the process
+
+def test_a_prompt_is_serialized_once_for_its_request_hash_and_its_budget_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmtrace import call
+
+    messages = [{"role": "user", "content": "word " * 100}]
+    serialized = []
+    real = call._serialized
+    monkeypatch.setattr(call, "_serialized", lambda content: serialized.append(content) or real(content))
+    config = _config(tmp_path, 'scope = "global"\nperiod = "day"\nlimit_usd = 5\naction = "block"')
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), config_file=config,
+                                  budget_refresh_interval=3600, anomaly_detectors=["duplicate_calls"]) as captured:
+        openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o", messages=messages)
+    assert len(captured.spans()[0].attributes[A.REQUEST_HASH]) == 16
+    assert [content for content in serialized if content is messages] == [messages]
+
 
 def test_stream_managers_and_async_clients_are_refused_too(tmp_path: Path) -> None:
     import asyncio

@@ -338,6 +338,10 @@ class Call:
             attrs[A.COST_UNPRICED] = True
             pricing.note_unpriced(provider, model)
             return None
+        if (usage.input_audio or usage.output_audio) and not price.prices_audio():
+            attrs[A.COST_UNPRICED] = True  # a cost at text rates would be several times too low
+            pricing.note_unpriced(provider, model, audio=True)
+            return None
         cost = price.cost(usage)
         attrs[A.COST_USD] = cost.total
         attrs[A.COST_INPUT_USD] = cost.input

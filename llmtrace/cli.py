@@ -120,7 +120,12 @@ def cmd_prices(args: argparse.Namespace) -> int:
     for name in ("input", "cache_read", "cache_write", "output", "reasoning"):
         rate = getattr(price, name)
         tiers = "".join(f", {p * 1e6:g} above {start:,} input tokens" for start, p in rate.tiers)
-        print(f"  {name:<12}{rate.per_token * 1e6:g}{tiers}")
+        print(f"  {name:<13}{rate.per_token * 1e6:g}{tiers}")
+    if price.audio_exact is not None:
+        for name in ("input_audio", "output_audio"):
+            print(f"  {name:<13}{float(getattr(price.audio_exact, name + '_mtok') or 0):g}")
+    elif not price.prices_audio():
+        print("  audio tokens: the price list has no rates for them; a call with audio tokens carries no cost")
     return 0
 
 

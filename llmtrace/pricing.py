@@ -151,6 +151,12 @@ class Price:
         if not any(rate.tiers for rate in self._rate_list()):
             object.__setattr__(self, "_flat", self._rates_at(0))
 
+    def prices_audio(self) -> bool:
+        """Whether audio tokens are priced as such: genai-prices lists audio rates for some audio models only (not
+        the ``*-audio-preview`` ones), and would charge their audio tokens at text rates, several times too low; a
+        user's override is one rate for every token, audio included."""
+        return self.audio_exact is not None or self.source == SOURCE_OVERRIDE
+
     def worst_output_per_token(self) -> float:
         """The dearest rate an output token can have (budgets reserve ``max_tokens`` at it)."""
         return max(rate.worst() for rate in (self.output, self.reasoning))
@@ -196,7 +202,7 @@ class Price:
 _cache: dict[tuple[str, str, PriceContext], Price | None] = {}
 _UNCACHED: Any = object()
 _overrides: dict[str, Price] = {}
-_warned: set[tuple[str, str]] = set()
+_warned: set[tuple[str, str, bool]] = set()
 _lock = threading.Lock()
 unpriced_calls = 0
 
@@ -319,14 +325,25 @@ def price_for_call(
     return price
 
 
-def note_unpriced(provider: str, model: str) -> None:
-    """Count an unpriced call and warn once per (provider, model) per process."""
+def note_unpriced(provider: str, model: str, *, audio: bool = False) -> None:
+    """Count an unpriced call and warn once per (provider, model) per process; ``audio``: the model has a price, but
+    not for the audio tokens this call has."""
     global unpriced_calls
     with _lock:
         unpriced_calls += 1
-        first = (provider, model) not in _warned
-        _warned.add((provider, model))
-    if first:
+        first = (provider, model, audio) not in _warned
+        _warned.add((provider, model, audio))
+    if not first:
+        return
+    if audio:
+        logger.warning(
+            "llmtrace: the price list has no audio rates for model %r (provider %r); its calls with audio tokens carry "
+            "no cost (its text-only calls are priced). An override with llmtrace.pricing.set_price() or [prices] in "
+            "llmtrace.toml prices every token, audio included, at its rates.",
+            model,
+            provider,
+        )
+    else:
         logger.warning(
             "llmtrace: no price known for model %r (provider %r); its calls carry no cost. "
             "Add one with llmtrace.pricing.set_price() or [prices] in llmtrace.toml.",

@@ -88,7 +88,7 @@ def test_prices_of_a_service_tier(capsys: pytest.CaptureFixture[str]) -> None:
     def rates(*argv: str) -> dict[str, float]:
         assert main(["prices", "gpt-5", *argv]) == 0
         lines = capsys.readouterr().out.splitlines()[1:]
-        return {name: float(value) for name, value in (line.split()[:2] for line in lines)}
+        return {name: float(value) for name, value in (line.split()[:2] for line in lines) if name != "audio"}
 
     from genai_prices import data_snapshot
 
@@ -99,6 +99,20 @@ def test_prices_of_a_service_tier(capsys: pytest.CaptureFixture[str]) -> None:
         "output": float(flex.output_mtok), "reasoning": float(flex.output_mtok),
     }
     assert rates()["output"] != float(flex.output_mtok)
+
+
+def test_prices_shows_audio_rates_or_says_there_are_none(capsys: pytest.CaptureFixture[str]) -> None:
+    from genai_prices import data_snapshot
+
+    _, model = data_snapshot.get_snapshot().find_provider_model("gpt-audio", None, "openai", None)
+    listed = model.get_prices(datetime.now(timezone.utc))
+    assert main(["prices", "gpt-audio"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  input_audio  {float(listed.input_audio_mtok):g}" in lines
+    assert f"  output_audio {float(listed.output_audio_mtok):g}" in lines
+    assert main(["prices", "gpt-4o-audio-preview"]) == 0  # priced, but its audio tokens are not
+    out = capsys.readouterr().out
+    assert "input_audio" not in out and "a call with audio tokens carries no cost" in out
 
 
 def test_prices_says_which_context_and_provider_apply(capsys: pytest.CaptureFixture[str]) -> None:

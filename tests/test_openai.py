@@ -56,23 +56,28 @@ def test_an_override_is_one_price_whatever_tier_served_the_call(captured: Any) -
     assert a["llmtrace.cost.usd"] == pytest.approx((120 * 1.0 + 40 * 2.0) / 1e6)
 
 
-def test_audio_tokens_are_counted_and_priced_at_audio_rates(captured: Any) -> None:
-    import genai_prices
-
+def _audio_call(model: str, audio_in: int = 400, audio_out: int = 250) -> None:
+    """A chat completion answered with audio: 500 input and 300 output tokens, these many of them audio."""
     usage = {
         "prompt_tokens": 500, "completion_tokens": 300, "total_tokens": 800,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 400, "text_tokens": 100},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 250, "text_tokens": 50},
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": audio_in, "text_tokens": 500 - audio_in},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": audio_out, "text_tokens": 300 - audio_out},
     }  # fmt: skip
     answer = {
-        "id": "chatcmpl-a", "object": "chat.completion", "created": 1, "model": "gpt-audio", "usage": usage,
+        "id": "chatcmpl-a", "object": "chat.completion", "created": 1, "model": model, "usage": usage,
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": None,
                                  "audio": {"id": "audio_1", "data": "", "expires_at": 1, "transcript": "hi"}}}],
     }  # fmt: skip
     client = openai_client(lambda request: HTTP.Response(200, json=answer))
-    client.chat.completions.create(model="gpt-audio", messages=MESSAGES, modalities=["text", "audio"],
+    client.chat.completions.create(model=model, messages=MESSAGES, modalities=["text", "audio"],
                                    audio={"voice": "alloy", "format": "wav"})
+
+
+def test_audio_tokens_are_counted_and_priced_at_audio_rates(captured: Any) -> None:
+    import genai_prices
+
+    _audio_call("gpt-audio")
     a = _only(captured).attributes
     assert a["llmtrace.usage.input_audio_tokens"] == 400 and a["llmtrace.usage.output_audio_tokens"] == 250
     priced = genai_prices.Usage(input_tokens=500, input_audio_tokens=400, output_tokens=300, output_audio_tokens=250)
@@ -80,6 +85,33 @@ def test_audio_tokens_are_counted_and_priced_at_audio_rates(captured: Any) -> No
     as_text = genai_prices.calc_price(genai_prices.Usage(input_tokens=500, output_tokens=300), "gpt-audio", provider_id="openai")
     assert expected.total_price > 2 * as_text.total_price  # audio tokens cost several times text tokens
     assert a["llmtrace.cost.usd"] == pytest.approx(float(expected.total_price), rel=1e-9)
+
+
+def test_audio_tokens_of_a_model_the_price_list_has_no_audio_rates_for_leave_the_call_unpriced(
+    captured: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """genai-prices prices gpt-4o-audio-preview's text only: at those rates its audio tokens would cost several times
+    too little. Such a call's cost is unknown, as for a model with no price; its text-only calls are priced."""
+    from llmtrace import pricing
+
+    monkeypatch.setattr(pricing, "_warned", set())  # warned once per process: this test's warning, whatever ran before
+    price = pricing.price_for("openai", "gpt-4o-audio-preview")
+    assert price is not None and not price.prices_audio()  # the price list's fact this test is about
+    for _ in range(2):
+        _audio_call("gpt-4o-audio-preview")
+    _audio_call("gpt-4o-audio-preview", audio_in=0, audio_out=0)
+    audio, _, text_only = (span.attributes for span in captured.spans())
+    assert audio["llmtrace.cost.unpriced"] is True and "llmtrace.cost.usd" not in audio
+    assert audio["llmtrace.usage.input_audio_tokens"] == 400 and audio["gen_ai.usage.output_tokens"] == 300
+    assert "llmtrace.cost.unpriced" not in text_only
+    assert text_only["llmtrace.cost.usd"] == pytest.approx(price.cost(pricing.Usage(uncached_input=500, visible_output=300)).total)
+    warnings = [r.getMessage() for r in caplog.records if "no audio rates" in r.getMessage()]
+    assert len(warnings) == 1 and "'gpt-4o-audio-preview'" in warnings[0]
+
+    pricing.set_price("gpt-4o-audio-preview", input_mtok=40.0, output_mtok=80.0)  # the app's own rate, for every token
+    _audio_call("gpt-4o-audio-preview")
+    overridden = captured.spans()[-1].attributes
+    assert overridden["llmtrace.cost.usd"] == pytest.approx((500 * 40.0 + 300 * 80.0) / 1e6)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -141,6 +141,35 @@ def _chart_rows(chart: Any) -> list[dict[str, Any]]:
     return pa.ipc.open_stream(chart.proto.datasets[0].data.data).read_all().to_pylist()
 
 
+def test_lines_over_time_break_where_a_key_had_no_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Latency and error-rate lines are not drawn across minutes in which a model or provider had no calls."""
+    from llmtrace import attributes as A
+    from store_helpers import emit_at, provider_with_store
+
+    db = str(tmp_path / "gaps.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=600)
+    # 45 minutes of calls: the charts' buckets are minutes.
+    start = datetime.now(timezone.utc).replace(tzinfo=None, second=30, microsecond=0) - timedelta(minutes=50)
+    called = [0, 1, 2, 10, 11, 45]  # minutes after start in which gpt-4o-mini was called
+    for minute in called:
+        emit_at(provider, start + timedelta(minutes=minute), 0.5)
+    for minute in range(46):  # another model, every minute: no gaps
+        emit_at(provider, start + timedelta(minutes=minute), 1.0, **{A.REQUEST_MODEL: "gpt-4o", A.PROVIDER_NAME: "anthropic"})
+    writer.shutdown()
+    at = _app(db, monkeypatch)
+    at.run()
+    for page, column in (("Latency", "latency_p99_ms"), ("Reliability", "error_rate")):
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert not at.exception, page
+        rows = _chart_rows(at.get("vega_lite_chart")[0])
+        series = {key: sorted((r["bucket"], r[column]) for r in rows if r["key"] == key) for key in {r["key"] for r in rows}}
+        gappy = series["gpt-4o-mini" if page == "Latency" else "openai"]
+        minutes = [round((when - gappy[0][0]).total_seconds() / 60) for when, _ in gappy]
+        assert minutes == list(range(46)), page  # every minute from the first call to the last
+        assert [m for m, (_, value) in zip(minutes, gappy) if value is not None] == called, page
+        assert all(value is not None for _, value in series["gpt-4o" if page == "Latency" else "anthropic"]), page
+
+
 def test_spend_charts_draw_every_priced_dollar_and_refused_calls_are_said(mixed_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(mixed_db, monkeypatch)
     at.run()

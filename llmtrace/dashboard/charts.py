@@ -68,11 +68,28 @@ def stacked_bars_over_time(
     )
 
 
+def with_gaps(data: pd.DataFrame, bucket: str) -> pd.DataFrame:
+    """Each key's rows plus an empty one (no value, no calls) for every bucket between its first and last that had
+    no calls: a line breaks there (Vega-Lite breaks paths at nulls) instead of drawing a trend across a time in which
+    nothing was measured."""
+    if data.empty:
+        return data
+    step = pd.Timedelta(seconds=BUCKETS[bucket])
+    parts = []
+    for key, rows in data.groupby("key", sort=False):
+        grid = pd.date_range(rows["bucket"].min(), rows["bucket"].max(), freq=step)
+        missing = grid.difference(pd.DatetimeIndex(rows["bucket"]))
+        parts.append(rows)
+        if len(missing):
+            parts.append(pd.DataFrame({"bucket": missing, "key": key}))
+    return pd.concat(parts, ignore_index=True).sort_values(["key", "bucket"], ignore_index=True)
+
+
 def lines_over_time(
     data: pd.DataFrame, bucket: str, value: str, value_title: str, key_title: str, fmt: str = ",.0f"
 ) -> alt.Chart:
     return (
-        alt.Chart(data)
+        alt.Chart(with_gaps(data, bucket))
         .mark_line(point=True)
         .encode(
             x=_time_axis(bucket),

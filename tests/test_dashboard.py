@@ -170,6 +170,33 @@ def test_lines_over_time_break_where_a_key_had_no_calls(tmp_path: Path, monkeypa
         assert all(value is not None for _, value in series["gpt-4o" if page == "Latency" else "anthropic"]), page
 
 
+def test_sub_cent_spend_gets_axis_ticks_fine_enough_to_tell_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A day of a cheap model costs fractions of a cent: an axis in whole cents would read $0.00 at every tick."""
+    import json
+
+    from llmtrace import attributes as A
+    from store_helpers import emit_at, provider_with_store
+
+    db = str(tmp_path / "cheap.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=600)
+    now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5)
+    for i in range(3):
+        emit_at(provider, now - timedelta(minutes=i), **{A.COST_USD: 0.0004})
+    writer.shutdown()
+    at = _app(db, monkeypatch)
+    at.run()
+    # The top tenant's bar ($0.0012), and the tallest stack of spend over time (a call a bucket: $0.0004).
+    for page, axis, top in (("Overview", "x", 0.0012), ("Spend", "y", 0.0004)):
+        at.sidebar.radio(key="page").set_value(page).run()
+        spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+        fmt = spec["encoding"][axis]["axis"]["format"]
+        assert fmt.startswith("$,.") and fmt.endswith("f"), page
+        decimals = int(fmt[3:-1])
+        assert decimals > 2 and round(top / 5, decimals) > 0, page  # ticks (~a fifth of the top apart) read apart
+        money_tips = [t for t in spec["encoding"]["tooltip"] if "Spend" in t.get("title", "")]
+        assert [t["format"] for t in money_tips] == ["$,.6~f"], page
+
+
 def test_spend_charts_draw_every_priced_dollar_and_refused_calls_are_said(mixed_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(mixed_db, monkeypatch)
     at.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import altair as alt
@@ -20,6 +21,18 @@ def money(value: float | None) -> str:
     if abs(value) >= 100:
         return f"${value:,.0f}"
     return f"${value:,.2f}" if abs(value) >= 1 else f"${value:,.4f}"
+
+
+def money_axis(top: float | None) -> str:
+    """The d3 format of a USD axis whose largest value is ``top``: cents, and below ten cents as many decimals as its
+    ticks (about a fifth of ``top``) need, so that sub-cent spend does not read $0.00 at every tick."""
+    if not top or not math.isfinite(top) or top <= 0:
+        return "$,.2f"
+    return f"$,.{max(2, math.ceil(-math.log10(top)) + 1)}f"
+
+
+# A hovered amount of USD: to the millionth of a dollar (a cheap call costs a few ten-thousandths), no trailing zeros.
+MONEY_TOOLTIP = "$,.6~f"
 
 
 def duration(ms: float | None) -> str:
@@ -52,7 +65,7 @@ def _time_axis(bucket: str) -> alt.X:
 
 
 def stacked_bars_over_time(
-    data: pd.DataFrame, bucket: str, value: str, value_title: str, key_title: str, fmt: str
+    data: pd.DataFrame, bucket: str, value: str, value_title: str, key_title: str, fmt: str, tooltip_fmt: str | None = None
 ) -> alt.Chart:
     return (
         alt.Chart(data)
@@ -62,7 +75,7 @@ def stacked_bars_over_time(
             y=alt.Y(f"sum({value}):Q", title=value_title, axis=alt.Axis(format=fmt)),
             color=alt.Color("key:N", title=key_title, scale=alt.Scale(scheme="tableau10")),
             tooltip=[alt.Tooltip("bucket:T", title="From", format="%Y-%m-%d %H:%M:%S"), alt.Tooltip("key:N", title=key_title),
-                     alt.Tooltip(f"sum({value}):Q", title=value_title, format=fmt)],
+                     alt.Tooltip(f"sum({value}):Q", title=value_title, format=tooltip_fmt or fmt)],
         )
         .properties(height=_HEIGHT)
     )
@@ -102,14 +115,16 @@ def lines_over_time(
     )
 
 
-def ranked_bars(data: pd.DataFrame, value: str, value_title: str, key_title: str, fmt: str) -> alt.Chart:
+def ranked_bars(
+    data: pd.DataFrame, value: str, value_title: str, key_title: str, fmt: str, tooltip_fmt: str | None = None
+) -> alt.Chart:
     return (
         alt.Chart(data)
         .mark_bar(color="#4c78a8")
         .encode(
             x=alt.X(f"{value}:Q", title=value_title, axis=alt.Axis(format=fmt)),
             y=alt.Y("key:N", title=key_title, sort="-x", axis=alt.Axis(labelOverlap=False, labelLimit=220)),
-            tooltip=[alt.Tooltip("key:N", title=key_title), alt.Tooltip(f"{value}:Q", title=value_title, format=fmt),
+            tooltip=[alt.Tooltip("key:N", title=key_title), alt.Tooltip(f"{value}:Q", title=value_title, format=tooltip_fmt or fmt),
                      alt.Tooltip("calls:Q", title="Calls", format=",")],
         )
         .properties(height=max(160, 36 * len(data)))

@@ -116,7 +116,9 @@ def overview(view: View) -> None:
     for column, by, title in ((left, "tenant", "Tenant"), (right, "feature", "Feature")):
         rows = query.spend_by(by, view.time_range, view.filters, db=view.db, limit=10)
         column.markdown(f"**Top {title.lower()}s by spend**")
-        column.altair_chart(C.ranked_bars(C.frame(rows), "cost_usd", "Spend (USD)", title, "$,.2f"), width="stretch")
+        axis = C.money_axis(max((row["cost_usd"] or 0.0 for row in rows), default=None))
+        column.altair_chart(C.ranked_bars(C.frame(rows), "cost_usd", "Spend (USD)", title, axis, C.MONEY_TOOLTIP),
+                            width="stretch")
 
 
 # --- Latency -------------------------------------------------------------------------------------
@@ -188,7 +190,9 @@ def spend(view: View) -> None:
         rows = [row for row in query.spend_over_time(by, view.time_range, view.bucket, view.filters, db=view.db)
                 if row["cost_usd"] is not None]
         st.markdown(f"**Spend per {title.lower()} over time**")
-        _chart(C.stacked_bars_over_time(C.frame(rows, top=_TOP_KEYS), view.bucket, "cost_usd", "Spend (USD)", title, "$,.2f"))
+        bars = C.frame(rows, top=_TOP_KEYS)
+        axis = C.money_axis(bars.groupby("bucket")["cost_usd"].sum().max() if rows else None)  # the tallest stack
+        _chart(C.stacked_bars_over_time(bars, view.bucket, "cost_usd", "Spend (USD)", title, axis, C.MONEY_TOOLTIP))
     st.markdown("**Tokens by kind over time** — cached input is billed at a discount, cache writes at a premium")
     _chart(C.token_buckets_over_time(
         query.token_usage(view.time_range, view.filters, bucket=view.bucket, db=view.db), view.bucket

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -251,22 +252,29 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def served(demo_db: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    db = tmp_path / "served.duckdb"
-    shutil.copy(demo_db, db)
+@contextmanager
+def _dashboard_server(db: str) -> Iterator[str]:
+    """``llmtrace dashboard`` on this store, on a free port: its URL."""
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "llmtrace.cli", "dashboard", "--db", str(db), "--port", str(port), "--refresh", "1"],
+        [sys.executable, "-m", "llmtrace.cli", "dashboard", "--db", db, "--port", str(port), "--refresh", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         dashboard.wait_until_up(process, url)
-        yield url, str(db)
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture
+def served(demo_db: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    db = tmp_path / "served.duckdb"
+    shutil.copy(demo_db, db)
+    with _dashboard_server(str(db)) as url:
+        yield url, str(db)
 
 
 @pytest.fixture
@@ -341,3 +349,26 @@ def test_stopping_the_dashboard_command_stops_the_server(tmp_path: Path) -> None
     process.wait(timeout=20)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+
+
+def test_a_tenant_beyond_the_filter_list_can_be_typed_in(tmp_path: Path, browser: Any) -> None:
+    """The sidebar lists the 500 tenants with the most calls; an app with more can still look at any one of them."""
+    from llmtrace import attributes as A
+    from store_helpers import emit_at, provider_with_store
+
+    db = str(tmp_path / "many.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=600)
+    now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5)
+    for i in range(505):
+        for _ in range(2 if i < 500 else 1):  # the last five have the fewest calls: not listed
+            emit_at(provider, now, 0.5, **{A.TENANT: f"tenant-{i:04}"})
+    writer.shutdown()
+    assert "tenant-0503" not in query.dimension_values(query.TimeRange.last(timedelta(days=1)), db=db)["tenant"]
+    with _dashboard_server(db) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{url}/?page=overview")
+        assert _metric(page, "Calls") == "1,005"
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Tenant").locator("input").click()
+        page.keyboard.type("tenant-0503")
+        page.keyboard.press("Enter")
+        page.wait_for_function(f"() => ({_METRIC_JS})('Calls') === '1'", timeout=30_000)

@@ -60,7 +60,8 @@ def _filters(time_range: query.TimeRange, db: str) -> query.Filters:
         current = st.session_state.get(f"filter_{name}")
         if current and current not in options:  # chosen in another time range: keep it selectable
             options.append(current)
-        pick = st.sidebar.selectbox(label, options, key=f"filter_{name}")
+        # Lists hold the values with the most calls (query.dimension_values' limit): any other can be typed in.
+        pick = st.sidebar.selectbox(label, options, key=f"filter_{name}", accept_new_options=True)
         chosen[name] = None if pick == _ALL else pick
     return query.Filters(**chosen)
 

@@ -236,9 +236,11 @@ def _is_store_error(exc: Exception) -> bool:
 
 
 def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: datetime, now: datetime) -> list[Alert]:
-    """The alerts a budget's spend calls for (warn, limit, or both), each with its once-per-period id."""
+    """The alert a budget's spend calls for (its warning, or past its limit the exceeded alert), with its once-per-period
+    id. Spend first seen past the limit (a new budget, a burst between two reads) fires the exceeded alert alone: a
+    warning beside it says nothing more."""
     used = spent / budget.limit_usd
-    levels = [level for level, at in (("warning", budget.warn_at), ("exceeded", 1.0)) if used >= at]
+    levels = ["exceeded"] if used >= 1.0 else ["warning"] if used >= budget.warn_at else []
     if not levels:
         return []
     if budget.period in ("24h", "7d"):  # rolling: once per day (24h) or per 7 days

@@ -111,12 +111,12 @@ def test_budget_alerts_fire_once_across_processes(tmp_path: Path, receiver: Rece
     for process in processes:
         _, err = process.communicate(timeout=60)
         assert process.returncode == 0, err
-    # Three processes evaluated the same budgets about fifteen times each: each alert went out once.
-    assert receiver.kinds() == ["budget_exceeded", "budget_warning", "budget_warning"]
+    # Three processes evaluated the same budgets about fifteen times each: each alert went out once. The global budget,
+    # first seen past its limit, sent its exceeded alert alone.
+    assert receiver.kinds() == ["budget_exceeded", "budget_warning"]
     texts = sorted(body["text"] for body in receiver.bodies)
     assert texts[0].startswith("llmtrace: Budget exceeded: global spent $1.00 of $0.50 this month (200%")
-    assert texts[1].startswith("llmtrace: Budget warning: global spent $1.00 of $0.50")
-    assert texts[2] == "llmtrace: Budget warning: tenant=acme spent $1.00 of $1.20 this day (83%, warning at 80%)"
+    assert texts[1] == "llmtrace: Budget warning: tenant=acme spent $1.00 of $1.20 this day (83%, warning at 80%)"
     acme = next(b["alert"] for b in receiver.bodies if b["alert"]["subject"] == "tenant=acme")
     assert acme["details"]["spent_usd"] == pytest.approx(1.0) and acme["details"]["limit_usd"] == 1.2
     history = query.alert_history(query.TimeRange.last(timedelta(hours=1)), db=db)
@@ -150,7 +150,7 @@ with llmtrace.tags(tenant="acme"):
     env = {**os.environ, "LLMTRACE_DB": str(tmp_path / "s.duckdb"), "LLMTRACE_CONFIG": str(config), "OTEL_EXPORTER_OTLP_ENDPOINT": ""}
     done = subprocess.run([sys.executable, "-c", app], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert receiver.kinds() == ["budget_exceeded", "budget_warning"]
+    assert receiver.kinds() == ["budget_exceeded"]
 
 def test_logger_and_callbacks_get_each_alert_and_a_failing_callback_changes_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -172,8 +172,8 @@ def test_logger_and_callbacks_get_each_alert_and_a_failing_callback_changes_noth
         alerts.remove_callback(broken)
         alerts.remove_callback(received.append)
         budgets.clear()
-    assert [a.kind for a in received] == ["budget_warning", "budget_exceeded"]
-    assert received[1].subject == "tenant=acme" and received[1].details["spent_usd"] == pytest.approx(1.0)
+    assert [a.kind for a in received] == ["budget_exceeded"]
+    assert received[0].subject == "tenant=acme" and received[0].details["spent_usd"] == pytest.approx(1.0)
     logged = [r.getMessage() for r in caplog.records]
     assert "llmtrace alert: Budget exceeded: tenant=* (acme) spent $1.00 of $0.90 this day (111%; alert only)" in logged
     assert any("the app's callback is broken" in line for line in logged)
@@ -220,7 +220,7 @@ def test_a_hanging_webhook_never_holds_up_the_app(tmp_path: Path, receiver: Rece
             receiver.release.set()
     finally:
         budgets.clear()
-    assert receiver.kinds() == ["budget_exceeded", "budget_warning"]  # delivered before uninstrument() returned
+    assert receiver.kinds() == ["budget_exceeded"]  # delivered before uninstrument() returned
 
 
 def test_alerts_a_hanging_webhook_never_took_are_counted_in_the_log_at_exit(
@@ -232,11 +232,11 @@ def test_alerts_a_hanging_webhook_never_took_are_counted_in_the_log_at_exit(
     try:
         with llmtrace.testing.capture(store=True, db=db, alert_webhook_url=receiver.url, alert_webhook_timeout=0.5,
                                       budget_refresh_interval=3600, anomaly_detectors=[]):  # fmt: skip
-            pass  # the first budget read fires a warning and an exceeded alert; the receiver takes neither in time
+            pass  # the first budget read fires an exceeded alert; the receiver does not take it in time
     finally:
         budgets.clear()
         receiver.release.set()
-    assert any("2 alert(s) not sent to webhook" in r.getMessage() for r in caplog.records), caplog.text
+    assert any("1 alert(s) not sent to webhook" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_budgets_command_and_dashboard_show_alert_history(
@@ -254,7 +254,7 @@ def test_budgets_command_and_dashboard_show_alert_history(
     assert "Budget exceeded: global spent $1.00 of $0.50 this month" in out
 
     history = open_budgets_page(monkeypatch, db, config).dataframe[1].value
-    assert sorted(history["kind"]) == ["budget_exceeded", "budget_warning", "budget_warning"]
+    assert sorted(history["kind"]) == ["budget_exceeded", "budget_warning"]
     assert any("Budget exceeded: global" in message for message in history["message"])
 
 

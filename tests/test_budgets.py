@@ -246,3 +246,14 @@ def test_two_budgets_alike_but_for_action_and_threshold_alert_each() -> None:
     blocking = budgets.Budget("tenant", "acme", "day", 0.001, warn_at=0.9, action="block")
     ids = [a.alert_id for b in (alerting, blocking) for a in budget_alerts(b, "acme", 0.00095, start, start)]
     assert len(ids) == len(set(ids)) == 2  # each budget's own warning: neither is mistaken for the other's
+
+
+def test_spend_past_the_warning_warns_and_past_the_limit_alerts_once_without_a_late_warning() -> None:
+    from llmtrace.monitor import budget_alerts
+
+    start = datetime(2026, 11, 24)
+    budget = budgets.Budget("global", None, "day", 1.0, warn_at=0.8)
+    assert budget_alerts(budget, None, 0.5, start, start) == []
+    assert [a.kind for a in budget_alerts(budget, None, 0.85, start, start)] == ["budget_warning"]
+    # Past the limit (read for the first time, or after the warning): the exceeded alert alone, not a warning with it.
+    assert [a.kind for a in budget_alerts(budget, None, 1.2, start, start)] == ["budget_exceeded"]

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 DEFAULT_CONFIG_FILE = "llmtrace.toml"
+# Spans waiting in memory for the store's writer (a disk or database fault holds them there), at most: ~2.3 kB each.
+DEFAULT_MAX_BUFFERED_SPANS = 1_000_000
 DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com", "eu.api.openai.com", "us.api.openai.com")
 ANOMALY_DETECTORS = ("spend_spike", "prompt_growth", "duplicate_calls", "model_drift", "error_rate")
 # Tables of llmtrace.toml whose keys are settings with a prefix: [alerts] webhook_url = alert_webhook_url.
@@ -50,6 +52,7 @@ class Settings:
     db: str | None = None  # default ./.llmtrace/llmtrace.duckdb
     flush_interval: float = 2.0  # seconds until a span is visible to readers, at most
     retention_days: int = 0  # 0 keeps spans forever
+    max_buffered_spans: int = DEFAULT_MAX_BUFFERED_SPANS  # beyond: new spans are dropped (counted and logged)
     # Budgets and alerts (``[alerts]`` keys of llmtrace.toml are these without ``alert_``).
     budget_refresh_interval: float = 2.0  # seconds between reads of the store's spend (off the request path)
     alert_webhook_url: str | None = None
@@ -78,6 +81,7 @@ class Settings:
 # Retention reaches back from now: past a century the cutoff leaves the calendar (and no merge could work).
 MAX_RETENTION_DAYS = 100 * 366
 _INT_MAXIMA = {"retention_days": MAX_RETENTION_DAYS}
+_INT_MINIMA = {"max_buffered_spans": 1}
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off", ""}
@@ -104,9 +108,9 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
     if isinstance(default, int):
         # Not int(raw): it would make 1.5 days 1 and true 1 without a word.
         value = raw if type(raw) is int else int(raw) if isinstance(raw, str) and raw.strip().isdigit() else None
-        maximum = _INT_MAXIMA.get(name)
-        if value is None or value < 0 or (maximum is not None and value > maximum):
-            bounds = f"from 0 to {maximum:,}" if maximum is not None else "0 or more"
+        minimum, maximum = _INT_MINIMA.get(name, 0), _INT_MAXIMA.get(name)
+        if value is None or value < minimum or (maximum is not None and value > maximum):
+            bounds = f"from {minimum} to {maximum:,}" if maximum is not None else f"{minimum} or more"
             raise ConfigError(f"{origin}: {name} must be a whole number {bounds}, got {raw!r}")
         return value
     if isinstance(default, tuple):

@@ -230,9 +230,11 @@ def _attach_store(provider: Any, settings: config.Settings) -> Any:
     retention = settings.retention_days or None
     writer = _writers_by_provider.get(provider)
     if writer is not None and writer.paths == paths:
-        writer.restart(flush_interval=settings.flush_interval, retention_days=retention)
+        writer.restart(flush_interval=settings.flush_interval, retention_days=retention,
+                       max_buffered=settings.max_buffered_spans)
     else:
-        writer = StoreWriter(paths, flush_interval=settings.flush_interval, retention_days=retention)
+        writer = StoreWriter(paths, flush_interval=settings.flush_interval, retention_days=retention,
+                             max_buffered=settings.max_buffered_spans)
         provider.add_span_processor(writer)
         _writers_by_provider[provider] = writer
     return writer

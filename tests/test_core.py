@@ -406,6 +406,7 @@ def test_metric_labels_follow_the_busiest_tenants_after_many_one_offs() -> None:
         ("[llmtrace]\nretention_days = 1.5\n", r"\[llmtrace\]: retention_days must be a whole number"),
         ("[llmtrace]\nretention_days = 1000000\n", r"retention_days must be a whole number from 0 to 36,600, got 1000000"),
         ("[llmtrace]\nflush_interval = inf\n", "flush_interval must be a positive number"),
+        ("[llmtrace]\nmax_buffered_spans = 0\n", "max_buffered_spans must be a whole number 1 or more, got 0"),
         ("[anomalies]\ninterval = 0\n", r"\[anomalies\]: anomaly_interval must be a positive number"),
         ("[alert]\nwebhook_url = 'http://x'\n", r"unknown table\(s\) alert"),
         ("[[budgets]]\nscope = 'global'\nperiod = 'day'\nlimit_usd = inf\n", "limit_usd"),

@@ -778,6 +778,31 @@ def test_instrument_cycles_reuse_one_store_writer(tmp_path: Path) -> None:
     assert _count(db)["spans"] == 6
 
 
+def test_the_buffer_cap_is_a_setting_and_spans_past_it_are_dropped_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that cannot keep up (a disk fault, a stalled writer) holds at most ``max_buffered_spans`` in memory."""
+    import llmtrace
+    from llmtrace import instrumentation
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    db = _db(tmp_path)
+    quiet = {"flush_interval": 600, "anomaly_detectors": [], "budget_refresh_interval": 3600}  # no write before the end
+    llmtrace.instrument(tracer_provider=provider, db=db, max_buffered_spans=3, **quiet)
+    writer = instrumentation._store_writer
+    emit(provider, 5)
+    assert writer.dropped == 2
+    assert len([r for r in caplog.records if "store buffer full (3 spans); 1 span(s) dropped" in r.getMessage()]) == 1
+    llmtrace.uninstrument()
+    assert _count(db)["spans"] == 3
+    llmtrace.instrument(tracer_provider=provider, db=db, max_buffered_spans=10, **quiet)  # the same writer, a new cap
+    assert instrumentation._store_writer is writer
+    emit(provider, 5)
+    llmtrace.uninstrument()
+    assert writer.dropped == 2 and _count(db)["spans"] == 8
+
+
 def test_no_store_file_until_a_span_arrives(tmp_path: Path) -> None:
     provider, writer = provider_with_store(_db(tmp_path), flush_interval=60)
     writer.shutdown()

@@ -30,6 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .._fork import background_work
+from ..config import DEFAULT_MAX_BUFFERED_SPANS
 from .._guard import Fault, internal_errors
 from .files import StorePaths, write_segment
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("llmtrace")
 
 DEFAULT_FLUSH_INTERVAL = 2.0
-DEFAULT_MAX_BUFFERED = 1_000_000
 _SEGMENT_ROWS = 10_000  # rows per segment file at most (and rows held by the writer at once)
 # GIL starvation. A thread waiting for the GIL asks its holder to let go only after 5 ms in which no other thread took
 # it; an app thread that lets go for an instant (a syscall) and takes it straight back, every millisecond or so, keeps
@@ -78,7 +78,7 @@ class StoreWriter(SpanProcessor):
         *,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         retention_days: float | None = None,
-        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        max_buffered: int = DEFAULT_MAX_BUFFERED_SPANS,
     ) -> None:
         self.paths = paths
         self.flush_interval = flush_interval
@@ -313,11 +313,12 @@ class StoreWriter(SpanProcessor):
             logger.error("llmtrace: %d span(s) could not be written to %s before the store stopped, and are lost: %s",
                          lost, self.paths.segments, self._fault.current or "the final flush did not finish")
 
-    def restart(self, *, flush_interval: float, retention_days: float | None) -> None:
+    def restart(self, *, flush_interval: float, retention_days: float | None, max_buffered: int) -> None:
         """Take spans again after ``shutdown()`` (instrument() after uninstrument() on the same provider:
         OTel has no way to remove a processor, so the one already there is reused)."""
         self.flush_interval = flush_interval
         self.retention_days = retention_days
+        self.max_buffered = max_buffered
         self._reset_state()
 
     def _after_fork_in_child(self) -> None:

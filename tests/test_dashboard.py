@@ -3,6 +3,7 @@ and every store state, then the real server in headless Chromium (screenshots in
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -16,10 +17,11 @@ from typing import Any, Iterator
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from llmtrace import attributes as A
 from llmtrace import dashboard, query
 from conftest import DEMO_CALLS
 from llmtrace.demo import SERVICE_NAME
-from store_helpers import MIXED_TENANTS, database_held_by_another_process, fill_mixed_store
+from store_helpers import MIXED_TENANTS, database_held_by_another_process, emit_at, fill_mixed_store, provider_with_store
 
 HERE = Path(__file__).parent
 SCREENSHOTS = Path(os.environ.get("LLMTRACE_SCREENSHOTS", HERE.parent / "screenshots"))
@@ -144,9 +146,6 @@ def _chart_rows(chart: Any) -> list[dict[str, Any]]:
 
 def test_lines_over_time_break_where_a_key_had_no_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Latency and error-rate lines are not drawn across minutes in which a model or provider had no calls."""
-    from llmtrace import attributes as A
-    from store_helpers import emit_at, provider_with_store
-
     db = str(tmp_path / "gaps.duckdb")
     provider, writer = provider_with_store(db, flush_interval=600)
     # 45 minutes of calls: the charts' buckets are minutes.
@@ -173,11 +172,6 @@ def test_lines_over_time_break_where_a_key_had_no_calls(tmp_path: Path, monkeypa
 
 def test_sub_cent_spend_gets_axis_ticks_fine_enough_to_tell_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A day of a cheap model costs fractions of a cent: an axis in whole cents would read $0.00 at every tick."""
-    import json
-
-    from llmtrace import attributes as A
-    from store_helpers import emit_at, provider_with_store
-
     db = str(tmp_path / "cheap.duckdb")
     provider, writer = provider_with_store(db, flush_interval=600)
     now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5)
@@ -353,9 +347,6 @@ def test_stopping_the_dashboard_command_stops_the_server(tmp_path: Path) -> None
 
 def test_a_tenant_beyond_the_filter_list_can_be_typed_in(tmp_path: Path, browser: Any) -> None:
     """The sidebar lists the 500 tenants with the most calls; an app with more can still look at any one of them."""
-    from llmtrace import attributes as A
-    from store_helpers import emit_at, provider_with_store
-
     db = str(tmp_path / "many.duckdb")
     provider, writer = provider_with_store(db, flush_interval=600)
     now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5)

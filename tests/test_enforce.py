@@ -324,7 +324,7 @@ def test_a_call_in_flight_holds_its_prompts_cost_against_the_budget(tmp_path: Pa
     in_flight = threading.Thread(
         target=lambda: openai_client(slow).chat.completions.create(model="gpt-4o", messages=long_prompt))
     with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), config_file=config,
-                                  budget_refresh_interval=3600, anomaly_detectors=detectors):
+                                  **{**NO_REFRESH, "anomaly_detectors": detectors}):
         in_flight.start()
         try:
             assert sent.wait(10)
@@ -334,6 +334,7 @@ def test_a_call_in_flight_holds_its_prompts_cost_against_the_budget(tmp_path: Pa
             release.set()
             in_flight.join(10)
     assert len(api.requests) == 1  # the long prompt's call; the second one never left the process
+
 
 def test_a_prompt_is_serialized_once_for_its_request_hash_and_its_budget_hold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -346,7 +347,7 @@ def test_a_prompt_is_serialized_once_for_its_request_hash_and_its_budget_hold(
     monkeypatch.setattr(call, "_serialized", lambda content: serialized.append(content) or real(content))
     config = _config(tmp_path, 'scope = "global"\nperiod = "day"\nlimit_usd = 5\naction = "block"')
     with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), config_file=config,
-                                  budget_refresh_interval=3600, anomaly_detectors=["duplicate_calls"]) as captured:
+                                  **{**NO_REFRESH, "anomaly_detectors": ["duplicate_calls"]}) as captured:
         openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o", messages=messages)
     assert len(captured.spans()[0].attributes[A.REQUEST_HASH]) == 16
     assert [content for content in serialized if content is messages] == [messages]

@@ -30,8 +30,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from .._fork import background_work
-from ..config import DEFAULT_MAX_BUFFERED_SPANS
 from .._guard import Fault, internal_errors
+from ..config import DEFAULT_MAX_BUFFERED_SPANS
 from .files import StorePaths, write_segment
 
 if TYPE_CHECKING:

@@ -33,6 +33,9 @@ class Settings:
     service_name: str | None = None
     otlp_endpoint: str | None = None
     otlp_protocol: str | None = None  # http/protobuf (default) or grpc
+    # Seconds that exit (and uninstrument()) wait for the last OTLP export, at most: a dead collector must not hold
+    # the app's exit for the exporter's whole retry window.
+    otlp_shutdown_timeout: float = 2.0
     capture_content: bool = False
     # Hosts known to accept ``stream_options.include_usage``; others never see the field.
     include_usage_hosts: tuple[str, ...] = DEFAULT_INCLUDE_USAGE_HOSTS

@@ -15,9 +15,12 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from ._guard import internal_errors
 from .config import ConfigError, Settings
+
+logger = logging.getLogger("llmtrace")
 
 PROTOCOLS = ("http/protobuf", "grpc")
 
@@ -98,6 +101,37 @@ def span_exporter(settings: Settings, base_url: str | None) -> Any:
 
 def metric_exporter(settings: Settings, base_url: str | None) -> Any:
     return _exporter("METRICS", settings, base_url)
+
+
+def in_background(work: Callable[[], object], name: str) -> threading.Event:
+    """Start ``work`` (an OTLP flush or shutdown) on a daemon thread of its own; the event is set once it is done.
+
+    The SDK bounds neither: a batch processor's ``force_flush`` ignores its timeout, and its shutdown waits out the
+    exporter's retries, up to ``OTEL_EXPORTER_OTLP_TIMEOUT`` (10 s by default) for each signal, against a collector
+    that refuses or does not answer (a one-call script took 13 s to exit). Run this way, the caller waits as long as
+    it chooses; a thread still running goes on until the exporter gives up, or ends with the process.
+    """
+    done = threading.Event()
+
+    def run() -> None:
+        with internal_errors():
+            work()
+        done.set()
+
+    threading.Thread(target=run, name=f"llmtrace-otlp-{name}", daemon=True).start()
+    return done
+
+
+def wait_for_shutdowns(shutdowns: dict[str, threading.Event], seconds: float) -> None:
+    """Wait, ``seconds`` at most in all, for OTLP shutdowns begun with ``in_background``; say which did not finish."""
+    deadline = time.monotonic() + seconds
+    late = [what for what, done in shutdowns.items() if not done.wait(max(0.0, deadline - time.monotonic()))]
+    if late:
+        logger.warning(
+            "llmtrace: the last OTLP export of %s did not finish within %g s (otlp_shutdown_timeout): the collector is "
+            "unreachable or slow. llmtrace stops waiting for it; what was not sent yet does not reach the collector",
+            " and ".join(late), seconds,
+        )  # fmt: skip
 
 
 # Loggers of the OTLP exporters, and of the SDK's batch processors and metric reader, which log (with a

@@ -54,10 +54,13 @@ _otlp_by_provider: weakref.WeakKeyDictionary[Any, OtlpExport] = weakref.WeakKeyD
 class OtlpExport(SpanProcessor):
     """llmtrace's OTLP span export on one provider. An SDK provider cannot drop a processor, so this one stays
     and what it exports through is swapped: by ``uninstrument()`` (none) and a later ``instrument()`` (where that
-    one says), never a second exporter beside the first."""
+    one says), never a second exporter beside the first. The batch processor's waits are bounded here (see
+    ``export.in_background``): a flush by its timeout, a shutdown by the ``otlp_shutdown_timeout`` setting."""
 
     def __init__(self) -> None:
         self.batch: BatchSpanProcessor | None = None
+        self.shutdown_timeout = config.Settings.otlp_shutdown_timeout
+        self._flush: threading.Event | None = None  # set once the flush running on its own thread is done
 
     # No on_start: a batch processor does nothing there (and llmtrace's direct spans need processors that don't).
     def on_end(self, span: Any) -> None:
@@ -65,26 +68,41 @@ class OtlpExport(SpanProcessor):
         if batch is not None:
             batch.on_end(span)
 
-    def replace(self, batch: BatchSpanProcessor | None) -> None:
-        old, self.batch = self.batch, batch
-        if old is not None:
-            old.shutdown()  # exports what it holds, then stops its thread
+    def replace(self, batch: BatchSpanProcessor | None, shutdown_timeout: float) -> None:
+        stopping = self.stop()
+        if stopping is not None:
+            export.wait_for_shutdowns({"spans": stopping}, self.shutdown_timeout)
+        self.batch, self.shutdown_timeout = batch, shutdown_timeout
+
+    def stop(self) -> threading.Event | None:
+        """Stop exporting; the old batch processor's shutdown (it sends what it holds) runs on, set when done."""
+        old, self.batch = self.batch, None
+        return export.in_background(old.shutdown, "spans-shutdown") if old is not None else None
 
     def shutdown(self) -> None:
-        self.replace(None)
+        self.replace(None, self.shutdown_timeout)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         batch = self.batch
-        return batch.force_flush(timeout_millis) if batch is not None else True
+        if batch is None:
+            return True
+        flush = self._flush
+        if flush is None or flush.is_set():  # a flush still running sends what came since too: none piles up behind it
+            flush = self._flush = export.in_background(batch.force_flush, "spans-flush")
+        return flush.wait(timeout_millis / 1000)
+
+
+# A meter provider llmtrace made (it exports metrics over OTLP), and how long exit waits for its last export.
+_own_meters: tuple[MeterProvider, float] | None = None
 
 
 def instrument(**options: Any) -> None:
     """Trace every OpenAI and Anthropic call of this process. Safe to call more than once.
 
-    Options (each also ``LLMTRACE_<NAME>`` or ``[llmtrace]`` in ``llmtrace.toml``): ``service_name``,
-    ``otlp_endpoint``, ``otlp_protocol``, ``capture_content``, ``include_usage_hosts``, ``metric_tag_allowlist``,
-    ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``, ``config_file``, ``store``, ``db``,
-    ``flush_interval``, ``retention_days``. Code-only:
+    Options (each also ``LLMTRACE_<NAME>`` or ``[llmtrace]`` in ``llmtrace.toml``; the README's Options table has
+    them all): ``service_name``, ``otlp_endpoint``, ``otlp_protocol``, ``otlp_shutdown_timeout``, ``capture_content``,
+    ``include_usage_hosts``, ``metric_tag_allowlist``, ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``,
+    ``config_file``, ``store``, ``db``, ``flush_interval``, ``retention_days``, ``max_buffered_spans``. Code-only:
     ``tracer_provider``, ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError``
     and nothing is applied.
     """
@@ -105,9 +123,6 @@ def instrument(**options: Any) -> None:
         _flush_at_multiprocessing_child_exit()
         with internal_errors():
             _flush_on_sigterm()
-        # Last registered, so first to run at exit (atexit runs hooks in reverse order), before the store's own.
-        atexit.unregister(_exiting.set)
-        atexit.register(_exiting.set)
         if "celery" not in _hooks_registered:  # now, or whenever the app imports Celery
             _hooks_registered.add("celery")
             wrapt.register_post_import_hook(_flush_celery_pool_children, "celery")
@@ -119,6 +134,12 @@ def instrument(**options: Any) -> None:
         tracer_provider = _tracer_provider(tracer_provider, settings, otlp)
         _store_writer = _attach_store(tracer_provider, settings) if settings.store else None
         instruments = _instruments(meter_provider, settings, otlp)
+        # Last registered, so first to run at exit (atexit runs hooks in reverse order), before the store's own and
+        # those of the SDK's providers made just now (theirs would wait out a dead collector's retries).
+        atexit.unregister(_stop_otlp_export)
+        atexit.register(_stop_otlp_export)
+        atexit.unregister(_exiting.set)
+        atexit.register(_exiting.set)
         if not apps_own:
             export.quiet_repeated_export_errors()
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
@@ -219,7 +240,8 @@ def _attach_otlp(provider: Any, settings: config.Settings, own_provider: bool, o
             return
         slot = _otlp_by_provider[provider] = OtlpExport()
         provider.add_span_processor(slot)
-    slot.replace(BatchSpanProcessor(export.span_exporter(settings, otlp.base_url)) if wanted else None)
+    batch = BatchSpanProcessor(export.span_exporter(settings, otlp.base_url)) if wanted else None
+    slot.replace(batch, settings.otlp_shutdown_timeout)
 
 
 def _attach_store(provider: Any, settings: config.Settings) -> Any:
@@ -275,6 +297,7 @@ def _tracer_provider(given: Any, settings: config.Settings, otlp: export.Destina
 
 
 def _instruments(given: Any, settings: config.Settings, otlp: export.Destinations) -> Instruments | None:
+    global _own_meters
     provider = given if given is not None else metrics.get_meter_provider()
     if given is None and not isinstance(provider, MeterProvider):
         if not otlp.metrics:
@@ -284,9 +307,12 @@ def _instruments(given: Any, settings: config.Settings, otlp: export.Destination
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
         reader = PeriodicExportingMetricReader(export.metric_exporter(settings, otlp.base_url))
-        provider = MeterProvider(metric_readers=[reader], resource=_resource(settings))
+        # Shut down by llmtrace's exit hook, which bounds the wait (the SDK's own would wait out a dead collector).
+        provider = MeterProvider(metric_readers=[reader], resource=_resource(settings), shutdown_on_exit=False)
         metrics.set_meter_provider(provider)
         _providers_made.add(provider)
+    if isinstance(provider, MeterProvider) and provider in _providers_made:
+        _own_meters = (provider, settings.otlp_shutdown_timeout)
     meter = provider.get_meter("llmtrace", __version__)
     return Instruments(meter, settings.metric_tag_allowlist, settings.metric_tag_top_k)
 
@@ -306,20 +332,39 @@ _exiting = threading.Event()
 
 
 def _flush_before_abrupt_exit() -> None:
-    """What exit does (the monitor stopped, spans exported and written, metrics sent), for a process that ends
+    """What exit does (the monitor stopped, spans written and exported, metrics sent), for a process that ends
     without running its atexit hooks."""
     _exiting.set()
     _stop_monitor_at_exit()
+    writer = _store_writer
+    if writer is not None:
+        writer.shutdown()  # first: the ledger is local, and a dead collector must not leave it no time
+    _stop_otlp_export()
     with internal_errors():
         provider = trace.get_tracer_provider()
         if isinstance(provider, TracerProvider):
-            provider.force_flush()  # OTLP export, and the app's own processors
+            provider.force_flush()  # the app's own processors
         meters = metrics.get_meter_provider()
-        if isinstance(meters, MeterProvider):
+        if isinstance(meters, MeterProvider) and meters not in _providers_made:
             meters.force_flush()
-    writer = _store_writer
-    if writer is not None:
-        writer.shutdown()
+
+
+def _stop_otlp_export() -> None:
+    """At exit: llmtrace's OTLP export of spans and metrics sends what it holds, all at once, waited for
+    ``otlp_shutdown_timeout`` at most."""
+    global _own_meters
+    with internal_errors():
+        stopping: list[tuple[str, threading.Event, float]] = []
+        for otlp in list(_otlp_by_provider.values()):
+            done = otlp.stop()
+            if done is not None:
+                stopping.append(("spans", done, otlp.shutdown_timeout))
+        if _own_meters is not None:
+            meters, wait = _own_meters
+            _own_meters = None
+            stopping.append(("metrics", export.in_background(meters.shutdown, "metrics-shutdown"), wait))
+        if stopping:
+            export.wait_for_shutdowns({what: done for what, done, _ in stopping}, max(wait for _, _, wait in stopping))
 
 
 # How long a SIGTERM waits for that flush: docker stop gives 10 s before SIGKILL (Kubernetes 30 s).

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -66,6 +69,26 @@ def _stop_store_writers() -> Iterator[None]:
 
     for store_writer in list(writer._writers):
         store_writer.shutdown()
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[str]:
+    """An OTLP endpoint that takes connections and never answers (a hung collector, a black-holing proxy)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed at the end of the test
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    with contextlib.suppress(OSError):
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() above
+    server.close()
+    for connection in held:
+        connection.close()
 
 
 def run_demo(db: str, calls: int, seed: int) -> str:

@@ -284,3 +284,61 @@ for model in ("gpt-4o-mini", "gpt-4o"):
     names = [span.name for r in received if isinstance(r, ExportTraceServiceRequest)
              for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]
     assert names == ["chat gpt-4o-mini", "chat gpt-4o"]
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+@pytest.mark.parametrize("ending", ["exit", "uninstrument()"])
+def test_a_collector_that_never_answers_holds_up_exit_only_for_the_shutdown_timeout(
+    tmp_path: Path, silent_collector: str, protocol: str, ending: str
+) -> None:
+    """The exporters' own retry window (OTEL_EXPORTER_OTLP_TIMEOUT, here 120 s) would hold the process that long
+    for spans and again for metrics; llmtrace waits otlp_shutdown_timeout, says so, and the store has every call."""
+    db = tmp_path / "calls.duckdb"
+    script = f"""
+import sys, logging
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+logging.basicConfig(level=logging.WARNING, format="LOG %(name)s %(message)s")
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+llmtrace.instrument(db={str(db)!r}, otlp_endpoint={silent_collector!r}, otlp_protocol={protocol!r}, otlp_shutdown_timeout=0.5)
+client = openai_client(FakeAPI(http_module(openai)))
+for _ in range(3):
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+if {ending == "uninstrument()"}:
+    llmtrace.uninstrument()
+    print("UNINSTRUMENTED", flush=True)
+"""
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_TIMEOUT": "120"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert out.returncode == 0 and "Traceback" not in out.stderr and "internal error" not in out.stderr, out.stderr
+    late = [line for line in out.stderr.splitlines() if "did not finish within 0.5 s (otlp_shutdown_timeout)" in line]
+    # uninstrument() stops the span export; the metrics' last export is exit's.
+    assert [("spans" in line, "metrics" in line) for line in late] == (
+        [(True, True)] if ending == "exit" else [(True, False), (False, True)]
+    ), out.stderr
+    from llmtrace import query
+
+    assert query.span_count(db=str(db))["spans"] == 3
+
+
+def test_a_flush_returns_within_its_timeout_while_the_collector_does_not_answer(tmp_path: Path, silent_collector: str) -> None:
+    """The SDK's batch processor ignores force_flush's timeout; llmtrace's export honours it, and a flush asked for
+    while one still waits joins it rather than piling another thread up behind it."""
+    script = f"""
+import sys, threading
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from opentelemetry import trace
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+llmtrace.instrument(store=False, otlp_endpoint={silent_collector!r}, otlp_shutdown_timeout=0.5)
+openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+results = [trace.get_tracer_provider().force_flush(200) for _ in range(5)]
+flushing = [t for t in threading.enumerate() if t.name == "llmtrace-otlp-spans-flush"]
+print("FLUSHED", results, len(flushing))
+"""
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_TIMEOUT": "120"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "FLUSHED [False, False, False, False, False] 1" in out.stdout, out.stdout + out.stderr

@@ -83,6 +83,21 @@ def test_every_page_renders_numbers_and_charts(demo_db: str, monkeypatch: pytest
     assert any("have no cost" in w.value for w in at.warning)  # the unpriced self-hosted model is flagged
 
 
+def test_an_empty_cell_reads_as_a_dash_not_none(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An embedding model never streams, so it has no time to first token: the browser shows "—" there, where
+    Streamlit shows "None" unless told (the browser draws a table on a canvas: what it is told is in the element)."""
+    at = _app(demo_db, monkeypatch)
+    at.run()
+    tables = []
+    for page in PAGES:
+        at.sidebar.radio(key="page").set_value(page).run()
+        tables += list(at.dataframe)
+    assert len(tables) >= 5 and all(table.proto.placeholder == "—" for table in tables)
+    at.sidebar.radio(key="page").set_value("Latency").run()
+    by_model = at.dataframe[0].value.set_index("key")
+    assert by_model.loc["text-embedding-3-small", ["ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms"]].isna().all()
+
+
 def test_filters_narrow_every_number(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(demo_db, monkeypatch)
     at.run()

@@ -72,6 +72,11 @@ def _chart(chart: Any) -> None:
     st.altair_chart(chart, width="stretch")
 
 
+def _table(data: pd.DataFrame, column_config: dict[str, Any]) -> None:
+    # An empty cell is "—", not the "None" Streamlit shows (a model never streamed has no time to first token).
+    st.dataframe(data, hide_index=True, width="stretch", column_config=column_config, placeholder="—")
+
+
 def _ms(label: str) -> Any:
     return st.column_config.NumberColumn(label, format="%.0f ms")
 
@@ -131,10 +136,9 @@ def latency(view: View) -> None:
     table = pd.DataFrame(rows)
     table["ratio"] = table["latency_p99_ms"] / table["latency_p50_ms"]
     st.markdown("**Latency by model** — P99/P50 shows how heavy the tail is (LLM APIs typically run 1:8 to 1:15).")
-    st.dataframe(
+    _table(
         table[["key", "calls", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "ratio", "ttft_p50_ms", "ttft_p95_ms",
                "ttft_p99_ms"]],
-        hide_index=True, width="stretch",
         column_config={
             "key": "Model", "calls": _count("Calls"),
             "latency_p50_ms": _ms("P50"),
@@ -206,10 +210,9 @@ def spend(view: View) -> None:
         if totals["calls"] > listed_calls:
             st.caption(f"The {_TENANT_ROWS} biggest spenders. Not listed: {totals['calls'] - listed_calls:,} calls of other "
                        f"tenants, {C.money(others_cost)} (pick a tenant in the sidebar to see it).")
-    st.dataframe(
+    _table(
         C.frame(rows)[["key", "calls", "input_tokens", "cache_read_tokens", "output_tokens", "reasoning_tokens",
                        "cost_usd", "p50_ms", "p99_ms"]],
-        hide_index=True, width="stretch",
         column_config={
             "key": "Tenant", "calls": _count("Calls"),
             "input_tokens": _count("Input tokens"),
@@ -253,10 +256,9 @@ def reliability(view: View) -> None:
     st.markdown("**By model**")
     table = C.frame(by_model, weight="calls")
     table["attempts_per_call"] = table["http_attempts"] / table["calls"]
-    st.dataframe(
+    _table(
         table[["key", "calls", "errors", "error_rate", "rate_limited_calls", "rate_limited_rate", "retries",
                "attempts_per_call"]],
-        hide_index=True, width="stretch",
         column_config={
             "key": "Model", "calls": _count("Calls"),
             "errors": "Errors", "error_rate": st.column_config.NumberColumn("Error rate", format="percent"),
@@ -286,10 +288,9 @@ def calls(view: View) -> None:
             continue
         table = C.frame(rows, key="tenant")
         table["trace"] = [template.format(trace_id=t) if template else t for t in table["trace_id"]]
-        st.dataframe(
+        _table(
             table[["start_time", "model", "tenant", "feature", "user_id", "input_tokens", "output_tokens", "cost_usd",
                    "duration_ms", "ttft_ms", "http_attempts", "error_type", "trace"]],
-            hide_index=True, width="stretch",
             column_config={
                 "start_time": st.column_config.DatetimeColumn("When (UTC)", format="YYYY-MM-DD HH:mm:ss"),
                 "model": "Model", "tenant": "Tenant", "feature": "Feature", "user_id": "User",
@@ -341,8 +342,8 @@ def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) 
         named = [f"{b} ({k})" if k else b for b, k in zip(over["budget"], over["key"])]
         more = f", and {len(named) - _NAMED_OVER:,} more" if len(named) > _NAMED_OVER else ""
         st.warning(f"{len(over):,} budget(s) past their warning threshold or limit: " + ", ".join(named[:_NAMED_OVER]) + more)
-    st.dataframe(
-        table, hide_index=True, width="stretch",
+    _table(
+        table,
         column_config={
             "budget": "Budget", "key": "Key", "period": "Period", "state": "State", "action": "Action",
             "spent": st.column_config.NumberColumn("Spent", format="dollar"),
@@ -363,8 +364,8 @@ def _alert_history(view: View) -> None:
                    "detectors watch for spend spikes, prompt growth, duplicate calls, model drift and error rates.")
         return
     table = pd.DataFrame([{k: row[k] for k in ("fired_at", "kind", "subject", "message")} for row in rows])
-    st.dataframe(
-        table, hide_index=True, width="stretch",
+    _table(
+        table,
         column_config={
             "fired_at": st.column_config.DatetimeColumn("Fired (UTC)", format="YYYY-MM-DD HH:mm:ss"),
             "kind": "Kind", "subject": "About", "message": st.column_config.TextColumn("Alert", width="large"),

@@ -202,7 +202,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _serve_with_live_traffic(args: argparse.Namespace, traffic: Any) -> int:
-    process = dashboard.start(args.db, args.host, args.port)
+    from . import demo
+
+    process = dashboard.start(args.db, args.host, args.port, config_file=demo.NO_CONFIG_FILE)
     url = f"http://{args.host}:{args.port}"
     try:
         dashboard.wait_until_up(process, url)

@@ -7,6 +7,7 @@ is set), exactly as they would from an app.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import threading
@@ -140,10 +141,16 @@ def _drain(result: Any, stream: bool) -> None:
             pass
 
 
+# The demo reads no config file: run in an app's folder, that app's llmtrace.toml would send the simulated calls to
+# its store (where they count towards its real budgets), refuse them by its budgets and post alerts to its webhook.
+NO_CONFIG_FILE = os.devnull  # reads as an empty file
+
+
 def instrument_for_demo(db: str | None) -> None:
     """instrument() as an app would, naming the simulator's host as OpenAI (priced, usage in streams)."""
     instrument(
         db=db,
+        config_file=NO_CONFIG_FILE,
         service_name=SERVICE_NAME,
         provider_hosts=["127.0.0.1=openai"],
         include_usage_hosts=["127.0.0.1"],

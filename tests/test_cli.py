@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -252,3 +253,47 @@ def test_an_old_streamlit_is_refused_with_what_to_install(
     with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as project:
         extras = tomllib.load(project)["project"]["optional-dependencies"]
     assert extras["dashboard"] == [f"streamlit>={'.'.join(map(str, dashboard.MIN_STREAMLIT))}"]
+
+
+def test_the_demo_in_an_apps_folder_leaves_that_apps_settings_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An app's llmtrace.toml names its store, a budget that blocks, a webhook: the demo's simulated calls go to the
+    demo's own store (the one it reports and serves), none is refused, and no alert is posted."""
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    posted: list[str] = []
+
+    class Webhook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            posted.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "llmtrace.toml").write_text(f"""
+[llmtrace]
+db = "app.duckdb"
+
+[alerts]
+webhook_url = "http://127.0.0.1:{server.server_address[1]}/hook"
+
+[[budgets]]
+scope = "global"
+period = "day"
+limit_usd = 0.0001
+action = "block"
+""")
+    try:
+        assert main(["demo", "--calls", "30", "--no-dashboard", "--seed", "2"]) == 0
+    finally:
+        server.shutdown()
+    out = capsys.readouterr().out
+    demo_store = tmp_path / ".llmtrace" / "llmtrace.duckdb"
+    assert f"stored in {demo_store}" in out and "30 calls" in out
+    assert query.span_count(db=str(demo_store))["spans"] == 30
+    assert not (tmp_path / "app.duckdb").exists() and not posted
+    window = query.TimeRange.last(timedelta(hours=1))
+    assert query.summary(window, db=str(demo_store))["blocked_calls"] == 0

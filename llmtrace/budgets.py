@@ -258,6 +258,7 @@ class Status:
     period_start: datetime
     period_end: datetime | None  # None for a rolling window
     projected_usd: float | None  # at this pace, by the end of the period
+    unpriced_calls: int = 0  # calls under this budget with no known price: spent_usd leaves them out
 
     @property
     def used(self) -> float:
@@ -267,7 +268,9 @@ class Status:
     def state(self) -> str:
         if self.used >= 1:
             return "exceeded"
-        return "warning" if self.used >= self.budget.warn_at else "ok"
+        if self.used >= self.budget.warn_at:
+            return "warning"
+        return "unknown" if self.unpriced_calls and not self.spent_usd else "ok"  # never "ok" at a silent $0
 
 
 def status(budgets: tuple[Budget, ...] | list[Budget], *, db: query.Store = None, now: datetime | None = None) -> list[Status]:
@@ -276,30 +279,29 @@ def status(budgets: tuple[Budget, ...] | list[Budget], *, db: query.Store = None
 
     now = now or query.TimeRange.last(timedelta(0)).since
     windows = [budget.window(now) for budget in budgets]
-    spends = query.budget_spend([spend_question(budget, start, now) for budget, (start, _) in zip(budgets, windows)], db=db)
+    questions = [spend_question(budget, start, now) for budget, (start, _) in zip(budgets, windows)]
+    with query.open_store(db) as con:
+        spends = query.budget_spend(questions, db=con)
+        unpriced = query.budget_unpriced_calls(questions, db=con)
     rows = []
-    for budget, (start, end), spend in zip(budgets, windows, spends):
+    for budget, (start, end), spend, unpriced_by_key in zip(budgets, windows, spends, unpriced):
         elapsed = (now - start).total_seconds()
         if budget.key != EACH and not spend:
             spend = {budget.key: 0.0}
         for key, spent in sorted(spend.items(), key=lambda item: (-item[1], str(item[0]))):  # the biggest spenders first
-            projected = spent / elapsed * (end - start).total_seconds() if elapsed > 0 else None
-            rows.append(Status(budget, key, spent, start, None if budget.rolling else end, projected))
+            # A rolling window has no end to project to: its spend so far is all there is.
+            projected = None if budget.rolling or elapsed <= 0 else spent / elapsed * (end - start).total_seconds()
+            rows.append(Status(budget, key, spent, start, None if budget.rolling else end, projected,
+                               unpriced_by_key.get(key, 0)))  # fmt: skip
     return rows
 
 
-def unpriced_note(rows: list[Status], db: query.Store = None) -> str | None:
-    """What the budgets cannot count: calls with no known price since the earliest period began."""
-    from . import query
-
-    if not rows:
+def unpriced_note(rows: list[Status]) -> str | None:
+    """What the budgets cannot count: calls under them with no known price."""
+    if not any(row.unpriced_calls for row in rows):
         return None
-    window = query.TimeRange(min(row.period_start for row in rows), query.utc_now() + timedelta(minutes=1))
-    unpriced = sum(row["calls"] for row in query.unpriced_calls(window, db=db))
-    if not unpriced:
-        return None
-    return (f"{unpriced:,} call(s) since {window.since:%Y-%m-%d %H:%M} UTC have no known price and count for nothing "
-            "here (llmtrace report shows them by key; add prices with [prices] in llmtrace.toml)")
+    return ("Calls with no known price (the unpriced column) count for nothing in these budgets; llmtrace report shows "
+            "them by key; add prices with [prices] in llmtrace.toml")
 
 
 def spend_question(budget: Budget, since: datetime, now: datetime) -> tuple[str | None, str | None, datetime, datetime]:

@@ -155,13 +155,14 @@ def cmd_budgets(args: argparse.Namespace) -> int:
 def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
     rows = budgets.status(declared, db=db)
     cells = [
-        [s.budget.target, s.key or "-", s.budget.period, budgets.usd(s.spent_usd), budgets.usd(s.budget.limit_usd),
-         f"{s.used:.1%}", "-" if s.projected_usd is None else budgets.usd(s.projected_usd), s.state,
-         "rolling" if s.period_end is None else f"{s.period_end:%Y-%m-%d %H:%M}"]
+        [s.budget.target, s.key or "-", s.budget.period, budgets.usd(s.spent_usd), f"{s.unpriced_calls:,}",
+         budgets.usd(s.budget.limit_usd), f"{s.used:.1%}", "-" if s.projected_usd is None else budgets.usd(s.projected_usd),
+         s.state, "rolling" if s.period_end is None else f"{s.period_end:%Y-%m-%d %H:%M}"]
         for s in rows
     ]
-    _print_table(["budget", "key", "period", "spent", "limit", "used", "projected", "state", "period ends (UTC)"], cells)
-    note = budgets.unpriced_note(rows, db)  # a store not written yet reads as empty: no note
+    _print_table(["budget", "key", "period", "spent", "unpriced", "limit", "used", "projected", "state",
+                  "period ends (UTC)"], cells)  # fmt: skip
+    note = budgets.unpriced_note(rows)
     if note:
         print(f"\n{note}")
 

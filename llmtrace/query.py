@@ -410,22 +410,33 @@ def budget_spend(
 ) -> list[dict[str | None, float]]:
     """For each ``(dimension, key, since, until)``: USD spent per key (only ``key`` when given; the total
     under None when the dimension is None). One store opening for all of them: budgets ask together."""
-    answers: list[dict[str | None, float]] = []
     if not questions:
-        return answers
+        return []
     with open_store(db, merge_first=False, in_app=in_app) as con:
-        for dimension, key, since, until in questions:
-            column = _dimension(dimension) if dimension else "NULL"
-            sql = f"SELECT {column} AS key, sum(cost_usd) FROM spans WHERE start_time >= ? AND start_time < ?"
-            params: list[Any] = [since, until]
-            if dimension and key is not None:
-                sql += f" AND {column} = ?"
-                params.append(key)
-            elif dimension:
-                sql += f" AND {column} IS NOT NULL"
-            rows = con.execute(sql + " GROUP BY 1", params).fetchall()
-            answers.append({row[0]: float(row[1] or 0.0) for row in rows})
-    return answers
+        return [{key: float(usd or 0.0) for key, usd in _per_budget_key(con, q, "sum(cost_usd)")} for q in questions]
+
+
+def budget_unpriced_calls(questions: list[BudgetQuestion], *, db: Store = None) -> list[dict[str | None, int]]:
+    """For the same questions as ``budget_spend``: the calls with no known price per key, which the budgets cannot
+    count (keys without any are left out)."""
+    if not questions:
+        return []
+    with open_store(db) as con:
+        return [{key: int(calls) for key, calls in _per_budget_key(con, q, "count(*) FILTER (WHERE unpriced)") if calls}
+                for q in questions]  # fmt: skip
+
+
+def _per_budget_key(con: duckdb.DuckDBPyConnection, question: BudgetQuestion, figure: str) -> list[tuple[Any, Any]]:
+    dimension, key, since, until = question
+    column = _dimension(dimension) if dimension else "NULL"
+    sql = f"SELECT {column} AS key, {figure} FROM spans WHERE start_time >= ? AND start_time < ?"
+    params: list[Any] = [since, until]
+    if dimension and key is not None:
+        sql += f" AND {column} = ?"
+        params.append(key)
+    elif dimension:
+        sql += f" AND {column} IS NOT NULL"
+    return con.execute(sql + " GROUP BY 1", params).fetchall()
 
 
 def summary(

@@ -152,13 +152,23 @@ def test_the_budgets_table_orders_keys_by_spend_says_rolling_and_names_unpriced_
     rows = budgets.status([each, budgets.Budget("global", None, "day", 10.0)], db=db)
     assert [row.key for row in rows] == ["acme", "globex", "initech", "umbrella", None]  # by spend, then name
     assert rows[0].period_end is None and rows[-1].period_end is not None  # a rolling window never starts over
+    assert rows[0].projected_usd is None and rows[-1].projected_usd is not None  # nor has an end to project to
+    # The calls with no known price count for nothing: a key that has only those is "unknown", never "ok" at $0.
+    assert [(row.unpriced_calls, row.state) for row in rows] == [(0, "ok"), (0, "ok"), (0, "ok"), (2, "unknown"), (2, "ok")]
 
     config = tmp_path / "llmtrace.toml"
     config.write_text('[[budgets]]\nscope = "tenant"\nkey = "*"\nperiod = "24h"\nlimit_usd = 10.0\n')
     assert main(["budgets", "--config", str(config), "--db", db]) == 0
     out = capsys.readouterr().out
-    assert all(line.rstrip().endswith("rolling") for line in out.splitlines() if line.startswith("tenant=*"))
-    assert "2 call(s) since" in out and "have no known price" in out
+    table = [line.split() for line in out.splitlines() if line.startswith("tenant=*")]
+    assert all(cells[-1] == "rolling" for cells in table)
+    assert [cells[1:5] for cells in table if cells[1] == "umbrella"] == [["umbrella", "24h", "$0.00", "2"]]
+    assert [cells[-2] for cells in table if cells[1] == "umbrella"] == ["unknown"]
+    assert "count for nothing in these budgets" in out
+    # Only the calls under the budgets listed: acme's budget has none without a price.
+    config.write_text('[[budgets]]\nscope = "tenant"\nkey = "acme"\nperiod = "24h"\nlimit_usd = 10.0\n')
+    assert main(["budgets", "--config", str(config), "--db", db]) == 0
+    assert "no known price" not in capsys.readouterr().out
 
 
 def test_instrument_refuses_a_bad_budget_and_applies_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,14 +215,18 @@ def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: py
     db = str(tmp_path / "budgets.duckdb")
     provider, writer = provider_with_store(db, flush_interval=60)
     emit(provider, 4, tenant="acme", cost=0.25)
+    emit_at(provider, datetime.now(timezone.utc).replace(tzinfo=None), **{A.TENANT: "umbrella", A.COST_USD: None,
+                                                                          A.COST_UNPRICED: True})  # fmt: skip
     writer.force_flush()
     config = tmp_path / "llmtrace.toml"
     config.write_text(GOOD)
     page = open_budgets_page(monkeypatch, db, config)
     table = page.dataframe[0].value
-    assert list(table["budget"]) == ["tenant=acme", "tenant=*"] and list(table["key"]) == ["acme", "acme"]
-    assert list(table["state"]) == ["ok", "exceeded"] and table["spent"][0] == pytest.approx(1.0)
-    assert "tenant=* (acme)" in page.warning[0].value
+    assert list(table["budget"]) == ["tenant=acme", "tenant=*", "tenant=*"]
+    assert list(table["key"]) == ["acme", "acme", "umbrella"] and list(table["unpriced"]) == [0, 0, 1]
+    assert list(table["state"]) == ["ok", "exceeded", "unknown"] and table["spent"][0] == pytest.approx(1.0)
+    assert "tenant=* (acme)" in page.warning[0].value and "umbrella" not in page.warning[0].value
+    assert any("count for nothing in these budgets" in info.value for info in page.info)
 
 
 

@@ -328,16 +328,16 @@ _NAMED_OVER = 10  # budgets the warning names, most used first; the table lists 
 def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) -> None:
     st.caption(f"From `{path}`. Each budget counts over its own period; the sidebar's filters do not apply here.")
     rows = budget_config.status(declared, db=view.db)
-    note = budget_config.unpriced_note(rows, db=view.db)
+    note = budget_config.unpriced_note(rows)
     if note:
         st.info(note)
     table = pd.DataFrame([
         {"budget": s.budget.target, "key": s.key or "", "period": s.budget.period, "spent": s.spent_usd,
-         "limit": s.budget.limit_usd, "used": s.used, "projected": s.projected_usd, "state": s.state,
+         "unpriced": s.unpriced_calls, "limit": s.budget.limit_usd, "used": s.used, "projected": s.projected_usd, "state": s.state,
          "action": s.budget.action, "ends": s.period_end}
         for s in rows
     ])
-    over = table[table["state"] != "ok"].sort_values("used", ascending=False)
+    over = table[table["state"].isin(["warning", "exceeded"])].sort_values("used", ascending=False)
     if not over.empty:
         named = [f"{b} ({k})" if k else b for b, k in zip(over["budget"], over["key"])]
         more = f", and {len(named) - _NAMED_OVER:,} more" if len(named) > _NAMED_OVER else ""
@@ -347,6 +347,7 @@ def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) 
         column_config={
             "budget": "Budget", "key": "Key", "period": "Period", "state": "State", "action": "Action",
             "spent": st.column_config.NumberColumn("Spent", format="dollar"),
+            "unpriced": _count("Calls without a price"),
             "limit": st.column_config.NumberColumn("Limit", format="dollar"),
             # The bar stops at 100 %; the figure beside it says how far past the limit (as `llmtrace budgets` does).
             "used": st.column_config.ProgressColumn("Used", format="percent", min_value=0.0, max_value=1.0),

@@ -93,9 +93,10 @@ def duplicate_calls(settings: Settings, db: query.Store, now: datetime) -> list[
     for (tenant, feature), repeated in groups.items():
         most = max(row["repeats"] for row in repeated)
         subject = f"tenant={tenant} feature={feature}"
+        who = ", ".join(f"{name} {value}" for name, value in (("tenant", tenant), ("feature", feature)) if value is not None)
         alerts.append(Alert(
             f"duplicate_calls:{subject}:{_slot(now, settings.anomaly_recent_window)}", "duplicate_calls", subject,
-            f"Duplicate calls: tenant {tenant}, feature {feature} sent {len(repeated)} request(s) again within "
+            f"Duplicate calls: {who or 'calls with no tenant or feature'} sent {len(repeated)} request(s) again within "
             f"{settings.anomaly_duplicate_window:g} s (up to {most} times each)",
             {"requests": len(repeated), "most_repeats": most, "request_hashes": [r["request_hash"] for r in repeated][:20]},
         ))  # fmt: skip

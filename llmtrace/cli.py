@@ -117,15 +117,17 @@ def cmd_prices(args: argparse.Namespace) -> int:
     if standard:
         served += f"; {', '.join(standard)}: no prices of its own, the standard ones"
     print(f"{args.model} ({provider}{served}), priced as {price.model} from {price.source}, USD per million tokens:")
-    for name in ("input", "cache_read", "cache_write", "output", "reasoning"):
+    # Anthropic's 1-hour cache writes have a rate of their own (twice the input's); elsewhere it is the 5-minute one.
+    own_1h = price.cache_write_1h != price.cache_write
+    for name in ("input", "cache_read", "cache_write", *(("cache_write_1h",) if own_1h else ()), "output", "reasoning"):
         rate = getattr(price, name)
         tiers = "".join(f", {p * 1e6:g} above {start:,} input tokens" for start, p in rate.tiers)
-        print(f"  {name:<13}{rate.per_token * 1e6:g}{tiers}")
+        print(f"  {name:<15}{rate.per_token * 1e6:g}{tiers}")
     if price.audio_exact is not None:
         for name in ("input_audio", "output_audio"):
-            print(f"  {name:<13}{float(getattr(price.audio_exact, name + '_mtok') or 0):g}")
+            print(f"  {name:<15}{float(getattr(price.audio_exact, name + '_mtok') or 0):g}")
     elif not price.prices_audio():
-        print("  audio tokens: the price list has no rates for them; a call with audio tokens carries no cost")
+        print("  audio tokens: the price list has no rates for them; a call with audio tokens is unpriced (cost unknown)")
     return 0
 
 
@@ -170,6 +172,7 @@ def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the Streamlit dashboard over the store (on 127.0.0.1 unless --host says otherwise)."""
     settings = _settings(args)
+    dashboard.check_can_serve(args.host, args.port)  # Streamlit's own refusal of a busy port says less
     print(f"llmtrace dashboard: http://{args.host}:{args.port} over {resolve(settings.db).db}", file=sys.stderr, flush=True)
     dashboard.replace_process(settings.db, args.host, args.port, args.refresh, settings.config_file)
 

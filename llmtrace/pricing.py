@@ -236,7 +236,7 @@ def set_price(
         cache_write_1h=cache_write,
     )
     with _lock:
-        _overrides[model] = price
+        _overrides[model.lower()] = price
         _cache.clear()
 
 
@@ -280,15 +280,20 @@ def price_for(provider: str, model: str, api_url: str | None = None, context: Pr
         return _cache[key]
     except KeyError:
         pass
-    price = _overrides.get(model)
+    price = _override(model)
     if price is None:
         price = _resolve(provider, model, api_url, context)
         if price is not None and _overrides:
             # An override of a model holds for every name the price list knows it by: a pinned snapshot
             # (gpt-4o-2024-08-06) is priced as gpt-4o, whose override then applies to it too.
-            price = _overrides.get(price.model, price)
+            price = _override(price.model) or price
     _cache[key] = price
     return price
+
+
+def _override(model: str | None) -> Price | None:
+    # Whatever the case, as the price list matches names: an override of "my-model" prices calls to "My-Model".
+    return _overrides.get(model.lower()) if model else None
 
 
 def providers_pricing(model: str) -> list[str]:
@@ -313,7 +318,7 @@ def price_for_call(
     price list's for the model that answered, then for the one requested (some responses name an
     internal snapshot, ``davinci:2023-07-21-v2``, that no price list has)."""
     if _overrides:
-        price = _overrides.get(response_model) or _overrides.get(request_model)
+        price = _override(response_model) or _override(request_model)
         if price is not None:
             return price
     # price_for's cache, read here: one call fewer on every call.

@@ -85,14 +85,18 @@ def test_duplicate_calls_are_found_by_a_hash_that_never_holds_the_text(tmp_path:
             for i in range(5):
                 client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{i}"}])
             client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "q0"}])  # another model
+        for _ in range(3):  # untagged
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "again"}])
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    alerts = anomalies.duplicate_calls(_settings(), db, now)
-    assert [a.subject for a in alerts] == ["tenant=acme feature=checkout"]
-    assert alerts[0].details["most_repeats"] == 2
+    alerts = {a.subject: a for a in anomalies.duplicate_calls(_settings(), db, now)}
+    assert set(alerts) == {"tenant=acme feature=checkout", "tenant=None feature=None"}
+    assert alerts["tenant=acme feature=checkout"].details["most_repeats"] == 2
+    assert alerts["tenant=acme feature=checkout"].message.startswith("Duplicate calls: tenant acme, feature checkout sent 1 ")
+    assert alerts["tenant=None feature=None"].message.startswith("Duplicate calls: calls with no tenant or feature sent 1 ")
     with query.open_store(db) as con:
         hashes = con.execute("SELECT DISTINCT request_hash FROM spans").fetchall()
         stored = con.execute("SELECT * FROM spans").fetchall()
-    assert len(hashes) == 7 and all(len(h[0]) == 16 for h in hashes)  # 8 calls, one sent twice
+    assert len(hashes) == 8 and all(len(h[0]) == 16 for h in hashes)  # 11 calls: one sent twice, one three times
     assert secret not in repr(stored) and "12345" not in repr(stored)
     assert (Path(db + ".key").stat().st_mode & 0o777) == 0o600
 

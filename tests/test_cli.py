@@ -109,11 +109,24 @@ def test_prices_shows_audio_rates_or_says_there_are_none(capsys: pytest.CaptureF
     listed = model.get_prices(datetime.now(timezone.utc))
     assert main(["prices", "gpt-audio"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"  input_audio  {float(listed.input_audio_mtok):g}" in lines
-    assert f"  output_audio {float(listed.output_audio_mtok):g}" in lines
+    assert ["input_audio", f"{float(listed.input_audio_mtok):g}"] in [line.split() for line in lines]
+    assert ["output_audio", f"{float(listed.output_audio_mtok):g}"] in [line.split() for line in lines]
     assert main(["prices", "gpt-4o-audio-preview"]) == 0  # priced, but its audio tokens are not
     out = capsys.readouterr().out
-    assert "input_audio" not in out and "a call with audio tokens carries no cost" in out
+    assert "input_audio" not in out and "a call with audio tokens is unpriced (cost unknown)" in out
+
+
+def test_prices_shows_anthropics_one_hour_cache_write_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    from genai_prices import data_snapshot
+
+    _, model = data_snapshot.get_snapshot().find_provider_model("claude-sonnet-4-5", None, "anthropic", None)
+    listed = model.get_prices(datetime.now(timezone.utc))
+    assert main(["prices", "claude-sonnet-4-5", "--provider", "anthropic"]) == 0
+    rows = {line.split()[0]: line.split()[1].rstrip(",") for line in capsys.readouterr().out.splitlines()[1:]}
+    one_hour = listed.cache_write_1h_mtok
+    assert rows["cache_write_1h"] == f"{float(getattr(one_hour, 'base', one_hour)):g}" != rows["cache_write"]
+    assert main(["prices", "gpt-4o"]) == 0  # one cache write rate: no line of its own
+    assert "cache_write_1h" not in capsys.readouterr().out
 
 
 def test_prices_says_which_context_and_provider_apply(capsys: pytest.CaptureFixture[str]) -> None:
@@ -196,16 +209,24 @@ def test_help_prints_every_command(command: list[str], capsys: pytest.CaptureFix
         assert "% used" in out and all(name in out for name in ("report", "compact", "prices", "budgets", "dashboard", "demo"))
 
 
-def test_demo_refuses_a_busy_port_and_bad_sizes_before_its_traffic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_refuses_a_busy_port_and_bad_sizes_before_its_traffic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import socket
 
+    def never(*args: object) -> None:
+        raise AssertionError("the dashboard server was started")
+
+    monkeypatch.setattr(dashboard.os, "execve", never)
     db = str(tmp_path / "demo.duckdb")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         assert main(["demo", "--calls", "5", "--db", db, "--port", str(port)]) == 2
-    err = capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert main(["dashboard", "--db", db, "--port", str(port)]) == 2  # said as plainly, not by Streamlit
+        assert f"cannot serve the dashboard on 127.0.0.1:{port}" in capsys.readouterr().err
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in err and "choose another with --port" in err
     assert "calls through the real" not in err and not Path(db).exists()
     for option, value in (("--calls", "-5"), ("--concurrency", "0"), ("--calls", "many")):

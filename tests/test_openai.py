@@ -56,6 +56,16 @@ def test_an_override_is_one_price_whatever_tier_served_the_call(captured: Any) -
     assert a["llmtrace.cost.usd"] == pytest.approx((120 * 1.0 + 40 * 2.0) / 1e6)
 
 
+def test_an_override_holds_whatever_the_case_of_the_models_name(captured: Any) -> None:
+    """As the price list matches names: an override of "my-local-model" prices a call to "My-Local-Model"."""
+    from llmtrace import pricing
+
+    pricing.set_price("my-local-model", input_mtok=1.0, output_mtok=2.0)
+    openai_client(_api()).chat.completions.create(model="My-Local-Model", messages=MESSAGES)
+    a = _only(captured).attributes
+    assert a["llmtrace.cost.source"] == "override" and a["llmtrace.cost.usd"] == pytest.approx((120 * 1.0 + 40 * 2.0) / 1e6)
+
+
 def _audio_call(model: str, audio_in: int = 400, audio_out: int = 250) -> None:
     """A chat completion answered with audio: 500 input and 300 output tokens, these many of them audio."""
     usage = {

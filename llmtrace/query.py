@@ -76,6 +76,12 @@ class Filters:
     feature: str | None = None
     user: str | None = None
 
+    def __post_init__(self) -> None:
+        # Checked here: DuckDB would refuse a list or a number later, in words that blame the store.
+        for name, value in vars(self).items():
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"Filters.{name} must be one value, a string (or None for all), got {value!r}")
+
 
 @dataclass(frozen=True)
 class TimeRange:
@@ -88,8 +94,12 @@ class TimeRange:
     def __post_init__(self) -> None:
         for name in ("since", "until"):
             value = getattr(self, name)
+            if not isinstance(value, datetime):
+                raise TypeError(f"TimeRange.{name} must be a datetime, got {value!r}")
             if value.tzinfo is not None:  # bound as it is, DuckDB would compare it in the session's local time
                 object.__setattr__(self, name, value.astimezone(timezone.utc).replace(tzinfo=None))
+        if self.since > self.until:
+            raise ValueError(f"TimeRange: since ({self.since}) is after until ({self.until})")
 
     @classmethod
     def last(cls, span: timedelta) -> TimeRange:

@@ -1083,3 +1083,12 @@ def test_every_kind_of_span_becomes_the_row_its_public_fields_say(tmp_path: Path
         row["attributes"] = json.loads(row["attributes"])
     assert table == [_expected_row(span) for span in spans]
     assert schema.spans_to_table(spans[:2]).to_pylist()[0]["service_name"] == "checkout"  # one resource: the short cut
+
+
+def test_a_wrong_query_argument_is_named_not_blamed_on_the_store() -> None:
+    with pytest.raises(TypeError, match=r"Filters.tenant must be one value, a string \(or None for all\), got \['acme'"):
+        query.Filters(tenant=["acme", "globex"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="since .* is after until"):
+        query.TimeRange(datetime(2026, 1, 2), datetime(2026, 1, 1))
+    with pytest.raises(TypeError, match="TimeRange.since must be a datetime, got '2026-01-01'"):
+        query.TimeRange("2026-01-01", datetime(2026, 1, 2))  # type: ignore[arg-type]

@@ -19,17 +19,23 @@ from .store import resolve
 from .store.merge import merge
 from .store.schema import StoreFromTheFuture
 
-_REPORT_COLUMNS = (
-    ("key", "{}"),
-    ("calls", "{:,}"),
-    ("errors", "{:,}"),
-    ("blocked_calls", "{:,}"),  # refused by a block budget: never sent
-    ("input_tokens", "{:,}"),
-    ("output_tokens", "{:,}"),
-    ("cost_usd", "${:,.6f}"),
-    ("unpriced_calls", "{:,}"),  # not in cost_usd: a total with these beside it is a floor
-    ("p50_ms", "{:,.0f}"),
-    ("p99_ms", "{:,.0f}"),
+def _cost(usd: float) -> str:
+    # Six decimals, and below half a millionth (a small embedding call) two significant digits: never a known cost
+    # shown as $0.000000.
+    return f"${usd:,.6f}" if usd == 0 or abs(usd) >= 5e-7 else budgets.usd(usd)
+
+
+_REPORT_COLUMNS: tuple[tuple[str, Callable[[Any], str]], ...] = (
+    ("key", "{}".format),
+    ("calls", "{:,}".format),
+    ("errors", "{:,}".format),
+    ("blocked_calls", "{:,}".format),  # refused by a block budget: never sent
+    ("input_tokens", "{:,}".format),
+    ("output_tokens", "{:,}".format),
+    ("cost_usd", _cost),
+    ("unpriced_calls", "{:,}".format),  # not in cost_usd: a total with these beside it is a floor
+    ("p50_ms", "{:,.0f}".format),
+    ("p99_ms", "{:,.0f}".format),
 )
 
 
@@ -42,7 +48,7 @@ def _print_table(headers: list[str], cells: list[list[str]]) -> None:
 
 def _report_table(rows: list[dict[str, Any]], by: str) -> None:
     headers = [by if name == "key" else name for name, _ in _REPORT_COLUMNS]
-    _print_table(headers, [[("-" if row[name] is None else fmt.format(row[name])) for name, fmt in _REPORT_COLUMNS]
+    _print_table(headers, [[("-" if row[name] is None else show(row[name])) for name, show in _REPORT_COLUMNS]
                            for row in rows])
 
 

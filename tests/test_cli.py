@@ -30,6 +30,17 @@ def db(tmp_path: Path) -> str:
     return path
 
 
+def test_report_shows_a_tiny_known_cost_as_one_not_as_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "tiny.duckdb")
+    provider, writer = provider_with_store(path, flush_interval=60)
+    emit(provider, 1, tenant="embeddings", cost=3.7e-7)  # a short embedding call
+    emit(provider, 1, tenant="chat", cost=0.0123456789)
+    writer.force_flush()
+    assert main(["report", "--db", path]) == 0
+    costs = {line.split()[0]: line.split()[6] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert costs == {"chat": "$0.012346", "embeddings": "$0.00000037"}
+
+
 def test_report_table_json_csv(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "--db", db]) == 0
     table = capsys.readouterr().out.splitlines()

@@ -22,7 +22,7 @@ from ._fork import background_work
 from .budgets import BudgetExceeded
 from .store.files import StorePaths, resolve, utc_now
 from .store.merge import DATA_ERRORS, is_lock_error, merge, merged_ids
-from .store.schema import COLUMN_NAMES, COLUMNS
+from .store.schema import COLUMN_NAMES, COLUMNS, segment_rows
 
 logger = logging.getLogger("llmtrace")
 
@@ -193,7 +193,7 @@ def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths, lock_wait_s:
         merged = merged_ids(con, "store._segments", [p.stem for p in pending_paths])
     pending = [str(p) for p in pending_paths if p.stem not in merged]
     if pending:
-        parts.append(f"SELECT * FROM read_parquet({_list_literal(pending)}, union_by_name = true)")
+        parts.append(segment_rows(_list_literal(pending)))
     union = " UNION ALL BY NAME ".join(parts)
     con.execute(f"CREATE TEMP VIEW spans AS SELECT {', '.join(COLUMN_NAMES)} FROM ({union})")
 

@@ -536,12 +536,18 @@ def test_flags_a_span_carries_only_when_true_read_false_old_rows_too(
         con = duckdb.connect(db)
         con.execute(f"UPDATE spans SET {column} = NULL")  # as rows were stored before the migration
         con.close()
+        con = duckdb.connect(db, read_only=True)
+        older = con.sql("SELECT * FROM spans LIMIT 1").to_arrow_table()
+        con.close()
+    files.write_segment(resolve(db), older)  # written by the older llmtrace, still pending at the upgrade
+    with query.open_store(db, merge_first=False) as view:  # read while pending (the database's rows: until its migration)
+        assert sorted(view.execute(f"SELECT {column}, count(*) FROM spans GROUP BY 1").fetchall(), key=str) == [(False, 1), (None, 2)]
     tracer = provider.get_tracer("llmtrace")
     tracer.start_span("chat", attributes={A.OPERATION_NAME: "chat", attribute: True}).end()
     emit(provider, 1)
     writer.force_flush()
     con = duckdb.connect(db, read_only=True)
-    assert con.execute(f"SELECT {column}, count(*) FROM spans GROUP BY 1 ORDER BY 1").fetchall() == [(False, 3), (True, 1)]
+    assert con.execute(f"SELECT {column}, count(*) FROM spans GROUP BY 1 ORDER BY 1").fetchall() == [(False, 4), (True, 1)]
     con.close()
 
 

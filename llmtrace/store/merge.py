@@ -18,7 +18,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from .files import StorePaths, quarantine, utc_now
-from .schema import migrate
+from .schema import migrate, segment_rows
 
 logger = logging.getLogger("llmtrace")
 
@@ -32,8 +32,7 @@ _MEMORY_LIMIT = "128MB"
 # What DuckDB raises for values it cannot take (a file llmtrace did not write, in the segments folder), as opposed to
 # the database or disk failing.
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.BinderException, duckdb.TypeMismatchException)
-# By name: a segment written by an older llmtrace lacks later columns, which become NULL.
-_INSERT_SEGMENTS = "INSERT INTO spans BY NAME SELECT * FROM read_parquet(?, union_by_name = true)"
+_INSERT_SEGMENTS = f"INSERT INTO spans BY NAME {segment_rows('?')}"
 
 
 @dataclass

@@ -94,6 +94,10 @@ _STATUS_NAMES = {code: code.name for code in StatusCode}  # a dict lookup: faste
 # Flags a span carries only when they are true: a call that did not ask to stream, or whose cost is known (or was
 # never billed), reads as false, so that `WHERE NOT stream` and `WHERE NOT unpriced` find it.
 _FALSE_WHEN_ABSENT = tuple(_ATTRIBUTE_KEYS.index(key) for key in (A.REQUEST_STREAM, A.COST_UNPRICED))
+# A segment an older llmtrace wrote (pending at the upgrade) has NULL there: read as false, as m004/m005 made old rows.
+_SEGMENT_FLAGS = ", ".join(
+    f"coalesce({column}, false) AS {column}" for column in (_ATTRIBUTE_COLUMNS[i][1] for i in _FALSE_WHEN_ABSENT)
+)
 # A ReadableSpan's fields, read in C (map + attrgetter) from the instance, not through its Python properties: those
 # cost ~0.5 µs a span on the one thread that holds the GIL. The store only ever gets ReadableSpans (the SDK's Span
 # is one), and the tests run against the oldest and newest SDKs this reads.
@@ -103,6 +107,12 @@ _SPAN_FIELDS = tuple(
 )
 _TRACE_ID, _SPAN_ID = operator.itemgetter(0), operator.itemgetter(1)  # a SpanContext is a tuple
 _STATUS_CODE = operator.attrgetter("_status_code")
+
+
+def segment_rows(files: str) -> str:
+    """The SQL that reads segments (``files``: a list literal, or ``?``) as rows of today's table, for merges and
+    readers alike: by name, a column an older segment lacks reads as NULL."""
+    return f"SELECT * REPLACE ({_SEGMENT_FLAGS}) FROM read_parquet({files}, union_by_name = true)"
 
 
 def spans_to_table(spans: list[ReadableSpan]) -> pa.Table:

@@ -157,6 +157,9 @@ def cmd_budgets(args: argparse.Namespace) -> int:
         fired = fired[:_ALERTS_LISTED]
         for row in fired:
             print(f"  {row['fired_at']:%Y-%m-%d %H:%M} UTC  {row['message']}")
+    else:
+        print(f"\nNo llmtrace store at {resolve(settings.db).db}: nothing recorded there, no alerts (check --db, "
+              "$LLMTRACE_DB or db in llmtrace.toml)")
     return 0
 
 

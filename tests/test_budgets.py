@@ -184,7 +184,8 @@ def test_instrument_refuses_a_bad_budget_and_applies_nothing(tmp_path: Path, mon
 
 def test_budgets_command_without_a_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["budgets", "--db", str(tmp_path / "none.duckdb")]) == 0
-    assert "No budgets in llmtrace.toml (not found)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "No budgets in llmtrace.toml (not found)" in out and f"No llmtrace store at {tmp_path / 'none.duckdb'}" in out
 
 
 def test_budgets_over_a_mistyped_store_path_is_an_error_not_all_green(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

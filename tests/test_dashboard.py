@@ -378,3 +378,19 @@ def test_a_tenant_beyond_the_filter_list_can_be_typed_in(tmp_path: Path, browser
         page.keyboard.type("tenant-0503")
         page.keyboard.press("Enter")
         page.wait_for_function(f"() => ({_METRIC_JS})('Calls') === '1'", timeout=30_000)
+
+
+def test_a_page_drawn_without_the_store_draws_itself_once_it_can(demo_db: str, tmp_path: Path, browser: Any) -> None:
+    """Opened before the app wrote anything, or while a writer held the store: the page has neither filters nor
+    numbers, and used to stay so until a reload. It looks again every refresh (1 s here)."""
+    db = str(tmp_path / "later.duckdb")
+    with _dashboard_server(db) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/?page=overview")
+        page.get_by_text("No llmtrace store at").wait_for(timeout=30_000)
+        shutil.copy(demo_db, db)  # the app's first spans arrive
+        assert _metric(page, "Calls") == f"{DEMO_CALLS:,}"
+        with database_held_by_another_process(db):
+            page.reload()
+            page.get_by_text("The store cannot be read right now").wait_for(timeout=30_000)
+        assert _metric(page, "Calls") == f"{DEMO_CALLS:,}"

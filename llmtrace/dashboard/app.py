@@ -87,11 +87,13 @@ def main() -> None:
         st.title(page)
         st.info(f"No llmtrace store at `{db}` yet. Call `llmtrace.instrument()` in your app (spans arrive within "
                 "seconds), or run `llmtrace demo` to see the dashboard with simulated traffic.")
+        _draw_again_once_readable(db, time_range, refresh)
         return
     try:
         filters = _filters(time_range, db)
     except query.StoreError as exc:
         _store_unreadable(page, exc)
+        _draw_again_once_readable(db, time_range, refresh)
         return
 
     @st.fragment(run_every=refresh or None)
@@ -108,6 +110,27 @@ def main() -> None:
             _store_unreadable(None, exc)
 
     body()
+
+
+def _draw_again_once_readable(db: str, time_range: query.TimeRange, refresh: float) -> None:
+    """A page drawn without the store (none yet, or a writer holds it) has no sidebar filters and no refreshing body:
+    every refresh, ask the store what the sidebar asks, and draw the whole page again once it answers."""
+    if not refresh:
+        return
+    drawn = datetime.now()
+
+    @st.fragment(run_every=refresh)
+    def look() -> None:
+        if (datetime.now() - drawn).total_seconds() < refresh / 2:
+            return  # the run that comes with the page itself, which just failed to read the store
+        if query.store_exists(db):
+            try:
+                query.dimension_values(time_range, db=db)
+            except query.StoreError:
+                return
+            st.rerun()
+
+    look()
 
 
 def _store_unreadable(page: str | None, exc: Exception) -> None:

@@ -266,15 +266,20 @@ def test_disk_full_keeps_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert _count(db)["spans"] == 5
 
 
+@pytest.mark.parametrize("raised_by", ["the OS", "Arrow"])
 def test_a_read_only_folder_is_one_log_line_and_spans_lost_at_exit_are_counted(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, raised_by: str
 ) -> None:
     db = _db(tmp_path)
     provider, writer = provider_with_store(db, flush_interval=60)
     attempts = iter(range(1_000))
 
-    def read_only(paths: Any, table: Any) -> Any:  # each attempt names its own temporary file, as the OS does
-        raise OSError(errno.EROFS, "Read-only file system", str(paths.segments / f"{next(attempts)}.parquet.tmp"))
+    def read_only(paths: Any, table: Any) -> Any:  # each attempt names its own temporary file
+        temporary = str(paths.segments / f"{next(attempts)}.parquet.tmp")
+        if raised_by == "the OS":
+            raise OSError(errno.EROFS, "Read-only file system", temporary)
+        # pyarrow's Parquet writer puts the file's name in the error's text itself
+        raise OSError(errno.EROFS, f"Failed to open local file '{temporary}'. Detail: [errno 30] Read-only file system")
 
     monkeypatch.setattr(writer_module, "write_segment", read_only)
     emit(provider, 3)

@@ -211,10 +211,11 @@ class StoreWriter(SpanProcessor):
             if self._unmerged_segments >= _BACKLOG_SEGMENTS:
                 self._merge_in_background()
         if write_error is not None:
-            # After the running merge's outcome: a merge that worked must not clear this fault. The OS error's text
-            # without its file name: each attempt writes a new temporary file, and one fault must stay one log line.
+            # After the running merge's outcome: a merge that worked must not clear this fault. The error said by its
+            # number, without a file name (pyarrow's put it in their text): each attempt writes a new temporary file,
+            # and one fault must stay one log line.
             self._take_merge(wait=True)
-            reason = write_error.strerror or str(write_error)
+            reason = os.strerror(write_error.errno) if write_error.errno else write_error.strerror or str(write_error)
             self._fault.report(f"cannot write segments in {self.paths.segments}: {reason}")
             return
         if merge_now:

@@ -272,6 +272,10 @@ class Status:
             return "warning"
         return "unknown" if self.unpriced_calls and not self.spent_usd else "ok"  # never "ok" at a silent $0
 
+    def known(self, figure: float | None) -> float | None:
+        """A figure of this row's spend (spent, used, projected), or None while the spend is unknown: never $0 or 0 %."""
+        return None if self.state == "unknown" else figure
+
 
 def status(budgets: tuple[Budget, ...] | list[Budget], *, db: query.Store = None, now: datetime | None = None) -> list[Status]:
     """Each budget's spend this period from the store (one row per key for "*" budgets)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -162,8 +163,9 @@ def test_the_budgets_table_orders_keys_by_spend_says_rolling_and_names_unpriced_
     out = capsys.readouterr().out
     table = [line.split() for line in out.splitlines() if line.startswith("tenant=*")]
     assert all(cells[-1] == "rolling" for cells in table)
-    assert [cells[1:5] for cells in table if cells[1] == "umbrella"] == [["umbrella", "24h", "$0.00", "2"]]
-    assert [cells[-2] for cells in table if cells[1] == "umbrella"] == ["unknown"]
+    # Its spend unknown: not "$0.00" nor "0.0%".
+    assert [cells[1:] for cells in table if cells[1] == "umbrella"] == [["umbrella", "24h", "-", "2", "$10.00", "-", "-",
+                                                                         "unknown", "rolling"]]  # fmt: skip
     assert "count for nothing in these budgets" in out
     # Only the calls under the budgets listed: acme's budget has none without a price.
     config.write_text('[[budgets]]\nscope = "tenant"\nkey = "acme"\nperiod = "24h"\nlimit_usd = 10.0\n')
@@ -226,6 +228,9 @@ def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: py
     assert list(table["budget"]) == ["tenant=acme", "tenant=*", "tenant=*"]
     assert list(table["key"]) == ["acme", "acme", "umbrella"] and list(table["unpriced"]) == [0, 0, 1]
     assert list(table["state"]) == ["ok", "exceeded", "unknown"] and table["spent"][0] == pytest.approx(1.0)
+    assert table[["spent", "used", "projected"]].iloc[2].isna().all()  # unknown, drawn as "—", not $0 and 0 %
+    columns = json.loads(page.dataframe[0].proto.columns)  # what the browser is told: money to four decimals
+    assert all(columns[name]["type_config"]["format"] == "$%.4f" for name in ("spent", "limit", "projected"))
     assert "tenant=* (acme)" in page.warning[0].value and "umbrella" not in page.warning[0].value
     assert any("count for nothing in these budgets" in info.value for info in page.info)
 

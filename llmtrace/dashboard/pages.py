@@ -77,6 +77,11 @@ def _table(data: pd.DataFrame, column_config: dict[str, Any]) -> None:
     st.dataframe(data, hide_index=True, width="stretch", column_config=column_config, placeholder="—")
 
 
+def _usd(label: str) -> Any:
+    # Four decimals, as the Calls table: a per-user budget of $0.002 must not read "$0.00 spent of $0.00".
+    return st.column_config.NumberColumn(label, format="$%.4f")
+
+
 def _ms(label: str) -> Any:
     return st.column_config.NumberColumn(label, format="%.0f ms")
 
@@ -219,7 +224,7 @@ def spend(view: View) -> None:
             "cache_read_tokens": _count("Cached input"),
             "output_tokens": _count("Output tokens"),
             "reasoning_tokens": _count("Reasoning"),
-            "cost_usd": st.column_config.NumberColumn("Spend", format="dollar"),
+            "cost_usd": _usd("Spend"),
             "p50_ms": _ms("P50"),
             "p99_ms": _ms("P99"),
         },
@@ -332,8 +337,9 @@ def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) 
     if note:
         st.info(note)
     table = pd.DataFrame([
-        {"budget": s.budget.target, "key": s.key or "", "period": s.budget.period, "spent": s.spent_usd,
-         "unpriced": s.unpriced_calls, "limit": s.budget.limit_usd, "used": s.used, "projected": s.projected_usd, "state": s.state,
+        {"budget": s.budget.target, "key": s.key or "", "period": s.budget.period, "spent": s.known(s.spent_usd),
+         "unpriced": s.unpriced_calls, "limit": s.budget.limit_usd, "used": s.known(s.used),
+         "projected": s.known(s.projected_usd), "state": s.state,
          "action": s.budget.action, "ends": s.period_end}
         for s in rows
     ])
@@ -346,12 +352,12 @@ def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) 
         table,
         column_config={
             "budget": "Budget", "key": "Key", "period": "Period", "state": "State", "action": "Action",
-            "spent": st.column_config.NumberColumn("Spent", format="dollar"),
+            "spent": _usd("Spent"),
             "unpriced": _count("Calls without a price"),
-            "limit": st.column_config.NumberColumn("Limit", format="dollar"),
+            "limit": _usd("Limit"),
             # The bar stops at 100 %; the figure beside it says how far past the limit (as `llmtrace budgets` does).
             "used": st.column_config.ProgressColumn("Used", format="percent", min_value=0.0, max_value=1.0),
-            "projected": st.column_config.NumberColumn("Projected by period end", format="dollar"),
+            "projected": _usd("Projected by period end"),
             "ends": st.column_config.DatetimeColumn("Period ends (UTC)", format="YYYY-MM-DD HH:mm"),
         },
     )

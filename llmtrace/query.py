@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -160,6 +161,9 @@ def open_store(db: Store = None, *, merge_first: bool = True, in_app: bool = Fal
             con.close()
 
 
+_LOCK_HOLDER = re.compile(r"lock is held in (.+? \(PID \d+\))")
+
+
 def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths, wait_s: float) -> bool:
     if not paths.db.exists():
         return False
@@ -173,8 +177,11 @@ def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths, wait_s: float) ->
                 time.sleep(0.05)  # a writer is merging: that takes milliseconds
                 continue
             if is_lock_error(exc):
+                # DuckDB names the holder ("Conflicting lock is held in /usr/bin/python3.11 (PID 5683)"): pass it on.
+                holder = _LOCK_HOLDER.search(str(exc))
+                who = f"another process ({holder.group(1)})" if holder else "another process"
                 raise StoreError(
-                    f"{paths.db} is held by another process for writing (or, read from inside an app, by that app's own "
+                    f"{paths.db} is held by {who} for writing (or, read from inside an app, by that app's own "
                     "store merging, slowed down by a busy app thread); try again"
                 ) from None
             raise StoreError(f"{paths.db} cannot be read: {exc}") from None

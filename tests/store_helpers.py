@@ -94,13 +94,13 @@ def fill_mixed_store(db: str) -> None:
 
 
 @contextmanager
-def database_held_by_another_process(db: str) -> Iterator[None]:
-    """Another process holds the DuckDB file open (its write lock) until the block ends."""
+def database_held_by_another_process(db: str) -> Iterator[int]:
+    """Another process (its PID given) holds the DuckDB file open (its write lock) until the block ends."""
     holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({db!r}); print('held', flush=True); sys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        yield
+        yield holder.pid
     finally:
         assert holder.stdin is not None
         holder.stdin.close()

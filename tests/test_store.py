@@ -96,12 +96,12 @@ def test_readers_see_pending_segments_while_another_process_holds_the_database(t
     provider, writer = provider_with_store(db, flush_interval=60)
     emit(provider, 3)
     writer.force_flush()
-    with database_held_by_another_process(db):
+    with database_held_by_another_process(db) as holder:
         emit(provider, 4)
         assert writer.force_flush()  # cannot merge: the rows wait in a segment
         paths = resolve(db)
         assert len(paths.pending()) == 1
-        with pytest.raises(query.StoreError, match="held by another process"):
+        with pytest.raises(query.StoreError, match=rf"held by another process \(.*python.* \(PID {holder}\)\) for writing"):
             query._ATTACH_WAIT_S, saved = 0.2, query._ATTACH_WAIT_S
             try:
                 _count(db)

@@ -222,6 +222,9 @@ def test_spend_charts_draw_every_priced_dollar_and_refused_calls_are_said(mixed_
         at.sidebar.radio(key="page").set_value(page).run()
         assert not at.exception, page
         assert any("2 call(s) in" in i.value and "refused by a block budget" in i.value for i in at.info), page
+    for page in ("Overview", "Spend"):  # nothing was billed: $0, as "Spend today" says; "unknown" is for no known price
+        at.sidebar.radio(key="page").set_value(page).run()
+        assert [m.value for m in at.metric if m.label == "Spend"] == ["$0.0000"], page
 
 def test_missing_store_says_how_to_fill_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(str(tmp_path / "nothing-here.duckdb"), monkeypatch)

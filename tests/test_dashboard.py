@@ -144,6 +144,11 @@ def test_rates_tables_and_spend_say_what_they_leave_out(mixed_db: str, monkeypat
     assert {m.label: m.value for m in at.metric}["Spend"] == "unknown"  # no known price: not $0
     at.sidebar.radio(key="page").set_value("Overview").run()
     overview = {m.label: m.value for m in at.metric}
+    # Top tenants and features by spend: no bar of length 0 that would read $0, a word instead.
+    assert not at.get("vega_lite_chart")
+    captions = [c.value for c in at.caption]
+    assert "Not drawn, their calls having no known price: self-hosted." in captions
+    assert "Not drawn, their calls having no known price: search." in captions
     if (datetime.now(timezone.utc) - timedelta(minutes=10)).day == datetime.now(timezone.utc).day:  # the calls are today's
         assert overview["Spend today (UTC)"] == overview["Month to date"] == overview["Projected month end"] == "unknown"
     at.sidebar.radio(key="page").set_value("Calls").run()

@@ -132,9 +132,15 @@ def overview(view: View) -> None:
     for column, by, title in ((left, "tenant", "Tenant"), (right, "feature", "Feature")):
         rows = query.spend_by(by, view.time_range, view.filters, db=view.db, limit=10)
         column.markdown(f"**Top {title.lower()}s by spend**")
-        axis = C.money_axis(max((row["cost_usd"] or 0.0 for row in rows), default=None))
-        column.altair_chart(C.ranked_bars(C.frame(rows), "cost_usd", "Spend (USD)", title, axis, C.MONEY_TOOLTIP),
-                            width="stretch")
+        # A key whose calls all lack a price has no spend to draw: a bar of length 0 would read as $0.
+        priced = [row for row in rows if row["cost_usd"] is not None]
+        unknown = [C.UNTAGGED if row["key"] is None else row["key"] for row in rows if row["cost_usd"] is None]
+        if priced:
+            axis = C.money_axis(max(row["cost_usd"] for row in priced))
+            column.altair_chart(C.ranked_bars(C.frame(priced), "cost_usd", "Spend (USD)", title, axis, C.MONEY_TOOLTIP),
+                                width="stretch")
+        if unknown:
+            column.caption(f"Not drawn, their calls having no known price: {', '.join(unknown)}.")
 
 
 # --- Latency -------------------------------------------------------------------------------------

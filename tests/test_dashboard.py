@@ -230,6 +230,11 @@ def test_spend_charts_draw_every_priced_dollar_and_refused_calls_are_said(mixed_
     for page in ("Overview", "Spend"):  # nothing was billed: $0, as "Spend today" says; "unknown" is for no known price
         at.sidebar.radio(key="page").set_value(page).run()
         assert [m.value for m in at.metric if m.label == "Spend"] == ["$0.0000"], page
+    # No chart of nothing (a lone $0.00 tick, a "NaN" axis): words.
+    assert not at.get("vega_lite_chart")
+    captions = [c.value for c in at.caption]
+    assert captions.count("No call in the last 24 hours has a known price.") == 3
+    assert "No tokens recorded in the last 24 hours." in captions
 
 def test_missing_store_says_how_to_fill_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = _app(str(tmp_path / "nothing-here.duckdb"), monkeypatch)

@@ -211,13 +211,18 @@ def spend(view: View) -> None:
         rows = [row for row in query.spend_over_time(by, view.time_range, view.bucket, view.filters, db=view.db)
                 if row["cost_usd"] is not None]
         st.markdown(f"**Spend per {title.lower()} over time**")
+        if not rows:  # an empty chart with a lone $0.00 tick would read as no spend
+            st.caption(f"No call in {view.label} has a known price.")
+            continue
         bars = C.frame(rows, top=_TOP_KEYS)
-        axis = C.money_axis(bars.groupby("bucket")["cost_usd"].sum().max() if rows else None)  # the tallest stack
+        axis = C.money_axis(bars.groupby("bucket")["cost_usd"].sum().max())  # the tallest stack
         _chart(C.stacked_bars_over_time(bars, view.bucket, "cost_usd", "Spend (USD)", title, axis, C.MONEY_TOOLTIP))
     st.markdown("**Tokens by kind over time** — cached input is billed at a discount, cache writes at a premium")
-    _chart(C.token_buckets_over_time(
-        query.token_usage(view.time_range, view.filters, bucket=view.bucket, db=view.db), view.bucket
-    ))
+    usage = query.token_usage(view.time_range, view.filters, bucket=view.bucket, db=view.db)
+    if any(row[kind] for row in usage for kind in C.TOKEN_BUCKETS):
+        _chart(C.token_buckets_over_time(usage, view.bucket))
+    else:  # every call failed or was refused: an axis of nothing reads "NaN"
+        st.caption(f"No tokens recorded in {view.label}.")
     st.markdown("**Spend per tenant**")
     rows = query.spend_by("tenant", view.time_range, view.filters, db=view.db, limit=_TENANT_ROWS)
     if len(rows) == _TENANT_ROWS:

@@ -74,6 +74,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     since = query.TimeRange.last(query.parse_duration(args.since))
     db = _existing_store(_settings(args).db)
     rows = query.spend_by(args.by, since, db=db)
+    set_aside = query.quarantine_note(db)
+    if set_aside:
+        print(f"llmtrace: {set_aside}", file=sys.stderr)  # on stderr: JSON and CSV stay whole on stdout
     if args.format == "json":
         print(json.dumps(rows, indent=2, default=str))
     elif args.format == "csv":

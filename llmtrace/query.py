@@ -546,6 +546,17 @@ def store_exists(db: str | os.PathLike[str] | None = None) -> bool:
     return paths.db.exists() or bool(paths.pending())
 
 
+def quarantine_note(db: str | os.PathLike[str] | None = None) -> str | None:
+    """What readers must be told while unreadable segments sit in quarantine (a merge set them aside, logging it once):
+    their spans are in no figure."""
+    folder = resolve(db).quarantine
+    count = sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
+    if not count:
+        return None
+    return (f"{count:,} segment file(s) in {folder} could not be read and were set aside: their calls are not "
+            "counted here (inspect them, then delete them)")
+
+
 def span_count(*, db: str | os.PathLike[str] | None = None) -> dict[str, int]:
     """How many spans the store holds, distinct span ids, and segments still pending."""
     with open_store(db, merge_first=False) as con:

@@ -200,7 +200,8 @@ def _foreign(segment: Path) -> None:
     "spoil, logged", [(_truncated, "truncated by a crash"), (_damaged, "damaged data"), (_foreign, "damaged data")]
 )
 def test_an_unreadable_segment_is_quarantined_and_the_rest_merged(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Callable[[Path], None], logged: str
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Callable[[Path], None], logged: str,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = _db(tmp_path)
     provider, writer = provider_with_store(db, flush_interval=60)
@@ -216,6 +217,19 @@ def test_an_unreadable_segment_is_quarantined_and_the_rest_merged(
     assert (paths.quarantine / bad.name).exists() and not good.exists()
     assert logged in caplog.text
     assert query.summary(query.TimeRange.last(timedelta(days=1)), db=db)["calls"] == 10
+    # Logged once, by the merge; every reader after it is told its figures leave those calls out.
+    from streamlit.testing.v1 import AppTest
+
+    from llmtrace import dashboard
+    from llmtrace.cli import main
+
+    assert main(["report", "--db", db, "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert f"1 segment file(s) in {paths.quarantine} could not be read and were set aside" in err and json.loads(out)
+    monkeypatch.setenv("LLMTRACE_DB", db)
+    page = AppTest.from_file(str(dashboard.APP), default_timeout=60)
+    page.run()
+    assert any("could not be read and were set aside" in w.value for w in page.sidebar.warning)
 
 
 

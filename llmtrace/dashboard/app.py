@@ -89,6 +89,9 @@ def main() -> None:
                 "seconds), or run `llmtrace demo` to see the dashboard with simulated traffic.")
         _draw_again_once_readable(db, time_range, refresh)
         return
+    set_aside = query.quarantine_note(db)
+    if set_aside:
+        st.sidebar.warning(set_aside)
     try:
         filters = _filters(time_range, db)
     except query.StoreError as exc:

@@ -168,6 +168,7 @@ def cmd_budgets(args: argparse.Namespace) -> int:
 
 def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
     rows = budgets.status(declared, db=db)
+
     def money(amount: float | None) -> str:
         return "-" if amount is None else budgets.usd(amount)
 

@@ -84,7 +84,7 @@ def _spend(summary: dict[str, Any]) -> float | None:
 
 
 def _usd(label: str) -> Any:
-    # Four decimals, as the Calls table: a per-user budget of $0.002 must not read "$0.00 spent of $0.00".
+    # Four decimals: a call's cost, and a per-user budget of $0.002, must not read "$0.00".
     return st.column_config.NumberColumn(label, format="$%.4f")
 
 
@@ -318,7 +318,7 @@ def calls(view: View) -> None:
                 "model": "Model", "tenant": "Tenant", "feature": "Feature", "user_id": "User",
                 "input_tokens": _count("Input tokens"),
                 "output_tokens": _count("Output tokens"),
-                "cost_usd": st.column_config.NumberColumn("Cost", format="$%.4f"),
+                "cost_usd": _usd("Cost"),
                 "duration_ms": _ms("Latency"),
                 "ttft_ms": _ms("First token"),
                 "http_attempts": "HTTP attempts", "error_type": "Error",

@@ -96,6 +96,10 @@ STREAM_MANAGER = "stream_manager"  # returns a context manager that sends the re
 ASYNC_STREAM_MANAGER = "async_stream_manager"
 STREAM_OPENER = "stream_opener"  # a stream helper's constructor receiving the raw stream (arg 1)
 RETRY_HOOK = "retry_hook"  # called by the SDK before each retry, with the failed response
+# Reads back an answer given earlier (OpenAI's responses.retrieve and .cancel): not a call of its own, but it may
+# bring the usage of a generation that ran after its call returned (llmtrace.later).
+LOOKUP = "lookup"
+ASYNC_LOOKUP = "async_lookup"
 SDK_TRACER = "sdk_tracer"  # the SDK's own tracer (a function or a property): None while llmtrace traces
 
 

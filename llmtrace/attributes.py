@@ -35,6 +35,8 @@ RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
 RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
 OPENAI_RESPONSE_SERVICE_TIER = "openai.response.service_tier"
 OPENAI_RESPONSE_SYSTEM_FINGERPRINT = "openai.response.system_fingerprint"
+# On the span of a generation whose answer was read after its call returned (an OpenAI background response).
+BACKGROUND_GENERATION = "llmtrace.response.background"
 
 # --- usage (semconv totals; cache_read and reasoning are subsets of input and output) -------------
 USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, get_current_span
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, get_current_span
 
 from . import attributes as A
 from . import pricing
@@ -26,7 +26,7 @@ from .config import Settings
 from .content import to_json
 from .context import current_tags
 from .metrics import Instruments
-from .spans import CallSpan, CallSpans
+from .spans import CallSpan, CallSpans, make_current, restore
 from .usage import Usage
 
 
@@ -93,26 +93,45 @@ class Call:
         if rt.request_hasher is not None:
             self.request_bytes = _serialized(endpoint.input_content(kwargs))
             attrs[A.REQUEST_HASH] = _request_hash(rt.request_hasher, attrs.get(A.REQUEST_MODEL), self.request_bytes)
+        self.accepts_usage_option = info.accepts_usage_option
+        self._open(endpoint, rt, attrs, kwargs, info.base_url, time.time_ns())
+
+    def _open(self, endpoint: Endpoint, rt: Runtime, attrs: dict[str, Any], kwargs: dict[str, Any], base_url: str,
+              start_ns: int) -> None:  # fmt: skip
         self.hold: Any = None  # what a block budget reserved for this call (llmtrace.enforce.Hold)
         self.endpoint = endpoint
         self.runtime = rt
         self.attrs = attrs
         self.kwargs = kwargs
-        self.base_url = info.base_url
-        self.accepts_usage_option = info.accepts_usage_option
+        self.base_url = base_url
         self.retries = 0
         self.rate_limited = 0
         self.acc: Accumulator | None = None
         self.done = False  # finish() began
         self.ended = False  # the span ended
-        self.start_ns = time.time_ns()
-        self.span = rt.spans.start(self._name(), attrs, self.start_ns)
+        self.start_ns = start_ns
+        self.span = rt.spans.start(self._name(), attrs, start_ns)
         # The app's sampler dropped this span: remember its parent, to hand the call to the store anyway.
         self.unsampled_parent: Any = None
         self.unsampled = rt.ledger is not None and not self.span.is_recording()
         if self.unsampled:
             parent = get_current_span().get_span_context()
             self.unsampled_parent = parent if parent.is_valid else None
+
+    @classmethod
+    def later(cls, endpoint: Endpoint, rt: Runtime, attrs: dict[str, Any], base_url: str, parent: SpanContext,
+              start_ns: int) -> Call:  # fmt: skip
+        """The generation behind an answer read after its call returned (``llmtrace.later``): a span of its own, a
+        child of that call's, carrying its request attributes. Its prompt is not kept."""
+        call = cls.__new__(cls)
+        call.request_bytes = None
+        call.accepts_usage_option = False
+        token = make_current(NonRecordingSpan(parent))
+        try:
+            call._open(endpoint, rt, {**attrs, A.BACKGROUND_GENERATION: True}, {}, base_url, start_ns)
+        finally:
+            restore(token)
+        return call
 
     # --- request side --------------------------------------------------------------------------
 
@@ -223,11 +242,22 @@ class Call:
             hold, self.hold = self.hold, None
             self.runtime.guard.settle(hold, cost)
 
-    def finish(self, result: Result | None, error: BaseException | None) -> None:
+    def finish_later(self, result: Result, end_ns: int | None) -> None:
+        """End a ``later`` call with the answer read back, finished at ``end_ns`` (None: now). Never raises."""
+        if result.usage is None:
+            result.pending = True  # a finished answer without usage: its prompt is not kept to estimate from
+        try:
+            self.finish(result, None, max(end_ns, self.start_ns) if end_ns else None)
+        except Exception as exc:
+            report(exc)
+            self._force_end()
+
+    def finish(self, result: Result | None, error: BaseException | None, end_ns: int | None = None) -> None:
         if self.done:
             return
         self.done = True
-        end_ns = time.time_ns()
+        if end_ns is None:
+            end_ns = time.time_ns()
         attrs: dict[str, Any] = {A.HTTP_ATTEMPTS: 1 + self.retries}
         if error is not None and not isinstance(error, Exception):
             error = None  # the app stopped the call (a cancelled task, Ctrl-C, exit): not the call failing
@@ -257,6 +287,10 @@ class Call:
         if result is not None:
             usage = result.usage if result.usage is not None or result.pending else self._estimated_usage(result)
             cost = self._add_result(attrs, result, usage)
+            if result.pending and result.response_id and A.BACKGROUND_GENERATION not in self.attrs:
+                from . import later  # rare: imported when first needed
+
+                later.expect(self, result.response_id)
         else:
             attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
         if self.hold is not None:

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from . import call as core
-from . import budgets, config, export, pricing
+from . import budgets, config, export, later, pricing
 from ._fork import background_work
 from ._guard import internal_errors
 from ._version import __version__
@@ -198,6 +198,7 @@ def uninstrument() -> None:
             owner, attribute, original = _patches.pop()
             setattr(owner, attribute, original)
         _patched_sdks.clear()
+        later.forget()  # answers to calls made while instrumented are no longer watched for
         with internal_errors():
             _restore_sigterm()
 

@@ -11,11 +11,14 @@ import inspect
 from typing import Any, Callable
 
 from . import call as core
+from . import later
 from ._guard import internal_errors, report
 from .adapter import (
     ASYNC_CALL,
+    ASYNC_LOOKUP,
     ASYNC_STREAM_MANAGER,
     CALL,
+    LOOKUP,
     RETRY_HOOK,
     SDK_TRACER,
     STREAM_MANAGER,
@@ -251,6 +254,16 @@ def retry_hook_wrapper(
     return wrapped(*args, **kwargs)
 
 
+def lookup_wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return later.watched(wrapped(*args, **kwargs))
+
+
+async def async_lookup_wrapper(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    return later.watched(await wrapped(*args, **kwargs))
+
+
 def sdk_tracer_wrapper(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -274,4 +287,8 @@ def wrapper_for(target: Target) -> Wrapper:
         return retry_hook_wrapper
     if kind == SDK_TRACER:
         return sdk_tracer_wrapper
+    if kind == LOOKUP:
+        return lookup_wrapper
+    if kind == ASYNC_LOOKUP:
+        return async_lookup_wrapper
     raise ValueError(f"unknown target kind {kind!r}")

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 from .. import attributes as A
 from .. import content as C
 from .. import tokenizer
-from ..adapter import ASYNC_CALL, CALL, RETRY_HOOK, ClientInfo, Endpoint, Result, Target
+from ..adapter import ASYNC_CALL, ASYNC_LOOKUP, CALL, LOOKUP, RETRY_HOOK, ClientInfo, Endpoint, Result, Target
 from ..config import Settings
 from ..content import Message
 from ..pricing import PriceContext
@@ -517,6 +517,11 @@ TARGETS = (
     Target(_RESPONSES_MODULE, "AsyncResponses.create", RESPONSES, ASYNC_CALL),
     Target(_RESPONSES_MODULE, "Responses.parse", RESPONSES, CALL),
     Target(_RESPONSES_MODULE, "AsyncResponses.parse", RESPONSES, ASYNC_CALL),
+    # A background response's usage comes with a later read of it (llmtrace.later).
+    Target(_RESPONSES_MODULE, "Responses.retrieve", RESPONSES, LOOKUP),
+    Target(_RESPONSES_MODULE, "AsyncResponses.retrieve", RESPONSES, ASYNC_LOOKUP),
+    Target(_RESPONSES_MODULE, "Responses.cancel", RESPONSES, LOOKUP),
+    Target(_RESPONSES_MODULE, "AsyncResponses.cancel", RESPONSES, ASYNC_LOOKUP),
     Target(_BETA_RESPONSES_MODULE, "Responses.create", RESPONSES, CALL),
     Target(_BETA_RESPONSES_MODULE, "AsyncResponses.create", RESPONSES, ASYNC_CALL),
     Target("openai.resources.completions", "Completions.create", COMPLETIONS, CALL),

@@ -1,0 +1,171 @@
+"""Answers that come later: an OpenAI background response (``responses.create(background=True)``).
+
+The create call answers ``queued`` before the model has worked; the usage, which is what gets billed, comes with
+a later read of that response: ``responses.retrieve``, ``responses.cancel``, or a resumed stream
+(``responses.stream(response_id=...)``, ``responses.retrieve(..., stream=True)``).
+
+The create call's span ends at once, with no usage. When this process later reads that response finished, one more
+span records the generation: its tokens and cost, timed from the response's ``created_at`` to its
+``completed_at``, a child of the create call's span, with that call's request attributes and tags. Each response
+once: only a response this process created and has not yet seen finished counts, so polling it again, or reading
+an old response, adds nothing. A response created in one process and read in another is not recorded.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterator
+
+import wrapt
+from opentelemetry.trace import SpanContext
+
+from . import attributes as A
+from . import call as core
+from ._guard import internal_errors, report
+from .adapter import Endpoint
+
+logger = logging.getLogger("llmtrace")
+
+# Responses created and not yet read finished, oldest first. A bound for an app that never reads its answers back.
+MAX_WAITING = 10_000
+# The create call's request attributes that do not describe the generation again: the duplicate-call detector's
+# hash (the generation is not a second request) and the prompt's content (on the create call's span already).
+_NOT_REPEATED = frozenset({A.REQUEST_HASH, A.INPUT_MESSAGES, A.SYSTEM_INSTRUCTIONS, A.TOOL_DEFINITIONS})
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What the create call knew, kept until its answer is read."""
+
+    endpoint: Endpoint
+    attributes: dict[str, Any]
+    base_url: str
+    parent: SpanContext  # the create call's span
+    created_ns: int  # when the create call started: the generation's start if the response does not say
+
+
+_waiting: collections.OrderedDict[str, Waiting] = collections.OrderedDict()
+_lock = threading.Lock()
+_forgotten = 0
+
+
+def expect(call: core.Call, response_id: str) -> None:
+    """The call's answer comes later, under this response id."""
+    global _forgotten
+    attributes = {k: v for k, v in call.attrs.items() if k not in _NOT_REPEATED}
+    waiting = Waiting(call.endpoint, attributes, call.base_url, call.span.get_span_context(), call.start_ns)
+    with _lock:
+        _waiting[response_id] = waiting
+        if len(_waiting) <= MAX_WAITING:
+            return
+        _waiting.popitem(last=False)
+        _forgotten += 1
+        forgotten = _forgotten
+    if forgotten == 1 or forgotten % 1000 == 0:
+        logger.warning("llmtrace: over %d background responses created and never read back finished; the oldest are "
+                       "forgotten (%d so far): their cost will not be recorded", MAX_WAITING, forgotten)  # fmt: skip
+
+
+def forget() -> None:
+    with _lock:
+        _waiting.clear()
+
+
+def observe(response: Any) -> None:
+    """A response read back (any response: most are not ones this process waits for). Never raises."""
+    try:
+        response_id = getattr(response, "id", None)
+        if type(response_id) is not str:
+            return
+        waiting = _waiting.get(response_id)
+        if waiting is None:
+            return
+        result = waiting.endpoint.parse(response)
+        if result.pending:
+            return  # not finished yet
+        with _lock:
+            if _waiting.pop(response_id, None) is None:
+                return  # another thread read it finished first
+        rt = core.runtime
+        if rt is not None:
+            start_ns = _ns(getattr(response, "created_at", None)) or waiting.created_ns
+            call = core.Call.later(waiting.endpoint, rt, waiting.attributes, waiting.base_url, waiting.parent, start_ns)
+            call.finish_later(result, _ns(getattr(response, "completed_at", None)))
+    except Exception as exc:
+        report(exc)
+
+
+def _ns(seconds: Any) -> int | None:
+    """A response's time (seconds since the epoch, a float or an int) in nanoseconds."""
+    return int(seconds * 1e9) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0 else None
+
+
+def watched(response: Any) -> Any:
+    """What a read of a response returns, watched for one this process waits for: the response (read now), or a
+    stream of its events (read as the app iterates)."""
+    if not _waiting:
+        return response
+    with internal_errors():
+        if hasattr(type(response), "__stream__"):
+            return (AsyncWatchedStream if hasattr(response, "__aiter__") else WatchedStream)(response)
+        parse = getattr(response, "parse", None)
+        if parse is not None and type(response).__name__ == "LegacyAPIResponse":  # with_raw_response: already read
+            answer = parse()
+            if not hasattr(type(answer), "__stream__"):
+                observe(answer)
+            return response
+        observe(response)
+    return response
+
+
+def _event_response(event: Any) -> Any:
+    """The response an event carries (the created, in-progress and final events do; only a final one is finished)."""
+    return getattr(event, "response", None)
+
+
+class WatchedStream(wrapt.ObjectProxy):
+    """A resumed stream of a response's events: its final event (completed, incomplete, failed) carries the usage.
+    Only iteration is watched; everything else (close, the HTTP response) is the stream's own."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for event in self.__wrapped__:
+            if (response := _event_response(event)) is not None:
+                observe(response)
+            yield event
+
+    def __next__(self) -> Any:
+        event = self.__wrapped__.__next__()
+        if (response := _event_response(event)) is not None:
+            observe(response)
+        return event
+
+    def __enter__(self) -> WatchedStream:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self.__wrapped__.__exit__(*exc)
+
+
+class AsyncWatchedStream(wrapt.ObjectProxy):
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        async for event in self.__wrapped__:
+            if (response := _event_response(event)) is not None:
+                observe(response)
+            yield event
+
+    async def __anext__(self) -> Any:
+        event = await self.__wrapped__.__anext__()
+        if (response := _event_response(event)) is not None:
+            observe(response)
+        return event
+
+    async def __aenter__(self) -> AsyncWatchedStream:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self.__wrapped__.__aexit__(*exc)

@@ -142,6 +142,8 @@ def open_store(db: Store = None, *, merge_first: bool = True, in_app: bool = Fal
         yield db
         return
     paths = resolve(db)
+    if not in_app:
+        _say_if_missing(paths)
     with background_work():  # a fork() waits for the database to be closed: DuckDB does not survive one
         if merge_first and paths.pending():
             try:
@@ -159,6 +161,18 @@ def open_store(db: Store = None, *, merge_first: bool = True, in_app: bool = Fal
             raise StoreError(f"{paths.db} cannot be read: {exc}") from exc
         finally:
             con.close()
+
+
+_said_missing: set[str] = set()
+
+
+def _say_if_missing(paths: StorePaths) -> None:
+    """Reading a store nothing was ever written to gives empty answers, as a store with no calls yet does. Said once
+    per path, since a mistyped path reads the same way."""
+    key = str(paths.db)
+    if key not in _said_missing and not _written(paths):
+        _said_missing.add(key)
+        logger.warning("llmtrace: no store at %s (nothing was written there yet): it reads as empty", paths.db)
 
 
 _LOCK_HOLDER = re.compile(r"lock is held in (.+? \(PID \d+\))")
@@ -542,7 +556,10 @@ def dimension_values(
 
 def store_exists(db: str | os.PathLike[str] | None = None) -> bool:
     """Whether anything was ever written at this store (the database file or pending segments)."""
-    paths = resolve(db)
+    return _written(resolve(db))
+
+
+def _written(paths: StorePaths) -> bool:
     return paths.db.exists() or bool(paths.pending())
 
 

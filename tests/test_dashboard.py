@@ -407,3 +407,16 @@ def test_a_page_drawn_without_the_store_draws_itself_once_it_can(demo_db: str, t
             page.reload()
             page.get_by_text("The store cannot be read right now").wait_for(timeout=30_000)
         assert _metric(page, "Calls") == f"{DEMO_CALLS:,}"
+
+
+def test_milliseconds_and_dollars_in_tables_are_grouped_by_thousands(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A P99 of 12707 ms reads "12,707 ms" (Streamlit formats the numbers in the browser, as each column says)."""
+    at = _app(demo_db, monkeypatch)
+    at.run()
+    formats = set()
+    for page in PAGES:
+        at.sidebar.radio(key="page").set_value(page).run()
+        for table in at.dataframe:
+            formats |= {c.get("type_config", {}).get("format") for c in json.loads(table.proto.columns).values()}
+    assert {"%,.0f ms", "$%,.4f"} <= formats
+    assert not [f for f in formats if f and f.startswith(("%.", "$%.")) and ("ms" in f or "$" in f)], formats

@@ -1117,3 +1117,15 @@ def test_a_wrong_query_argument_is_named_not_blamed_on_the_store() -> None:
         query.TimeRange(datetime(2026, 1, 2), datetime(2026, 1, 1))
     with pytest.raises(TypeError, match="TimeRange.since must be a datetime, got '2026-01-01'"):
         query.TimeRange("2026-01-01", datetime(2026, 1, 2))  # type: ignore[arg-type]
+
+
+def test_reading_a_store_nothing_was_written_to_says_so_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A mistyped path reads as an empty store (as a store with no calls yet does): the log says there is none."""
+    missing = str(tmp_path / "typo" / "llmtrace.duckdb")
+    assert query.summary(query.TimeRange.last(timedelta(days=1)), db=missing)["calls"] == 0
+    assert query.spend_by("tenant", query.TimeRange.last(timedelta(days=1)), db=missing) == []
+    said = [r.getMessage() for r in caplog.records if "no store at" in r.getMessage()]
+    assert said == [f"llmtrace: no store at {missing} (nothing was written there yet): it reads as empty"]
+    with query.open_store(str(tmp_path / "other.duckdb"), in_app=True):  # the app's own budget reads: not a mistake
+        pass
+    assert len([r for r in caplog.records if "no store at" in r.getMessage()]) == 1

@@ -85,11 +85,11 @@ def _spend(summary: dict[str, Any]) -> float | None:
 
 def _usd(label: str) -> Any:
     # Four decimals: a call's cost, and a per-user budget of $0.002, must not read "$0.00".
-    return st.column_config.NumberColumn(label, format="$%.4f")
+    return st.column_config.NumberColumn(label, format="$%,.4f")
 
 
 def _ms(label: str) -> Any:
-    return st.column_config.NumberColumn(label, format="%.0f ms")
+    return st.column_config.NumberColumn(label, format="%,.0f ms")
 
 
 def _count(label: str) -> Any:

@@ -71,6 +71,7 @@ class Call:
         "unsampled_parent",
         "hold",
         "request_bytes",
+        "stopped_reading_ns",
     )
 
     def __init__(self, endpoint: Endpoint, rt: Runtime, instance: Any, kwargs: dict[str, Any]) -> None:
@@ -109,6 +110,7 @@ class Call:
         self.acc: Accumulator | None = None
         self.done = False  # finish() began
         self.ended = False  # the span ended
+        self.stopped_reading_ns = 0  # when the app last left a loop over the stream (llmtrace.stream)
         self.start_ns = start_ns
         self.span = rt.spans.start(self._name(), attrs, start_ns)
         # The app's sampler dropped this span: remember its parent, to hand the call to the store anyway.
@@ -198,12 +200,16 @@ class Call:
             report(exc)
             return True
 
-    def end_stream(self, error: BaseException | None = None) -> None:
-        """End after a stream: exhausted, closed, exited, failed or dropped. Never raises."""
+    def stopped_reading(self) -> None:
+        self.stopped_reading_ns = time.time_ns()
+
+    def end_stream(self, error: BaseException | None = None, at: int | None = None) -> None:
+        """End after a stream: exhausted, closed, exited, failed or dropped (``at``: when the app stopped reading it).
+        Never raises."""
         if self.done:
             return
         try:
-            self.finish(self.acc.result() if self.acc is not None else Result(), error)
+            self.finish(self.acc.result() if self.acc is not None else Result(), error, at)
         except Exception as exc:
             report(exc)
             self._force_end()

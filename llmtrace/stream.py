@@ -17,7 +17,13 @@ from .call import Call, refused_answer
 
 
 def _abandoned(call: Call) -> None:
-    call.end_stream(None)
+    call.end_stream(None, at=call.stopped_reading_ns or None)
+
+
+# Where a loop over a stream stops (a break, or its iterator dropped: GeneratorExit), the span does not end: the app
+# may read on with another loop, or next(), on the same stream (a peek at the first chunk, then the rest), and the
+# usage comes last. It ends when the stream is exhausted, closed or exited, or else when the stream is collected: then
+# at the time the app stopped reading, not the collection's.
 
 
 class SyncStreamProxy(wrapt.ObjectProxy):
@@ -40,10 +46,14 @@ class SyncStreamProxy(wrapt.ObjectProxy):
                 if show:
                     try:
                         yield item
-                    except BaseException:
-                        # Thrown in where the app stopped reading (a break, close()): not the call failing.
-                        call.end_stream(None)
+                    except GeneratorExit:
+                        call.stopped_reading()  # see the note above _abandoned
                         raise
+                    except BaseException:
+                        call.end_stream(None)  # thrown in where the app reads (throw()): not the call failing
+                        raise
+        except GeneratorExit:
+            raise
         except BaseException as exc:
             call.end_stream(exc)
             raise
@@ -126,11 +136,16 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
                 if show:
                     try:
                         yield item
+                    except GeneratorExit:
+                        call.stopped_reading()  # see the note above _abandoned
+                        raise
                     except BaseException:
-                        # Thrown in where the app stopped reading: a break (GeneratorExit), or asyncio.run()
-                        # ending with this generator not yet closed (CancelledError). Not the call failing.
+                        # Thrown in where the app reads: asyncio.run() ending with this generator not yet closed
+                        # (CancelledError). Not the call failing.
                         call.end_stream(None)
                         raise
+        except GeneratorExit:
+            raise
         except BaseException as exc:
             call.end_stream(exc)
             raise

@@ -160,3 +160,63 @@ def test_an_error_the_api_sends_mid_stream_is_named_by_its_type(captured: Any, s
         expected = "overloaded_error"
     (span,) = captured.spans()
     assert span.status.status_code.name == "ERROR" and span.attributes["error.type"] == expected
+
+
+def _open(sdk: str, is_async: bool) -> Any:
+    if sdk == "openai":
+        client = openai_client(FakeAPI(http_module(openai), is_async=is_async), is_async=is_async)
+        return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    client = anthropic_client(FakeAPI(http_module(anthropic), is_async=is_async), is_async=is_async)
+    return client.messages.create(model="claude-3-5-haiku-20241022", max_tokens=64, messages=MESSAGES, stream=True)
+
+
+def _exact_usage(span: Any) -> None:
+    a = span.attributes
+    assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.output_tokens"] > 0, dict(a)
+    assert a["gen_ai.response.finish_reasons"]
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+@pytest.mark.parametrize("how", ["peek", "break and resume"])
+def test_a_stream_read_in_two_loops_is_one_call_with_its_exact_usage(captured: Any, sdk: str, how: str) -> None:
+    """A peek at the first chunk (``next(iter(stream))``, to see an error before handing the stream on) or a loop left
+    and another begun on the same stream: the stream goes on, and so does its span, to the usage that comes last."""
+    whole = list(_open(sdk, False))
+    stream = _open(sdk, False)
+    if how == "peek":
+        seen = [next(iter(stream))]
+    else:
+        seen = []
+        for chunk in stream:
+            seen.append(chunk)
+            break
+    assert len(captured.spans()) == 1  # the first stream's; the second goes on
+    seen += list(stream)
+    assert [type(c) for c in seen] == [type(c) for c in whole]  # the app sees every chunk, and only those, as before
+    first, second = captured.spans()
+    _exact_usage(second)
+    assert dict(second.attributes)["gen_ai.usage.output_tokens"] == dict(first.attributes)["gen_ai.usage.output_tokens"]
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_an_async_stream_read_in_two_loops_is_one_call_with_its_exact_usage(captured: Any, sdk: str) -> None:
+    async def read() -> int:
+        stream = await _open(sdk, True)
+        async for _ in stream:
+            break
+        return 1 + len([chunk async for chunk in stream])
+
+    assert asyncio.run(read()) > 2
+    (span,) = captured.spans()
+    _exact_usage(span)
+
+
+def test_a_stream_left_early_and_dropped_later_ends_when_the_app_stopped_reading(captured: Any) -> None:
+    stream = _open("openai", False)
+    for _ in stream:
+        break
+    stopped = time.time_ns()
+    assert not captured.spans()  # the app may read on
+    del stream
+    (span,) = captured.spans()
+    assert span.end_time <= stopped and span.attributes["llmtrace.usage.source"] == "estimated"

@@ -11,7 +11,7 @@ import functools
 import inspect
 import logging
 from types import MappingProxyType, TracebackType
-from typing import Any, Callable, Mapping, NamedTuple, TypeVar
+from typing import Any, AsyncGenerator, Callable, Generator, Mapping, NamedTuple, TypeVar
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
@@ -32,6 +32,9 @@ class _Entry(NamedTuple):
     previous: Mapping[str, str]
     otel_token: object
     otel_previous: otel_context.Context
+    # Its tokens restore what it found on entry. Not after a block entered before it ended first (two generators that
+    # each tag their steps, read in turns): what it found included that block's tags, which must not come back.
+    exact: bool = True
 
 
 # The blocks entered in this context, innermost last. They live in the context, not on the ``tags`` object, so one
@@ -92,20 +95,28 @@ class tags:
     ) -> None:
         # Never raises: the app's block ends whatever llmtrace's bookkeeping finds.
         entered = _entered.get()
-        if not entered or entered[-1].owner is not self:
+        index = len(entered) - 1  # the innermost, as a rule
+        while index >= 0 and entered[index].owner is not self:
+            index -= 1
+        if index < 0:
             # Left in another context than the one it was entered in (a framework running each step of a generator
             # in a fresh copy of the context, as Starlette does): that context never saw this block's tags.
             logger.debug("llmtrace: a tags() block ended outside the context it began in; nothing to restore")
             return
-        entry = entered[-1]
-        _entered.set(entered[:-1])
-        try:
-            _current.reset(entry.token)
-        except ValueError:  # a copy of the entering context: restore by value, its tokens are not ours to reset
-            _current.set(entry.previous)
-            otel_context.attach(entry.otel_previous)
-            return
-        otel_context.detach(entry.otel_token)  # type: ignore[arg-type]
+        entry = entered[index]
+        later = [block._replace(exact=False) for block in entered[index + 1 :]]
+        if later and index == 0:  # the next block is the outermost now: what there was before this one is its base
+            later[0] = later[0]._replace(previous=entry.previous, otel_previous=entry.otel_previous)
+        remaining = (*entered[:index], *later)
+        _entered.set(remaining)
+        if entry.exact and index == len(entered) - 1:
+            try:
+                _current.reset(entry.token)
+                otel_context.detach(entry.otel_token)  # type: ignore[arg-type]
+                return
+            except ValueError:  # a copy of the entering context: its tokens are not ours to reset
+                pass
+        _restore_by_value(entry, entered[0], remaining)
 
     def __call__(self, func: F) -> F:
         if inspect.iscoroutinefunction(func):
@@ -117,9 +128,82 @@ class tags:
 
             return async_wrapper  # type: ignore[return-value]
 
+        if inspect.isasyncgenfunction(func):
+
+            @functools.wraps(func)
+            async def async_generator_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async for item in self._each_async_step(func(*args, **kwargs)):
+                    yield item
+
+            return async_generator_wrapper  # type: ignore[return-value]
+        if inspect.isgeneratorfunction(func):
+
+            @functools.wraps(func)
+            def generator_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return (yield from self._each_step(func(*args, **kwargs)))
+
+            return generator_wrapper  # type: ignore[return-value]
+
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with self:
                 return func(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
+
+    # A decorated generator's body runs a step at a time, each in its reader's context: the tags hold during each
+    # step (the calls it makes), never while it waits at a yield, where they would tag its reader's own calls.
+
+    def _each_step(self, generator: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            with self:
+                try:
+                    item = generator.send(sent) if thrown is None else generator.throw(thrown)
+                except StopIteration as stop:
+                    return stop.value
+            sent, thrown = None, None
+            try:
+                sent = yield item
+            except GeneratorExit:
+                with self:
+                    generator.close()
+                raise
+            except BaseException as exc:
+                thrown = exc
+
+    async def _each_async_step(self, generator: AsyncGenerator[Any, Any]) -> AsyncGenerator[Any, Any]:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            with self:
+                try:
+                    item = await (generator.asend(sent) if thrown is None else generator.athrow(thrown))
+                except StopAsyncIteration:
+                    return
+            sent, thrown = None, None
+            try:
+                sent = yield item
+            except GeneratorExit:
+                with self:
+                    await generator.aclose()
+                raise
+            except BaseException as exc:
+                thrown = exc
+
+
+def _restore_by_value(entry: _Entry, outermost: _Entry, remaining: tuple[_Entry, ...]) -> None:
+    """What the blocks still open say, over what there was before the outermost one (its ``previous``): for a block
+    that did not end innermost, or in a copy of the context it began in."""
+    merged = dict(outermost.previous)
+    for block in remaining:
+        merged.update(block.owner._attrs)
+    _current.set(MappingProxyType(merged))
+    ctx = otel_context.get_current()
+    for key in entry.owner._attrs:
+        value: object = merged.get(key)
+        if value is None:
+            value = baggage.get_baggage(key, outermost.otel_previous)
+        ctx = baggage.remove_baggage(key, ctx) if value is None else baggage.set_baggage(key, value, context=ctx)
+    otel_context.attach(ctx)

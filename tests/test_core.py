@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Generator, Iterator
 
 import openai
 import pytest
@@ -202,6 +202,74 @@ def test_a_tags_block_left_in_another_context_ends_quietly(captured: Any) -> Non
     from opentelemetry import baggage
 
     assert copy.run(baggage.get_baggage, "llmtrace.feature") is None
+
+
+def test_tags_blocks_that_end_out_of_order_leave_nothing_behind(captured: Any) -> None:
+    """Two generators that each tag their work, read in turns (zip, a merge of two streamed answers): the first one
+    entered ends first. Its tags must go, and the other's must not bring them back when it ends."""
+    from opentelemetry import baggage
+
+    client = openai_client(FakeAPI(HTTP))
+
+    def worker(tenant: str) -> Iterator[str]:
+        with llmtrace.tags(tenant=tenant, feature=f"f-{tenant}"):
+            yield f"{tenant}-1"
+            yield f"{tenant}-2"
+
+    with llmtrace.tags(user="u1"):
+        b = worker("B")
+        for _ in zip(worker("A"), b):  # A ends first, while B's block is the innermost
+            pass
+        assert llmtrace.context.current_tags() == {"user.id": "u1", "llmtrace.tenant": "B", "llmtrace.feature": "f-B"}
+        b.close()
+        assert llmtrace.context.current_tags() == {"user.id": "u1"} and baggage.get_baggage("llmtrace.tenant") is None
+        _chat(client)
+    assert llmtrace.context.current_tags() == {} and baggage.get_all() == {}
+    _chat(client)
+    assert [dict(s.attributes).get("llmtrace.tenant") for s in captured.spans()] == [None, None]
+    assert captured.spans()[0].attributes["user.id"] == "u1"
+
+
+def test_tags_on_a_generator_function_hold_in_its_steps_not_between_them(captured: Any) -> None:
+    """A streamed HTTP response's body is a generator: the calls it makes carry its tags, the reader's own do not,
+    and sends, throws, close and the return value reach it as they would."""
+    client = openai_client(FakeAPI(HTTP))
+    closed: list[dict[str, str]] = []
+
+    @llmtrace.tags(tenant="acme")
+    def body() -> Generator[str, str, str]:
+        try:
+            reply = yield _chat(client).choices[0].message.content or ""
+            yield reply.upper()
+            return "the end"
+        finally:
+            closed.append(dict(llmtrace.context.current_tags()))
+
+    steps = body()
+    assert next(steps) == "hello there"
+    assert llmtrace.context.current_tags() == {}  # the reader's calls between steps are not the body's
+    _chat(client)
+    assert steps.send("ok") == "OK"
+    with pytest.raises(StopIteration) as stop:
+        next(steps)
+    assert stop.value.value == "the end" and closed == [{"llmtrace.tenant": "acme"}]
+    steps = body()
+    next(steps)
+    steps.close()  # its finally block runs under its tags too
+    assert closed[-1] == {"llmtrace.tenant": "acme"}
+
+    @llmtrace.tags(feature="stream")
+    async def async_body() -> AsyncIterator[str]:
+        yield (await openai_client(FakeAPI(HTTP), is_async=True).chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES)).choices[0].message.content or ""  # fmt: skip
+        yield str(dict(llmtrace.context.current_tags()))
+
+    async def read() -> list[str]:
+        return [part async for part in async_body()]
+
+    assert asyncio.run(read()) == ["hello there", "{'llmtrace.feature': 'stream'}"]
+    tenants = [(dict(s.attributes).get("llmtrace.tenant"), dict(s.attributes).get("llmtrace.feature")) for s in captured.spans()]
+    assert tenants == [("acme", None), (None, None), ("acme", None), (None, "stream")]
 
 
 def test_a_call_the_app_cancels_is_not_an_error(captured: Any) -> None:

@@ -891,3 +891,28 @@ def test_a_raw_answer_that_does_not_fit_the_format_keeps_its_usage_and_cost(capt
     answered, read_raw = captured.spans()
     assert [read_raw.attributes.get(key) for key in _USAGE_KEYS] == [answered.attributes[key] for key in _USAGE_KEYS]
     assert read_raw.attributes["llmtrace.usage.source"] == "provider"
+
+
+_COMPACTED = {"id": "cmp_1", "created_at": 1, "object": "response.compaction",
+              "output": [{"type": "message", "id": "m", "role": "user", "status": "completed",
+                          "content": [{"type": "input_text", "text": "hi"}]}],
+              "usage": {"input_tokens": 50000, "input_tokens_details": {"cached_tokens": 10000}, "output_tokens": 2000,
+                        "output_tokens_details": {"reasoning_tokens": 1500}, "total_tokens": 52000}}
+
+
+@pytest.mark.parametrize("beta", [False, True])
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_compaction_pass_is_a_billed_call(captured: Any, is_async: bool, beta: bool) -> None:
+    import genai_prices
+
+    client = openai_client(lambda request: HTTP.Response(200, json=_COMPACTED), is_async=is_async)
+    responses = client.beta.responses if beta else client.responses
+    compacted = responses.compact(model="gpt-5", previous_response_id="resp_123")
+    compacted = await compacted if is_async else compacted
+    assert compacted.usage.total_tokens == 52000
+    a = _only(captured).attributes
+    assert a["gen_ai.request.model"] == "gpt-5" and a["gen_ai.usage.input_tokens"] == 50000
+    assert a["gen_ai.usage.cache_read.input_tokens"] == 10000 and a["gen_ai.usage.reasoning.output_tokens"] == 1500
+    usage = genai_prices.Usage(input_tokens=50000, cache_read_tokens=10000, output_tokens=2000)
+    expected = genai_prices.calc_price(usage, "gpt-5", provider_id="openai").total_price
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(expected), rel=1e-9)

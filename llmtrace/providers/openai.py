@@ -504,7 +504,7 @@ EMBEDDINGS = Endpoint(
 
 _CHAT_MODULE = "openai.resources.chat.completions.completions"
 _RESPONSES_MODULE = "openai.resources.responses.responses"
-_BETA_RESPONSES_MODULE = "openai.resources.beta.responses.responses"  # client.beta.responses: create only
+_BETA_RESPONSES_MODULE = "openai.resources.beta.responses.responses"  # client.beta.responses: create and compact
 
 # chat.completions.stream() and responses.stream() go through create(): patching them too would
 # count those calls twice. parse() posts directly, so it needs its own patch.
@@ -522,8 +522,13 @@ TARGETS = (
     Target(_RESPONSES_MODULE, "AsyncResponses.retrieve", RESPONSES, ASYNC_LOOKUP),
     Target(_RESPONSES_MODULE, "Responses.cancel", RESPONSES, LOOKUP),
     Target(_RESPONSES_MODULE, "AsyncResponses.cancel", RESPONSES, ASYNC_LOOKUP),
+    # A compaction pass is a billed model call: its answer carries the usage of a Responses call.
+    Target(_RESPONSES_MODULE, "Responses.compact", RESPONSES, CALL),
+    Target(_RESPONSES_MODULE, "AsyncResponses.compact", RESPONSES, ASYNC_CALL),
     Target(_BETA_RESPONSES_MODULE, "Responses.create", RESPONSES, CALL),
     Target(_BETA_RESPONSES_MODULE, "AsyncResponses.create", RESPONSES, ASYNC_CALL),
+    Target(_BETA_RESPONSES_MODULE, "Responses.compact", RESPONSES, CALL),
+    Target(_BETA_RESPONSES_MODULE, "AsyncResponses.compact", RESPONSES, ASYNC_CALL),
     Target("openai.resources.completions", "Completions.create", COMPLETIONS, CALL),
     Target("openai.resources.completions", "AsyncCompletions.create", COMPLETIONS, ASYNC_CALL),
     Target("openai.resources.embeddings", "Embeddings.create", EMBEDDINGS, CALL),

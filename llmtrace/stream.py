@@ -7,6 +7,7 @@ The span ends on exhaustion, ``close()``, context exit, an exception mid-stream,
 
 from __future__ import annotations
 
+import json
 import weakref
 from typing import Any, AsyncIterator, Iterator
 
@@ -257,6 +258,33 @@ class RawResponseProxy(wrapt.ObjectProxy):
         self._self_read_whole_body()
         return body
 
+    # A whole body read in pieces (a proxy passing it on): the pieces are kept, and read as the answer at the end.
+
+    def iter_bytes(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._self_whole_in_pieces(self.__wrapped__.iter_bytes(*args, **kwargs), b"")
+
+    def iter_text(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._self_whole_in_pieces(self.__wrapped__.iter_text(*args, **kwargs), "")
+
+    def iter_lines(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._self_whole_in_pieces(self.__wrapped__.iter_lines(*args, **kwargs), "\n")
+
+    def _self_whole_in_pieces(self, pieces: Iterator[Any], joiner: Any) -> Iterator[Any]:
+        if not self._self_body_is_whole():
+            yield from pieces  # a stream's events: its span ends at close or collection
+            return
+        kept = []
+        for piece in pieces:
+            kept.append(piece)
+            yield piece
+        self._self_complete_with(joiner.join(kept))
+
+    def _self_complete_with(self, body: Any) -> None:
+        with internal_errors():
+            if self._self_body_is_whole():
+                self._self_finalizer.detach()
+                self._self_call.complete(json.loads(body))
+
     def _self_read_whole_body(self) -> None:
         # The SDK's parse() reads the body already read and caches its result: a later parse() by the app
         # costs nothing more.
@@ -298,6 +326,26 @@ class AsyncRawResponseProxy(RawResponseProxy):
         body = await self.__wrapped__.json()
         await self._self_read_whole_body()
         return body
+
+    def iter_bytes(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_async_whole_in_pieces(self.__wrapped__.iter_bytes(*args, **kwargs), b"")
+
+    def iter_text(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_async_whole_in_pieces(self.__wrapped__.iter_text(*args, **kwargs), "")
+
+    def iter_lines(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_async_whole_in_pieces(self.__wrapped__.iter_lines(*args, **kwargs), "\n")
+
+    async def _self_async_whole_in_pieces(self, pieces: AsyncIterator[Any], joiner: Any) -> AsyncIterator[Any]:
+        if not self._self_body_is_whole():
+            async for piece in pieces:
+                yield piece
+            return
+        kept = []
+        async for piece in pieces:
+            kept.append(piece)
+            yield piece
+        self._self_complete_with(joiner.join(kept))
 
     async def _self_read_whole_body(self) -> None:  # type: ignore[override]
         if self._self_body_is_whole():

@@ -693,6 +693,25 @@ async def test_a_streaming_response_read_as_a_whole_body_still_gets_the_provider
     assert a["gen_ai.response.id"] == "chatcmpl-1"
 
 
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("read", ["iter_bytes", "iter_text", "iter_lines"])
+async def test_a_whole_body_read_in_pieces_still_gets_the_providers_usage(captured: Any, is_async: bool, read: str) -> None:
+    """A proxy passing the provider's answer on, piece by piece: the pieces reach it as they come, and the span reads
+    the answer at the end."""
+    client = openai_client(_api(is_async=is_async), is_async=is_async)
+    if is_async:
+        async with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES) as response:
+            pieces = [piece async for piece in getattr(response, read)()]
+    else:
+        with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES) as response:
+            pieces = list(getattr(response, read)())
+    body = (b"" if read == "iter_bytes" else "").join(pieces)  # type: ignore[attr-defined]
+    assert "hello there" in (body.decode() if isinstance(body, bytes) else body)
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.input_tokens"] == 120
+    assert a["gen_ai.response.finish_reasons"] == ("stop",)
+
+
 def test_a_tool_call_stream_without_usage_estimates_the_arguments_the_model_wrote(captured: Any) -> None:
     from llmtrace import tokenizer
 

@@ -590,6 +590,29 @@ def test_azure_and_compatible_providers(captured: Any) -> None:
     assert all(s.attributes["llmtrace.cost.usd"] > 0 for s in (eu, az_v1, claude))
 
 
+@pytest.mark.parametrize(("client_of", "asked"), [
+    (lambda t: openai.AzureOpenAI(api_key="x", api_version="2024-10-21", azure_endpoint="https://acme.openai.azure.com",
+                                  http_client=HTTP.Client(transport=t)), True),
+    (lambda t: openai.AzureOpenAI(api_key="x", api_version="2025-04-01-preview", http_client=HTTP.Client(transport=t),
+                                  azure_endpoint="https://acme.cognitiveservices.azure.com"), True),
+    (lambda t: openai.OpenAI(api_key="x", base_url="https://acme.openai.azure.com/openai/v1/",
+                             http_client=HTTP.Client(transport=t)), True),
+    (lambda t: openai.AzureOpenAI(api_key="x", api_version="2024-06-01", azure_endpoint="https://acme.openai.azure.com",
+                                  http_client=HTTP.Client(transport=t)), False),
+    (lambda t: openai.AzureOpenAI(api_key="x", api_version="2024-07-01-preview", http_client=HTTP.Client(transport=t),
+                                  azure_endpoint="https://acme.openai.azure.com"), False),
+], ids=["2024-10-21", "2025-04-01-preview", "v1 API", "2024-06-01", "2024-07-01-preview"])  # fmt: skip
+def test_azure_streams_ask_for_usage_from_the_api_version_that_takes_it(captured: Any, client_of: Any, asked: bool) -> None:
+    """Azure OpenAI answers 400 to stream_options before API version 2024-08-01-preview: older ones never see it."""
+    api = _api()
+    chunks = list(client_of(HTTP.MockTransport(api)).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert ("stream_options" in api.requests[0]) is asked
+    assert all(chunk.choices for chunk in chunks)  # the usage chunk llmtrace asked for is not the app's
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == ("provider" if asked else "estimated")
+    assert a["gen_ai.provider.name"] == "azure.ai.openai"
+
+
 @pytest.mark.parametrize("is_async", [False, True])
 async def test_beta_responses_create_is_traced(captured: Any, is_async: bool) -> None:
     client = openai_client(_api(is_async=is_async), is_async=is_async)

@@ -15,8 +15,15 @@ _info_cache: dict[tuple[int, int], tuple[Any, Settings, ClientInfo]] = {}
 _INFO_CACHE_SIZE = 512
 
 
+def _host_listed(client: Any, host: str, settings: Settings) -> bool:
+    return host in settings.include_usage_hosts
+
+
 def client_info_for(
-    resource: Any, settings: Settings, provider_of: Callable[[Any, str, Settings], str]
+    resource: Any,
+    settings: Settings,
+    provider_of: Callable[[Any, str, Settings], str],
+    accepts_usage_option: Callable[[Any, str, Settings], bool] = _host_listed,
 ) -> ClientInfo:
     client = resource._client
     # The attribute behind the ``base_url`` property: openai 3.x's property imports a module on every
@@ -34,7 +41,7 @@ def client_info_for(
         address=host,
         port=url.port or (443 if url.scheme == "https" else 80),
         base_url=str(url),
-        accepts_usage_option=host in settings.include_usage_hosts,
+        accepts_usage_option=accepts_usage_option(client, host or "", settings),
     )
     if len(_info_cache) >= _INFO_CACHE_SIZE:
         _info_cache.clear()

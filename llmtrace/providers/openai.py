@@ -67,8 +67,32 @@ def _provider_of(client: Any, host: str, settings: Settings) -> str:
     return settings.host_providers().get(host) or _HOST_PROVIDERS.get(host, host or "openai")
 
 
+# Azure OpenAI takes stream_options from API version 2024-08-01-preview on (and on its v1 API, which has no version
+# or says "preview"/"latest"); an older version answers 400 to it, so those never see it.
+_AZURE_OPENAI_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com")
+_AZURE_FIRST_USAGE_VERSION = "2024-08-01"
+
+
+def _accepts_usage_option(client: Any, host: str, settings: Settings) -> bool:
+    if host in settings.include_usage_hosts:
+        return True
+    if not host.endswith(_AZURE_OPENAI_HOSTS):
+        return False
+    query = getattr(client, "_custom_query", None)
+    version = query.get("api-version") if isinstance(query, Mapping) else None
+    if version is None:
+        return "/openai/v1" in str(getattr(client, "base_url", ""))
+    if not isinstance(version, str):
+        return False
+    if version[:4].isdigit():
+        return version[:10] >= _AZURE_FIRST_USAGE_VERSION
+    return version in ("preview", "latest")
+
+
 # A partial, not a function calling client_info_for: one Python call fewer on every call.
-client_info: Callable[[Any, Settings], ClientInfo] = functools.partial(client_info_for, provider_of=_provider_of)
+client_info: Callable[[Any, Settings], ClientInfo] = functools.partial(
+    client_info_for, provider_of=_provider_of, accepts_usage_option=_accepts_usage_option
+)
 
 
 def _chat_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:

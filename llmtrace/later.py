@@ -8,13 +8,15 @@ The create call's span ends at once, with no usage. When this process later read
 span records the generation: its tokens and cost, timed from the response's ``created_at`` to its
 ``completed_at``, a child of the create call's span, with that call's request attributes and tags. Each response
 once: only a response this process created and has not yet seen finished counts, so polling it again, or reading
-an old response, adds nothing. A response created in one process and read in another is not recorded.
+an old response, adds nothing. A response created in one process and read in another (a forked child included) is
+not recorded.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator
@@ -72,6 +74,13 @@ def expect(call: core.Call, response_id: str) -> None:
 def forget() -> None:
     with _lock:
         _waiting.clear()
+
+
+def _forget_in_child() -> None:
+    # The parent waits for its responses: a child reading one too would record its generation a second time.
+    global _lock
+    _lock = threading.Lock()
+    _waiting.clear()
 
 
 def observe(response: Any) -> None:
@@ -169,3 +178,7 @@ class AsyncWatchedStream(wrapt.ObjectProxy):
 
     async def __aexit__(self, *exc: Any) -> Any:
         return await self.__wrapped__.__aexit__(*exc)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)

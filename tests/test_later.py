@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,20 @@ def test_uninstrument_stops_watching_for_answers(captured: Any) -> None:
     api.reads[queued.id] = 1
     client.responses.retrieve(queued.id)  # the call was made under the earlier instrument()
     assert len(captured.spans()) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() only")
+def test_a_forked_child_does_not_record_the_parents_background_responses(captured: Any) -> None:
+    """Parent and child both reading the answer would record its generation twice: only the process that queued it
+    records it."""
+    api = BackgroundAPI()
+    client = openai_client(api)
+    queued = client.responses.create(model="o3", input="a long task", background=True)
+    api.reads[queued.id] = 1
+    pid = os.fork()
+    if pid == 0:  # the child: exits at once, with its finding as its status
+        os._exit(0 if not later._waiting else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    client.responses.retrieve(queued.id)
+    assert _generation(captured).attributes["gen_ai.usage.input_tokens"] == 1200

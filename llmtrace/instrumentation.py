@@ -420,12 +420,15 @@ _child_exit_hooked = False
 
 def _flush_at_multiprocessing_child_exit() -> None:
     """A ``multiprocessing`` child started by fork or forkserver ends with ``os._exit()``: no atexit hook runs
-    there (llmtrace's, the SDK's), only multiprocessing's own finalizers, which each new child registers anew.
-    (Celery's billiard pool workers call ``os._exit()`` before even those.)"""
+    there (llmtrace's, the SDK's), only multiprocessing's own finalizers, which each new child registers anew:
+    for children forked after this, and for this process when it is such a child already (``instrument()`` in a
+    ``Process`` target or a pool's initializer). (Celery's billiard pool workers call ``os._exit()`` before even
+    those.)"""
     global _child_exit_hooked
     if _child_exit_hooked:
         return
     _child_exit_hooked = True
+    import multiprocessing
     import multiprocessing.util as mp_util
 
     def in_new_child(_: object) -> None:
@@ -433,6 +436,8 @@ def _flush_at_multiprocessing_child_exit() -> None:
 
     # Called in each child with its first argument, held weakly: this module's function lives as long as it.
     mp_util.register_after_fork(_flush_before_abrupt_exit, in_new_child)
+    if multiprocessing.parent_process() is not None:
+        in_new_child(None)
 
 
 def _restart_monitor_in_child() -> None:

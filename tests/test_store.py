@@ -673,6 +673,51 @@ def test_after_fork_the_child_writes_its_own_spans_only(tmp_path: Path) -> None:
     assert rows == {"acme": 3, "child": 2}
 
 
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_children_that_instrument_themselves_store_their_calls_when_they_exit(tmp_path: Path, method: str) -> None:
+    """instrument() in a Process target, or in a pool's initializer (the usual per-worker set-up): a child started by
+    fork or forkserver still ends with os._exit(), whoever instrumented it."""
+    db = _db(tmp_path)
+    script = f"""
+import concurrent.futures, multiprocessing, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+from llmtrace import query
+
+def set_up():
+    llmtrace.instrument(db={db!r}, flush_interval=600)  # no timed flush: only the child's exit writes its spans
+
+def work(i):
+    with llmtrace.tags(tenant=f"child-{{i}}"):
+        openai_client(FakeAPI(http_module(openai))).chat.completions.create(
+            model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+
+def instrumented_work(i):
+    set_up()
+    work(i)
+
+if __name__ == "__main__":
+    context = multiprocessing.get_context({method!r})
+    child = context.Process(target=instrumented_work, args=(0,))
+    child.start()
+    child.join()
+    pool = context.Pool(2, initializer=set_up)
+    pool.map(work, range(1, 4))
+    pool.close()
+    pool.join()
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=context, initializer=set_up) as executor:
+        list(executor.map(work, range(4, 6)))
+    print(sorted(r["key"] for r in query.spend_by("tenant", query.TimeRange.last(__import__("datetime").timedelta(hours=1)), db={db!r})))
+"""
+    app = tmp_path / "app.py"  # a file: a forkserver's children import the functions they run from it
+    app.write_text(script)
+    out = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, cwd=tmp_path, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([f"child-{i}" for i in range(6)])
+
+
 def test_multiprocessing_children_store_their_calls_when_they_exit(tmp_path: Path) -> None:
     """A multiprocessing child exits with os._exit(): no atexit flush there. A store uninstrument() stopped
     takes nothing from a child forked after it either."""

@@ -13,6 +13,6 @@ from ._version import __version__
 from .budgets import BudgetExceeded
 from .config import ConfigError
 from .context import tags
-from .instrumentation import instrument, uninstrument
+from .instrumentation import flush, instrument, uninstrument
 
-__all__ = ["BudgetExceeded", "ConfigError", "__version__", "instrument", "tags", "uninstrument"]
+__all__ = ["BudgetExceeded", "ConfigError", "__version__", "flush", "instrument", "tags", "uninstrument"]

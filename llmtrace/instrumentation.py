@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -123,9 +124,10 @@ def instrument(**options: Any) -> None:
         _flush_at_multiprocessing_child_exit()
         with internal_errors():
             _flush_on_sigterm()
-        if "celery" not in _hooks_registered:  # now, or whenever the app imports Celery
+        if "celery" not in _hooks_registered:  # now, or whenever the app imports Celery (and uvicorn)
             _hooks_registered.add("celery")
             wrapt.register_post_import_hook(_flush_celery_pool_children, "celery")
+            wrapt.register_post_import_hook(_flush_after_uvicorn_shutdown, "uvicorn.server")
         if settings.prices:
             pricing.set_prices(settings.prices)
         apps_own = _apps_own(tracer_provider, trace.get_tracer_provider(), TracerProvider) or _apps_own(
@@ -408,6 +410,50 @@ def _flush_celery_pool_children(celery: Any) -> None:
 
 def _on_celery_child_exit(**_: Any) -> None:
     _flush_before_abrupt_exit()
+
+
+def _flush_after_uvicorn_shutdown(uvicorn_server: Any) -> None:
+    """uvicorn with ``--workers`` or ``--reload`` imports the app (and so runs ``instrument()``) with its own SIGTERM
+    handler in place, so llmtrace's is not installed; after its graceful shutdown it puts back the default action and
+    raises SIGTERM again, which ends the worker without atexit hooks. Its server's shutdown is the last moment to
+    write the worker's spans."""
+    with internal_errors():
+        wrapt.wrap_function_wrapper(uvicorn_server, "Server.shutdown", _after_server_shutdown)
+
+
+async def _after_server_shutdown(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        if core.runtime is not None:
+            flush(_SIGTERM_FLUSH_TIMEOUT_S)  # blocks the event loop a moment: it has stopped serving
+
+
+def flush(timeout_s: float = 10.0) -> bool:
+    """Write every LLM call made so far to the store (as segments, which every reader sees at once) and send what
+    OpenTelemetry export holds (llmtrace's OTLP spans and metrics, the app's own span processors), waiting
+    ``timeout_s`` at most; True when all of it was done in time. Tracing goes on. For a process that ends without
+    exit hooks (``os._exit()``) and for a point where the app wants its calls on record. Never raises."""
+    deadline = time.monotonic() + timeout_s
+
+    def left_ms() -> int:
+        return max(0, int((deadline - time.monotonic()) * 1000))
+
+    done = False
+    with internal_errors():
+        done = True
+        writer = _store_writer
+        if writer is not None:
+            done = writer.force_flush(left_ms(), merge=False) and done
+        for otlp in list(_otlp_by_provider.values()):
+            done = otlp.force_flush(left_ms()) and done
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, TracerProvider) and provider not in _providers_made:  # the app's own processors
+            done = provider.force_flush(left_ms()) and done
+        meters = _own_meters[0] if _own_meters is not None else metrics.get_meter_provider()
+        if isinstance(meters, MeterProvider):
+            done = meters.force_flush(left_ms()) and done
+    return done
 
 
 def _restore_sigterm() -> None:

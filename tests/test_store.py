@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -716,6 +717,79 @@ if __name__ == "__main__":
     out = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, cwd=tmp_path, timeout=180)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str([f"child-{i}" for i in range(6)])
+
+
+def test_flush_writes_every_call_so_far_for_an_app_that_ends_without_exit_hooks(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+
+llmtrace.instrument(db={db!r}, flush_interval=600)  # no timed flush
+client = openai_client(FakeAPI(http_module(openai)))
+for _ in range(3):
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+print(llmtrace.flush(timeout_s=30))
+sys.stdout.flush()
+os._exit(0)  # no atexit hook runs
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+    assert query.span_count(db=db)["spans"] == 3
+
+
+_UVICORN_APP = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+
+llmtrace.instrument(db={db!r}, flush_interval=600)  # no timed flush: only the worker's shutdown writes its spans
+client = openai_client(FakeAPI(http_module(openai), is_async=True), is_async=True)
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}])
+    await send({{"type": "http.response.start", "status": 200, "headers": []}})
+    await send({{"type": "http.response.body", "body": str(os.getpid()).encode()}})
+"""
+
+
+def test_uvicorn_workers_store_their_calls_when_stopped(tmp_path: Path) -> None:
+    """uvicorn --workers imports the app with its own SIGTERM handler in place, and after its graceful shutdown
+    ends each worker by SIGTERM's default action, past atexit hooks."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    db = _db(tmp_path)
+    (tmp_path / "served.py").write_text(_UVICORN_APP.format(tests=str(Path(__file__).parent), db=db))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "served:app", "--workers", "2", "--port", str(port),
+                               "--log-level", "warning"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    workers: set[str] = set()
+    answered = 0
+    try:
+        deadline = time.monotonic() + 90
+        while (len(workers) < 2 or answered < 10) and time.monotonic() < deadline:  # both workers answer (a call each)
+            try:
+                workers.add(httpx.get(f"http://127.0.0.1:{port}/", timeout=30).text)
+                answered += 1
+            except httpx.TransportError:
+                time.sleep(0.1)  # a worker still importing the app
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert len(workers) == 2, stderr
+    assert query.span_count(db=db)["spans"] == answered, stderr
 
 
 def test_multiprocessing_children_store_their_calls_when_they_exit(tmp_path: Path) -> None:

@@ -228,9 +228,12 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
         host, _, provider = pair.partition("=")
         if not host.strip() or not provider.strip():
             raise ConfigError(f"provider_hosts: {pair!r} is not host=provider (e.g. llm-gateway.internal=openai)")
-    webhook = values.get("alert_webhook_url")
-    if webhook and not webhook.startswith(("http://", "https://")):
-        raise ConfigError(f"alert_webhook_url: {webhook!r} is not an http:// or https:// URL")
+    # OTLP's endpoints are URLs with a scheme for both protocols (the specification says so): "collector:4318"
+    # would be taken, and then every export would fail.
+    for name in ("alert_webhook_url", "otlp_endpoint"):
+        url = values.get(name)
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{name}: {url!r} is not an http:// or https:// URL")
     unknown_detectors = set(values.get("anomaly_detectors", ())) - set(ANOMALY_DETECTORS)
     if unknown_detectors:
         raise ConfigError(

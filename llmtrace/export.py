@@ -156,6 +156,7 @@ class RepeatedExportErrors(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
+        self.store_on = True  # what the word on the failure says is not affected (instrument() sets it)
         self.suppressed = 0
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -170,8 +171,9 @@ class RepeatedExportErrors(logging.Filter):
                 self.suppressed += 1
                 return False
             self._last[record.name] = now
+        unaffected = "LLM calls and the local store are" if self.store_on else "LLM calls are"
         record.msg = (
-            f"{record.getMessage()} (llmtrace: LLM calls and the local store are not affected; "
+            f"{record.getMessage()} (llmtrace: {unaffected} not affected; "
             f"repeats of this are muted for {QUIET_PERIOD_S / 60:.0f} minutes)"
         )
         record.args = ()
@@ -181,7 +183,8 @@ class RepeatedExportErrors(logging.Filter):
 export_error_filter = RepeatedExportErrors()
 
 
-def quiet_repeated_export_errors() -> None:
+def quiet_repeated_export_errors(store_on: bool) -> None:
+    export_error_filter.store_on = store_on
     for name in _EXPORTER_LOGGERS:
         exporter_logger = logging.getLogger(name)
         if export_error_filter not in exporter_logger.filters:

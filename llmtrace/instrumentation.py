@@ -31,6 +31,7 @@ from .enforce import SpendGuard
 from .metrics import Instruments
 from .monitor import Monitor
 from .store.files import request_hash_key
+from .store.writer import is_llm_span
 from .providers import PROVIDERS
 from .spans import CallSpans
 from .wrappers import wrapper_for
@@ -58,15 +59,18 @@ class OtlpExport(SpanProcessor):
     one says), never a second exporter beside the first. The batch processor's waits are bounded here (see
     ``export.in_background``): a flush by its timeout, a shutdown by the ``otlp_shutdown_timeout`` setting."""
 
-    def __init__(self) -> None:
+    def __init__(self, only_llm_spans: bool) -> None:
         self.batch: BatchSpanProcessor | None = None
         self.shutdown_timeout = config.Settings.otlp_shutdown_timeout
         self._flush: threading.Event | None = None  # set once the flush running on its own thread is done
+        # On the app's own provider, which exports the app's spans where the app says: llmtrace's endpoint gets
+        # llmtrace's spans, never the app's (a second copy of them, perhaps to another backend).
+        self.only_llm_spans = only_llm_spans
 
     # No on_start: a batch processor does nothing there (and llmtrace's direct spans need processors that don't).
     def on_end(self, span: Any) -> None:
         batch = self.batch
-        if batch is not None:
+        if batch is not None and (not self.only_llm_spans or is_llm_span(span)):
             batch.on_end(span)
 
     def replace(self, batch: BatchSpanProcessor | None, shutdown_timeout: float) -> None:
@@ -143,7 +147,7 @@ def instrument(**options: Any) -> None:
         atexit.unregister(_exiting.set)
         atexit.register(_exiting.set)
         if not apps_own:
-            export.quiet_repeated_export_errors()
+            export.quiet_repeated_export_errors(store_on=_store_writer is not None)
         tracer = tracer_provider.get_tracer("llmtrace", __version__)
         guard = hasher = None
         if _store_writer is not None:
@@ -241,7 +245,7 @@ def _attach_otlp(provider: Any, settings: config.Settings, own_provider: bool, o
     if slot is None:
         if not wanted:
             return
-        slot = _otlp_by_provider[provider] = OtlpExport()
+        slot = _otlp_by_provider[provider] = OtlpExport(only_llm_spans=not own_provider)
         provider.add_span_processor(slot)
     batch = BatchSpanProcessor(export.span_exporter(settings, otlp.base_url)) if wanted else None
     slot.replace(batch, settings.otlp_shutdown_timeout)

@@ -36,7 +36,7 @@ def _chat(client: Any, **kw: Any) -> Any:
 
 def test_public_api_is_small() -> None:
     assert sorted(llmtrace.__all__) == llmtrace.__all__
-    assert set(llmtrace.__all__) == {"BudgetExceeded", "ConfigError", "__version__", "instrument", "tags", "uninstrument"}
+    assert set(llmtrace.__all__) == {"BudgetExceeded", "ConfigError", "__version__", "flush", "instrument", "tags", "uninstrument"}
 
 
 def test_attribute_names_live_in_one_module() -> None:

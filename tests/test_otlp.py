@@ -99,6 +99,39 @@ assert metrics.get_meter_provider().force_flush(10_000)
         assert resource_attributes["deployment.environment"] == "staging"
 
 
+def test_llmtraces_endpoint_on_the_apps_own_provider_gets_only_llm_spans(receiver: tuple[str, list[Any]], tmp_path: Path) -> None:
+    """The app's provider exports the app's spans where the app says; llmtrace's otlp_endpoint is for its LLM spans:
+    not a second copy of every span of the app's (which may go to another backend, or carry what it must not)."""
+    endpoint, received = receiver
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+trace.set_tracer_provider(TracerProvider())
+llmtrace.instrument(otlp_endpoint={endpoint!r}, store=False)
+with trace.get_tracer("app").start_as_current_span("POST /checkout"):
+    openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+assert trace.get_tracer_provider().force_flush(10_000)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin"}, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    names = [span.name for r in received if isinstance(r, ExportTraceServiceRequest)
+             for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]  # fmt: skip
+    assert names == ["chat gpt-4o-mini"]
+
+
+def test_an_otlp_endpoint_without_a_scheme_is_a_config_error() -> None:
+    import llmtrace
+
+    with pytest.raises(llmtrace.ConfigError, match="otlp_endpoint: 'collector:4318' is not an http:// or https:// URL"):
+        llmtrace.instrument(otlp_endpoint="collector:4318")
+
+
 @pytest.mark.parametrize("variables", ["traces endpoint only", "traces exporter none"])
 def test_a_signal_goes_over_otlp_only_where_the_variables_send_it(
     receiver: tuple[str, list[Any]], tmp_path: Path, variables: str
@@ -342,3 +375,19 @@ print("FLUSHED", results, len(flushing))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "FLUSHED [False, False, False, False, False] 1" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("store_on", [True, False])
+def test_the_word_on_an_export_failure_names_the_store_only_where_there_is_one(store_on: bool) -> None:
+    import logging
+
+    from llmtrace import export
+
+    words = export.RepeatedExportErrors()
+    words.store_on = store_on
+    record = logging.LogRecord("opentelemetry.exporter.otlp.proto.http.trace_exporter", logging.WARNING, __file__, 1,
+                               "Failed to export span batch code: %s", (503,), None)  # fmt: skip
+    assert words.filter(record)
+    said = record.getMessage()
+    assert said.startswith("Failed to export span batch code: 503 (llmtrace: LLM calls")
+    assert ("the local store" in said) is store_on

@@ -90,18 +90,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# How long compact waits for the store another process is merging into (a merge takes milliseconds to seconds).
+COMPACT_WAIT_S = 10.0
+
+
 def cmd_compact(args: argparse.Namespace) -> int:
     """Merge pending segments into the database now and apply retention."""
     settings = _settings(args)
     days = settings.retention_days if args.retention_days is None else args.retention_days
     paths = resolve(_existing_store(settings.db))
-    try:
-        outcome = merge(paths, days or None)  # 0 keeps spans forever, as in the app
-    except (duckdb.Error, StoreFromTheFuture) as exc:
-        raise query.StoreError(f"cannot merge into {paths.db}: {exc}") from None
+    deadline = time.monotonic() + COMPACT_WAIT_S
+    while True:
+        try:
+            outcome = merge(paths, days or None)  # 0 keeps spans forever, as in the app
+        except (duckdb.Error, StoreFromTheFuture) as exc:
+            raise query.StoreError(f"cannot merge into {paths.db}: {exc}") from None
+        if not outcome.busy or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)  # an app's merge takes a moment: a cron job must not fail for one
     if outcome.busy:
-        print(f"Another process has {paths.db} open (an app merging into it, or a DuckDB shell or notebook holding it); "
-              "try again once it is closed.", file=sys.stderr)  # fmt: skip
+        print(f"Another process has held {paths.db} for over {COMPACT_WAIT_S:g} s (a DuckDB shell or notebook, or an "
+              "app merging a large backlog); try again once it is closed.", file=sys.stderr)  # fmt: skip
         return 1
     print(f"merged {outcome.merged_segments} segment(s), {outcome.merged_rows:,} span(s); "
           f"retention removed {outcome.deleted_by_retention:,}; quarantined {len(outcome.quarantined)}")

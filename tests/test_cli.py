@@ -202,6 +202,33 @@ def test_a_duration_out_of_range_is_a_clear_error(db: str, since: str, capsys: p
     assert "not a duration" in capsys.readouterr().err
 
 
+def _held_by_another_process(db: str, seconds: float) -> subprocess.Popen[str]:
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time\ncon = duckdb.connect({db!r})\n"
+                               f"print('held', flush=True)\ntime.sleep({seconds})\ncon.close()"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_compact_waits_a_moment_for_another_process_merging(db: str, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """An app's merge holds the database for a moment: a cron job's compact waits for it rather than failing."""
+    from llmtrace import cli
+
+    holder = _held_by_another_process(db, 1.5)
+    assert main(["compact", "--db", db]) == 0
+    holder.wait(30)
+    assert "merged" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "COMPACT_WAIT_S", 0.3)
+    holder = _held_by_another_process(db, 5)
+    try:
+        assert main(["compact", "--db", db]) == 1
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert "for over 0.3 s" in capsys.readouterr().err
+
+
 def test_compact_of_a_damaged_database_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     damaged = tmp_path / "damaged.duckdb"
     damaged.write_bytes(b"this is not a DuckDB file" * 100)

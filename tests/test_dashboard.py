@@ -420,3 +420,18 @@ def test_milliseconds_and_dollars_in_tables_are_grouped_by_thousands(demo_db: st
             formats |= {c.get("type_config", {}).get("format") for c in json.loads(table.proto.columns).values()}
     assert {"%,.0f ms", "$%,.4f"} <= formats
     assert not [f for f in formats if f and f.startswith(("%.", "$%.")) and ("ms" in f or "$" in f)], formats
+
+
+def test_a_model_has_one_colour_in_every_latency_chart(demo_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first-token chart leaves out the models never streamed (embeddings): its colours must not shift."""
+    at = _app(demo_db, monkeypatch)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Latency").run()
+    specs = [json.loads(chart.proto.spec) for chart in at.get("vega_lite_chart")]
+    assert len(specs) == 3
+    domains = [spec["encoding"]["color"]["scale"].get("domain") for spec in specs]
+    assert domains[0] and domains[1] == domains[0] and domains[2][: len(domains[0])] == domains[0], domains
+    assert domains[2][len(domains[0]) :] in ([], ["other"])  # the histogram's "other", last
+    assert "text-embedding-3-small" in domains[0]
+    histogram_calls = specs[2]["encoding"]["y"]["axis"]
+    assert histogram_calls["tickMinStep"] == 1  # calls are whole: no 0.5 tick

@@ -98,16 +98,23 @@ def with_gaps(data: pd.DataFrame, bucket: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True).sort_values(["key", "bucket"], ignore_index=True)
 
 
+def _colors(keys: list[str] | None) -> alt.Scale:
+    """The key's colour; ``keys``: every key the page draws, so that one model has one colour in all its charts (each
+    chart would otherwise colour its own keys in order, and a chart missing one shifts every colour after it)."""
+    return alt.Scale(scheme="tableau10", domain=keys) if keys else alt.Scale(scheme="tableau10")
+
+
 def lines_over_time(
-    data: pd.DataFrame, bucket: str, value: str, value_title: str, key_title: str, fmt: str = ",.0f"
-) -> alt.Chart:
+    data: pd.DataFrame, bucket: str, value: str, value_title: str, key_title: str, fmt: str = ",.0f",
+    keys: list[str] | None = None,
+) -> alt.Chart:  # fmt: skip
     return (
         alt.Chart(with_gaps(data, bucket))
         .mark_line(point=True)
         .encode(
             x=_time_axis(bucket),
             y=alt.Y(f"{value}:Q", title=value_title, axis=alt.Axis(format=fmt)),
-            color=alt.Color("key:N", title=key_title, scale=alt.Scale(scheme="tableau10")),
+            color=alt.Color("key:N", title=key_title, scale=_colors(keys)),
             tooltip=[alt.Tooltip("bucket:T", title="From", format="%Y-%m-%d %H:%M:%S"), alt.Tooltip("key:N", title=key_title),
                      alt.Tooltip(f"{value}:Q", title=value_title, format=fmt), alt.Tooltip("calls:Q", title="Calls")],
         )
@@ -131,15 +138,15 @@ def ranked_bars(
     )
 
 
-def latency_histogram(data: pd.DataFrame, key_title: str) -> alt.Chart:
+def latency_histogram(data: pd.DataFrame, key_title: str, keys: list[str] | None = None) -> alt.Chart:
     return (
         alt.Chart(data)
         .mark_bar(stroke="white", strokeWidth=0.5)
         .encode(
             x=alt.X("bin_start_ms:Q", title="Latency (ms, log scale)", scale=alt.Scale(type="log")),
             x2="bin_end_ms:Q",
-            y=alt.Y("sum(calls):Q", title="Calls", stack=True),
-            color=alt.Color("key:N", title=key_title, scale=alt.Scale(scheme="tableau10")),
+            y=alt.Y("sum(calls):Q", title="Calls", stack=True, axis=alt.Axis(tickMinStep=1, format=",d")),  # whole calls
+            color=alt.Color("key:N", title=key_title, scale=_colors(keys)),
             tooltip=[alt.Tooltip("key:N", title=key_title), alt.Tooltip("bin_start_ms:Q", title="From (ms)", format=",.0f"),
                      alt.Tooltip("bin_end_ms:Q", title="To (ms)", format=",.0f"), alt.Tooltip("sum(calls):Q", title="Calls")],
         )

@@ -174,19 +174,24 @@ def latency(view: View) -> None:
         over_time = over_time[over_time["key"].isin({C.UNTAGGED if k is None else k for k in busiest})]
         st.caption(f"Over time: the {len(busiest)} models with the most calls, of {len(table)} (pick a model in the "
                    "sidebar for any other).")
+    histogram = C.frame(query.latency_histogram(view.time_range, view.filters, db=view.db), top=_TOP_KEYS, weight="calls")
+    # One model, one colour, in every chart of the page (the first-token chart leaves out models never streamed); the
+    # histogram's "other" (the models beyond its busiest) comes last, in its chart only.
+    keys = sorted((set(over_time.get("key", ())) | set(histogram.get("key", ()))) - {C.OTHER})
     pct = st.segmented_control("Percentile", ["P50", "P95", "P99"], default="P99", key="latency_pct") or "P99"
     column = f"latency_{pct.lower()}_ms"
     st.markdown(f"**{pct} latency per model over time**")
-    _chart(C.lines_over_time(over_time, view.bucket, column, f"{pct} latency (ms)", "Model"))
+    _chart(C.lines_over_time(over_time, view.bucket, column, f"{pct} latency (ms)", "Model", keys=keys))
     ttft = over_time.dropna(subset=[f"ttft_{pct.lower()}_ms"]) if not over_time.empty else over_time
     st.markdown(f"**{pct} time to first token per model over time** (streamed calls)")
     if ttft.empty:
         st.info("No streamed calls in this range.")
     else:
-        _chart(C.lines_over_time(ttft, view.bucket, f"ttft_{pct.lower()}_ms", f"{pct} time to first token (ms)", "Model"))
+        _chart(C.lines_over_time(ttft, view.bucket, f"ttft_{pct.lower()}_ms", f"{pct} time to first token (ms)", "Model",
+                                 keys=keys))  # fmt: skip
     st.markdown("**How latency is spread** (calls per latency band)")
-    histogram = C.frame(query.latency_histogram(view.time_range, view.filters, db=view.db), top=_TOP_KEYS, weight="calls")
-    _chart(C.latency_histogram(histogram, "Model"))
+    lumped = [C.OTHER] if C.OTHER in set(histogram.get("key", ())) else []
+    _chart(C.latency_histogram(histogram, "Model", keys=keys + lumped))
 
 
 # --- Spend ---------------------------------------------------------------------------------------

@@ -456,7 +456,10 @@ def flush(timeout_s: float = 10.0) -> bool:
             done = provider.force_flush(left_ms()) and done
         meters = _own_meters[0] if _own_meters is not None else metrics.get_meter_provider()
         if isinstance(meters, MeterProvider):
-            done = meters.force_flush(left_ms()) and done
+            try:
+                done = meters.force_flush(left_ms()) and done
+            except Exception:  # noqa: BLE001 - the SDK's way of saying a reader failed or timed out (a collector down)
+                done = False  # it raises a bare Exception naming them (a MetricsTimeoutError inside)
     return done
 
 

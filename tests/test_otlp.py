@@ -370,11 +370,13 @@ openai_client(FakeAPI(http_module(openai))).chat.completions.create(model="gpt-4
 results = [trace.get_tracer_provider().force_flush(200) for _ in range(5)]
 flushing = [t for t in threading.enumerate() if t.name == "llmtrace-otlp-spans-flush"]
 print("FLUSHED", results, len(flushing))
+print("LLMTRACE FLUSHED", llmtrace.flush(timeout_s=0.5))  # spans and metrics: the SDK raises for the metrics' timeout
 """
     env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_TIMEOUT": "120"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "FLUSHED [False, False, False, False, False] 1" in out.stdout, out.stdout + out.stderr
+    assert "LLMTRACE FLUSHED False" in out.stdout and "internal error" not in out.stderr, out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("store_on", [True, False])

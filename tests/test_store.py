@@ -742,6 +742,42 @@ os._exit(0)  # no atexit hook runs
     assert query.span_count(db=db)["spans"] == 3
 
 
+def test_flush_waits_for_spans_another_thread_is_writing(tmp_path: Path) -> None:
+    """A budget declared in code wakes the budget monitor, whose first flush (begun before any span, on its own thread,
+    loading DuckDB and Arrow) takes the calls made meanwhile: the app's flush must not return before they are written."""
+    db = _db(tmp_path)
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, llmtrace.budgets, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+
+llmtrace.instrument(db={db!r}, flush_interval=600)
+llmtrace.budgets.add(scope="tenant", key="*", period="month", limit_usd=100)
+client = openai_client(FakeAPI(http_module(openai)))
+with llmtrace.tags(tenant="acme"):
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+print(llmtrace.flush(timeout_s=30))
+sys.stdout.flush()
+os._exit(0)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+    assert query.span_count(db=db)["spans"] == 3
+
+
+def test_flush_says_false_while_segments_cannot_be_written(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the store's folder would be")
+    provider, writer = provider_with_store(str(blocked / "llmtrace.duckdb"), flush_interval=600)
+    emit(provider, 2)
+    assert writer.force_flush(10_000, merge=False) is False
+    writer.shutdown()
+
+
 _UVICORN_APP = """
 import os, sys
 sys.path.insert(0, {tests!r})

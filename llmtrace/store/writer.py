@@ -101,6 +101,10 @@ class StoreWriter(SpanProcessor):
         # Spans (not yet rows) wait here; deque append/popleft are atomic, so no lock on the request path.
         self._spans: collections.deque[ReadableSpan] = collections.deque()
         self._unwritten: list[ReadableSpan] = []  # spans whose segment write failed
+        # One writing at a time: the writer thread's rounds, and a flush run on the caller's thread (before the writer
+        # thread exists, or after it stopped). A flush waited for must not end while another thread still writes
+        # spans it took (the budget monitor's flush, with an os._exit() right after the app's own).
+        self._writing = threading.Lock()
         self._wake = threading.Event()
         self._flushed = threading.Condition()
         self._flush_requests = 0
@@ -185,6 +189,10 @@ class StoreWriter(SpanProcessor):
     def _write_and_merge(self, merge_now: bool = True, periodic: bool = False) -> None:
         """Write what is buffered to segments and merge them: now (someone waits), or on the merge thread when a
         backlog builds up or (``periodic``: the writer thread's rounds) every few intervals."""
+        with self._writing:
+            self._write_and_merge_now(merge_now, periodic)
+
+    def _write_and_merge_now(self, merge_now: bool, periodic: bool) -> None:
         # Segment by segment, so the writer's memory stays bounded by one segment; only what was
         # buffered when the round began, so a busy app cannot keep the merge from happening.
         from .schema import spans_to_table  # DuckDB and Arrow load here, in the writer thread
@@ -282,18 +290,19 @@ class StoreWriter(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30_000, merge: bool = True) -> bool:
         """Write everything buffered so far to segments (readers see them) and, with ``merge``, merge
-        them into the database; True when done within the timeout."""
+        them into the database; True when done within the timeout (False too while segments cannot be written)."""
         if self._thread is None or not self._thread.is_alive():
             with internal_errors(), background_work():
                 self._write_and_merge(merge_now=merge)
-                return True
+                return not self._unwritten
             return False
         with self._flushed:
             self._merge_requested = self._merge_requested or merge
             self._flush_requests += 1
             target = self._flush_requests
             self._wake.set()
-            return self._flushed.wait_for(lambda: self._flushes_done >= target, timeout_millis / 1000)
+            done = self._flushed.wait_for(lambda: self._flushes_done >= target, timeout_millis / 1000)
+        return done and not self._unwritten  # spans a failed write kept are not written yet
 
     def shutdown(self) -> None:
         """Flush, then stop the thread and wait for it: a thread killed inside DuckDB at interpreter

@@ -47,6 +47,10 @@ class Waiting:
     base_url: str
     parent: SpanContext  # the create call's span
     created_ns: int  # when the create call started: the generation's start if the response does not say
+    # What a block budget reserved for the call (llmtrace.enforce), and the guard holding it: the generation is the
+    # call's cost, so the reservation lasts until it is read (else a loop of queued jobs would pass any budget).
+    hold: Any
+    guard: Any
 
 
 _waiting: collections.OrderedDict[str, Waiting] = collections.OrderedDict()
@@ -58,14 +62,18 @@ def expect(call: core.Call, response_id: str) -> None:
     """The call's answer comes later, under this response id."""
     global _forgotten
     attributes = {k: v for k, v in call.attrs.items() if k not in _NOT_REPEATED}
-    waiting = Waiting(call.endpoint, attributes, call.base_url, call.span.get_span_context(), call.start_ns)
+    hold, call.hold = call.hold, None  # taken along: released when the generation is read, with its cost
+    waiting = Waiting(call.endpoint, attributes, call.base_url, call.span.get_span_context(), call.start_ns, hold,
+                      call.runtime.guard)  # fmt: skip
     with _lock:
         _waiting[response_id] = waiting
         if len(_waiting) <= MAX_WAITING:
             return
-        _waiting.popitem(last=False)
+        _, oldest = _waiting.popitem(last=False)
         _forgotten += 1
         forgotten = _forgotten
+    if oldest.hold is not None:
+        oldest.guard.settle(oldest.hold, None)
     if forgotten == 1 or forgotten % 1000 == 0:
         logger.warning("llmtrace: over %d background responses created and never read back finished; the oldest are "
                        "forgotten (%d so far): their cost will not be recorded", MAX_WAITING, forgotten)  # fmt: skip
@@ -99,10 +107,13 @@ def observe(response: Any) -> None:
             if _waiting.pop(response_id, None) is None:
                 return  # another thread read it finished first
         rt = core.runtime
-        if rt is not None:
-            start_ns = _ns(getattr(response, "created_at", None)) or waiting.created_ns
-            call = core.Call.later(waiting.endpoint, rt, waiting.attributes, waiting.base_url, waiting.parent, start_ns)
-            call.finish_later(result, _ns(getattr(response, "completed_at", None)))
+        if rt is None:  # uninstrumented meanwhile (the list is emptied then, but a read may have been under way)
+            return
+        start_ns = _ns(getattr(response, "created_at", None)) or waiting.created_ns
+        call = core.Call.later(waiting.endpoint, rt, waiting.attributes, waiting.base_url, waiting.parent, start_ns)
+        if waiting.guard is rt.guard:
+            call.hold = waiting.hold  # replaced by the generation's cost as the span ends
+        call.finish_later(result, _ns(getattr(response, "completed_at", None)))
     except Exception as exc:
         report(exc)
 

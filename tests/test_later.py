@@ -236,3 +236,30 @@ def test_a_forked_child_does_not_record_the_parents_background_responses(capture
     assert os.waitstatus_to_exitcode(status) == 0
     client.responses.retrieve(queued.id)
     assert _generation(captured).attributes["gen_ai.usage.input_tokens"] == 1200
+
+
+def test_a_queued_background_response_holds_its_block_budget_reservation_until_it_is_read(tmp_path: Path) -> None:
+    """Each create call answers at once with no cost: its reservation (the prompt and max_output_tokens at their
+    dearest rates) stays until its generation is read, so a loop of queued jobs cannot pass a block budget."""
+    from llmtrace import budgets, pricing
+
+    price = pricing.price_for("openai", "o3")
+    assert price is not None
+    worst = 4000 * price.worst_output_per_token()
+    budgets.add(scope="tenant", key="acme", period="day", limit_usd=2.5 * worst, action="block")
+    api = BackgroundAPI()
+    client = openai_client(api)
+    try:
+        with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), budget_refresh_interval=3600,
+                                      anomaly_detectors=[]) as captured, llmtrace.tags(tenant="acme"):  # fmt: skip
+            queued = [client.responses.create(model="o3", input="a long task", background=True, max_output_tokens=4000)
+                      for _ in range(3)]  # fmt: skip
+            with pytest.raises(llmtrace.BudgetExceeded):
+                client.responses.create(model="o3", input="a long task", background=True, max_output_tokens=4000)
+            for response in queued[:2]:
+                api.reads[response.id] = 1
+                client.responses.retrieve(response.id)  # their generations cost far less than their reservations
+            client.responses.create(model="o3", input="a long task", background=True, max_output_tokens=4000)
+    finally:
+        budgets.clear()
+    assert api.created == 4 and len([s for s in captured.spans() if s.attributes.get("llmtrace.response.background")]) == 2

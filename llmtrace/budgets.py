@@ -283,7 +283,8 @@ def status(budgets: tuple[Budget, ...] | list[Budget], *, db: query.Store = None
 
     now = now or query.TimeRange.last(timedelta(0)).since
     windows = [budget.window(now) for budget in budgets]
-    questions = [spend_question(budget, start, now) for budget, (start, _) in zip(budgets, windows)]
+    # A second past now: every call in the store, the ones that began at this instant too.
+    questions = [spend_question(budget, start, now + timedelta(seconds=1)) for budget, (start, _) in zip(budgets, windows)]
     with query.open_store(db) as con:
         spends = query.budget_spend(questions, db=con)
         unpriced = query.budget_unpriced_calls(questions, db=con)
@@ -308,8 +309,9 @@ def unpriced_note(rows: list[Status]) -> str | None:
             "them by key; add prices with [prices] in llmtrace.toml")
 
 
-def spend_question(budget: Budget, since: datetime, now: datetime) -> tuple[str | None, str | None, datetime, datetime]:
-    """What to ask ``query.budget_spend`` for this budget's period so far."""
+def spend_question(budget: Budget, since: datetime, until: datetime) -> tuple[str | None, str | None, datetime, datetime]:
+    """What to ask ``query.budget_spend`` for this budget's calls that began at ``since`` or later and ended by
+    ``until``."""
     dimension = None if budget.scope == "global" else SCOPE_DIMENSIONS[budget.scope]
     key = None if budget.key == EACH else budget.key
-    return dimension, key, since, now + timedelta(seconds=1)
+    return dimension, key, since, until

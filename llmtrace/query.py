@@ -460,8 +460,11 @@ def budget_unpriced_calls(questions: list[BudgetQuestion], *, db: Store = None) 
 def _per_budget_key(con: duckdb.DuckDBPyConnection, question: BudgetQuestion, figure: str) -> list[tuple[Any, Any]]:
     dimension, key, since, until = question
     column = _dimension(dimension) if dimension else "NULL"
-    sql = f"SELECT {column} AS key, {figure} FROM spans WHERE start_time >= ? AND start_time < ?"
-    params: list[Any] = [since, until]
+    # Calls that began in the window and had ended by its end: a block budget's refresh reads the store as of its
+    # snapshot, and counts the calls of its process that ended after it itself (llmtrace.enforce).
+    sql = (f"SELECT {column} AS key, {figure} FROM spans WHERE start_time >= ? AND start_time < ? "
+           "AND start_time + to_milliseconds(coalesce(duration_ms, 0)) <= ?")  # fmt: skip
+    params: list[Any] = [since, until, until]
     if dimension and key is not None:
         sql += f" AND {column} = ?"
         params.append(key)

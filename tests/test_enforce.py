@@ -434,3 +434,33 @@ def test_a_stream_in_flight_holds_the_worst_case_of_the_service_tier_it_asked_fo
             client.chat.completions.create(model="gpt-5", messages=HI, max_tokens=10)  # the stream may yet cost `worst`
         list(stream)
     assert refused.value.spent_usd == pytest.approx(worst, rel=1e-3)  # and the short prompt's few tokens
+
+
+def test_a_call_that_ends_while_the_budgets_are_read_counts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh snapshots what this process counted, flushes its spans, then reads the store: a call that ends in
+    between is written by that flush and counted by this process since the snapshot. The store's figure leaves it out
+    (calls that ended by the snapshot), or the budget refused calls well below its limit."""
+    cost = _cost_of_one_call()
+    budgets.add(scope="tenant", key="acme", period="day", limit_usd=2.5 * cost, action="block")
+    client = openai_client(FakeAPI(http_module(openai)))
+
+    def one_call() -> None:
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)
+
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), **NO_REFRESH), llmtrace.tags(tenant="acme"):
+        one_call()
+        monitor = instrumentation._monitor
+        assert monitor is not None
+        flush = monitor.writer.force_flush
+
+        def a_call_ends_first(*args: Any, **kwargs: Any) -> bool:
+            one_call()  # after the refresh's snapshot, before its flush
+            return flush(*args, **kwargs)
+
+        monkeypatch.setattr(monitor.writer, "force_flush", a_call_ends_first)
+        monitor.refresh_budgets(monitor.budgets)
+        monkeypatch.setattr(monitor.writer, "force_flush", flush)
+        one_call()  # two calls spent, 2 x cost of 2.5 x cost: admitted
+        with pytest.raises(llmtrace.BudgetExceeded) as refused:
+            one_call()
+    assert refused.value.spent_usd == pytest.approx(3 * cost)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -55,7 +56,9 @@ def _report_table(rows: list[dict[str, Any]], by: str) -> None:
 def _settings(args: argparse.Namespace) -> config.Settings:
     """The settings an app instrumented in this folder would have: --db and --config first, then the
     LLMTRACE_* variables, then llmtrace.toml (so that the store and budgets read are the app's)."""
-    return config.load({"db": getattr(args, "db", None), "config_file": getattr(args, "config", None)})
+    settings = config.load({"db": getattr(args, "db", None), "config_file": getattr(args, "config", None)})
+    # Every read names its store: left to ``llmtrace.query``'s default, it would read llmtrace.toml, not --config.
+    return settings if settings.db is not None else dataclasses.replace(settings, db=str(resolve(None).db))
 
 
 def _existing_store(db: str | None) -> str | None:
@@ -210,6 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not args.no_dashboard:
         dashboard.check_can_serve(args.host, args.port)  # before the traffic, not after it
+    args.db = args.db or str(resolve(None).db)  # the demo reads no llmtrace.toml (nor does its summary, then)
     with SimulatedProvider(seed=args.seed) as sim:
         demo.instrument_for_demo(args.db)
         try:

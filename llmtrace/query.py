@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import duckdb
 
 from ._fork import background_work
+from . import config
 from .budgets import BudgetExceeded
 from .store.files import StorePaths, resolve, utc_now
 from .store.merge import DATA_ERRORS, is_lock_error, merge, merged_ids
@@ -62,6 +63,12 @@ BUCKETS = {
 # so that several questions read one snapshot and the store is opened once (opening costs ~20 ms: most
 # of that is DuckDB creating a database, which it does for every connection to a new in-memory one).
 Store = str | os.PathLike[str] | duckdb.DuckDBPyConnection | None
+
+
+def store_paths(db: str | os.PathLike[str] | None) -> StorePaths:
+    """The store at ``db``; by default the one an app instrumented here writes to: ``$LLMTRACE_DB``, else the ``db`` of
+    ``llmtrace.toml`` (or the file ``$LLMTRACE_CONFIG`` names), else ``./.llmtrace/llmtrace.duckdb``."""
+    return resolve(db if db is not None else config.load({}).db)
 
 
 class StoreError(RuntimeError):
@@ -141,7 +148,7 @@ def open_store(db: Store = None, *, merge_first: bool = True, in_app: bool = Fal
     if isinstance(db, duckdb.DuckDBPyConnection):
         yield db
         return
-    paths = resolve(db)
+    paths = store_paths(db)
     if not in_app:
         _say_if_missing(paths)
     with background_work():  # a fork() waits for the database to be closed: DuckDB does not survive one
@@ -559,7 +566,7 @@ def dimension_values(
 
 def store_exists(db: str | os.PathLike[str] | None = None) -> bool:
     """Whether anything was ever written at this store (the database file or pending segments)."""
-    return _written(resolve(db))
+    return _written(store_paths(db))
 
 
 def _written(paths: StorePaths) -> bool:
@@ -569,7 +576,7 @@ def _written(paths: StorePaths) -> bool:
 def quarantine_note(db: str | os.PathLike[str] | None = None) -> str | None:
     """What readers must be told while unreadable segments sit in quarantine (a merge set them aside, logging it once):
     their spans are in no figure."""
-    folder = resolve(db).quarantine
+    folder = store_paths(db).quarantine
     count = sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
     if not count:
         return None
@@ -581,7 +588,7 @@ def span_count(*, db: str | os.PathLike[str] | None = None) -> dict[str, int]:
     """How many spans the store holds, distinct span ids, and segments still pending."""
     with open_store(db, merge_first=False) as con:
         total, distinct = con.execute("SELECT count(*), count(DISTINCT span_id) FROM spans").fetchone()  # type: ignore[misc]
-    return {"spans": int(total), "distinct_span_ids": int(distinct), "pending_segments": len(resolve(db).pending())}
+    return {"spans": int(total), "distinct_span_ids": int(distinct), "pending_segments": len(store_paths(db).pending())}
 
 
 # --- anomaly detection (the monitor asks these off the request path) -----------------------------

@@ -1284,3 +1284,18 @@ def test_reading_a_store_nothing_was_written_to_says_so_once(tmp_path: Path, cap
     with query.open_store(str(tmp_path / "other.duckdb"), in_app=True):  # the app's own budget reads: not a mistake
         pass
     assert len([r for r in caplog.records if "no store at" in r.getMessage()]) == 1
+
+
+def test_the_query_apis_default_store_is_the_one_an_app_here_writes_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app in a folder whose llmtrace.toml names its db writes there: llmtrace.query, asked of no store, reads it
+    too (as the CLI does), not an empty default store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLMTRACE_DB", raising=False)
+    (tmp_path / "llmtrace.toml").write_text('[llmtrace]\ndb = "data/calls.duckdb"\n')
+    provider, writer = provider_with_store(str(tmp_path / "data" / "calls.duckdb"), flush_interval=600)
+    emit(provider, 3)
+    writer.force_flush()
+    assert query.span_count()["spans"] == 3
+    assert query.summary(last_day())["calls"] == 3
+    monkeypatch.setenv("LLMTRACE_DB", str(tmp_path / "other.duckdb"))  # the variable wins, as in the app
+    assert query.span_count()["spans"] == 0

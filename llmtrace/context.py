@@ -11,7 +11,7 @@ import functools
 import inspect
 import logging
 from types import MappingProxyType, TracebackType
-from typing import Any, AsyncGenerator, Callable, Generator, Mapping, NamedTuple, TypeVar
+from typing import Any, Callable, Generator, Mapping, NamedTuple, TypeVar
 
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
@@ -132,8 +132,26 @@ class tags:
 
             @functools.wraps(func)
             async def async_generator_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async for item in self._each_async_step(func(*args, **kwargs)):
-                    yield item
+                # The steps of _each_step, here (an async generator cannot delegate with yield from): what the reader
+                # sends, throws and closes reaches the app's generator.
+                generator = func(*args, **kwargs)
+                sent: Any = None
+                thrown: BaseException | None = None
+                while True:
+                    with self:
+                        try:
+                            item = await (generator.asend(sent) if thrown is None else generator.athrow(thrown))
+                        except StopAsyncIteration:
+                            return
+                    sent, thrown = None, None
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        with self:
+                            await generator.aclose()
+                        raise
+                    except BaseException as exc:
+                        thrown = exc
 
             return async_generator_wrapper  # type: ignore[return-value]
         if inspect.isgeneratorfunction(func):
@@ -169,25 +187,6 @@ class tags:
             except GeneratorExit:
                 with self:
                     generator.close()
-                raise
-            except BaseException as exc:
-                thrown = exc
-
-    async def _each_async_step(self, generator: AsyncGenerator[Any, Any]) -> AsyncGenerator[Any, Any]:
-        sent: Any = None
-        thrown: BaseException | None = None
-        while True:
-            with self:
-                try:
-                    item = await (generator.asend(sent) if thrown is None else generator.athrow(thrown))
-                except StopAsyncIteration:
-                    return
-            sent, thrown = None, None
-            try:
-                sent = yield item
-            except GeneratorExit:
-                with self:
-                    await generator.aclose()
                 raise
             except BaseException as exc:
                 thrown = exc

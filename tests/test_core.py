@@ -272,6 +272,44 @@ def test_tags_on_a_generator_function_hold_in_its_steps_not_between_them(capture
     assert tenants == [("acme", None), (None, None), ("acme", None), (None, "stream")]
 
 
+def test_tags_on_an_async_generator_pass_what_the_reader_sends_throws_and_closes() -> None:
+    """An async generator decorated with tags behaves as it would undecorated (an @asynccontextmanager around a
+    transaction: its except and finally blocks run when the reader's block raises, not later)."""
+
+    def body(log: list[Any]) -> Any:
+        async def steps() -> Any:
+            try:
+                while True:
+                    try:
+                        log.append(("got", (yield 1), dict(llmtrace.context.current_tags())))
+                    except ValueError as exc:
+                        log.append(("caught", str(exc)))
+            finally:
+                log.append(("cleanup", dict(llmtrace.context.current_tags())))
+
+        return steps
+
+    async def read(make: Any) -> list[Any]:
+        log: list[Any] = []
+        steps = make(body(log))()
+        await steps.asend(None)
+        await steps.asend("hello")
+        log.append(("athrow returned", await steps.athrow(ValueError("x"))))
+        await steps.aclose()
+        log.append("closed")
+        return log
+
+    plain = asyncio.run(read(lambda f: f))
+    tagged = asyncio.run(read(llmtrace.tags(feature="f")))
+    def shape(entry: Any) -> Any:  # what happened, without the tags seen
+        return entry if isinstance(entry, str) else entry[:1] if entry[0] == "cleanup" else entry[:2]
+
+    assert [shape(e) for e in tagged] == [shape(e) for e in plain]
+    assert [shape(e) for e in plain] == [("got", "hello"), ("caught", "x"), ("athrow returned", 1), ("cleanup",), "closed"]
+    assert plain[0][2] == {} and tagged[0][2] == {"llmtrace.feature": "f"}
+    assert tagged[-2] == ("cleanup", {"llmtrace.feature": "f"})
+
+
 def test_a_call_the_app_cancels_is_not_an_error(captured: Any) -> None:
     async def slow(request: Any) -> Any:
         await asyncio.sleep(5)

@@ -71,7 +71,6 @@ class Call:
         "unsampled_parent",
         "hold",
         "request_bytes",
-        "stopped_reading_ns",
     )
 
     def __init__(self, endpoint: Endpoint, rt: Runtime, instance: Any, kwargs: dict[str, Any]) -> None:
@@ -110,7 +109,6 @@ class Call:
         self.acc: Accumulator | None = None
         self.done = False  # finish() began
         self.ended = False  # the span ended
-        self.stopped_reading_ns = 0  # when the app last left a loop over the stream (llmtrace.stream)
         self.start_ns = start_ns
         self.span = rt.spans.start(self._name(), attrs, start_ns)
         # The app's sampler dropped this span: remember its parent, to hand the call to the store anyway.
@@ -200,16 +198,12 @@ class Call:
             report(exc)
             return True
 
-    def stopped_reading(self) -> None:
-        self.stopped_reading_ns = time.time_ns()
-
-    def end_stream(self, error: BaseException | None = None, at: int | None = None) -> None:
-        """End after a stream: exhausted, closed, exited, failed or dropped (``at``: when the app stopped reading it).
-        Never raises."""
+    def end_stream(self, error: BaseException | None = None) -> None:
+        """End after a stream: exhausted, closed, exited, failed or dropped. Never raises."""
         if self.done:
             return
         try:
-            self.finish(self.acc.result() if self.acc is not None else Result(), error, at)
+            self.finish(self.acc.result() if self.acc is not None else Result(), error)
         except Exception as exc:
             report(exc)
             self._force_end()
@@ -248,22 +242,21 @@ class Call:
             hold, self.hold = self.hold, None
             self.runtime.guard.settle(hold, cost)
 
-    def finish_later(self, result: Result, end_ns: int | None) -> None:
-        """End a ``later`` call with the answer read back, finished at ``end_ns`` (None: now). Never raises."""
+    def finish_later(self, result: Result) -> None:
+        """End a ``later`` call with the answer read back. Never raises."""
         if result.usage is None:
             result.pending = True  # a finished answer without usage: its prompt is not kept to estimate from
         try:
-            self.finish(result, None, max(end_ns, self.start_ns) if end_ns else None)
+            self.finish(result, None)
         except Exception as exc:
             report(exc)
             self._force_end()
 
-    def finish(self, result: Result | None, error: BaseException | None, end_ns: int | None = None) -> None:
+    def finish(self, result: Result | None, error: BaseException | None) -> None:
         if self.done:
             return
         self.done = True
-        if end_ns is None:
-            end_ns = time.time_ns()
+        end_ns = time.time_ns()
         attrs: dict[str, Any] = {A.HTTP_ATTEMPTS: 1 + self.retries}
         if error is not None and not isinstance(error, Exception):
             error = None  # the app stopped the call (a cancelled task, Ctrl-C, exit): not the call failing

@@ -5,8 +5,9 @@ a later read of that response: ``responses.retrieve``, ``responses.cancel``, or 
 (``responses.stream(response_id=...)``, ``responses.retrieve(..., stream=True)``).
 
 The create call's span ends at once, with no usage. When this process later reads that response finished, one more
-span records the generation: its tokens and cost, timed from the response's ``created_at`` to its
-``completed_at``, a child of the create call's span, with that call's request attributes and tags. Each response
+span records the generation: its tokens and cost, a child of the create call's span, with that call's request
+attributes and tags. It is timed from the response's ``created_at`` to the moment it was read finished, not to its
+``completed_at``: a span ends when llmtrace learns of it, which block budgets' accounting relies on. Each response
 once: only a response this process created and has not yet seen finished counts, so polling it again, or reading
 an old response, adds nothing. A response created in one process and read in another (a forked child included) is
 not recorded.
@@ -113,7 +114,7 @@ def observe(response: Any) -> None:
         call = core.Call.later(waiting.endpoint, rt, waiting.attributes, waiting.base_url, waiting.parent, start_ns)
         if waiting.guard is rt.guard:
             call.hold = waiting.hold  # replaced by the generation's cost as the span ends
-        call.finish_later(result, _ns(getattr(response, "completed_at", None)))
+        call.finish_later(result)
     except Exception as exc:
         report(exc)
 

@@ -18,13 +18,14 @@ from .call import Call, refused_answer
 
 
 def _abandoned(call: Call) -> None:
-    call.end_stream(None, at=call.stopped_reading_ns or None)
+    call.end_stream(None)
 
 
 # Where a loop over a stream stops (a break, or its iterator dropped: GeneratorExit), the span does not end: the app
 # may read on with another loop, or next(), on the same stream (a peek at the first chunk, then the rest), and the
-# usage comes last. It ends when the stream is exhausted, closed or exited, or else when the stream is collected: then
-# at the time the app stopped reading, not the collection's.
+# usage comes last. It ends when the stream is exhausted, closed or exited, or else when the stream is collected (a
+# local variable: as its function returns). Ended then, not backdated: a block budget's refresh counts a call in the
+# store only once it has ended by the refresh's snapshot (llmtrace.query._per_budget_key).
 
 
 class SyncStreamProxy(wrapt.ObjectProxy):
@@ -48,8 +49,7 @@ class SyncStreamProxy(wrapt.ObjectProxy):
                     try:
                         yield item
                     except GeneratorExit:
-                        call.stopped_reading()  # see the note above _abandoned
-                        raise
+                        raise  # see the note above _abandoned
                     except BaseException:
                         call.end_stream(None)  # thrown in where the app reads (throw()): not the call failing
                         raise
@@ -138,8 +138,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
                     try:
                         yield item
                     except GeneratorExit:
-                        call.stopped_reading()  # see the note above _abandoned
-                        raise
+                        raise  # see the note above _abandoned
                     except BaseException:
                         # Thrown in where the app reads: asyncio.run() ending with this generator not yet closed
                         # (CancelledError). Not the call failing.

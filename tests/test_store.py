@@ -1299,3 +1299,16 @@ def test_the_query_apis_default_store_is_the_one_an_app_here_writes_to(tmp_path:
     assert query.summary(last_day())["calls"] == 3
     monkeypatch.setenv("LLMTRACE_DB", str(tmp_path / "other.duckdb"))  # the variable wins, as in the app
     assert query.span_count()["spans"] == 0
+
+
+def test_a_span_lasting_months_is_stored_with_the_rest_of_its_segment(tmp_path: Path) -> None:
+    """Past 2^53 ns (104 days) a duration is no exact double: Arrow's safe cast refused it, and the whole segment's
+    spans were lost with it (an OpenAI background response read back long after it was queued, a clock gone wrong)."""
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=600)
+    emit(provider, 2)
+    emit_at(provider, datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=200), duration_s=200 * 86400)
+    assert writer.force_flush()
+    assert query.span_count(db=db)["spans"] == 3
+    longest = query.top_calls(query.TimeRange.last(timedelta(days=365)), order="duration", limit=1, db=db)[0]
+    assert longest["duration_ms"] == pytest.approx(200 * 86400 * 1000)

@@ -16,9 +16,11 @@ not recorded.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator
 
@@ -34,6 +36,10 @@ logger = logging.getLogger("llmtrace")
 
 # Responses created and not yet read finished, oldest first. A bound for an app that never reads its answers back.
 MAX_WAITING = 10_000
+# A block budget's reservation for a generation this process may never read (its answer comes by webhook, or another
+# process polls it) would hold the budget for ever: it is released after this long (read later, the generation
+# still counts its cost).
+HOLD_FOR_S = 3600.0
 # The create call's request attributes that do not describe the generation again: the duplicate-call detector's
 # hash (the generation is not a second request) and the prompt's content (on the create call's span already).
 _NOT_REPEATED = frozenset({A.REQUEST_HASH, A.INPUT_MESSAGES, A.SYSTEM_INSTRUCTIONS, A.TOOL_DEFINITIONS})
@@ -78,6 +84,21 @@ def expect(call: core.Call, response_id: str) -> None:
     if forgotten == 1 or forgotten % 1000 == 0:
         logger.warning("llmtrace: over %d background responses created and never read back finished; the oldest are "
                        "forgotten (%d so far): their cost will not be recorded", MAX_WAITING, forgotten)  # fmt: skip
+
+
+def release_old_holds() -> None:
+    """Release the reservations of responses queued over ``HOLD_FOR_S`` ago (the budget monitor calls it each round)."""
+    cutoff = time.time_ns() - int(HOLD_FOR_S * 1e9)
+    released = []
+    with _lock:
+        for response_id, waiting in _waiting.items():
+            if waiting.created_ns > cutoff:
+                break  # oldest first: the rest are younger
+            if waiting.hold is not None:
+                released.append(waiting)
+                _waiting[response_id] = dataclasses.replace(waiting, hold=None)
+    for waiting in released:
+        waiting.guard.settle(waiting.hold, None)
 
 
 def forget() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import budgets
+from . import budgets, later
 from ._fork import background_work
 from ._guard import Fault, internal_errors
 from .alerts import Alert, Alerter
@@ -150,6 +150,7 @@ class Monitor:
         declared = self.budgets
         alerts: list[Alert] = []
         read_the_store = bool(declared)
+        later.release_old_holds()
         if declared:
             alerts.extend(self.refresh_budgets(declared, now))
         if anomalies and self.settings.anomaly_detectors and time.monotonic() >= self._next_anomaly_run:

@@ -266,3 +266,34 @@ def test_a_queued_background_response_holds_its_block_budget_reservation_until_i
     finally:
         budgets.clear()
     assert api.created == 4 and len([s for s in captured.spans() if s.attributes.get("llmtrace.response.background")]) == 2
+
+
+def test_a_reservation_for_a_generation_never_read_here_is_released_after_a_while(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its answer may come by webhook, or another process may poll it: the budget must not stay held for ever."""
+    from llmtrace import budgets, instrumentation, pricing
+
+    price = pricing.price_for("openai", "o3")
+    assert price is not None
+    budgets.add(scope="tenant", key="acme", period="day", limit_usd=0.5 * 4000 * price.worst_output_per_token(),
+                action="block")  # fmt: skip
+    api = BackgroundAPI()
+    client = openai_client(api)
+    try:
+        with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), budget_refresh_interval=3600,
+                                      anomaly_detectors=[]), llmtrace.tags(tenant="acme"):  # fmt: skip
+            client.responses.create(model="o3", input="a long task", background=True, max_output_tokens=4000)
+            with pytest.raises(llmtrace.BudgetExceeded):
+                client.responses.create(model="o3", input="a short task")
+            monitor = instrumentation._monitor
+            assert monitor is not None
+            monitor.run_once(anomalies=False)  # within the hour: still held
+            with pytest.raises(llmtrace.BudgetExceeded):
+                client.responses.create(model="o3", input="a short task")
+            monkeypatch.setattr(later, "HOLD_FOR_S", 0.0)
+            monitor.run_once(anomalies=False)
+            client.responses.create(model="o3", input="a short task")
+    finally:
+        budgets.clear()
+    assert api.created == 2

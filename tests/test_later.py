@@ -48,11 +48,16 @@ class BackgroundAPI:
         path = request.url.path
         if request.method == "POST" and path.endswith("/responses"):
             self.created += 1
-            background = json.loads(request.content).get("background") is True
+            body = json.loads(request.content)
             response_id = f"resp_{self.created}"
-            if not background:
+            if body.get("background") is not True:
                 return HTTP.Response(200, json={**_response(response_id, "completed"), "background": False})
             self.reads[response_id] = 0
+            if body.get("stream") is True:  # the connection drops after the first event
+                self.reads[response_id] = 1
+                created = {"type": "response.created", "sequence_number": 0, "response": _response(response_id, "queued")}
+                return HTTP.Response(200, content=sse([("response.created", created)]),
+                                     headers={"content-type": "text/event-stream"})  # fmt: skip
             return HTTP.Response(200, json=_response(response_id, "queued"))
         response_id = path.split("/")[-2 if path.endswith("/cancel") else -1]
         if path.endswith("/cancel"):
@@ -297,3 +302,16 @@ def test_a_reservation_for_a_generation_never_read_here_is_released_after_a_whil
     finally:
         budgets.clear()
     assert api.created == 2
+
+
+def test_a_background_stream_cut_short_is_recorded_when_resumed(captured: Any) -> None:
+    """OpenAI's documented pattern: create(background=True, stream=True), the connection drops, the app resumes with
+    retrieve(stream=True, starting_after=cursor). The generation went on, billed whole: not an estimate of the part
+    streamed before the drop."""
+    client = openai_client(BackgroundAPI())
+    events = list(client.responses.create(model="o3", input="a long task", background=True, stream=True))
+    (create,) = captured.spans()
+    assert create.attributes["llmtrace.usage.source"] == "none" and "llmtrace.cost.usd" not in create.attributes
+    resumed = list(client.responses.retrieve(events[0].response.id, stream=True, starting_after=events[-1].sequence_number))
+    assert resumed[-1].type == "response.completed"
+    assert _generation(captured).attributes["llmtrace.cost.usd"] == pytest.approx(_priced_cost(), rel=1e-9)

@@ -452,7 +452,9 @@ class _ResponsesAccumulator:
             return _parse_response_object(self._final)
         partial = _parse_response_object(self._created) if self._created is not None else Result()
         partial.finish_reasons = ()  # the created event says "in_progress": the stream ended before any verdict
-        partial.pending = False  # not an answer to come later: a stream cut short, whose output is estimated
+        # A stream cut short, whose output is estimated; but a background response's generation goes on on the
+        # server, and its usage comes with a later read (a resumed stream): none to estimate (llmtrace.later).
+        partial.pending = get(self._created, "background") is True
         # The created event has no output yet: what streamed in is the output.
         partial.output_text = "".join(self._text) + "".join("".join(c.arguments) for c in self._calls.values())
         partial.messages_of = self._messages

@@ -433,34 +433,35 @@ async def _after_server_shutdown(wrapped: Any, instance: Any, args: tuple[Any, .
             flush(_SIGTERM_FLUSH_TIMEOUT_S)  # blocks the event loop a moment: it has stopped serving
 
 
+def store_in_use() -> Any:
+    """The store (its ``StorePaths``) this process writes to, or None when not instrumented or the store is off."""
+    writer = _store_writer
+    return writer.paths if writer is not None else None
+
+
 def flush(timeout_s: float = 10.0) -> bool:
     """Write every LLM call made so far to the store (as segments, which every reader sees at once) and send what
-    OpenTelemetry export holds (llmtrace's OTLP spans and metrics, the app's own span processors), waiting
-    ``timeout_s`` at most; True when all of it was done in time. Tracing goes on. For a process that ends without
-    exit hooks (``os._exit()``) and for a point where the app wants its calls on record. Never raises."""
+    llmtrace's OTLP export holds (spans and metrics), waiting ``timeout_s`` at most; True when all of it was done in
+    time. Tracing goes on. For a process that ends without exit hooks (``os._exit()``) and for a point where the app
+    wants its calls on record. The app's own span processors are its own to flush. Never raises."""
     deadline = time.monotonic() + timeout_s
 
     def left_ms() -> int:
         return max(0, int((deadline - time.monotonic()) * 1000))
 
-    done = False
+    done = finished = False
     with internal_errors():
-        done = True
         writer = _store_writer
-        if writer is not None:
-            done = writer.force_flush(left_ms(), merge=False) and done
+        done = writer.force_flush(left_ms(), merge=False) if writer is not None else True
         for otlp in list(_otlp_by_provider.values()):
             done = otlp.force_flush(left_ms()) and done
-        provider = trace.get_tracer_provider()
-        if isinstance(provider, TracerProvider) and provider not in _providers_made:  # the app's own processors
-            done = provider.force_flush(left_ms()) and done
-        meters = _own_meters[0] if _own_meters is not None else metrics.get_meter_provider()
-        if isinstance(meters, MeterProvider):
+        if _own_meters is not None:
             try:
-                done = meters.force_flush(left_ms()) and done
+                done = _own_meters[0].force_flush(left_ms()) and done
             except Exception:  # noqa: BLE001 - the SDK's way of saying a reader failed or timed out (a collector down)
                 done = False  # it raises a bare Exception naming them (a MetricsTimeoutError inside)
-    return done
+        finished = True
+    return finished and done  # an internal error on the way: not known to be done
 
 
 def _restore_sigterm() -> None:

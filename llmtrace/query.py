@@ -66,9 +66,21 @@ Store = str | os.PathLike[str] | duckdb.DuckDBPyConnection | None
 
 
 def store_paths(db: str | os.PathLike[str] | None) -> StorePaths:
-    """The store at ``db``; by default the one an app instrumented here writes to: ``$LLMTRACE_DB``, else the ``db`` of
-    ``llmtrace.toml`` (or the file ``$LLMTRACE_CONFIG`` names), else ``./.llmtrace/llmtrace.duckdb``."""
-    return resolve(db if db is not None else config.load({}).db)
+    """The store at ``db``. By default, the store this process writes to while instrumented; else the one an app
+    instrumented here would: ``$LLMTRACE_DB``, else the ``db`` of ``llmtrace.toml`` (or of the file ``$LLMTRACE_CONFIG``
+    names), else ``./.llmtrace/llmtrace.duckdb``."""
+    if db is not None:
+        return resolve(db)
+    from .instrumentation import store_in_use  # at run time: instrumentation is the one that imports readers
+
+    in_use = store_in_use()
+    if in_use is not None:
+        return in_use
+    try:
+        return resolve(config.load({}).db)
+    except config.ConfigError as exc:  # a setting wrong elsewhere in the file: the app's instrument() says so
+        logger.warning("llmtrace: %s; reading the store $LLMTRACE_DB or the default names", exc)
+        return resolve(None)
 
 
 class StoreError(RuntimeError):

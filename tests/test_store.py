@@ -1299,6 +1299,13 @@ def test_the_query_apis_default_store_is_the_one_an_app_here_writes_to(tmp_path:
     assert query.summary(last_day())["calls"] == 3
     monkeypatch.setenv("LLMTRACE_DB", str(tmp_path / "other.duckdb"))  # the variable wins, as in the app
     assert query.span_count()["spans"] == 0
+    monkeypatch.delenv("LLMTRACE_DB")
+    (tmp_path / "llmtrace.toml").write_text('[llmtrace]\ndb = "data/calls.duckdb"\nflush_interval = "soon"\n')
+    assert query.span_count()["spans"] == 0  # a setting wrong elsewhere: the default store, and a word in the log
+    import llmtrace.testing
+
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "data" / "calls.duckdb"), config_file=os.devnull):
+        assert query.span_count()["spans"] == 3  # instrumented: the store this process writes to
 
 
 def test_a_span_lasting_months_is_stored_with_the_rest_of_its_segment(tmp_path: Path) -> None:
@@ -1312,3 +1319,31 @@ def test_a_span_lasting_months_is_stored_with_the_rest_of_its_segment(tmp_path: 
     assert query.span_count(db=db)["spans"] == 3
     longest = query.top_calls(query.TimeRange.last(timedelta(days=365)), order="duration", limit=1, db=db)[0]
     assert longest["duration_ms"] == pytest.approx(200 * 86400 * 1000)
+
+
+def test_flush_says_false_after_an_internal_error_and_leaves_merging_to_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, internal_errors_fail_tests: list[BaseException]
+) -> None:
+    import llmtrace
+    import llmtrace.testing
+    import openai
+
+    from conftest import http_module, openai_client
+    from fake_api import FakeAPI
+    from llmtrace import instrumentation
+
+    db = _db(tmp_path)
+    with llmtrace.testing.capture(store=True, db=db, flush_interval=600):  # the app's own provider (the test's)
+        openai_client(FakeAPI(http_module(openai))).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+        assert llmtrace.flush(timeout_s=30)
+        assert query.span_count(db=db)["pending_segments"] == 1  # written, not merged: that is the writer's, later
+
+        def broken(*args: Any, **kwargs: Any) -> bool:
+            raise RuntimeError("llmtrace bug")
+
+        monkeypatch.setattr(instrumentation._store_writer, "force_flush", broken)
+        assert llmtrace.flush(timeout_s=30) is False  # not known to be done: an os._exit() must not trust it
+        monkeypatch.undo()
+    assert [str(e) for e in internal_errors_fail_tests] == ["llmtrace bug"]
+    internal_errors_fail_tests.clear()  # expected here: the guard contained it

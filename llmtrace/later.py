@@ -6,8 +6,8 @@ a later read of that response: ``responses.retrieve``, ``responses.cancel``, or 
 
 The create call's span ends at once, with no usage. When this process later reads that response finished, one more
 span records the generation: its tokens and cost, a child of the create call's span, with that call's request
-attributes and tags. It is timed from the response's ``created_at`` to the moment it was read finished, not to its
-``completed_at``: a span ends when llmtrace learns of it, which block budgets' accounting relies on. Each response
+attributes and tags. It lasts as long as the generation did (``completed_at`` - ``created_at``) and ends when the
+app read it finished: a span ends when llmtrace learns of it, which block budgets' accounting relies on. Each response
 once: only a response this process created and has not yet seen finished counts, so polling it again, or reading
 an old response, adds nothing. A response created in one process and read in another (a forked child included) is
 not recorded.
@@ -126,18 +126,31 @@ def observe(response: Any) -> None:
         if result.pending:
             return  # not finished yet
         with _lock:
-            if _waiting.pop(response_id, None) is None:
-                return  # another thread read it finished first
+            # As it is now: its hold may have been released meanwhile (release_old_holds), and must not be twice.
+            waiting = _waiting.pop(response_id, None)
+        if waiting is None:
+            return  # another thread read it finished first
         rt = core.runtime
         if rt is None:  # uninstrumented meanwhile (the list is emptied then, but a read may have been under way)
             return
-        start_ns = _ns(getattr(response, "created_at", None)) or waiting.created_ns
-        call = core.Call.later(waiting.endpoint, rt, waiting.attributes, waiting.base_url, waiting.parent, start_ns)
+        call = core.Call.later(waiting.endpoint, rt, waiting.attributes, waiting.base_url, waiting.parent,
+                               time.time_ns() - _generation_ns(response, waiting))  # fmt: skip
         if waiting.guard is rt.guard:
             call.hold = waiting.hold  # replaced by the generation's cost as the span ends
         call.finish_later(result)
     except Exception as exc:
         report(exc)
+
+
+def _generation_ns(response: Any, waiting: Waiting) -> int:
+    """How long the generation took: from ``created_at`` to ``completed_at``, both the server's (a gap the app took to
+    read it is not the model's latency, and the two clocks differ); since the create call, where the response says
+    no more. The span ends now, when llmtrace learns of it (block budgets' accounting relies on that): it starts
+    this long before."""
+    created, completed = _ns(getattr(response, "created_at", None)), _ns(getattr(response, "completed_at", None))
+    if created is not None and completed is not None:
+        return max(0, completed - created)
+    return max(0, time.time_ns() - waiting.created_ns)
 
 
 def _ns(seconds: Any) -> int | None:

@@ -24,7 +24,7 @@ HTTP = http_module(openai)
 
 USAGE = {"input_tokens": 1200, "input_tokens_details": {"cached_tokens": 200}, "output_tokens": 900,
          "output_tokens_details": {"reasoning_tokens": 700}, "total_tokens": 2100}
-CREATED_AT = int(time.time()) - 95  # queued a moment ago
+CREATED_AT = int(time.time()) - 7200  # queued two hours ago, done in 90 s, read back only now
 COMPLETED_AT = CREATED_AT + 90
 
 
@@ -108,7 +108,9 @@ def test_a_background_response_read_back_finished_records_its_generation_once(tm
     a = generation.attributes
     assert generation.name == "chat o3" and generation.parent.span_id == create.context.span_id
     assert generation.context.trace_id == create.context.trace_id
-    assert generation.start_time == CREATED_AT * 10**9 and generation.end_time >= read_at  # when it was read finished
+    # As long as the model worked (the server's clock), not the two hours until the app read it; ended when it did.
+    assert generation.end_time - generation.start_time == pytest.approx((COMPLETED_AT - CREATED_AT) * 10**9, abs=5e8)
+    assert generation.end_time >= read_at
     assert a["gen_ai.usage.input_tokens"] == 1200 and a["gen_ai.usage.output_tokens"] == 900
     assert a["gen_ai.usage.cache_read.input_tokens"] == 200 and a["gen_ai.usage.reasoning.output_tokens"] == 700
     assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.response.finish_reasons"] == ("completed",)
@@ -315,3 +317,35 @@ def test_a_background_stream_cut_short_is_recorded_when_resumed(captured: Any) -
     resumed = list(client.responses.retrieve(events[0].response.id, stream=True, starting_after=events[-1].sequence_number))
     assert resumed[-1].type == "response.completed"
     assert _generation(captured).attributes["llmtrace.cost.usd"] == pytest.approx(_priced_cost(), rel=1e-9)
+
+
+def test_a_hold_released_while_its_response_is_read_is_released_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The monitor's hour-old release and the app's read of that very response, at once: the reservation goes once."""
+    import dataclasses
+
+    from llmtrace import budgets, call
+
+    budgets.add(scope="tenant", key="acme", period="day", limit_usd=100.0, action="block")
+    api = BackgroundAPI()
+    client = openai_client(api)
+    try:
+        with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), budget_refresh_interval=3600,
+                                      anomaly_detectors=[]) as captured, llmtrace.tags(tenant="acme"):  # fmt: skip
+            queued = client.responses.create(model="o3", input="a long task", background=True, max_output_tokens=4000)
+            api.reads[queued.id] = 1
+            waiting = later._waiting[queued.id]
+            parse = waiting.endpoint.parse
+
+            def released_meanwhile(response: Any) -> Any:
+                monkeypatch.setattr(later, "HOLD_FOR_S", 0.0)
+                later.release_old_holds()
+                return parse(response)
+
+            later._waiting[queued.id] = dataclasses.replace(
+                waiting, endpoint=dataclasses.replace(waiting.endpoint, parse=released_meanwhile))
+            client.responses.retrieve(queued.id)
+            guard = call.runtime.guard if call.runtime is not None else None
+            assert guard is not None and all(held == pytest.approx(0.0) for held in guard._held.values()), guard._held
+    finally:
+        budgets.clear()
+    assert _generation(captured).attributes["gen_ai.usage.input_tokens"] == 1200

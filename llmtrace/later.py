@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import logging
 import os
 import threading
@@ -167,13 +168,30 @@ def watched(response: Any) -> Any:
         if hasattr(type(response), "__stream__"):
             return (AsyncWatchedStream if hasattr(response, "__aiter__") else WatchedStream)(response)
         parse = getattr(response, "parse", None)
-        if parse is not None and type(response).__name__ == "LegacyAPIResponse":  # with_raw_response: already read
+        if parse is None:
+            observe(response)
+        elif type(response).__name__ == "LegacyAPIResponse":  # with_raw_response: read already
             answer = parse()
             if not hasattr(type(answer), "__stream__"):
                 observe(answer)
-            return response
-        observe(response)
+                return response
+            return WatchedRawResponse(response)
+        else:  # with_streaming_response: what the app's parse() gives is watched
+            return (AsyncWatchedRawResponse if inspect.iscoroutinefunction(parse) else WatchedRawResponse)(response)
     return response
+
+
+class WatchedRawResponse(wrapt.ObjectProxy):
+    """A raw response (``with_raw_response`` of a stream, ``with_streaming_response``): its parsed answer is watched.
+    (A body the app reads as bytes or JSON itself is not.)"""
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return watched(self.__wrapped__.parse(*args, **kwargs))
+
+
+class AsyncWatchedRawResponse(wrapt.ObjectProxy):
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return watched(await self.__wrapped__.parse(*args, **kwargs))
 
 
 def _event_response(event: Any) -> Any:

@@ -168,13 +168,32 @@ def test_a_resumed_stream_of_a_background_response_records_its_generation(captur
     assert _generation(captured).attributes["llmtrace.cost.usd"] == pytest.approx(_priced_cost(), rel=1e-9)
 
 
-def test_a_raw_read_of_a_background_response_records_its_generation(captured: Any) -> None:
+@pytest.mark.parametrize("how", ["raw", "raw stream", "streaming response", "streaming response stream",
+                                 "async streaming response", "async raw stream"])  # fmt: skip
+def test_a_raw_read_of_a_background_response_records_its_generation(captured: Any, how: str) -> None:
     api = BackgroundAPI()
     client = openai_client(api)
     queued = client.responses.create(model="o3", input="a long task", background=True)
     api.reads[queued.id] = 1
-    raw = client.responses.with_raw_response.retrieve(queued.id)
-    assert raw.parse().status == "completed"
+    stream = "stream" in how
+    if how.startswith("async"):
+        aclient = openai_client(api, is_async=True)
+
+        async def read() -> Any:
+            if "raw" in how:
+                return [e.type async for e in (await aclient.responses.with_raw_response.retrieve(queued.id, stream=True)).parse()]
+            async with aclient.responses.with_streaming_response.retrieve(queued.id) as response:
+                return (await response.parse()).status
+
+        got = asyncio.run(read())
+    elif how.startswith("raw"):
+        parsed = client.responses.with_raw_response.retrieve(queued.id, stream=stream).parse()
+        got = [e.type for e in parsed] if stream else parsed.status
+    else:
+        with client.responses.with_streaming_response.retrieve(queued.id, stream=stream) as response:
+            parsed = response.parse()
+            got = [e.type for e in parsed] if stream else parsed.status
+    assert got in ("completed", ["response.created", "response.in_progress", "response.completed"])
     assert _generation(captured).attributes["gen_ai.usage.input_tokens"] == 1200
 
 

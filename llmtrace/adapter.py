@@ -87,6 +87,9 @@ class Endpoint:
     client_info: Callable[[Any, Settings], ClientInfo]  # (SDK resource, settings)
     # Adds ``stream_options.include_usage`` (OpenAI chat/completions streams); None elsewhere.
     wants_usage_option: bool = False
+    # Whether this request may get it, beyond its client's host taking it (a call naming its own API version may name
+    # one that does not); None: every request does.
+    takes_usage_option: Callable[[Mapping[str, Any]], bool] | None = None
 
 
 # How a target method behaves, which decides the wrapper the core puts around it.

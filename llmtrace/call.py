@@ -170,9 +170,9 @@ class Call:
         extra_body = kwargs.get("extra_body")
         if "include_usage" in options or (isinstance(extra_body, Mapping) and "stream_options" in extra_body):
             return kwargs  # the caller said whether to
-        extra_query = kwargs.get("extra_query")
-        if isinstance(extra_query, Mapping) and "api-version" in extra_query:
-            return kwargs  # an API version of the call's own: an Azure one before 2024-08-01 answers 400 to the field
+        takes = self.endpoint.takes_usage_option
+        if takes is not None and not takes(kwargs):
+            return kwargs
         self.acc = self.endpoint.accumulator(True)
         if options or not (extra_body is None or isinstance(extra_body, Mapping)):
             return {**kwargs, "stream_options": {**options, "include_usage": True}}  # beside the caller's options

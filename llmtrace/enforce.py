@@ -49,7 +49,9 @@ class Snapshot:
 
 class SpendGuard:
     def __init__(self, budgets: tuple[Budget, ...] | list[Budget] = ()) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a stream dropped in a reference cycle ends (and settles its hold) from the garbage collector,
+        # which may run on a thread inside admit().
+        self._lock = threading.RLock()
         self._finished: dict[Slot, float] = {}  # cost of this process's calls that ended (this period, for calendar ones)
         self._held: dict[Slot, float] = {}  # reservations of calls in flight
         # The store's figure minus ``_finished`` when it was read. Replaced whole, never changed in place: a refresh
@@ -134,7 +136,7 @@ class SpendGuard:
 
     def after_fork_in_child(self) -> None:
         # Calls the parent had in flight end there, not here: their reservations would never be released.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._held = {}
 
     # --- the monitor's refresh (off the request path) -------------------------------------------

@@ -32,6 +32,7 @@ from . import attributes as A
 from . import call as core
 from ._guard import internal_errors, report
 from .adapter import Endpoint
+from .enforce import Hold
 
 logger = logging.getLogger("llmtrace")
 
@@ -54,7 +55,7 @@ class Waiting:
     attributes: dict[str, Any]
     base_url: str
     parent: SpanContext  # the create call's span
-    created_ns: int  # when the create call started: the generation's start if the response does not say
+    created_ns: int  # when the create call started
     # What a block budget reserved for the call (llmtrace.enforce), and the guard holding it: the generation is the
     # call's cost, so the reservation lasts until it is read (else a loop of queued jobs would pass any budget).
     hold: Any
@@ -62,7 +63,9 @@ class Waiting:
 
 
 _waiting: collections.OrderedDict[str, Waiting] = collections.OrderedDict()
-_lock = threading.Lock()
+# Re-entrant: a background stream dropped in a reference cycle ends (and calls expect) from the garbage collector,
+# which may run on a thread inside one of these locked blocks.
+_lock = threading.RLock()
 _forgotten = 0
 
 
@@ -88,16 +91,18 @@ def expect(call: core.Call, response_id: str) -> None:
 
 
 def release_old_holds() -> None:
-    """Release the reservations of responses queued over ``HOLD_FOR_S`` ago (the budget monitor calls it each round)."""
+    """Release the reservations of responses queued over ``HOLD_FOR_S`` ago (the budget monitor calls it each round).
+    What they keep is a reservation of nothing, for the slots they count against: read later, the generation's cost
+    still counts."""
     cutoff = time.time_ns() - int(HOLD_FOR_S * 1e9)
     released = []
     with _lock:
-        for response_id, waiting in _waiting.items():
+        for response_id, waiting in list(_waiting.items()):
             if waiting.created_ns > cutoff:
                 break  # oldest first: the rest are younger
-            if waiting.hold is not None:
+            if waiting.hold is not None and waiting.hold.amount:
                 released.append(waiting)
-                _waiting[response_id] = dataclasses.replace(waiting, hold=None)
+                _waiting[response_id] = dataclasses.replace(waiting, hold=Hold(waiting.hold.slots, 0.0))
     for waiting in released:
         waiting.guard.settle(waiting.hold, None)
 
@@ -110,7 +115,7 @@ def forget() -> None:
 def _forget_in_child() -> None:
     # The parent waits for its responses: a child reading one too would record its generation a second time.
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()
     _waiting.clear()
 
 
@@ -135,7 +140,7 @@ def observe(response: Any) -> None:
         if rt is None:  # uninstrumented meanwhile (the list is emptied then, but a read may have been under way)
             return
         call = core.Call.later(waiting.endpoint, rt, waiting.attributes, waiting.base_url, waiting.parent,
-                               time.time_ns() - _generation_ns(response, waiting))  # fmt: skip
+                               time.time_ns() - _generation_ns(response))  # fmt: skip
         if waiting.guard is rt.guard:
             call.hold = waiting.hold  # replaced by the generation's cost as the span ends
         call.finish_later(result)
@@ -143,15 +148,14 @@ def observe(response: Any) -> None:
         report(exc)
 
 
-def _generation_ns(response: Any, waiting: Waiting) -> int:
-    """How long the generation took: from ``created_at`` to ``completed_at``, both the server's (a gap the app took to
-    read it is not the model's latency, and the two clocks differ); since the create call, where the response says
-    no more. The span ends now, when llmtrace learns of it (block budgets' accounting relies on that): it starts
-    this long before."""
+def _generation_ns(response: Any) -> int:
+    """How long the generation took: from ``created_at`` to ``completed_at``, both the server's (the time the app took
+    to read it is not the model's latency, and the two clocks differ). A response gives ``completed_at`` only when it
+    completed: an incomplete, failed or cancelled one's duration is unknown, and its span an instant (not the hours
+    it may have waited to be read). The span ends now, when llmtrace learns of it (block budgets' accounting relies
+    on that): it starts this long before."""
     created, completed = _ns(getattr(response, "created_at", None)), _ns(getattr(response, "completed_at", None))
-    if created is not None and completed is not None:
-        return max(0, completed - created)
-    return max(0, time.time_ns() - waiting.created_ns)
+    return max(0, completed - created) if created is not None and completed is not None else 0
 
 
 def _ns(seconds: Any) -> int | None:

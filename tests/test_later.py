@@ -7,8 +7,9 @@ import asyncio
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import genai_prices
 import openai
@@ -32,7 +33,9 @@ def _response(response_id: str, status: str, **more: Any) -> dict[str, Any]:
     body = {"id": response_id, "object": "response", "created_at": CREATED_AT, "model": "o3-2025-04-16", "status": status,
             "background": True, "output": [], "parallel_tool_calls": True, "tool_choice": "auto", "tools": []}
     if status not in ("queued", "in_progress"):
-        body.update(usage=USAGE, completed_at=COMPLETED_AT)
+        body.update(usage=USAGE)
+    if status == "completed":  # the API gives it only then
+        body.update(completed_at=COMPLETED_AT)
     return {**body, **more}
 
 
@@ -73,6 +76,29 @@ class BackgroundAPI:
                                                      "response": _response(response_id, self.finished)})]
             return HTTP.Response(200, content=sse(events), headers={"content-type": "text/event-stream"})
         return HTTP.Response(200, json=_response(response_id, status))
+
+
+@contextmanager
+def _under_a_block_budget(tmp_path: Path, limit_usd: float) -> Iterator[tuple[Any, BackgroundAPI, Any]]:
+    """(client, API, captured spans), instrumented with the store and a block budget for tenant acme, whose calls
+    these are."""
+    from llmtrace import budgets
+
+    budgets.add(scope="tenant", key="acme", period="day", limit_usd=limit_usd, action="block")
+    api = BackgroundAPI()
+    try:
+        with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), budget_refresh_interval=3600,
+                                      anomaly_detectors=[]) as captured, llmtrace.tags(tenant="acme"):  # fmt: skip
+            yield openai_client(api), api, captured
+    finally:
+        budgets.clear()
+
+
+def _guard() -> Any:
+    from llmtrace import call
+
+    assert call.runtime is not None and call.runtime.guard is not None
+    return call.runtime.guard
 
 
 def _priced_cost() -> float:
@@ -342,29 +368,45 @@ def test_a_hold_released_while_its_response_is_read_is_released_once(tmp_path: P
     """The monitor's hour-old release and the app's read of that very response, at once: the reservation goes once."""
     import dataclasses
 
-    from llmtrace import budgets, call
+    with _under_a_block_budget(tmp_path, 100.0) as (client, api, captured):
+        queued = client.responses.create(model="o3", input="a long task", background=True, max_output_tokens=4000)
+        api.reads[queued.id] = 1
+        waiting = later._waiting[queued.id]
+        parse = waiting.endpoint.parse
 
-    budgets.add(scope="tenant", key="acme", period="day", limit_usd=100.0, action="block")
-    api = BackgroundAPI()
-    client = openai_client(api)
-    try:
-        with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), budget_refresh_interval=3600,
-                                      anomaly_detectors=[]) as captured, llmtrace.tags(tenant="acme"):  # fmt: skip
-            queued = client.responses.create(model="o3", input="a long task", background=True, max_output_tokens=4000)
-            api.reads[queued.id] = 1
-            waiting = later._waiting[queued.id]
-            parse = waiting.endpoint.parse
+        def released_meanwhile(response: Any) -> Any:
+            monkeypatch.setattr(later, "HOLD_FOR_S", 0.0)
+            later.release_old_holds()
+            return parse(response)
 
-            def released_meanwhile(response: Any) -> Any:
-                monkeypatch.setattr(later, "HOLD_FOR_S", 0.0)
-                later.release_old_holds()
-                return parse(response)
-
-            later._waiting[queued.id] = dataclasses.replace(
-                waiting, endpoint=dataclasses.replace(waiting.endpoint, parse=released_meanwhile))
-            client.responses.retrieve(queued.id)
-            guard = call.runtime.guard if call.runtime is not None else None
-            assert guard is not None and all(held == pytest.approx(0.0) for held in guard._held.values()), guard._held
-    finally:
-        budgets.clear()
+        later._waiting[queued.id] = dataclasses.replace(
+            waiting, endpoint=dataclasses.replace(waiting.endpoint, parse=released_meanwhile))
+        client.responses.retrieve(queued.id)
+        assert all(held == pytest.approx(0.0) for held in _guard()._held.values()), _guard()._held
     assert _generation(captured).attributes["gen_ai.usage.input_tokens"] == 1200
+
+
+def test_a_generation_the_response_gives_no_completion_time_for_is_an_instant_not_its_wait(captured: Any) -> None:
+    """An incomplete (max_output_tokens), failed or cancelled response has no completed_at: its generation's duration
+    is unknown, and the hours it may have waited to be read are no model's latency."""
+    import dataclasses
+
+    client = openai_client(BackgroundAPI(finished="incomplete"))
+    queued = client.responses.create(model="o3", input="a long task", background=True)
+    waiting = later._waiting[queued.id]  # queued two hours ago
+    later._waiting[queued.id] = dataclasses.replace(waiting, created_ns=waiting.created_ns - 7200 * 10**9)
+    client.responses.retrieve(queued.id)
+    client.responses.retrieve(queued.id)
+    generation = _generation(captured)
+    assert generation.end_time - generation.start_time < 10**9
+
+
+def test_a_generation_read_after_its_hold_was_released_still_counts_its_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with _under_a_block_budget(tmp_path, 100.0) as (client, api, _):
+        queued = client.responses.create(model="o3", input="a long task", background=True, max_output_tokens=4000)
+        monkeypatch.setattr(later, "HOLD_FOR_S", 0.0)
+        later.release_old_holds()
+        assert all(held == pytest.approx(0.0) for held in _guard()._held.values())
+        api.reads[queued.id] = 1
+        client.responses.retrieve(queued.id)
+        assert sum(_guard()._finished.values()) == pytest.approx(_priced_cost(), rel=1e-9)  # this process's count

@@ -611,10 +611,11 @@ def test_azure_streams_ask_for_usage_from_the_api_version_that_takes_it(captured
     a = _only(captured).attributes
     assert a["llmtrace.usage.source"] == ("provider" if asked else "estimated")
     assert a["gen_ai.provider.name"] == "azure.ai.openai"
-    # A call that names its own API version (an older one, perhaps) never gets the field.
-    client_of(HTTP.MockTransport(api)).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                                             extra_query={"api-version": "2024-06-01"}).close()  # fmt: skip
-    assert "stream_options" not in api.requests[1]
+    # A call that names its own API version gets the field only for a version that takes it.
+    for version, takes in (("2024-06-01", False), ("2024-10-21", asked)):
+        client_of(HTTP.MockTransport(api)).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                                                 extra_query={"api-version": version}).close()  # fmt: skip
+        assert ("stream_options" in api.requests[-1]) is takes, version
 
 
 @pytest.mark.parametrize("is_async", [False, True])

@@ -82,11 +82,22 @@ def _accepts_usage_option(client: Any, host: str, settings: Settings) -> bool:
     version = query.get("api-version") if isinstance(query, Mapping) else None
     if version is None:
         return "/openai/v1" in str(getattr(client, "base_url", ""))
+    return _azure_version_takes_usage(version)
+
+
+def _azure_version_takes_usage(version: Any) -> bool:
     if not isinstance(version, str):
         return False
     if version[:4].isdigit():
         return version[:10] >= _AZURE_FIRST_USAGE_VERSION
     return version in ("preview", "latest")
+
+
+def _request_takes_usage_option(kwargs: Mapping[str, Any]) -> bool:
+    """A call naming its own API version (``extra_query``, over its client's): only one that takes the field."""
+    query = kwargs.get("extra_query")
+    version = query.get("api-version") if isinstance(query, Mapping) else None
+    return version is None or _azure_version_takes_usage(version)
 
 
 # A partial, not a function calling client_info_for: one Python call fewer on every call.
@@ -504,6 +515,7 @@ CHAT = Endpoint(
     content_attributes=openai_content.chat_input,
     client_info=client_info,
     wants_usage_option=True,
+    takes_usage_option=_request_takes_usage_option,
 )
 # Legacy completions answer in the same shape as chat completions; only the operation differs.
 COMPLETIONS = dataclasses.replace(CHAT, operation=A.OP_TEXT_COMPLETION)

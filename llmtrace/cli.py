@@ -67,7 +67,7 @@ def _existing_store(db: str | None) -> str | None:
     if not query.store_exists(db):
         raise query.StoreError(
             f"no llmtrace store at {resolve(db).db}: nothing was ever recorded there (check --db, $LLMTRACE_DB "
-            "or db in llmtrace.toml)"
+            "or db in the config file: --config, $LLMTRACE_CONFIG or ./llmtrace.toml)"
         )
     return db
 
@@ -174,7 +174,7 @@ def cmd_budgets(args: argparse.Namespace) -> int:
             print(f"  {row['fired_at']:%Y-%m-%d %H:%M} UTC  {row['message']}")
     else:
         print(f"\nNo llmtrace store at {resolve(settings.db).db}: nothing recorded there, no alerts (check --db, "
-              "$LLMTRACE_DB or db in llmtrace.toml)")
+              "$LLMTRACE_DB or db in the config file)")
     return 0
 
 
@@ -263,7 +263,7 @@ def _add_command(commands: Any, name: str, run: Callable[[argparse.Namespace], i
     return parser
 
 
-_DB_HELP = "store file (default: the app's: $LLMTRACE_DB, else db in llmtrace.toml, else ./.llmtrace/llmtrace.duckdb)"
+_DB_HELP = "store file (default: the app's: $LLMTRACE_DB, else db in the config file, else ./.llmtrace/llmtrace.duckdb)"
 _CONFIG_HELP = "config file (default $LLMTRACE_CONFIG or ./llmtrace.toml)"
 
 

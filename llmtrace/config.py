@@ -189,6 +189,21 @@ def config_path(explicit: str | None = None, environ: Mapping[str, str] | None =
     return Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None
 
 
+def db_setting(environ: Mapping[str, str] | None = None) -> str | None:
+    """The store path an app here would be given, read alone: ``$LLMTRACE_DB``, else the config file's
+    ``[llmtrace] db``. The other settings are not checked (a reader must not fail for them); a config file that cannot
+    be read, or a ``db`` that is no path, is a ConfigError: where the store is cannot be told."""
+    env = os.environ if environ is None else environ
+    if env.get("LLMTRACE_DB", "").strip():
+        return env["LLMTRACE_DB"]
+    path = config_path(None, env)
+    section = read_toml(path)[1].get("llmtrace") if path is not None else None
+    db = section.get("db") if isinstance(section, dict) else None
+    if db is not None and not isinstance(db, str):
+        raise ConfigError(f"{path} [llmtrace]: db must be a path (a string), got {db!r}")
+    return db
+
+
 def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve settings from ``options`` > environment > config file > defaults."""
     env = os.environ if environ is None else environ

@@ -149,6 +149,7 @@ NO_CONFIG_FILE = os.devnull  # reads as an empty file
 def instrument_for_demo(db: str | None) -> None:
     """instrument() as an app would, naming the simulator's host as OpenAI (priced, usage in streams)."""
     instrument(
+        store=True,  # a store turned off in the shell (LLMTRACE_STORE=off) would leave the demo nothing to show
         db=db,
         config_file=NO_CONFIG_FILE,
         service_name=SERVICE_NAME,

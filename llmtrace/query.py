@@ -74,13 +74,7 @@ def store_paths(db: str | os.PathLike[str] | None) -> StorePaths:
     from .instrumentation import store_in_use  # at run time: instrumentation is the one that imports readers
 
     in_use = store_in_use()
-    if in_use is not None:
-        return in_use
-    try:
-        return resolve(config.load({}).db)
-    except config.ConfigError as exc:  # a setting wrong elsewhere in the file: the app's instrument() says so
-        logger.warning("llmtrace: %s; reading the store $LLMTRACE_DB or the default names", exc)
-        return resolve(None)
+    return in_use if in_use is not None else resolve(config.db_setting())
 
 
 class StoreError(RuntimeError):

@@ -314,9 +314,13 @@ def test_an_old_streamlit_is_refused_with_what_to_install(
     assert extras["dashboard"] == [f"streamlit>={'.'.join(map(str, dashboard.MIN_STREAMLIT))}"]
 
 
-def test_the_demo_in_an_apps_folder_leaves_that_apps_settings_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_demo_in_an_apps_folder_leaves_that_apps_settings_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An app's llmtrace.toml names its store, a budget that blocks, a webhook: the demo's simulated calls go to the
-    demo's own store (the one it reports and serves), none is refused, and no alert is posted."""
+    demo's own store (the one it reports and serves), none is refused, and no alert is posted. A store the app's
+    shell turned off is on for the demo: it said it had stored calls it had not."""
+    monkeypatch.setenv("LLMTRACE_STORE", "off")
     from http.server import BaseHTTPRequestHandler, HTTPServer
 
     posted: list[str] = []

@@ -1301,7 +1301,13 @@ def test_the_query_apis_default_store_is_the_one_an_app_here_writes_to(tmp_path:
     assert query.span_count()["spans"] == 0
     monkeypatch.delenv("LLMTRACE_DB")
     (tmp_path / "llmtrace.toml").write_text('[llmtrace]\ndb = "data/calls.duckdb"\nflush_interval = "soon"\n')
-    assert query.span_count()["spans"] == 0  # a setting wrong elsewhere: the default store, and a word in the log
+    assert query.span_count()["spans"] == 3  # a setting wrong elsewhere in the file is no reader's concern
+    (tmp_path / "llmtrace.toml").write_text('[llmtrace]\ndb = "data/calls.duckdb"\nflush_interval = \n')
+    from llmtrace.config import ConfigError
+
+    with pytest.raises(ConfigError, match="malformed TOML"):  # where the store is cannot be told: not an empty one
+        query.span_count()
+    (tmp_path / "llmtrace.toml").unlink()
     import llmtrace.testing
 
     with llmtrace.testing.capture(store=True, db=str(tmp_path / "data" / "calls.duckdb"), config_file=os.devnull):

@@ -198,9 +198,10 @@ class AsyncWatchedRawResponse(wrapt.ObjectProxy):
         return watched(await self.__wrapped__.parse(*args, **kwargs))
 
 
-def _event_response(event: Any) -> Any:
-    """The response an event carries (the created, in-progress and final events do; only a final one is finished)."""
-    return getattr(event, "response", None)
+def _observe_event(event: Any) -> None:
+    """The response an event carries, if any (the created, in-progress and final events do; only a final one is
+    finished)."""
+    observe(getattr(event, "response", None))
 
 
 class WatchedStream(wrapt.ObjectProxy):
@@ -209,14 +210,12 @@ class WatchedStream(wrapt.ObjectProxy):
 
     def __iter__(self) -> Iterator[Any]:
         for event in self.__wrapped__:
-            if (response := _event_response(event)) is not None:
-                observe(response)
+            _observe_event(event)
             yield event
 
     def __next__(self) -> Any:
         event = self.__wrapped__.__next__()
-        if (response := _event_response(event)) is not None:
-            observe(response)
+        _observe_event(event)
         return event
 
     def __enter__(self) -> WatchedStream:
@@ -230,14 +229,12 @@ class WatchedStream(wrapt.ObjectProxy):
 class AsyncWatchedStream(wrapt.ObjectProxy):
     async def __aiter__(self) -> AsyncIterator[Any]:
         async for event in self.__wrapped__:
-            if (response := _event_response(event)) is not None:
-                observe(response)
+            _observe_event(event)
             yield event
 
     async def __anext__(self) -> Any:
         event = await self.__wrapped__.__anext__()
-        if (response := _event_response(event)) is not None:
-            observe(response)
+        _observe_event(event)
         return event
 
     async def __aenter__(self) -> AsyncWatchedStream:

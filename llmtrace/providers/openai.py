@@ -78,11 +78,15 @@ def _accepts_usage_option(client: Any, host: str, settings: Settings) -> bool:
         return True
     if not host.endswith(_AZURE_OPENAI_HOSTS):
         return False
-    query = getattr(client, "_custom_query", None)
-    version = query.get("api-version") if isinstance(query, Mapping) else None
+    version = _api_version(getattr(client, "_custom_query", None))
     if version is None:
         return "/openai/v1" in str(getattr(client, "base_url", ""))
     return _azure_version_takes_usage(version)
+
+
+def _api_version(query: Any) -> Any:
+    """The ``api-version`` a client's or a call's query parameters name (Azure's), or None."""
+    return query.get("api-version") if isinstance(query, Mapping) else None
 
 
 def _azure_version_takes_usage(version: Any) -> bool:
@@ -95,8 +99,7 @@ def _azure_version_takes_usage(version: Any) -> bool:
 
 def _request_takes_usage_option(kwargs: Mapping[str, Any]) -> bool:
     """A call naming its own API version (``extra_query``, over its client's): only one that takes the field."""
-    query = kwargs.get("extra_query")
-    version = query.get("api-version") if isinstance(query, Mapping) else None
+    version = _api_version(kwargs.get("extra_query"))
     return version is None or _azure_version_takes_usage(version)
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import weakref
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 
 import wrapt
 
 from ._guard import internal_errors, report
 from .call import Call, refused_answer
+from .sse import EventReader
 
 
 def _abandoned(call: Call) -> None:
@@ -28,6 +29,62 @@ def _abandoned(call: Call) -> None:
 # store only once it has ended by the refresh's snapshot (llmtrace.query._per_budget_key).
 
 
+def _observed(items: Iterable[Any], call: Call, add: Callable[[Any], bool], proxy: object) -> Iterator[Any]:
+    """A stream's items, each seen by ``add`` first (False: hidden from the app); the span ends as the note above says.
+    ``proxy`` lives as long as the loop: collected, it would end the span (``for chunk in create(stream=True)``
+    holds nothing else of it)."""
+    try:
+        for item in items:
+            try:
+                show = add(item)  # per-chunk work kept to one call: this loop runs for every token
+            except Exception as exc:
+                report(exc)
+                show = True
+            if show:
+                try:
+                    yield item
+                except GeneratorExit:
+                    raise  # see the note above
+                except BaseException:
+                    call.end_stream(None)  # thrown in where the app reads (throw()): not the call failing
+                    raise
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        call.end_stream(exc)
+        raise
+    call.end_stream(None)
+
+
+async def _async_observed(
+    items: AsyncIterable[Any], call: Call, add: Callable[[Any], bool], proxy: object
+) -> AsyncIterator[Any]:
+    """``_observed`` for an async stream."""
+    try:
+        async for item in items:
+            try:
+                show = add(item)
+            except Exception as exc:
+                report(exc)
+                show = True
+            if show:
+                try:
+                    yield item
+                except GeneratorExit:
+                    raise
+                except BaseException:
+                    # Thrown in where the app reads: asyncio.run() ending with this generator not yet closed
+                    # (CancelledError). Not the call failing.
+                    call.end_stream(None)
+                    raise
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        call.end_stream(exc)
+        raise
+    call.end_stream(None)
+
+
 class SyncStreamProxy(wrapt.ObjectProxy):
     def __init__(self, stream: Any, call: Call) -> None:
         super().__init__(stream)
@@ -37,28 +94,7 @@ class SyncStreamProxy(wrapt.ObjectProxy):
 
     def __iter__(self) -> Iterator[Any]:
         call = self._self_call
-        add = call.begin_stream().add  # per-chunk work kept to one call: this loop runs for every token
-        try:
-            for item in self.__wrapped__:
-                try:
-                    show = add(item)
-                except Exception as exc:
-                    report(exc)
-                    show = True
-                if show:
-                    try:
-                        yield item
-                    except GeneratorExit:
-                        raise  # see the note above _abandoned
-                    except BaseException:
-                        call.end_stream(None)  # thrown in where the app reads (throw()): not the call failing
-                        raise
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            call.end_stream(exc)
-            raise
-        call.end_stream(None)
+        return _observed(self.__wrapped__, call, call.begin_stream().add, self)
 
     def __next__(self) -> Any:
         call = self._self_call
@@ -124,32 +160,9 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
         self._self_call = call
         self._self_finalizer = weakref.finalize(self, _abandoned, call)
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[Any]:
         call = self._self_call
-        add = call.begin_stream().add
-        try:
-            async for item in self.__wrapped__:
-                try:
-                    show = add(item)
-                except Exception as exc:
-                    report(exc)
-                    show = True
-                if show:
-                    try:
-                        yield item
-                    except GeneratorExit:
-                        raise  # see the note above _abandoned
-                    except BaseException:
-                        # Thrown in where the app reads: asyncio.run() ending with this generator not yet closed
-                        # (CancelledError). Not the call failing.
-                        call.end_stream(None)
-                        raise
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            call.end_stream(exc)
-            raise
-        call.end_stream(None)
+        return _async_observed(self.__wrapped__, call, call.begin_stream().add, self)
 
     async def __anext__(self) -> Any:
         call = self._self_call
@@ -270,13 +283,31 @@ class RawResponseProxy(wrapt.ObjectProxy):
 
     def _self_whole_in_pieces(self, pieces: Iterator[Any], joiner: Any) -> Iterator[Any]:
         if not self._self_body_is_whole():
-            yield from pieces  # a stream's events: its span ends at close or collection
+            yield from self._self_stream_in_pieces(pieces, joiner)
             return
         kept = []
         for piece in pieces:
             kept.append(piece)
             yield piece
         self._self_complete_with(joiner.join(kept))
+
+    # A stream read in pieces (an SSE pass-through): the events are read as they pass, and the span ends as the
+    # stream proxy's does (exhausted, failed, or else closed or collected: see the note above _abandoned).
+
+    def _self_event_reader(self, joiner: Any) -> EventReader | None:
+        call = self._self_call
+        if call.done:
+            return None
+        try:
+            observe = call.begin_stream().add
+        except Exception as exc:
+            report(exc)
+            return None
+        return EventReader(observe, lines=joiner == "\n")  # iter_lines(): a line a piece, its ending cut off
+
+    def _self_stream_in_pieces(self, pieces: Iterator[Any], joiner: Any) -> Iterator[Any]:
+        reader = self._self_event_reader(joiner)
+        return pieces if reader is None else _observed(pieces, self._self_call, reader.read, self)
 
     def _self_complete_with(self, body: Any) -> None:
         with internal_errors():
@@ -337,7 +368,7 @@ class AsyncRawResponseProxy(RawResponseProxy):
 
     async def _self_async_whole_in_pieces(self, pieces: AsyncIterator[Any], joiner: Any) -> AsyncIterator[Any]:
         if not self._self_body_is_whole():
-            async for piece in pieces:
+            async for piece in self._self_async_stream_in_pieces(pieces, joiner):
                 yield piece
             return
         kept = []
@@ -345,6 +376,10 @@ class AsyncRawResponseProxy(RawResponseProxy):
             kept.append(piece)
             yield piece
         self._self_complete_with(joiner.join(kept))
+
+    def _self_async_stream_in_pieces(self, pieces: AsyncIterator[Any], joiner: Any) -> AsyncIterator[Any]:
+        reader = self._self_event_reader(joiner)
+        return pieces if reader is None else _async_observed(pieces, self._self_call, reader.read, self)
 
     async def _self_read_whole_body(self) -> None:  # type: ignore[override]
         if self._self_body_is_whole():

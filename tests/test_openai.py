@@ -740,6 +740,65 @@ async def test_a_whole_body_read_in_pieces_still_gets_the_providers_usage(captur
     assert a["gen_ai.response.finish_reasons"] == ("stop",)
 
 
+async def _read_raw_stream(client: Any, is_async: bool, read: str, **kwargs: Any) -> list[Any]:
+    create = client.chat.completions.with_streaming_response.create
+    if is_async:
+        async with create(model="gpt-4o-mini", messages=MESSAGES, stream=True, **kwargs) as response:
+            return [piece async for piece in getattr(response, read)()]
+    with create(model="gpt-4o-mini", messages=MESSAGES, stream=True, **kwargs) as response:
+        return list(getattr(response, read)())
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("read", ["iter_bytes", "iter_text", "iter_lines"])
+async def test_a_stream_passed_on_raw_by_the_app_gets_the_usage_it_carries(captured: Any, is_async: bool, read: str) -> None:
+    """An SSE pass-through proxy that asks for usage itself: the span has the provider's count and the whole answer."""
+    client = openai_client(_api(is_async=is_async), is_async=is_async)
+    pieces = await _read_raw_stream(client, is_async, read, stream_options={"include_usage": True})
+    assert any('"usage"' in str(piece) for piece in pieces)  # the app passes every line on, the usage chunk too
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.input_tokens"] == 120
+    assert a["gen_ai.usage.output_tokens"] == 40 and a["gen_ai.response.finish_reasons"] == ("stop",)
+    assert a["gen_ai.response.id"] == "chatcmpl-1" and a["llmtrace.cost.usd"] > 0
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("read", ["iter_bytes", "iter_text", "iter_lines"])
+async def test_a_stream_passed_on_raw_without_usage_has_its_output_estimated(captured: Any, is_async: bool, read: str) -> None:
+    """Without usage in the stream, the output the app passed on is counted, as for a parsed stream without usage."""
+    client = openai_client(_api(is_async=is_async), is_async=is_async)
+    await _read_raw_stream(client, is_async, read)
+    raw = _only(captured).attributes
+    for _ in openai_client(_api()).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
+                                                           stream_options={"include_usage": False}):  # fmt: skip
+        pass
+    parsed = captured.spans()[1].attributes
+    assert raw["llmtrace.usage.source"] == parsed["llmtrace.usage.source"] == "estimated"
+    assert raw["gen_ai.usage.output_tokens"] == parsed["gen_ai.usage.output_tokens"] > 0
+    assert raw["llmtrace.cost.usd"] == parsed["llmtrace.cost.usd"]
+    assert raw["gen_ai.response.finish_reasons"] == ("stop",)
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_raw_stream_that_fails_midway_fails_its_span_and_the_app_gets_the_error(captured: Any, is_async: bool) -> None:
+    client = openai_client(_api(fail_mid_stream=True, chunks=20, is_async=is_async), is_async=is_async, max_retries=0)
+    with pytest.raises(MidStreamError):
+        await _read_raw_stream(client, is_async, "iter_bytes")
+    span = _only(captured)
+    assert span.attributes["error.type"] == "MidStreamError" and span.status.status_code.name == "ERROR"
+
+
+def test_a_raw_stream_left_early_ends_when_the_response_is_closed(captured: Any) -> None:
+    client = openai_client(_api(chunks=20))
+    with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True) as response:
+        for line in response.iter_lines():
+            if "w3" in line:
+                break
+        assert not captured.spans()  # still open: the app may read on
+    a = _only(captured).attributes
+    assert 0 < a["gen_ai.usage.output_tokens"] < 20 and a["gen_ai.response.id"] == "chatcmpl-1"
+
+
 def test_a_tool_call_stream_without_usage_estimates_the_arguments_the_model_wrote(captured: Any) -> None:
     from llmtrace import tokenizer
 

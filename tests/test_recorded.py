@@ -152,3 +152,40 @@ def _genai_prices_cost(row: dict[str, Any], a: Any) -> float:
         except LookupError:
             continue
     raise AssertionError("genai-prices knows neither the response nor the request model")
+
+
+STREAMS = [r for r in ROWS if r["stream"] and r["status"] < 400]
+# What a stream's span says of its answer: the same whether the SDK parsed the events or the app read the raw body.
+_ANSWER_ATTRIBUTES = (
+    "gen_ai.response.id", "gen_ai.response.model", "gen_ai.response.finish_reasons", "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens", "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.reasoning.output_tokens", "llmtrace.usage.source", "llmtrace.cost.usd",
+)  # fmt: skip
+
+
+def _streaming_response_method(row: dict[str, Any], client: Any) -> Any:
+    if row["provider"] == "anthropic":
+        return client.messages.with_streaming_response.create
+    resource = {"/v1/chat/completions": client.chat.completions, "/v1/completions": client.completions,
+                "/v1/responses": client.responses}[row["path"]]  # fmt: skip
+    return resource.with_streaming_response.create
+
+
+@pytest.mark.parametrize("row", STREAMS, ids=[f"{r['provider']}-{r['path'].rsplit('/', 1)[-1]}-{r['index']}" for r in STREAMS])
+def test_a_recorded_stream_read_raw_by_the_app_is_counted_as_the_sdks_stream_is(row: dict[str, Any], captured: Any) -> None:
+    """An SSE pass-through proxy: the app reads the body's bytes itself (cut anywhere, even inside a UTF-8
+    character), and the span still has the tokens, cost and finish reasons the SDK's parsed stream gives."""
+    method, kwargs = recorded_call(row, recorded_client(row))
+    for _ in method(**kwargs):
+        pass
+    (parsed,) = captured.spans()
+
+    _, kwargs = recorded_call(row, client := recorded_client(row))
+    chunk_size = (1, 5, 64, None)[row["index"] % 4]
+    with _streaming_response_method(row, client)(**kwargs) as response:
+        body = b"".join(response.iter_bytes(chunk_size))
+    assert body.decode() == row["response_body"]  # the app's bytes, untouched
+    raw = captured.spans()[1]
+    for name in _ANSWER_ATTRIBUTES:
+        assert raw.attributes.get(name) == parsed.attributes.get(name), name
+    assert raw.attributes["gen_ai.response.time_to_first_chunk"] > 0

@@ -222,3 +222,42 @@ def test_a_stream_left_early_ends_when_it_is_dropped(captured: Any) -> None:
     del stream
     (span,) = captured.spans()
     assert span.end_time >= dropped and span.attributes["llmtrace.usage.source"] == "estimated"
+
+
+def _events(pieces: list[Any], lines: bool = False) -> list[Any]:
+    from llmtrace.sse import EventReader
+
+    seen: list[Any] = []
+    reader = EventReader(seen.append, lines)
+    for piece in pieces:
+        reader.read(piece)
+    return seen
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_raw_sse_events_are_read_whatever_the_line_endings_and_wherever_the_body_is_cut(ending: str) -> None:
+    body = (
+        ": a comment\n"
+        "event: message_start\ndata: {\"type\": \"a\", \"text\": \"caf\u00e9 \u2028 \u65e5\u672c\"}\n\n"
+        "data: {\"type\":\n"  # one event's data over two lines
+        "data: \"b\"}\nid: 7\nretry: 10\n\n"
+        "data: not json\n\n"
+        "data: [1, 2]\n\n"  # JSON, not an object
+        "data:{\"type\": \"c\"}\n\n"  # no space after the colon
+        "data: [DONE]\n\n"
+        "data: {\"type\": \"unfinished\"}\n"  # the body ends before the blank line that would dispatch it
+    ).replace("\n", ending).encode()
+    expected = [{"type": "a", "text": "caf\u00e9 \u2028 \u65e5\u672c"}, {"type": "b"}, {"type": "c"}]
+    for size in (1, 2, 3, 7, len(body)):  # cut inside CRLFs and inside UTF-8 characters
+        assert _events([body[i : i + size] for i in range(0, len(body), size)]) == expected, size
+    assert _events([body.decode()]) == expected  # iter_text(): str pieces
+    if ending != "\r":  # iter_lines() cuts at each line ending, and hands each line on without it
+        assert _events(body.decode().split(ending)[:-1], lines=True) == expected  # none after the last ending
+
+
+def test_raw_sse_events_read_as_the_sdks_models_are() -> None:
+    (event,) = _events([b'data: {"choices": [{"delta": {"content": "hi"}, "index": 0}], "usage": null}\n\n'])
+    assert event.choices[0].delta.content == "hi" and event.usage is None
+    assert getattr(event, "model", None) is None  # a field the event lacks: as a model's unset field
+    with pytest.raises(AttributeError):
+        event.model

@@ -440,10 +440,16 @@ def spent(
     where, params = _where(time_range, filters)
     with open_store(db) as con:
         row = con.execute(f"SELECT sum(cost_usd), bool_or(unpriced) FROM spans WHERE {where}", params).fetchone()
-    cost, any_unpriced = row if row else (None, None)
-    if cost is None:
-        return None if any_unpriced else 0.0
-    return float(cost)
+    return spend(*(row if row else (None, None)))
+
+
+def spend(cost_usd: float | None, unpriced_calls: int | bool | None) -> float | None:
+    """What a range spent, from its ``sum(cost_usd)`` and its calls with no known price (a count, or whether any):
+    unknown (None, never $0) only when such calls were billed; $0 when nothing was billed (every call failed or was
+    refused, or none was made)."""
+    if cost_usd is None:
+        return None if unpriced_calls else 0.0
+    return float(cost_usd)
 
 
 BudgetQuestion = tuple[str | None, str | None, datetime, datetime]

@@ -77,12 +77,6 @@ def _table(data: pd.DataFrame, column_config: dict[str, Any]) -> None:
     st.dataframe(data, hide_index=True, width="stretch", column_config=column_config, placeholder="—")
 
 
-def _spend(summary: dict[str, Any]) -> float | None:
-    """The range's spend as ``query.spent`` says it: unknown only when calls with no known price were billed, $0 when
-    nothing was billed (every call failed or was refused)."""
-    return summary["cost_usd"] if summary["cost_usd"] is not None or summary["unpriced_calls"] else 0.0
-
-
 def _usd(label: str) -> Any:
     # Four decimals: a call's cost, and a per-user budget of $0.002, must not read "$0.00".
     return st.column_config.NumberColumn(label, format="$%,.4f")
@@ -120,7 +114,7 @@ def overview(view: View) -> None:
     st.subheader(f"Traffic in {view.label}")
     traffic = st.columns(5)
     traffic[0].metric("Calls", f"{s['calls']:,}")
-    traffic[1].metric("Spend", C.money(_spend(s)))
+    traffic[1].metric("Spend", C.money(query.spend(s["cost_usd"], s["unpriced_calls"])))
     traffic[2].metric("Error rate", C.percent(s["errors"], _served(s)), help=_SERVED_HELP)
     traffic[3].metric("P50 latency", C.duration(s["p50_ms"]))
     traffic[4].metric("P99 latency", C.duration(s["p99_ms"]))
@@ -204,7 +198,7 @@ def spend(view: View) -> None:
         return
     input_tokens = totals["uncached_input_tokens"] + totals["cache_read_tokens"] + totals["cache_write_tokens"]
     cols = st.columns(4)
-    cols[0].metric("Spend", C.money(_spend(view.summary)))
+    cols[0].metric("Spend", C.money(query.spend(view.summary["cost_usd"], view.summary["unpriced_calls"])))
     cols[1].metric("Saved by prompt caching", C.money(totals["cache_savings_usd"]),
                    help="What cached input tokens would have cost at the full input price, less the price of cache "
                         "reads, less the premium paid for cache writes.")

@@ -15,6 +15,9 @@ from typing import Any, Callable
 # a JSON string may hold unescaped.
 _LINE_END = re.compile("\r\n|\r|\n")
 
+# The lines an SSE body may hold besides data lines (and blank ones): other fields, and comments.
+_OTHER_LINES = ("event:", "id:", "retry:", ":")
+
 
 class Fields(dict[str, Any]):
     """An event's JSON object, read as the SDK's models are read: by attribute (a missing one raises
@@ -72,6 +75,10 @@ class EventReader:
         elif line.startswith("data:"):
             value = line[5:]
             self._data.append(value[1:] if value.startswith(" ") else value)
+        elif self._lines and self._data and not line.startswith(_OTHER_LINES):
+            # iter_lines() cuts where str.splitlines() does: also at a U+2028, U+2029 or U+0085 a JSON string may hold
+            # as it is. The rest of the data line, rejoined (at U+2028: which of the three it was is lost).
+            self._data[-1] += "\u2028" + line
         # Other fields (event, id, retry) and comments: the data's own "type" names each event the accumulators read.
 
     def _dispatch(self, data: str) -> None:

@@ -10,13 +10,17 @@ class MidStreamError(Exception):
     """Raised by the transport halfway through a streamed body."""
 
 
-def sse(events: list[tuple[str | None, Any]]) -> bytes:
+def sse(events: list[tuple[str | None, Any]], ascii: bool = True) -> bytes:
+    """``ascii=False``: non-ASCII characters as they are, not escaped (as the APIs may send them)."""
     out = []
     for name, data in events:
         if name:
             out.append(f"event: {name}\n")
-        out.append(f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n")
+        out.append(f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=ascii)}\n\n")
     return "".join(out).encode()
+
+
+SSE_HEADERS = {"content-type": "text/event-stream"}
 
 
 class FakeAPI:
@@ -80,7 +84,7 @@ class FakeAPI:
         return {"service_tier": "default" if asked == "auto" else asked} if isinstance(asked, str) else {}
 
     def _stream(self, payload: bytes) -> Any:
-        headers = {"content-type": "text/event-stream"}
+        headers = SSE_HEADERS
         if not self.fail_mid_stream:
             return self.http.Response(200, headers=headers, content=payload)
         half = payload[: len(payload) // 2]

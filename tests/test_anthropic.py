@@ -11,7 +11,7 @@ import pytest
 import llmtrace
 
 from conftest import anthropic_client, http_module
-from fake_api import FakeAPI, MidStreamError, sse
+from fake_api import SSE_HEADERS, FakeAPI, MidStreamError, sse
 
 HTTP = http_module(anthropic)
 MODEL = "claude-3-5-haiku-20241022"
@@ -116,6 +116,41 @@ def test_a_stream_cut_after_a_search_ran_keeps_that_search(captured: Any) -> Non
     a = span.attributes
     assert a["llmtrace.usage.source"] == "estimated" and a["llmtrace.usage.web_searches"] == 1
     assert a["llmtrace.cost.usd"] > 0.01  # $10 per 1,000 searches, beside the tokens
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_raw_stream_whose_provider_sends_an_error_event_fails_as_the_sdks_stream_does(
+    captured: Any, is_async: bool
+) -> None:
+    """The SDK's own stream raises at the error event (an overload, midway); an app passing the stream on raw sees no
+    exception, but the call failed all the same."""
+    start = {"id": "msg_e", "type": "message", "role": "assistant", "model": MODEL, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": 30, "output_tokens": 1}}  # fmt: skip
+    body = sse([
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "It is"}}),
+        ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+    ])  # fmt: skip
+
+    def handler(request: Any) -> Any:
+        return HTTP.Response(200, headers=SSE_HEADERS, content=body)
+
+    create = anthropic_client(handler, is_async=is_async).messages.with_streaming_response.create
+    if is_async:
+        async with create(**KW, stream=True) as response:
+            pieces = [piece async for piece in response.iter_bytes()]
+    else:
+        with create(**KW, stream=True) as response:
+            pieces = list(response.iter_bytes())
+    assert b"overloaded_error" in b"".join(pieces)
+    (raw,) = captured.spans()
+    with pytest.raises(anthropic.APIStatusError):
+        list(anthropic_client(handler).messages.create(**KW, stream=True))
+    parsed = captured.spans()[1]
+    assert raw.attributes["error.type"] == parsed.attributes["error.type"] == "overloaded_error"
+    assert raw.status.status_code.name == parsed.status.status_code.name == "ERROR"
+    assert raw.attributes["gen_ai.usage.output_tokens"] == parsed.attributes["gen_ai.usage.output_tokens"] > 0
+
 
 def test_sdk_own_tracing_is_off_so_one_call_is_one_span(captured: Any) -> None:
     from opentelemetry import trace

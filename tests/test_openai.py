@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from conftest import http_module, openai_client
-from fake_api import FakeAPI, MidStreamError, sse
+from fake_api import SSE_HEADERS, FakeAPI, MidStreamError, sse
 
 HTTP = http_module(openai)
 MESSAGES = [{"role": "user", "content": "Say hello to the tracing world"}]
@@ -786,6 +786,82 @@ async def test_a_raw_stream_that_fails_midway_fails_its_span_and_the_app_gets_th
         await _read_raw_stream(client, is_async, "iter_bytes")
     span = _only(captured)
     assert span.attributes["error.type"] == "MidStreamError" and span.status.status_code.name == "ERROR"
+
+
+def _streaming(body: bytes) -> Any:
+    return lambda request: HTTP.Response(200, headers=SSE_HEADERS, content=body)
+
+
+# Characters str.splitlines() cuts a line at, which a JSON string may hold as they are (the others must be escaped).
+SPLITLINES_CUTS_AT = "one\u2028two\u2029three\x85four"
+
+
+def _responses_stream_saying(text: str) -> bytes:
+    response = {
+        "id": "resp_s", "object": "response", "created_at": 1, "model": "gpt-4o-mini", "status": "completed",
+        "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+        "usage": {"input_tokens": 200, "output_tokens": 50, "total_tokens": 250},
+    }  # fmt: skip
+    created = {**response, "status": "in_progress", "output": [], "usage": None}
+    return sse([
+        ("response.created", {"type": "response.created", "sequence_number": 0, "response": created}),
+        ("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_1",
+                                        "output_index": 0, "content_index": 0, "delta": text}),
+        ("response.completed", {"type": "response.completed", "sequence_number": 2, "response": response}),
+    ], ascii=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_raw_stream_read_by_lines_keeps_the_events_whose_text_holds_characters_splitlines_cuts_at(
+    captured: Any, is_async: bool
+) -> None:
+    """iter_lines() cuts at U+2028 too, inside the data line of the event that carries the usage: it still counts."""
+    body = _responses_stream_saying(SPLITLINES_CUTS_AT)
+    client = openai_client(_streaming(body), is_async=is_async)
+    create = client.responses.with_streaming_response.create
+    if is_async:
+        async with create(model="gpt-4o-mini", input="hi", stream=True) as response:
+            lines = [line async for line in response.iter_lines()]
+    else:
+        with create(model="gpt-4o-mini", input="hi", stream=True) as response:
+            lines = list(response.iter_lines())
+    assert any(line.startswith("two") for line in lines)  # the data lines did reach the app cut
+    raw = _only(captured).attributes
+    for _ in openai_client(_streaming(body)).responses.create(model="gpt-4o-mini", input="hi", stream=True):
+        pass
+    parsed = captured.spans()[1].attributes
+    assert raw["llmtrace.usage.source"] == parsed["llmtrace.usage.source"] == "provider"
+    for key in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens", "llmtrace.cost.usd", "gen_ai.response.id",
+                "gen_ai.response.finish_reasons"):  # fmt: skip
+        assert raw[key] == parsed[key], key
+
+
+def _chat_stream_failing_with_an_error_event() -> bytes:
+    chunk = {"id": "chatcmpl-e", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "partial answer"}, "finish_reason": None}]}  # fmt: skip
+    error = {"message": "The server had an error while processing your request.", "type": "server_error"}
+    return sse([(None, chunk), (None, {"error": error})])
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_raw_stream_whose_provider_sends_an_error_event_fails_as_the_sdks_stream_does(
+    captured: Any, is_async: bool
+) -> None:
+    """The SDK's own stream raises at the error event; an app passing the stream on raw sees no exception, but the
+    call failed all the same."""
+    body = _chat_stream_failing_with_an_error_event()
+    handler = _streaming(body)
+    pieces = await _read_raw_stream(openai_client(handler, is_async=is_async), is_async, "iter_bytes")
+    assert b"server_error" in b"".join(pieces)
+    raw = _only(captured)
+    with pytest.raises(openai.APIError):
+        for _ in openai_client(handler).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True):
+            pass
+    parsed = captured.spans()[1]
+    assert raw.attributes["error.type"] == parsed.attributes["error.type"] == "server_error"
+    assert raw.status.status_code.name == parsed.status.status_code.name == "ERROR"
+    assert raw.attributes["gen_ai.usage.output_tokens"] == parsed.attributes["gen_ai.usage.output_tokens"] > 0
 
 
 def test_a_raw_stream_left_early_ends_when_the_response_is_closed(captured: Any) -> None:

@@ -131,7 +131,7 @@ class _Accumulator:
 
     __slots__ = (
         "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation",
-        "_price_context", "_server_tool_use", "_blocks", "_pieces", "_current",
+        "_price_context", "_server_tool_use", "_blocks", "_pieces", "_current", "_failure",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -149,6 +149,7 @@ class _Accumulator:
         self._pieces: dict[int, list[str]] = {}  # index -> its text, thinking or tool input, streamed
         self._current: list[str] = []  # the block streaming now
         self._pieces[0] = self._current
+        self._failure: tuple[str, str] | None = None
 
     def _merge_usage(self, usage: Any) -> None:
         if usage is None:
@@ -198,6 +199,11 @@ class _Accumulator:
             usage = get(event, "usage")
             self._merge_usage(usage)
             self._output_counted = self._output_counted or isinstance(get(usage, "output_tokens"), int)
+        elif kind == "error":
+            # Only in a stream the app reads raw (the SDK's own stream raises at this event instead): the type the
+            # SDK's error would have been given (overloaded_error), else its class.
+            error = get(event, "error")
+            self._failure = string(get(error, "type")) or "APIStatusError", string(get(error, "message")) or ""
         return True
 
     def _block_part(self, index: Any) -> C.Part:
@@ -245,6 +251,7 @@ class _Accumulator:
             output_text=text,
             messages_of=self._messages,
             price_context=self._price_context,
+            failure=self._failure,
         )
 
 

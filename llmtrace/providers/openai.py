@@ -246,7 +246,7 @@ class _ChoicesAccumulator:
 
     __slots__ = (
         "_hide_usage_chunk", "first_output_ns", "_model", "_id", "_finish", "_text", "_more_text", "_tools", "_usage",
-        "_extras",
+        "_extras", "_failure",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -260,6 +260,7 @@ class _ChoicesAccumulator:
         self._tools: dict[tuple[int, int], _ToolCallDeltas] = {}  # (choice, tool call) index
         self._usage: Any = None
         self._extras: dict[str, Any] = {}
+        self._failure: tuple[str, str] | None = None
 
     def add(self, chunk: Any) -> bool:
         # Runs once per streamed token: plain getattr on the SDK's chunk objects, nothing more.
@@ -300,6 +301,10 @@ class _ChoicesAccumulator:
                 reason = getattr(choice, "finish_reason", None)
                 if reason is not None and type(reason) is str:
                     self._finish[as_int(index)] = reason
+        elif error := getattr(chunk, "error", None):
+            # An error event, only in a stream the app reads raw (the SDK's own stream raises at it instead): the
+            # type the SDK's error would have been given (server_error), else its class.
+            self._failure = string(get(error, "type")) or "APIError", string(get(error, "message")) or ""
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self._usage = usage
@@ -358,6 +363,7 @@ class _ChoicesAccumulator:
             attributes=self._extras,
             messages_of=self._messages,
             price_context=_price_context(self._extras),
+            failure=self._failure,
         )
 
 

@@ -130,12 +130,9 @@ def spans_to_table(spans: list[ReadableSpan]) -> pa.Table:
     start = pc.fill_null(pa.array(starts, _I64), 0)  # ns
     duration_ns = pc.subtract(pc.coalesce(pa.array(ends, _I64), start), start)
     *attribute_arrays, ttfc = _attribute_arrays(attrs)
+    json_column = _json_column(attrs, [*attribute_arrays, ttfc])
     for index in _FALSE_WHEN_ABSENT:
         attribute_arrays[index] = pc.fill_null(attribute_arrays[index], False)
-    json_column = [
-        "{}" if plain else _JSON.encode({k: v for k, v in a.items() if k not in _COPIED})
-        for plain, a in zip(map(_COPIED.issuperset, attrs), attrs)
-    ]
     arrays = [
         # Hex ids: to_bytes().hex() takes half the time of "%032x" (which is a third faster than format()).
         pa.array([i.to_bytes(16, "big").hex() for i in map(_TRACE_ID, contexts)], _STR),
@@ -160,6 +157,21 @@ def _attribute_arrays(attrs: list[dict[str, Any]]) -> list[pa.Array]:
         return pa.array(attrs, type=_ATTRIBUTES_STRUCT).flatten()
     except _CONVERSION_ERRORS:  # a value of the wrong type somewhere: column by column, that cell NULL
         return [_array([a.get(field.name) for a in attrs], field.type) for field in _ATTRIBUTES_STRUCT]
+
+
+def _json_column(attrs: list[dict[str, Any]], copied: list[pa.Array]) -> list[str]:
+    """Each span's attributes that have no column of their own, as JSON: "{}" for most spans, all of whose attributes
+    have one. Which spans have others is counted in Arrow, not key by key per span: those with more attributes than
+    values found for the columns (never fewer: a value the columns refused is NULL there, and its span is encoded)."""
+    found = None
+    for array in copied:
+        valid = pc.cast(pc.is_valid(array), _I32)
+        found = valid if found is None else pc.add(found, valid)
+    others = pc.indices_nonzero(pc.not_equal(pa.array(list(map(len, attrs)), _I32), found)).to_pylist()
+    column = ["{}"] * len(attrs)
+    for i in others:
+        column[i] = _JSON.encode({k: v for k, v in attrs[i].items() if k not in _COPIED})
+    return column
 
 
 def _plain_dict(attributes: Any) -> dict[str, Any]:

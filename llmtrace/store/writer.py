@@ -67,8 +67,9 @@ LOCKED_FOR_LONG_S = 60.0
 
 def is_llm_span(span: ReadableSpan) -> bool:
     """Only llmtrace's own LLM-call spans are stored, not the app's HTTP spans and the like."""
-    scope = span.instrumentation_scope
-    return scope is not None and scope.name == "llmtrace"
+    # The fields, not their properties (a Python call each): this runs for every span the app ends.
+    scope = span._instrumentation_scope
+    return scope is not None and scope._name == "llmtrace"
 
 
 class StoreWriter(SpanProcessor):

@@ -49,6 +49,22 @@ class Result:
         return generated_text(self.messages_of())
 
 
+# The SDKs' catch-all error classes: raised for an error the API sent inside a stream that had begun with a 200 (an
+# overload, most often), which has no class of its own.
+_CATCH_ALL_ERRORS = frozenset({"APIError", "APIStatusError"})
+
+
+def api_error_type(class_name: str, body: Any) -> str:
+    """An SDK error's type on its span: its class, or for the catch-all classes the API's own error type
+    (``overloaded_error``, ``server_error``) where the error's body names one; low-cardinality either way."""
+    if class_name in _CATCH_ALL_ERRORS and isinstance(body, Mapping):
+        inner = body.get("error")  # anthropic: the whole event; openai: the error object itself
+        kind = (inner if isinstance(inner, Mapping) else body).get("type")
+        if isinstance(kind, str) and kind and kind != "error":
+            return kind
+    return class_name
+
+
 class Accumulator(Protocol):
     # time.time_ns() when the first chunk carrying output arrived (0: none yet): the stream's time to first
     # chunk. Not the stream's opening events, which some APIs send before the model has produced anything.
@@ -90,6 +106,9 @@ class Endpoint:
     # Whether this request may get it, beyond its client's host taking it (a call naming its own API version may name
     # one that does not); None: every request does.
     takes_usage_option: Callable[[Mapping[str, Any]], bool] | None = None
+    # A stream's raw SSE event as the SDK's stream takes it (llmtrace.sse.RawEventRule), for a stream the app reads
+    # raw; None: the endpoint does not stream.
+    raw_event: Callable[[str | None, str, Any], Any] | None = None
 
 
 # How a target method behaves, which decides the wrapper the core puts around it.

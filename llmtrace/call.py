@@ -21,7 +21,7 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, S
 from . import attributes as A
 from . import pricing
 from ._guard import internal_errors, report
-from .adapter import Accumulator, Endpoint, Result
+from .adapter import Accumulator, Endpoint, Result, api_error_type
 from .config import Settings
 from .content import to_json
 from .context import current_tags
@@ -71,6 +71,7 @@ class Call:
         "unsampled_parent",
         "hold",
         "request_bytes",
+        "stream_failure",
     )
 
     def __init__(self, endpoint: Endpoint, rt: Runtime, instance: Any, kwargs: dict[str, Any]) -> None:
@@ -107,6 +108,8 @@ class Call:
         self.retries = 0
         self.rate_limited = 0
         self.acc: Accumulator | None = None
+        # Where the SDK's stream would have raised, in a stream the app reads raw (an error event): (type, message).
+        self.stream_failure: tuple[str, str] | None = None
         self.done = False  # finish() began
         self.ended = False  # the span ended
         self.start_ns = start_ns
@@ -201,12 +204,19 @@ class Call:
             report(exc)
             return True
 
+    def fail_stream(self, failure: tuple[str, str]) -> None:
+        """The stream, read raw by the app, got where the SDK's own stream would have raised: the call failed."""
+        self.stream_failure = failure
+
     def end_stream(self, error: BaseException | None = None) -> None:
         """End after a stream: exhausted, closed, exited, failed or dropped. Never raises."""
         if self.done:
             return
         try:
-            self.finish(self.acc.result() if self.acc is not None else Result(), error)
+            result = self.acc.result() if self.acc is not None else Result()
+            if self.stream_failure is not None:
+                result.failure = self.stream_failure
+            self.finish(result, error)
         except Exception as exc:
             report(exc)
             self._force_end()
@@ -496,23 +506,8 @@ def refused_answer(error: Exception, raw: Any) -> Any:
         return None
 
 
-# The SDKs' catch-all error classes: raised for an error the API sent inside a stream that had begun with a 200 (an
-# overload, most often), which has no class of its own.
-_CATCH_ALL_ERRORS = frozenset({"APIError", "APIStatusError"})
-
-
 def _error_type(error: BaseException) -> str:
-    """The SDK's exception class, or for its catch-all class the API's own error type (``overloaded_error``,
-    ``server_error``), where the error's body names one: low-cardinality either way."""
-    name = type(error).__qualname__
-    if name in _CATCH_ALL_ERRORS:
-        body = getattr(error, "body", None)
-        if isinstance(body, Mapping):
-            inner = body.get("error")  # anthropic: the whole event; openai: the error object itself
-            kind = (inner if isinstance(inner, Mapping) else body).get("type")
-            if isinstance(kind, str) and kind and kind != "error":
-                return kind
-    return name
+    return api_error_type(type(error).__qualname__, getattr(error, "body", None))
 
 
 def _estimate_output(model: str, text: str) -> int:

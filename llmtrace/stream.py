@@ -29,10 +29,12 @@ def _abandoned(call: Call) -> None:
 # store only once it has ended by the refresh's snapshot (llmtrace.query._per_budget_key).
 
 
-def _observed(items: Iterable[Any], call: Call, add: Callable[[Any], bool], proxy: object) -> Iterator[Any]:
+def _observed(
+    items: Iterable[Any], call: Call, add: Callable[[Any], bool], proxy: object, end: Callable[[], None] | None = None
+) -> Iterator[Any]:
     """A stream's items, each seen by ``add`` first (False: hidden from the app); the span ends as the note above says.
     ``proxy`` lives as long as the loop: collected, it would end the span (``for chunk in create(stream=True)``
-    holds nothing else of it)."""
+    holds nothing else of it). ``end``: told when the items are exhausted, before the span ends."""
     try:
         for item in items:
             try:
@@ -53,11 +55,18 @@ def _observed(items: Iterable[Any], call: Call, add: Callable[[Any], bool], prox
     except BaseException as exc:
         call.end_stream(exc)
         raise
+    if end is not None:
+        with internal_errors():
+            end()
     call.end_stream(None)
 
 
 async def _async_observed(
-    items: AsyncIterable[Any], call: Call, add: Callable[[Any], bool], proxy: object
+    items: AsyncIterable[Any],
+    call: Call,
+    add: Callable[[Any], bool],
+    proxy: object,
+    end: Callable[[], None] | None = None,
 ) -> AsyncIterator[Any]:
     """``_observed`` for an async stream."""
     try:
@@ -82,6 +91,9 @@ async def _async_observed(
     except BaseException as exc:
         call.end_stream(exc)
         raise
+    if end is not None:
+        with internal_errors():
+            end()
     call.end_stream(None)
 
 
@@ -296,18 +308,19 @@ class RawResponseProxy(wrapt.ObjectProxy):
 
     def _self_event_reader(self, joiner: Any) -> EventReader | None:
         call = self._self_call
-        if call.done:
+        rule = call.endpoint.raw_event
+        if call.done or rule is None:
             return None
         try:
             observe = call.begin_stream().add
         except Exception as exc:
             report(exc)
             return None
-        return EventReader(observe, lines=joiner == "\n")  # iter_lines(): a line a piece, its ending cut off
+        return EventReader(rule, observe, call.fail_stream, lines=joiner == "\n")  # iter_lines(): its ending cut off
 
     def _self_stream_in_pieces(self, pieces: Iterator[Any], joiner: Any) -> Iterator[Any]:
         reader = self._self_event_reader(joiner)
-        return pieces if reader is None else _observed(pieces, self._self_call, reader.read, self)
+        return pieces if reader is None else _observed(pieces, self._self_call, reader.read, self, reader.end)
 
     def _self_complete_with(self, body: Any) -> None:
         with internal_errors():
@@ -379,7 +392,7 @@ class AsyncRawResponseProxy(RawResponseProxy):
 
     def _self_async_stream_in_pieces(self, pieces: AsyncIterator[Any], joiner: Any) -> AsyncIterator[Any]:
         reader = self._self_event_reader(joiner)
-        return pieces if reader is None else _async_observed(pieces, self._self_call, reader.read, self)
+        return pieces if reader is None else _async_observed(pieces, self._self_call, reader.read, self, reader.end)
 
     async def _self_read_whole_body(self) -> None:  # type: ignore[override]
         if self._self_body_is_whole():

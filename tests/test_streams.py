@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from typing import Any, Callable, Iterator
 
@@ -224,13 +226,25 @@ def test_a_stream_left_early_ends_when_it_is_dropped(captured: Any) -> None:
     assert span.end_time >= dropped and span.attributes["llmtrace.usage.source"] == "estimated"
 
 
-def _events(pieces: list[Any], lines: bool = False) -> list[Any]:
+def _read(pieces: list[Any], lines: bool = False, provider: str = "openai") -> tuple[list[Any], list[Any]]:
+    """The events an SSE body's pieces give a provider's accumulator, and the failures they end the call with."""
+    import importlib
+
     from llmtrace.sse import EventReader
 
+    endpoint = importlib.import_module(f"llmtrace.providers.{provider}").TARGETS[0].endpoint
     seen: list[Any] = []
-    reader = EventReader(seen.append, lines)
+    failures: list[Any] = []
+    reader = EventReader(endpoint.raw_event, seen.append, failures.append, lines)
     for piece in pieces:
         reader.read(piece)
+    reader.end()
+    return seen, failures
+
+
+def _events(pieces: list[Any], lines: bool = False) -> list[Any]:
+    seen, failures = _read(pieces, lines)
+    assert not failures
     return seen
 
 
@@ -241,10 +255,8 @@ def test_raw_sse_events_are_read_whatever_the_line_endings_and_wherever_the_body
         "event: message_start\ndata: {\"type\": \"a\", \"text\": \"caf\u00e9 \u2028 \u65e5\u672c\"}\n\n"
         "data: {\"type\":\n"  # one event's data over two lines
         "data: \"b\"}\nid: 7\nretry: 10\n\n"
-        "data: not json\n\n"
         "data: [1, 2]\n\n"  # JSON, not an object
         "data:{\"type\": \"c\"}\n\n"  # no space after the colon
-        "data: [DONE]\n\n"
         "data: {\"type\": \"unfinished\"}\n"  # the body ends before the blank line that would dispatch it
     ).replace("\n", ending).encode()
     expected = [{"type": "a", "text": "caf\u00e9 \u2028 \u65e5\u672c"}, {"type": "b"}, {"type": "c"}]
@@ -253,6 +265,46 @@ def test_raw_sse_events_are_read_whatever_the_line_endings_and_wherever_the_body
     assert _events([body.decode()]) == expected  # iter_text(): str pieces
     if ending != "\r":  # iter_lines() cuts at each line ending, and hands each line on without it
         assert _events(body.decode().split(ending)[:-1], lines=True) == expected  # none after the last ending
+
+
+@pytest.mark.parametrize("size", [1, 2, 1000])
+def test_a_raw_body_ending_in_a_lone_cr_ends_its_last_event_there(size: int) -> None:
+    """A CR may be the first half of a CRLF, so it waits for the next piece; the body's end decides it."""
+    body = b'data: {"type": "a"}\r\rdata: {"type": "last"}\r\r'
+    assert _events([body[i : i + size] for i in range(0, len(body), size)]) == [{"type": "a"}, {"type": "last"}]
+
+
+def test_a_raw_stream_is_read_up_to_where_the_sdks_stream_stops() -> None:
+    after = 'data: {"type": "after"}\n\n'
+    assert _read([f'data: {{"type": "a"}}\n\ndata: [DONE]\n\n{after}']) == ([{"type": "a"}], [])
+    seen, failures = _read([f"data: not json\n\n{after}"])  # the SDK's stream raises where data is not JSON
+    assert seen == [] and [kind for kind, _ in failures] == ["JSONDecodeError"]
+    error = '{"error": {"message": "overloaded", "type": "server_error"}, "choices": [{"index": 0, "finish_reason": "error"}]}'
+    assert _read([f"data: {error}\n\n{after}"]) == ([], [("server_error", "overloaded")])
+    nested = '{"type": "error", "error": {"type": "insufficient_quota", "code": "insufficient_quota", "message": "quota"}}'
+    assert _read([f"event: error\ndata: {nested}\n\n"]) == ([], [("insufficient_quota", "quota")])  # the Responses API's
+    # anthropic's stream goes by the events' names: unnamed events and pings are passed over, an error raises
+    seen, failures = _read([f"event: ping\ndata: {{}}\n\n{after}event: error\ndata: oops\n\n{after}"], provider="anthropic")
+    assert seen == [] and failures == [("APIStatusError", "oops")]
+
+
+@pytest.mark.parametrize("text", ["a\u2028b", "a\u2028\u2029b", "\u2028\u2028", "x\u2028:)", "x\u2028id: 1", "x\u2028data: y",
+                                  "x\u2028event: y\u2028", "x\u0085\u2028\u2028\u2028"])
+def test_raw_sse_lines_cut_where_splitlines_cuts_are_read_whole(text: str) -> None:
+    """iter_lines() cuts at U+2028, U+2029 and U+0085 too, inside the JSON strings of a data line; the rest of the line
+    may look like anything, an empty line or another field included. The event is read whole (each cut as U+2028)."""
+    events = [{"type": "message_start"}, {"type": "text", "text": text}, {"type": "message_stop"}]
+    body = "".join(f"event: {e['type']}\ndata: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events)
+    lines = body.splitlines()  # as iter_lines() cuts
+    assert len(lines) > 3 * len(events)
+    cut_as = {**events[1], "text": re.sub("[\u2028\u2029\u0085]", "\u2028", text)}
+    for provider in ("openai", "anthropic"):
+        assert _read(lines, lines=True, provider=provider) == ([events[0], cut_as, events[2]], [])
+
+
+def test_raw_sse_lines_held_for_a_cut_that_never_ends_fail_as_data_that_is_not_json() -> None:
+    seen, failures = _read(['data: {"type": "a', "", 'data: {"type": "b"}', ""], lines=True)
+    assert seen == [] and [kind for kind, _ in failures] == ["JSONDecodeError"]
 
 
 def test_raw_sse_events_read_as_the_sdks_models_are() -> None:

@@ -22,10 +22,12 @@ from ..adapter import (
     Endpoint,
     Result,
     Target,
+    api_error_type,
 )
 from ..config import Settings
 from ..content import Message
 from ..pricing import PriceContext
+from ..sse import StreamEnds, json_of
 from ..usage import Usage, as_int
 from . import anthropic_content
 from ._stainless import RequestTable, client_info_for, get, pick, string
@@ -131,7 +133,7 @@ class _Accumulator:
 
     __slots__ = (
         "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation",
-        "_price_context", "_server_tool_use", "_blocks", "_pieces", "_current", "_failure",
+        "_price_context", "_server_tool_use", "_blocks", "_pieces", "_current",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -149,7 +151,6 @@ class _Accumulator:
         self._pieces: dict[int, list[str]] = {}  # index -> its text, thinking or tool input, streamed
         self._current: list[str] = []  # the block streaming now
         self._pieces[0] = self._current
-        self._failure: tuple[str, str] | None = None
 
     def _merge_usage(self, usage: Any) -> None:
         if usage is None:
@@ -199,11 +200,6 @@ class _Accumulator:
             usage = get(event, "usage")
             self._merge_usage(usage)
             self._output_counted = self._output_counted or isinstance(get(usage, "output_tokens"), int)
-        elif kind == "error":
-            # Only in a stream the app reads raw (the SDK's own stream raises at this event instead): the type the
-            # SDK's error would have been given (overloaded_error), else its class.
-            error = get(event, "error")
-            self._failure = string(get(error, "type")) or "APIStatusError", string(get(error, "message")) or ""
         return True
 
     def _block_part(self, index: Any) -> C.Part:
@@ -251,7 +247,6 @@ class _Accumulator:
             output_text=text,
             messages_of=self._messages,
             price_context=self._price_context,
-            failure=self._failure,
         )
 
 
@@ -267,6 +262,20 @@ def _content(kwargs: Mapping[str, Any]) -> Any:
     return kwargs.get("system"), kwargs.get("messages")
 
 
+def _raw_event(name: str | None, data: str, parsed: Any) -> Any:
+    """A raw stream's event as anthropic's Stream takes it, by the event's name: unnamed events and pings are passed
+    over; ``error`` makes it raise (an APIStatusError: the stream began with a 200; its body: the data, as JSON where
+    it is); other events' data must be JSON."""
+    if name is None or name == "ping":
+        return None
+    if name == "error":
+        body = data if isinstance(parsed, ValueError) else parsed
+        raise StreamEnds((api_error_type("APIStatusError", body), f"{body}" if body else "Error code: 200"))
+    if not data:
+        return None
+    return json_of(parsed)
+
+
 MESSAGES = Endpoint(
     operation=A.OP_CHAT,
     request_attributes=_request_attributes,
@@ -276,6 +285,7 @@ MESSAGES = Endpoint(
     input_content=_content,
     content_attributes=anthropic_content.request_content,
     client_info=client_info,
+    raw_event=_raw_event,
 )
 
 _MODULE = "anthropic.resources.messages.messages"

@@ -10,10 +10,13 @@ from typing import Any, Callable, Mapping
 from .. import attributes as A
 from .. import content as C
 from .. import tokenizer
-from ..adapter import ASYNC_CALL, ASYNC_LOOKUP, CALL, LOOKUP, RETRY_HOOK, ClientInfo, Endpoint, Result, Target
+from ..adapter import (
+    ASYNC_CALL, ASYNC_LOOKUP, CALL, LOOKUP, RETRY_HOOK, ClientInfo, Endpoint, Result, Target, api_error_type,
+)  # fmt: skip
 from ..config import Settings
 from ..content import Message
 from ..pricing import PriceContext
+from ..sse import StreamEnds, json_of
 from ..usage import Usage, as_int
 from . import openai_content
 from ._stainless import RequestTable, client_info_for, counts, get, pick, string
@@ -246,7 +249,7 @@ class _ChoicesAccumulator:
 
     __slots__ = (
         "_hide_usage_chunk", "first_output_ns", "_model", "_id", "_finish", "_text", "_more_text", "_tools", "_usage",
-        "_extras", "_failure",
+        "_extras",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -260,7 +263,6 @@ class _ChoicesAccumulator:
         self._tools: dict[tuple[int, int], _ToolCallDeltas] = {}  # (choice, tool call) index
         self._usage: Any = None
         self._extras: dict[str, Any] = {}
-        self._failure: tuple[str, str] | None = None
 
     def add(self, chunk: Any) -> bool:
         # Runs once per streamed token: plain getattr on the SDK's chunk objects, nothing more.
@@ -301,10 +303,6 @@ class _ChoicesAccumulator:
                 reason = getattr(choice, "finish_reason", None)
                 if reason is not None and type(reason) is str:
                     self._finish[as_int(index)] = reason
-        elif error := getattr(chunk, "error", None):
-            # An error event, only in a stream the app reads raw (the SDK's own stream raises at it instead): the
-            # type the SDK's error would have been given (server_error), else its class.
-            self._failure = string(get(error, "type")) or "APIError", string(get(error, "message")) or ""
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self._usage = usage
@@ -363,7 +361,6 @@ class _ChoicesAccumulator:
             attributes=self._extras,
             messages_of=self._messages,
             price_context=_price_context(self._extras),
-            failure=self._failure,
         )
 
 
@@ -514,6 +511,22 @@ def _embeddings_content(kwargs: Mapping[str, Any]) -> Any:
     return kwargs.get("input")
 
 
+def _raw_event(name: str | None, data: str, parsed: Any) -> Any:
+    """A raw stream's event as openai's Stream takes it: ``[DONE]`` ends it; the data must be JSON; an object with an
+    ``error`` makes it raise an APIError (its body: that error)."""
+    if data.startswith("[DONE]"):
+        raise StreamEnds()
+    event = json_of(parsed)
+    if not isinstance(event, Mapping):
+        return None  # nothing an accumulator reads
+    error = event.get("error")
+    if error:
+        message = get(error, "message")
+        message = message if isinstance(message, str) and message else "An error occurred during streaming"
+        raise StreamEnds((api_error_type("APIError", error), message))
+    return event
+
+
 CHAT = Endpoint(
     operation=A.OP_CHAT,
     request_attributes=_chat_request,
@@ -525,6 +538,7 @@ CHAT = Endpoint(
     client_info=client_info,
     wants_usage_option=True,
     takes_usage_option=_request_takes_usage_option,
+    raw_event=_raw_event,
 )
 # Legacy completions answer in the same shape as chat completions; only the operation differs.
 COMPLETIONS = dataclasses.replace(CHAT, operation=A.OP_TEXT_COMPLETION)
@@ -537,6 +551,7 @@ RESPONSES = Endpoint(
     input_content=_responses_content,
     content_attributes=openai_content.responses_input,
     client_info=client_info,
+    raw_event=_raw_event,
 )
 EMBEDDINGS = Endpoint(
     operation=A.OP_EMBEDDINGS,

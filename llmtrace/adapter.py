@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Protocol
 from .config import Settings
 from .content import Message, generated_text
 from .pricing import PriceContext
+from .sse import RawEventRule
 from .usage import Usage
 
 
@@ -30,7 +31,8 @@ class Result:
     # wasted when usage is known and content capture is off: built only when needed.
     messages_of: Callable[[], list[Message]] | None = None
     # The provider answered that the generation failed, and the SDK did not raise (an OpenAI Responses
-    # ``failed`` response or stream ``error`` event): (error type, message).
+    # ``failed`` response or stream ``error`` event; or a stream the app read raw, where the SDK's stream would have
+    # raised): (error type, message).
     failure: tuple[str, str] | None = None
     # How the call was served, where that changes its price (llmtrace.pricing.PriceContext): OpenAI's service
     # tier, Anthropic's speed.
@@ -108,7 +110,7 @@ class Endpoint:
     takes_usage_option: Callable[[Mapping[str, Any]], bool] | None = None
     # A stream's raw SSE event as the SDK's stream takes it (llmtrace.sse.RawEventRule), for a stream the app reads
     # raw; None: the endpoint does not stream.
-    raw_event: Callable[[str | None, str, Any], Any] | None = None
+    raw_event: RawEventRule | None = None
 
 
 # How a target method behaves, which decides the wrapper the core puts around it.

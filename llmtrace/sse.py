@@ -63,6 +63,12 @@ def _parsed(data: str) -> Any:
         return exc
 
 
+def _value(line: str, name_length: int) -> str:
+    """A field's value: what follows its name and colon, less one leading space (the SSE spec)."""
+    value = line[name_length:]
+    return value[1:] if value.startswith(" ") else value
+
+
 def _cut_in_a_string(parsed: Any) -> bool:
     # A line iter_lines() cut inside a JSON string (the only place those characters can be unescaped).
     return isinstance(parsed, json.JSONDecodeError) and parsed.msg.startswith("Unterminated string")
@@ -135,11 +141,9 @@ class EventReader:
         if not line:
             self._event_ends()
         elif line.startswith("data:"):
-            value = line[5:]
-            self._data.append(value[1:] if value.startswith(" ") else value)
+            self._data.append(_value(line, 5))
         elif line.startswith("event:"):
-            value = line[6:]
-            self._name = value[1:] if value.startswith(" ") else value
+            self._name = _value(line, 6)
         # Other fields (id, retry) and comments: nothing an accumulator reads.
 
     def _event_ends(self, final: bool = False) -> None:

@@ -117,6 +117,7 @@ def test_a_stream_cut_after_a_search_ran_keeps_that_search(captured: Any) -> Non
     assert a["llmtrace.usage.source"] == "estimated" and a["llmtrace.usage.web_searches"] == 1
     assert a["llmtrace.cost.usd"] > 0.01  # $10 per 1,000 searches, beside the tokens
 
+
 @pytest.mark.parametrize("is_async", [False, True])
 async def test_a_raw_stream_whose_provider_sends_an_error_event_fails_as_the_sdks_stream_does(
     captured: Any, is_async: bool

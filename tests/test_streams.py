@@ -228,14 +228,15 @@ def test_a_stream_left_early_ends_when_it_is_dropped(captured: Any) -> None:
 
 def _read(pieces: list[Any], lines: bool = False, provider: str = "openai") -> tuple[list[Any], list[Any]]:
     """The events an SSE body's pieces give a provider's accumulator, and the failures they end the call with."""
-    import importlib
-
+    from llmtrace.providers import anthropic as anthropic_provider
+    from llmtrace.providers import openai as openai_provider
     from llmtrace.sse import EventReader
 
-    endpoint = importlib.import_module(f"llmtrace.providers.{provider}").TARGETS[0].endpoint
+    rule = {"openai": openai_provider.CHAT.raw_event, "anthropic": anthropic_provider.MESSAGES.raw_event}[provider]
+    assert rule is not None
     seen: list[Any] = []
     failures: list[Any] = []
-    reader = EventReader(endpoint.raw_event, seen.append, failures.append, lines)
+    reader = EventReader(rule, seen.append, failures.append, lines)
     for piece in pieces:
         reader.read(piece)
     reader.end()

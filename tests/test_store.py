@@ -146,10 +146,10 @@ def test_two_merges_in_one_process_never_race_over_the_same_segments(tmp_path: P
     inside, go_on = threading.Event(), threading.Event()
     real = merge_module._merge_with
 
-    def slow(*args: Any) -> None:
+    def slow(*args: Any) -> list[Path]:
         inside.set()
         go_on.wait(10)
-        real(*args)
+        return real(*args)
 
     monkeypatch.setattr(merge_module, "_merge_with", slow)
     first: list[Any] = []
@@ -161,6 +161,33 @@ def test_two_merges_in_one_process_never_race_over_the_same_segments(tmp_path: P
     thread.join(10)
     assert second.busy and second.merged_rows == 0 and not second.quarantined
     assert first[0].merged_rows == 5 and _count(db)["spans"] == 5
+
+def test_merged_segments_are_deleted_once_the_database_is_let_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers and other processes' merges wait for the write lock: deleting the files (a GIL hand-over each, which a
+    busy app can make last milliseconds) happens after it is released."""
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 4)
+    writer.force_flush(merge=False)
+    emit(provider, 3)
+    writer.force_flush(merge=False)
+    paths = resolve(db)
+    segments = paths.pending()
+    assert len(segments) == 2
+    lock_free_at_delete: list[bool] = []
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self in segments:  # another process opens the database for writing: refused while the merge holds it
+            opens = f"import duckdb; duckdb.connect({str(paths.db)!r}).close()"
+            lock_free_at_delete.append(subprocess.run([sys.executable, "-c", opens], capture_output=True).returncode == 0)
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    outcome = merge(paths)
+    assert outcome.merged_rows == 7 and lock_free_at_delete == [True, True] and not paths.pending()
+    assert _count(db)["spans"] == 7
+
 
 def test_segments_committed_but_not_deleted_are_not_counted_twice(tmp_path: Path) -> None:
     db = _db(tmp_path)

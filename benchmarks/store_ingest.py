@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=0, help="feed this many spans/s (0: as fast as possible, a burst)")
     parser.add_argument("--distinct", type=int, default=20_000,
                         help="distinct spans made, then fed repeatedly (keeps the generator's memory out of the RSS)")
+    parser.add_argument("--stalls", action="store_true",
+                        help="also time an app thread's stalls: a thread sleeping 1 ms at a time, and how late it wakes")
     args = parser.parse_args()
     paths = resolve(args.db)
     start_afresh(paths)
@@ -106,9 +108,20 @@ def main() -> None:
             samples.append((0, rss_mb()))
             backlog.append((time.perf_counter(), len(writer._spans), len(paths.pending())))
 
+    lateness: list[float] = []
+
+    def probe() -> None:  # an app thread: it waits for the GIL whenever the store holds it, as every app thread does
+        while not done.is_set():
+            before = time.perf_counter()
+            time.sleep(0.001)
+            lateness.append(time.perf_counter() - before - 0.001)
+
     samples.append((0, rss_start))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    prober = threading.Thread(target=probe, daemon=True)
+    if args.stalls:
+        prober.start()
     start = time.perf_counter()
     cpu_start = time.process_time()
     fed = 0
@@ -128,6 +141,8 @@ def main() -> None:
     cpu = time.process_time() - cpu_start
     done.set()
     sampler.join()
+    if args.stalls:
+        prober.join()
     writer.shutdown()
     stored = query.span_count(db=args.db)["spans"]
     assert stored == args.spans, (stored, args.spans)
@@ -154,6 +169,12 @@ def main() -> None:
         feed = [b for b in backlog if b[0] <= fed_at]
         tenth = max(1, len(feed) // 10)
         print("segments not merged, most by tenth of the feed:", " ".join(str(max(b[2] for b in feed[i:i + tenth])) for i in range(0, len(feed), tenth)))
+    if lateness:
+        lateness.sort()
+        at = lambda q: lateness[min(len(lateness) - 1, int(len(lateness) * q))] * 1e3  # noqa: E731
+        print(f"app thread stalls (a 1 ms sleep woken late, {len(lateness):,} times): p50 {at(0.5):.2f} ms, "
+              f"p99 {at(0.99):.2f} ms, p99.9 {at(0.999):.1f} ms, max {lateness[-1] * 1e3:.1f} ms; "
+              f"{sum(x > 0.010 for x in lateness)} over 10 ms")
     mode = f"fed at {args.rate:,} spans/s" if args.rate else "fed as one burst"
     print(f"writer RSS ({mode}): start {rss_start:.0f} MB, during run {min(r for _, r in samples):.0f}-{max(r for _, r in samples):.0f} MB, "
           f"peak (ru_maxrss) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

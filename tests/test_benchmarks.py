@@ -3,6 +3,7 @@ benchmarks measure speed, tests do not). overhead.py needs the peers' venvs and 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,11 @@ def test_store_ingest_benchmark_stores_every_span_it_feeds(tmp_path: Path) -> No
 
 def test_store_ingest_benchmark_at_a_steady_rate_reports_the_backlog_it_leaves(tmp_path: Path) -> None:
     db = str(tmp_path / "ingest" / "ingest.duckdb")
-    out = _run("store_ingest.py", "--spans", "20000", "--rate", "20000", "--distinct", "200", "--db", db)
+    out = _run("store_ingest.py", "--spans", "20000", "--rate", "20000", "--distinct", "200", "--db", db, "--stalls")
     assert "spans: 20,000 fed, 20,000 in DuckDB" in out
     for half in ("first", "second"):
         assert f"backlog in the {half} half of the feed: at most " in out
+    assert re.search(r"app thread stalls \(a 1 ms sleep woken late, [\d,]+ times\): p50 [\d.]+ ms", out)
 
 
 def test_stream_proxy_benchmark_ends_one_span_per_stream() -> None:

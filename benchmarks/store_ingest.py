@@ -12,8 +12,12 @@ come: rows merged into DuckDB per second from its first merge to the end of the 
 first half to the second is a rate the store keeps up with. End to end then includes draining the
 last backlog after the feed (up to ~20 segments), a fixed tail that weighs less the longer the run.
 
+With ``--stalls`` a thread that stands for the app's other threads sleeps 1 ms at a time, and it reports how late
+it wakes: how long the store's threads kept the app waiting for the GIL.
+
     .venv/bin/python benchmarks/store_ingest.py [--spans 1000000] [--db /tmp/ingest.duckdb]
     .venv/bin/python benchmarks/store_ingest.py --spans 6000000 --rate 200000
+    .venv/bin/python benchmarks/store_ingest.py --spans 400000 --rate 20000 --stalls
 """
 
 from __future__ import annotations

@@ -162,6 +162,22 @@ def test_two_merges_in_one_process_never_race_over_the_same_segments(tmp_path: P
     assert second.busy and second.merged_rows == 0 and not second.quarantined
     assert first[0].merged_rows == 5 and _count(db)["spans"] == 5
 
+def test_a_store_under_an_odd_path_merges_every_segment(tmp_path: Path) -> None:
+    """Segment footers are read by one DuckDB query that names each file: under a path with "..", glob characters and
+    a quote, each is still found by its name (one not found would be set aside as truncated)."""
+    (tmp_path / "x").mkdir()
+    db = str(tmp_path / "x" / ".." / "o'dd [1] *dir" / "llmtrace.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    for count in (3, 4):
+        emit(provider, count)
+        writer.force_flush(merge=False)
+    paths = resolve(db)
+    assert len(paths.pending()) == 2
+    outcome = merge(paths)
+    assert (outcome.merged_segments, outcome.merged_rows, outcome.quarantined) == (2, 7, [])
+    assert _count(db)["spans"] == 7 and not paths.pending()
+
+
 def test_merged_segments_are_deleted_once_the_database_is_let_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Readers and other processes' merges wait for the write lock: deleting the files (a GIL hand-over each, which a
     busy app can make last milliseconds) happens after it is released."""

@@ -162,6 +162,25 @@ def test_two_merges_in_one_process_never_race_over_the_same_segments(tmp_path: P
     assert second.busy and second.merged_rows == 0 and not second.quarantined
     assert first[0].merged_rows == 5 and _count(db)["spans"] == 5
 
+def test_the_apps_own_connection_to_the_store_holds_merges_off_like_a_lock(tmp_path: Path) -> None:
+    """An app that opens the store file itself, in the same process, with DuckDB's default settings: a merge (which
+    opens it with its own) waits for it to let go, as for a lock, and loses nothing meanwhile."""
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 2)
+    writer.force_flush()
+    emit(provider, 3)
+    writer.force_flush(merge=False)
+    paths = resolve(db)
+    apps_own = duckdb.connect(db)
+    try:
+        outcome = merge(paths)
+        assert outcome.busy and outcome.merged_rows == 0 and len(paths.pending()) == 1
+    finally:
+        apps_own.close()
+    assert merge(paths).merged_rows == 3 and _count(db)["spans"] == 5
+
+
 def test_a_store_under_an_odd_path_merges_every_segment(tmp_path: Path) -> None:
     """Segment footers are read by one DuckDB query that names each file: under a path with "..", glob characters and
     a quote, each is still found by its name (one not found would be set aside as truncated)."""

@@ -27,6 +27,7 @@ _LOCK_WORDS = ("lock", "Conflicting")
 # Within one process it refuses a second database instance on the same file (the writer's merge and a
 # reader such as the budget monitor, at the same moment) with this: as brief, and as harmless, as a lock.
 _IN_USE: type[Exception] | tuple[()] = getattr(duckdb, "ResourceInUseException", ())
+_OTHER_SETTINGS = "different configuration"
 # A merge of 200k rows takes ~14 % less CPU at 128 MB than at 64 MB (the writer's RSS peaks ~30 MB higher).
 _MEMORY_LIMIT = "128MB"
 # What DuckDB raises for values it cannot take (a file llmtrace did not write, in the segments folder), as opposed to
@@ -48,6 +49,9 @@ def is_lock_error(exc: BaseException) -> bool:
     """The database is in use by another writer (or, in this process, another connection): try again later."""
     if isinstance(exc, duckdb.IOException):
         return any(word in str(exc) for word in _LOCK_WORDS)
+    if isinstance(exc, duckdb.ConnectionException):
+        # The app holds the file open itself, with DuckDB's default settings (not the merge's): in use, like a lock.
+        return _OTHER_SETTINGS in str(exc)
     return isinstance(exc, _IN_USE)
 
 

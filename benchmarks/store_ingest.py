@@ -123,8 +123,8 @@ def main() -> None:
     samples.append((0, rss_start))
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    prober = threading.Thread(target=probe, daemon=True)
-    if args.stalls:
+    prober = threading.Thread(target=probe, daemon=True) if args.stalls else None
+    if prober is not None:
         prober.start()
     start = time.perf_counter()
     cpu_start = time.process_time()
@@ -145,7 +145,7 @@ def main() -> None:
     cpu = time.process_time() - cpu_start
     done.set()
     sampler.join()
-    if args.stalls:
+    if prober is not None:
         prober.join()
     writer.shutdown()
     stored = query.span_count(db=args.db)["spans"]
@@ -175,9 +175,12 @@ def main() -> None:
         print("segments not merged, most by tenth of the feed:", " ".join(str(max(b[2] for b in feed[i:i + tenth])) for i in range(0, len(feed), tenth)))
     if lateness:
         lateness.sort()
-        at = lambda q: lateness[min(len(lateness) - 1, int(len(lateness) * q))] * 1e3  # noqa: E731
-        print(f"app thread stalls (a 1 ms sleep woken late, {len(lateness):,} times): p50 {at(0.5):.2f} ms, "
-              f"p99 {at(0.99):.2f} ms, p99.9 {at(0.999):.1f} ms, max {lateness[-1] * 1e3:.1f} ms; "
+
+        def ms_at(q: float) -> float:
+            return lateness[min(len(lateness) - 1, int(len(lateness) * q))] * 1e3
+
+        print(f"app thread stalls (a 1 ms sleep woken late, {len(lateness):,} times): p50 {ms_at(0.5):.2f} ms, "
+              f"p99 {ms_at(0.99):.2f} ms, p99.9 {ms_at(0.999):.1f} ms, max {lateness[-1] * 1e3:.1f} ms; "
               f"{sum(x > 0.010 for x in lateness)} over 10 ms")
     mode = f"fed at {args.rate:,} spans/s" if args.rate else "fed as one burst"
     print(f"writer RSS ({mode}): start {rss_start:.0f} MB, during run {min(r for _, r in samples):.0f}-{max(r for _, r in samples):.0f} MB, "

@@ -108,11 +108,13 @@ class EventReader:
             return True
         if self._lines:
             self._line(text)
-        elif "\n" not in text and "\r" not in text:
+        elif "\n" not in text and "\r" not in text and not (text and self._rest and self._rest[-1].endswith("\r")):
             self._rest.append(text)  # kept apart, joined once the line ends: a long line in small pieces stays linear
         else:
             text = "".join(self._rest) + text
-            held_cr = text.endswith("\r")  # may be the first half of a CRLF: decided by the next piece
+            # A last CR may be the first half of a CRLF: the next piece that is not empty decides it (above: one with no
+            # line ending of its own comes here too, the held CR then ending a line).
+            held_cr = text.endswith("\r")
             lines = _LINE_END.split(text[:-1] if held_cr else text)
             last = lines.pop() + ("\r" if held_cr else "")
             self._rest = [last] if last else []

@@ -269,10 +269,13 @@ def test_raw_sse_events_are_read_whatever_the_line_endings_and_wherever_the_body
 
 
 @pytest.mark.parametrize("size", [1, 2, 1000])
-def test_a_raw_body_ending_in_a_lone_cr_ends_its_last_event_there(size: int) -> None:
-    """A CR may be the first half of a CRLF, so it waits for the next piece; the body's end decides it."""
-    body = b'data: {"type": "a"}\r\rdata: {"type": "last"}\r\r'
+@pytest.mark.parametrize("tail", ["", "id: 9", "\n"])
+def test_a_raw_body_ending_in_a_lone_cr_ends_its_last_event_there(size: int, tail: str) -> None:
+    """A CR may be the first half of a CRLF, so it waits for the next piece; the body's end decides it, or a last piece
+    that has no line ending of its own (a field the body ends in, never finished)."""
+    body = b'data: {"type": "a"}\r\rdata: {"type": "last"}\r\r' + tail.encode()
     assert _events([body[i : i + size] for i in range(0, len(body), size)]) == [{"type": "a"}, {"type": "last"}]
+    assert _events([body[:-len(tail) or None], tail.encode()]) == [{"type": "a"}, {"type": "last"}]
 
 
 def test_a_raw_stream_is_read_up_to_where_the_sdks_stream_stops() -> None:

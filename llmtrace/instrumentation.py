@@ -117,6 +117,10 @@ def instrument(**options: Any) -> None:
     settings = config.load(options)
     # A malformed budget fails here too, before anything is applied.
     file_budgets = budgets.load_file(settings.config_file) if settings.config_file else []
+    if settings.store:  # a store path DuckDB cannot use fails here, before anything is applied
+        from .store import resolve
+
+        resolve(settings.db)
     otlp = export.destinations(settings)
     if otlp.traces or otlp.metrics:  # a bad protocol fails here, before anything is applied
         export.protocol_for("TRACES", settings)

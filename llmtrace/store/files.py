@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
+
 DEFAULT_DB = Path(".llmtrace") / "llmtrace.duckdb"
 SEGMENT_SUFFIX = ".parquet"
 
@@ -69,9 +71,15 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 def resolve(db: str | os.PathLike[str] | None = None) -> StorePaths:
-    """The store at ``db``, else ``$LLMTRACE_DB``, else ``./.llmtrace/llmtrace.duckdb``."""
+    """The store at ``db``, else ``$LLMTRACE_DB``, else ``./.llmtrace/llmtrace.duckdb``; a path DuckDB cannot use
+    is a ConfigError."""
     chosen = db if db is not None else os.environ.get("LLMTRACE_DB") or DEFAULT_DB
-    return StorePaths(Path(chosen).expanduser().absolute())
+    path = Path(chosen).expanduser().absolute()
+    if "?" in str(path):
+        # DuckDB takes what follows a '?' in a database's path for connection options: it would look for the write-ahead
+        # log elsewhere (in a folder that does not exist, where the '?' is in a folder's name) and every merge would fail.
+        raise ConfigError(f"{path}: DuckDB cannot keep a database under a path with '?' in it: choose another db path")
+    return StorePaths(path)
 
 
 def request_hash_key(paths: StorePaths) -> bytes:

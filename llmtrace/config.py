@@ -48,7 +48,8 @@ class Settings:
     metric_tag_top_k: int = 20
     # Turn off the SDKs' own tracing (anthropic >= 2) so each call has exactly one span.
     disable_sdk_tracing: bool = True
-    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # model -> rates for every provider; provider -> {model -> rates} for that provider alone (llmtrace.pricing)
+    prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     config_file: str | None = None
     # The embedded DuckDB store (turn off with store=false / LLMTRACE_STORE=off).
     store: bool = True
@@ -130,13 +131,12 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
                 raise ConfigError(f"{origin}: prices must be JSON of model -> rates: {exc}") from None
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{origin}: prices must be a table of model -> rates, got {raw!r}")
-        from .pricing import check_rates
+        from .pricing import check_prices
 
-        for model, rates in raw.items():
-            try:
-                check_rates(model, rates)
-            except ValueError as exc:
-                raise ConfigError(f"{origin}: {exc}") from None
+        try:
+            check_prices(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
         return raw
     if raw is not None and not isinstance(raw, str):
         raise ConfigError(f"{origin}: {name} must be a string, got {raw!r}")

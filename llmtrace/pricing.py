@@ -3,7 +3,8 @@
 genai-prices' own ``calc_price`` costs ~60-80 µs a call, too slow for the request path, so each
 (provider, model) is resolved once into a :class:`Price` of plain floats and cached; a call's cost is
 then a handful of multiplications. Users add or override prices (fine-tunes, self-hosted models)
-with :func:`set_price`, ``instrument(prices=...)`` or ``[prices."model"]`` in ``llmtrace.toml``.
+with :func:`set_price`, ``instrument(prices=...)`` or ``[prices."model"]`` in ``llmtrace.toml`` (for every provider;
+``[prices."provider"."model"]`` for one provider's calls alone).
 An unknown model has no cost (never 0): the span says ``llmtrace.cost.unpriced``.
 """
 
@@ -201,7 +202,8 @@ class Price:
 
 _cache: dict[tuple[str, str, PriceContext], Price | None] = {}
 _UNCACHED: Any = object()
-_overrides: dict[str, Price] = {}
+# (provider, model) -> the user's price, both lower-cased; provider "": every provider's calls to that model.
+_overrides: dict[tuple[str, str], Price] = {}
 _warned: set[tuple[str, str, bool]] = set()
 _lock = threading.Lock()
 unpriced_calls = 0
@@ -214,8 +216,11 @@ def set_price(
     output_mtok: float,
     cache_read_mtok: float | None = None,
     cache_write_mtok: float | None = None,
+    provider: str | None = None,
 ) -> None:
-    """Price ``model`` (any provider) at these USD-per-million-token rates, overriding genai-prices."""
+    """Price ``model`` at these USD-per-million-token rates, overriding genai-prices: for every provider's calls to a
+    model of that name, or only for ``provider``'s (a span's ``gen_ai.provider.name``: ``groq``, ``openai``, a
+    self-hosted server's host), which wins over an override for every provider."""
     values = {"input_mtok": input_mtok, "output_mtok": output_mtok}
     if cache_read_mtok is not None:
         values["cache_read_mtok"] = cache_read_mtok
@@ -236,7 +241,7 @@ def set_price(
         cache_write_1h=cache_write,
     )
     with _lock:
-        _overrides[model.lower()] = price
+        _overrides[((provider or "").lower(), model.lower())] = price
         _cache.clear()
 
 
@@ -258,10 +263,41 @@ def check_rates(model: str, rates: Any) -> None:
             raise ValueError(f"price {key} for model {model!r} must be a non-negative number, got {value!r}")
 
 
-def set_prices(prices: Mapping[str, Mapping[str, float]]) -> None:
-    """Apply several overrides: ``{"model": {"input_mtok": 1.0, "output_mtok": 2.0, ...}}``."""
-    for model, values in prices.items():
+def provider_tables(prices: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Mapping[str, Any]]]:
+    """``prices`` (the ``prices`` setting) split into the rates of models for every provider and, by provider, the
+    tables of the models priced for that provider alone: a table whose every value is a table is a provider's
+    (``{"groq": {"llama-3.3-70b-versatile": {rates}}}``); a model's rates are numbers."""
+    models: dict[str, Any] = {}
+    providers: dict[str, Mapping[str, Any]] = {}
+    for name, table in prices.items():
+        if isinstance(table, Mapping) and table and all(isinstance(value, Mapping) for value in table.values()):
+            providers[name] = table
+        else:
+            models[name] = table
+    return models, providers
+
+
+def check_prices(prices: Mapping[str, Any]) -> None:
+    """A ValueError unless every model's rates in ``prices`` (for every provider, or in a provider's table) are what
+    set_price takes."""
+    models, providers = provider_tables(prices)
+    for model, rates in models.items():
+        check_rates(model, rates)
+    for provider, table in providers.items():
+        for model, rates in table.items():
+            check_rates(f"{provider}: {model}", rates)
+
+
+def set_prices(prices: Mapping[str, Any]) -> None:
+    """Apply several overrides: ``{"model": {"input_mtok": 1.0, "output_mtok": 2.0, ...}}`` for every provider, and
+    ``{"provider": {"model": {...}}}`` for one."""
+    check_prices(prices)
+    models, providers = provider_tables(prices)
+    for model, values in models.items():
         set_price(model, **dict(values))
+    for provider, table in providers.items():
+        for model, values in table.items():
+            set_price(model, provider=provider, **dict(values))
 
 
 def reset_overrides() -> None:
@@ -280,20 +316,23 @@ def price_for(provider: str, model: str, api_url: str | None = None, context: Pr
         return _cache[key]
     except KeyError:
         pass
-    price = _override(model)
+    price = _override(provider, model)
     if price is None:
         price = _resolve(provider, model, api_url, context)
         if price is not None and _overrides:
             # An override of a model holds for every name the price list knows it by: a pinned snapshot
             # (gpt-4o-2024-08-06) is priced as gpt-4o, whose override then applies to it too.
-            price = _override(price.model) or price
+            price = _override(provider, price.model) or price
     _cache[key] = price
     return price
 
 
-def _override(model: str | None) -> Price | None:
+def _override(provider: str, model: str | None) -> Price | None:
     # Whatever the case, as the price list matches names: an override of "my-model" prices calls to "My-Model".
-    return _overrides.get(model.lower()) if model else None
+    if not model:
+        return None
+    name = model.lower()
+    return _overrides.get((provider.lower(), name)) or _overrides.get(("", name))
 
 
 def providers_pricing(model: str) -> list[str]:
@@ -318,7 +357,7 @@ def price_for_call(
     price list's for the model that answered, then for the one requested (some responses name an
     internal snapshot, ``davinci:2023-07-21-v2``, that no price list has)."""
     if _overrides:
-        price = _override(response_model) or _override(request_model)
+        price = _override(provider, response_model) or _override(provider, request_model)
         if price is not None:
             return price
     # price_for's cache, read here: one call fewer on every call.

@@ -433,6 +433,28 @@ def test_price_override_prices_a_fine_tune() -> None:
     assert a["llmtrace.cost.usd"] == pytest.approx((120 * 10 + 40 * 20) / 1e6)
 
 
+def test_a_price_override_for_one_provider_wins_over_one_for_every_provider(tmp_path: Any) -> None:
+    """The same model name served by two hosts at two prices: a self-hosted server's own (its host is its provider)
+    beside Groq's price list, and an override for every provider that a provider's own overrides."""
+    import llmtrace.testing
+
+    model = "llama-3.3-70b-versatile"
+    config = tmp_path / "llmtrace.toml"
+    config.write_text(f'[prices."{model}"]\ninput_mtok = 1\noutput_mtok = 2\n\n'
+                      f'[prices."llm.internal"."{model.upper()}"]\ninput_mtok = 0.1\noutput_mtok = 0.2\n')
+    hosts = {"groq": "https://api.groq.com/openai/v1", "llm.internal": "http://llm.internal:8000/v1"}
+    with llmtrace.testing.capture(config_file=str(config)) as captured:
+        for base_url in hosts.values():
+            openai_client(_api(model=model), base_url=base_url).chat.completions.create(model=model, messages=MESSAGES)
+    costs = {s.attributes["gen_ai.provider.name"]: s.attributes["llmtrace.cost.usd"] for s in captured.spans()}
+    assert costs == pytest.approx({"groq": (120 * 1 + 40 * 2) / 1e6, "llm.internal": (120 * 0.1 + 40 * 0.2) / 1e6})
+    llmtrace.pricing.reset_overrides()  # overrides outlive uninstrument(), as set_price()'s do
+    with llmtrace.testing.capture(prices={"llm.internal": {model: {"input_mtok": 0.1, "output_mtok": 0.2}}}) as captured:
+        openai_client(_api(model=model), base_url=hosts["groq"]).chat.completions.create(model=model, messages=MESSAGES)
+    (span,) = captured.spans()  # another provider's override leaves Groq's calls at its list price
+    assert span.attributes["llmtrace.cost.source"] == "genai-prices"
+
+
 def test_a_price_override_of_the_requested_model_applies_to_the_snapshot_that_answers() -> None:
     import llmtrace.testing
 

@@ -50,6 +50,9 @@ class Monitor:
         self._file_budgets = tuple(file_budgets)
         self._wake = threading.Event()
         self._stopped = threading.Event()
+        # One round at a time: add() runs one on the app's thread beside the monitor thread's (two refreshes of the
+        # guard overlapping would count the calls between their snapshots twice).
+        self._rounds = threading.Lock()
         self._next_anomaly_run = 0.0
         # Budget figures reused while nothing is written to the store: an idle process then does not open
         # DuckDB every round (~20 ms of CPU each).
@@ -78,15 +81,21 @@ class Monitor:
             return
         self._wake = threading.Event()
         self._stopped = threading.Event()
+        self._rounds = threading.Lock()  # the parent's monitor thread may have held it at the fork
         if self.guard is not None:
             self.guard.after_fork_in_child()
         self.alerter.after_fork_in_child()
         self.start()
 
     def wake(self) -> None:
-        """Budgets were declared in code: enforce them now, and read their spend from the store at once."""
-        if self.guard is not None:
-            self.guard.set_budgets(self.budgets)
+        """Budgets were declared in code: enforce them now. With a ``block`` budget among them, what was spent is read
+        from the store (this process's calls so far written to it first) before this returns, as at ``instrument()``:
+        the next call is refused if the budget is already spent. The monitor's next round starts at once."""
+        guard = self.guard
+        if guard is not None:
+            guard.set_budgets(self.budgets)
+            if guard.budgets and threading.current_thread() is not self._thread:
+                self.first_round()
         self._wake.set()
 
     def stop(self) -> None:
@@ -117,12 +126,13 @@ class Monitor:
             self._wake.clear()
             if self._stopped.is_set():
                 return
-            with internal_errors(), background_work():
+            with internal_errors(), background_work(), self._rounds:
                 self._round()
 
     def first_round(self) -> None:
-        """Budgets only, now (``instrument()`` calls it, so that ``block`` budgets hold from the first call)."""
-        with internal_errors(), background_work():
+        """Budgets only, now (``instrument()`` and ``llmtrace.budgets.add()`` call it, so that ``block`` budgets hold
+        from the first call)."""
+        with internal_errors(), background_work(), self._rounds:
             self._round(anomalies=False)
             if self._fault.current and any(budget.action == "block" for budget in self.budgets):
                 logger.error(

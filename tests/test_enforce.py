@@ -143,23 +143,23 @@ def test_an_idle_process_reads_the_store_again_only_once_something_is_written(
         writer.shutdown()
 
 
-def test_a_budget_declared_in_code_after_instrument_counts_the_store_from_the_next_refresh(tmp_path: Path) -> None:
+def test_a_budget_declared_in_code_after_instrument_holds_from_the_next_call(tmp_path: Path) -> None:
+    """add() reads what the store holds, this process's calls not yet written to it included, before it returns (as
+    instrument() does), not at the monitor's next round: the next call over the budget is refused."""
     db = str(tmp_path / "s.duckdb")
     provider, writer = provider_with_store(db, flush_interval=60)
-    emit(provider, 2, tenant="acme", cost=0.5)
+    emit(provider, 2, tenant="acme", cost=0.45)
     writer.shutdown()
+    cost = _cost_of_one_call()
     api = FakeAPI(http_module(openai))
     client = openai_client(api)
-    with llmtrace.testing.capture(store=True, db=db, budget_refresh_interval=0.05, anomaly_detectors=[]):
-        with llmtrace.tags(tenant="acme"):
+    with llmtrace.testing.capture(store=True, db=db, flush_interval=60, **NO_REFRESH), llmtrace.tags(tenant="acme"):
+        client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # in this process's writer, not in the store
+        budgets.add(scope="tenant", key="*", period="month", limit_usd=0.9 + cost / 2, action="block")
+        with pytest.raises(llmtrace.BudgetExceeded) as refused:
             client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-            budgets.add(scope="tenant", key="*", period="month", limit_usd=1.0, action="block")
-            with pytest.raises(llmtrace.BudgetExceeded) as refused:
-                for _ in range(500):  # the store's $1.00 arrives at the next refresh, which add() woke
-                    client.chat.completions.create(model="gpt-4o-mini", messages=HI)
-                    time.sleep(0.01)
-    assert refused.value.key == "acme" and refused.value.spent_usd >= 1.0
-    assert len(api.requests) < 500
+    assert refused.value.key == "acme" and refused.value.spent_usd == pytest.approx(0.9 + cost)
+    assert len(api.requests) == 1
 
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])

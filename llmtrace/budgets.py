@@ -38,15 +38,28 @@ PERIODS = ("day", "week", "month", "24h", "7d")
 ACTIONS = ("alert", "block")
 _ROLLING = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
 _FIELDS = ("scope", "key", "period", "limit_usd", "warn_at", "action", "timezone")
+_REQUIRED = ("scope", "period", "limit_usd")
 EACH = "*"
 # The span attribute each scope reads on the request path, and the store column it groups by.
 SCOPE_ATTRIBUTES = {"tenant": A.TENANT, "user": A.USER_ID, "feature": A.FEATURE, "model": A.REQUEST_MODEL}
 SCOPE_DIMENSIONS = {"tenant": "tenant", "user": "user", "feature": "feature", "model": "request_model"}
 
 
-def usd(amount: float) -> str:
+def usd(amount: float, beside: float | None = None) -> str:
     """Money in messages: in cents, or to two significant digits below a cent (half a cent is not "$0.01"), never
-    in scientific notation ($0.000037, not $3.7e-05: these messages reach people, in chat and in logs)."""
+    in scientific notation ($0.000037, not $3.7e-05: these messages reach people, in chat and in logs). ``beside``: an
+    amount shown next to this one (a budget's limit): where the two differ, digits are added until they read apart
+    ("$0.053 of $0.05", not "$0.05 of $0.05"; up to a millionth of a dollar)."""
+    text = _money(amount)
+    if beside is not None and amount != beside and text == _money(beside):
+        for decimals in range(3, 7):
+            closer = f"${amount:,.{decimals}f}"
+            if closer != f"${beside:,.{decimals}f}":
+                return closer
+    return text
+
+
+def _money(amount: float) -> str:
     if abs(amount) >= 0.01 or amount == 0:
         return f"${amount:,.2f}"
     return f"${amount:.{1 - math.floor(math.log10(abs(amount)))}f}".rstrip("0")
@@ -68,7 +81,7 @@ class BudgetExceeded(Exception):
         target = "global" if key is None else f"{budget.scope}={key}"
         until = f"until {period_end:%Y-%m-%d %H:%M} UTC" if period_end else f"over the last {budget.period}"
         super().__init__(
-            f"llmtrace budget for {target} is spent: {usd(spent_usd)} of {usd(budget.limit_usd)} per "
+            f"llmtrace budget for {target} is spent: {usd(spent_usd, budget.limit_usd)} of {usd(budget.limit_usd)} per "
             f"{budget.period} ({until}); the call was not sent"
         )
 
@@ -217,6 +230,9 @@ def _validated(raw: Mapping[str, Any], origin: str, line_of: Any = None) -> Budg
     unknown = sorted(set(raw) - set(_FIELDS))
     if unknown:
         raise fail(unknown[0], f"unknown field (known: {', '.join(_FIELDS)})")
+    missing = [field for field in _REQUIRED if raw.get(field) is None]
+    if missing:
+        raise fail(missing[0], f"missing (every budget has {', '.join(_REQUIRED)})")
     scope = raw.get("scope")
     if scope not in SCOPES:
         raise fail("scope", f"{scope!r} is not one of {', '.join(SCOPES)}")

@@ -181,12 +181,13 @@ def cmd_budgets(args: argparse.Namespace) -> int:
 def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
     rows = budgets.status(declared, db=db)
 
-    def money(amount: float | None) -> str:
-        return "-" if amount is None else budgets.usd(amount)
+    def money(amount: float | None, limit: float) -> str:
+        return "-" if amount is None else budgets.usd(amount, limit)
 
     cells = [
-        [s.budget.target, s.key or "-", s.budget.period, money(s.known(s.spent_usd)), f"{s.unpriced_calls:,}",
-         money(s.budget.limit_usd), "-" if s.known(s.used) is None else f"{s.used:.1%}", money(s.known(s.projected_usd)),
+        [s.budget.target, s.key or "-", s.budget.period, money(s.known(s.spent_usd), s.budget.limit_usd),
+         f"{s.unpriced_calls:,}", budgets.usd(s.budget.limit_usd), "-" if s.known(s.used) is None else f"{s.used:.1%}",
+         money(s.known(s.projected_usd), s.budget.limit_usd),
          s.state, "rolling" if s.period_end is None else f"{s.period_end:%Y-%m-%d %H:%M}"]
         for s in rows
     ]

@@ -265,10 +265,10 @@ def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: d
     for level in levels:
         if level == "exceeded":
             consequence = "calls are refused until the period ends" if budget.action == "block" else "alert only"
-            message = (f"Budget exceeded: {label} spent {usd(spent)} of {usd(budget.limit_usd)} this {budget.period} "
+            message = (f"Budget exceeded: {label} spent {usd(spent, budget.limit_usd)} of {usd(budget.limit_usd)} this {budget.period} "
                        f"({used:.0%}; {consequence})")  # fmt: skip
         else:
-            message = (f"Budget warning: {label} spent {usd(spent)} of {usd(budget.limit_usd)} this {budget.period} "
+            message = (f"Budget warning: {label} spent {usd(spent, budget.limit_usd)} of {usd(budget.limit_usd)} this {budget.period} "
                        f"({used:.0%}, warning at {budget.warn_at:.0%})")  # fmt: skip
         alerts.append(Alert(
             # Two budgets alike but for their action or warning threshold are two budgets: each alerts.

@@ -69,6 +69,14 @@ def test_a_bad_budget_names_file_line_and_field(tmp_path: Path, field: str, bad:
     assert f"{path}, line {line}: budget field `{field}`" in str(caught.value) and says in str(caught.value)
 
 
+def test_a_budget_without_a_required_field_says_which_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "llmtrace.toml"
+    path.write_text('[llmtrace]\nstore = true\n\n[[budgets]]\nscope = "tenant"\nkey = "a"\nperiod = "day"\n')
+    with pytest.raises(llmtrace.ConfigError) as caught:
+        budgets.load_file(path)
+    assert str(caught.value) == f"{path}, line 4: budget field `limit_usd`: missing (every budget has scope, period, limit_usd)"
+
+
 def test_malformed_toml_and_unknown_fields_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "llmtrace.toml"
     path.write_text("[[budgets]]\nscope = \n")
@@ -256,6 +264,11 @@ def test_money_in_messages_keeps_what_a_sub_cent_budget_needs() -> None:
         "$0.00", "$0.0042", "$0.00012", "$0.50", "$1,234.50", "$0.000037", "$0.005"]  # never $3.7e-05
     exceeded = budgets.BudgetExceeded(budgets.Budget("global", None, "day", 0.005, 0.8, "block", "UTC"), None, 0.0069, None)
     assert "spent: $0.0069 of $0.005 per day" in str(exceeded)
+    # Beside a limit it would read as: digits added until the two read apart, as far as a millionth of a dollar.
+    pairs = [(0.0526, 0.05), (0.06475, 0.06), (1000.004, 1000), (0.05, 0.05), (2.0000001, 2), (0.049, 0.05)]
+    assert [budgets.usd(spent, limit) for spent, limit in pairs] == ["$0.053", "$0.065", "$1,000.004", "$0.05", "$2.00", "$0.049"]
+    exceeded = budgets.BudgetExceeded(budgets.Budget("tenant", "acme", "day", 0.05, 0.8, "block", "UTC"), "acme", 0.0526, None)
+    assert "spent: $0.053 of $0.05 per day" in str(exceeded)
 
 
 def test_two_budgets_alike_but_for_action_and_threshold_alert_each() -> None:

@@ -122,7 +122,8 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 def cmd_prices(args: argparse.Namespace) -> int:
     """Show the USD-per-million-token prices llmtrace uses for a model (overrides in llmtrace.toml included)."""
-    pricing.set_prices(_settings(args).prices)
+    settings = _settings(args)
+    pricing.set_prices(settings.prices, settings.provider_prices)
     provider = args.provider.lower()
     context = pricing.request_context(vars(args))
     price = pricing.price_for(provider, args.model, context=context)

@@ -21,7 +21,8 @@ DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com", "eu.api.openai.com", "us.api.op
 ANOMALY_DETECTORS = ("spend_spike", "prompt_growth", "duplicate_calls", "model_drift", "error_rate")
 # Tables of llmtrace.toml whose keys are settings with a prefix: [alerts] webhook_url = alert_webhook_url.
 _PREFIXED_TABLES = {"alerts": "alert_", "anomalies": "anomaly_"}
-_TABLES = ("llmtrace", *_PREFIXED_TABLES, "prices", "budgets")  # budgets: llmtrace.budgets reads them
+_PRICE_TABLES = {"prices": "model -> rates", "provider_prices": "provider -> model -> rates"}  # what each holds
+_TABLES = ("llmtrace", *_PREFIXED_TABLES, *_PRICE_TABLES, "budgets")  # budgets: llmtrace.budgets reads them
 
 
 class ConfigError(ValueError):
@@ -48,8 +49,9 @@ class Settings:
     metric_tag_top_k: int = 20
     # Turn off the SDKs' own tracing (anthropic >= 2) so each call has exactly one span.
     disable_sdk_tracing: bool = True
-    # model -> rates for every provider; provider -> {model -> rates} for that provider alone (llmtrace.pricing)
-    prices: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # model -> rates, for every provider
+    # provider (a span's gen_ai.provider.name) -> model -> rates, for that provider's calls alone
+    provider_prices: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
     config_file: str | None = None
     # The embedded DuckDB store (turn off with store=false / LLMTRACE_STORE=off).
     store: bool = True
@@ -123,18 +125,19 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
         if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
             return tuple(raw)
         raise ConfigError(f"{origin}: {name} must be a list of strings, got {raw!r}")
-    if name == "prices":
-        if isinstance(raw, str):  # LLMTRACE_PRICES: the same table, as JSON
+    if name in _PRICE_TABLES:
+        shape = _PRICE_TABLES[name]
+        if isinstance(raw, str):  # LLMTRACE_PRICES, LLMTRACE_PROVIDER_PRICES: the same table, as JSON
             try:
                 raw = json.loads(raw)
             except ValueError as exc:
-                raise ConfigError(f"{origin}: prices must be JSON of model -> rates: {exc}") from None
+                raise ConfigError(f"{origin}: {name} must be JSON of {shape}: {exc}") from None
         if not isinstance(raw, Mapping):
-            raise ConfigError(f"{origin}: prices must be a table of model -> rates, got {raw!r}")
+            raise ConfigError(f"{origin}: {name} must be a table of {shape}, got {raw!r}")
         from .pricing import check_prices
 
         try:
-            check_prices(raw)
+            check_prices(raw, by_provider=name == "provider_prices")
         except ValueError as exc:
             raise ConfigError(f"{origin}: {exc}") from None
         return raw
@@ -174,8 +177,9 @@ def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} in [{table}]")
         result.update({prefix + key: (value, table) for key, value in values.items()})
-    if "prices" in data:
-        result["prices"] = (data["prices"], "prices")
+    for table in _PRICE_TABLES:
+        if table in data:
+            result[table] = (data[table], table)
     return result
 
 

@@ -106,7 +106,7 @@ def instrument(**options: Any) -> None:
 
     Options (each also ``LLMTRACE_<NAME>`` or ``[llmtrace]`` in ``llmtrace.toml``; the README's Options table has
     them all): ``service_name``, ``otlp_endpoint``, ``otlp_protocol``, ``otlp_shutdown_timeout``, ``capture_content``,
-    ``include_usage_hosts``, ``metric_tag_allowlist``, ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``,
+    ``include_usage_hosts``, ``metric_tag_allowlist``, ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``, ``provider_prices``,
     ``config_file``, ``store``, ``db``, ``flush_interval``, ``retention_days``, ``max_buffered_spans``. Code-only:
     ``tracer_provider``, ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError``
     and nothing is applied.
@@ -136,8 +136,8 @@ def instrument(**options: Any) -> None:
             _hooks_registered.add("celery")
             wrapt.register_post_import_hook(_flush_celery_pool_children, "celery")
             wrapt.register_post_import_hook(_flush_after_uvicorn_shutdown, "uvicorn.server")
-        if settings.prices:
-            pricing.set_prices(settings.prices)
+        if settings.prices or settings.provider_prices:
+            pricing.set_prices(settings.prices, settings.provider_prices)
         apps_own = _apps_own(tracer_provider, trace.get_tracer_provider(), TracerProvider) or _apps_own(
             meter_provider, metrics.get_meter_provider(), MeterProvider
         )

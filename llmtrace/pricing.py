@@ -4,7 +4,7 @@ genai-prices' own ``calc_price`` costs ~60-80 µs a call, too slow for the reque
 (provider, model) is resolved once into a :class:`Price` of plain floats and cached; a call's cost is
 then a handful of multiplications. Users add or override prices (fine-tunes, self-hosted models)
 with :func:`set_price`, ``instrument(prices=...)`` or ``[prices."model"]`` in ``llmtrace.toml`` (for every provider;
-``[prices."provider"."model"]`` for one provider's calls alone).
+``provider_prices=`` / ``[provider_prices."provider"."model"]`` for one provider's calls alone).
 An unknown model has no cost (never 0): the span says ``llmtrace.cost.unpriced``.
 """
 
@@ -248,54 +248,50 @@ def set_price(
 RATE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")  # set_price's, USD per million
 
 
-def check_rates(model: str, rates: Any) -> None:
+def check_rates(model: str, rates: Any, where: str = "") -> None:
     """A ValueError unless ``rates`` is what set_price takes: input and output, optional cache rates, each a
-    non-negative number."""
+    non-negative number. ``where``: what the message names before the model (a provider's table)."""
     if not isinstance(rates, Mapping):
-        raise ValueError(f"prices for {model!r} must be a table of {', '.join(RATE_KEYS)}, got {rates!r}")
+        raise ValueError(f"{where}prices for {model!r} must be a table of {', '.join(RATE_KEYS)}, got {rates!r}")
     unknown = sorted(set(rates) - set(RATE_KEYS))
     missing = [key for key in RATE_KEYS[:2] if key not in rates]
     if unknown or missing:
         wrong = f"unknown {', '.join(unknown)}" if unknown else f"{', '.join(missing)} missing"
-        raise ValueError(f"prices for {model!r}: {wrong} (rates: {', '.join(RATE_KEYS)}; the first two are required)")
+        hint = ""
+        if unknown and isinstance(rates[unknown[0]], Mapping):
+            # TOML reads [prices.gpt-4.1] as model "gpt-4" with a table "1" in it.
+            hint = (f'; in llmtrace.toml a name with dots in it is quoted, [prices."{model}.{unknown[0]}"], and one '
+                    'provider\'s prices go in [provider_prices."provider"."model"]')
+        raise ValueError(
+            f"{where}prices for {model!r}: {wrong} (rates: {', '.join(RATE_KEYS)}; the first two are required{hint})"
+        )
     for key, value in rates.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
             raise ValueError(f"price {key} for model {model!r} must be a non-negative number, got {value!r}")
 
 
-def provider_tables(prices: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Mapping[str, Any]]]:
-    """``prices`` (the ``prices`` setting) split into the rates of models for every provider and, by provider, the
-    tables of the models priced for that provider alone: a table whose every value is a table is a provider's
-    (``{"groq": {"llama-3.3-70b-versatile": {rates}}}``); a model's rates are numbers."""
-    models: dict[str, Any] = {}
-    providers: dict[str, Mapping[str, Any]] = {}
+def check_prices(prices: Mapping[str, Any], by_provider: bool = False) -> None:
+    """A ValueError unless ``prices`` maps each model to rates set_price takes; ``by_provider``: each provider to such
+    a table (the ``provider_prices`` setting)."""
     for name, table in prices.items():
-        if isinstance(table, Mapping) and table and all(isinstance(value, Mapping) for value in table.values()):
-            providers[name] = table
+        if not by_provider:
+            check_rates(name, table)
+        elif not isinstance(table, Mapping):
+            raise ValueError(f"provider_prices for {name!r} must be a table of model -> rates, got {table!r}")
         else:
-            models[name] = table
-    return models, providers
+            for model, rates in table.items():
+                check_rates(model, rates, f"provider_prices for {name!r}: ")
 
 
-def check_prices(prices: Mapping[str, Any]) -> None:
-    """A ValueError unless every model's rates in ``prices`` (for every provider, or in a provider's table) are what
-    set_price takes."""
-    models, providers = provider_tables(prices)
-    for model, rates in models.items():
-        check_rates(model, rates)
-    for provider, table in providers.items():
-        for model, rates in table.items():
-            check_rates(f"{provider}: {model}", rates)
-
-
-def set_prices(prices: Mapping[str, Any]) -> None:
+def set_prices(prices: Mapping[str, Any], provider_prices: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Apply several overrides: ``{"model": {"input_mtok": 1.0, "output_mtok": 2.0, ...}}`` for every provider, and
-    ``{"provider": {"model": {...}}}`` for one."""
+    ``provider_prices`` ``{"provider": {"model": {...}}}`` for one provider's calls alone. Nothing is applied unless
+    all are well formed."""
     check_prices(prices)
-    models, providers = provider_tables(prices)
-    for model, values in models.items():
+    check_prices(provider_prices or {}, by_provider=True)
+    for model, values in prices.items():
         set_price(model, **dict(values))
-    for provider, table in providers.items():
+    for provider, table in (provider_prices or {}).items():
         for model, values in table.items():
             set_price(model, provider=provider, **dict(values))
 
@@ -357,9 +353,12 @@ def price_for_call(
     price list's for the model that answered, then for the one requested (some responses name an
     internal snapshot, ``davinci:2023-07-21-v2``, that no price list has)."""
     if _overrides:
-        price = _override(provider, response_model) or _override(provider, request_model)
-        if price is not None:
-            return price
+        # A provider's own override, for either name, before one for every provider.
+        scoped = provider.lower()
+        for key in ((scoped, response_model), (scoped, request_model), ("", response_model), ("", request_model)):
+            price = _overrides.get((key[0], key[1].lower())) if key[1] else None
+            if price is not None:
+                return price
     # price_for's cache, read here: one call fewer on every call.
     price = _cache.get((provider, response_model or request_model, context), _UNCACHED)
     if price is _UNCACHED:

@@ -509,7 +509,10 @@ def test_metric_labels_follow_the_busiest_tenants_after_many_one_offs() -> None:
         ('[prices."m"]\ninput_mtok = 1\noutput_mtok = "2"\n', "price output_mtok for model 'm' must be a non-negative"),
         ('[prices."m"]\ninput_mtok = -1\noutput_mtok = 2\n', "price input_mtok for model 'm' must be a non-negative"),
         ("[prices]\nm = 5\n", "prices for 'm' must be a table"),
-        ('[prices.groq."m"]\ninput_mtok = 1\n', "prices for 'groq: m': output_mtok missing"),  # a provider's table
+        ("[prices.gpt-4.1]\ninput_mtok = 1\noutput_mtok = 2\n", r"prices for 'gpt-4': unknown 1 .*\[prices.\"gpt-4.1\"\]"),
+        ('[provider_prices.groq."m"]\ninput_mtok = 1\n', "provider_prices for 'groq': prices for 'm': output_mtok missing"),
+        ('[provider_prices.groq]\nm = 1\n', "provider_prices for 'groq': prices for 'm' must be a table"),
+        ('[provider_prices]\ngroq = 1\n', "provider_prices for 'groq' must be a table of model -> rates"),
         ("[llmtrace]\nretention_days = 1.5\n", r"\[llmtrace\]: retention_days must be a whole number"),
         ("[llmtrace]\nretention_days = 1000000\n", r"retention_days must be a whole number from 0 to 36,600, got 1000000"),
         ("[llmtrace]\nflush_interval = inf\n", "flush_interval must be a positive number"),

@@ -439,9 +439,9 @@ def test_a_price_override_for_one_provider_wins_over_one_for_every_provider(tmp_
     import llmtrace.testing
 
     model = "llama-3.3-70b-versatile"
-    config = tmp_path / "llmtrace.toml"
+    config = tmp_path / "prices.toml"
     config.write_text(f'[prices."{model}"]\ninput_mtok = 1\noutput_mtok = 2\n\n'
-                      f'[prices."llm.internal"."{model.upper()}"]\ninput_mtok = 0.1\noutput_mtok = 0.2\n')
+                      f'[provider_prices."llm.internal"."{model.upper()}"]\ninput_mtok = 0.1\noutput_mtok = 0.2\n')
     hosts = {"groq": "https://api.groq.com/openai/v1", "llm.internal": "http://llm.internal:8000/v1"}
     with llmtrace.testing.capture(config_file=str(config)) as captured:
         for base_url in hosts.values():
@@ -449,10 +449,18 @@ def test_a_price_override_for_one_provider_wins_over_one_for_every_provider(tmp_
     costs = {s.attributes["gen_ai.provider.name"]: s.attributes["llmtrace.cost.usd"] for s in captured.spans()}
     assert costs == pytest.approx({"groq": (120 * 1 + 40 * 2) / 1e6, "llm.internal": (120 * 0.1 + 40 * 0.2) / 1e6})
     llmtrace.pricing.reset_overrides()  # overrides outlive uninstrument(), as set_price()'s do
-    with llmtrace.testing.capture(prices={"llm.internal": {model: {"input_mtok": 0.1, "output_mtok": 0.2}}}) as captured:
+    with llmtrace.testing.capture(provider_prices={"llm.internal": {model: {"input_mtok": 0.1, "output_mtok": 0.2}}}) as captured:
         openai_client(_api(model=model), base_url=hosts["groq"]).chat.completions.create(model=model, messages=MESSAGES)
     (span,) = captured.spans()  # another provider's override leaves Groq's calls at its list price
     assert span.attributes["llmtrace.cost.source"] == "genai-prices"
+    llmtrace.pricing.reset_overrides()
+    # The server answers with a name of its own: the provider's override of the name asked for still wins.
+    llmtrace.pricing.set_prices({"served/Llama-3.3": {"input_mtok": 1, "output_mtok": 2}},
+                                {"llm.internal": {model: {"input_mtok": 0.1, "output_mtok": 0.2}}})
+    with llmtrace.testing.capture() as captured:
+        client = openai_client(_api(model="served/Llama-3.3"), base_url=hosts["llm.internal"])
+        client.chat.completions.create(model=model, messages=MESSAGES)
+    assert captured.spans()[0].attributes["llmtrace.cost.usd"] == pytest.approx((120 * 0.1 + 40 * 0.2) / 1e6)
 
 
 def test_a_price_override_of_the_requested_model_applies_to_the_snapshot_that_answers() -> None:

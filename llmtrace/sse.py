@@ -107,12 +107,14 @@ class EventReader:
         if not isinstance(text, str):
             return True
         if self._lines:
-            self._line(text)
-        elif "\n" not in text and "\r" not in text and not (text and self._rest and self._rest[-1].endswith("\r")):
+            self._line(text)  # an empty one is a blank line
+        elif not text:
+            pass  # nothing to read (an empty piece, or the first bytes of a character): a held CR stays held
+        elif "\n" not in text and "\r" not in text and not (self._rest and self._rest[-1].endswith("\r")):
             self._rest.append(text)  # kept apart, joined once the line ends: a long line in small pieces stays linear
         else:
             text = "".join(self._rest) + text
-            # A last CR may be the first half of a CRLF: the next piece that is not empty decides it (above: one with no
+            # A last CR may be the first half of a CRLF: the next piece with text in it decides it (above: one with no
             # line ending of its own comes here too, the held CR then ending a line).
             held_cr = text.endswith("\r")
             lines = _LINE_END.split(text[:-1] if held_cr else text)

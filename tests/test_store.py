@@ -197,13 +197,14 @@ def test_a_store_under_an_odd_path_merges_every_segment(tmp_path: Path) -> None:
     assert _count(db)["spans"] == 7 and not paths.pending()
 
 
-@pytest.mark.parametrize("where", ["in?folder/llmtrace.duckdb", "llm?trace.duckdb", None])
+@pytest.mark.parametrize("where", ["in?folder/llmtrace.duckdb", "llm?trace.duckdb", "back\\slash/llmtrace.duckdb", None])
 def test_a_store_path_duckdb_cannot_use_is_refused_before_anything_is_applied(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str | None
 ) -> None:
     """DuckDB takes what follows a '?' in a database's path for connection options (its write-ahead log would go
-    elsewhere, every merge failing at commit): instrument() and readers refuse such a path, the default one under a
-    working folder named so included, rather than keep every span in segments that never merge."""
+    elsewhere, every merge failing at commit), and a backslash for a folder separator: instrument() and readers refuse
+    such a path, the default one under a working folder named so included, rather than keep every span in segments
+    that never merge."""
     import llmtrace
     from llmtrace import call
 
@@ -211,10 +212,10 @@ def test_a_store_path_duckdb_cannot_use_is_refused_before_anything_is_applied(
         (tmp_path / "app?1").mkdir()
         monkeypatch.chdir(tmp_path / "app?1")
     db = None if where is None else str(tmp_path / where)
-    with pytest.raises(llmtrace.ConfigError, match=r"path with '\?' in it"):
+    with pytest.raises(llmtrace.ConfigError, match=r"path with '(\?|\\\\)' in it"):
         llmtrace.instrument(db=db, config_file=os.devnull)
     assert call.runtime is None  # nothing half-applied
-    with pytest.raises(llmtrace.ConfigError, match=r"path with '\?' in it"):
+    with pytest.raises(llmtrace.ConfigError, match=r"path with '(\?|\\\\)' in it"):
         query.span_count(db=db)
     llmtrace.instrument(db=db, store=False, config_file=os.devnull)  # no store, no path to refuse
     llmtrace.uninstrument()

@@ -276,6 +276,9 @@ def test_a_raw_body_ending_in_a_lone_cr_ends_its_last_event_there(size: int, tai
     body = b'data: {"type": "a"}\r\rdata: {"type": "last"}\r\r' + tail.encode()
     assert _events([body[i : i + size] for i in range(0, len(body), size)]) == [{"type": "a"}, {"type": "last"}]
     assert _events([body[:-len(tail) or None], tail.encode()]) == [{"type": "a"}, {"type": "last"}]
+    # Pieces with no text in them between (empty, or the first byte of a character) leave the CR held.
+    pieces = [body[:-len(tail) or None], b"", b"\xc3", b"\xa9", tail.encode()]
+    assert _events(pieces) == [{"type": "a"}, {"type": "last"}]
 
 
 def test_a_raw_stream_is_read_up_to_where_the_sdks_stream_stops() -> None:

@@ -19,6 +19,10 @@ from typing import Any
 from ..config import ConfigError
 
 DEFAULT_DB = Path(".llmtrace") / "llmtrace.duckdb"
+# DuckDB takes what follows a '?' in a database's path for connection options (it would look for the write-ahead log
+# elsewhere, in a folder that does not exist where the '?' is in a folder's name), and a backslash for a folder
+# separator: every merge would fail, spans piling up in segments.
+_REFUSED_IN_PATHS = ("?", "\\") if os.sep == "/" else ("?",)
 SEGMENT_SUFFIX = ".parquet"
 
 
@@ -75,10 +79,12 @@ def resolve(db: str | os.PathLike[str] | None = None) -> StorePaths:
     is a ConfigError."""
     chosen = db if db is not None else os.environ.get("LLMTRACE_DB") or DEFAULT_DB
     path = Path(chosen).expanduser().absolute()
-    if "?" in str(path):
-        # DuckDB takes what follows a '?' in a database's path for connection options: it would look for the write-ahead
-        # log elsewhere (in a folder that does not exist, where the '?' is in a folder's name) and every merge would fail.
-        raise ConfigError(f"{path}: DuckDB cannot keep a database under a path with '?' in it: choose another db path")
+    refused = [char for char in _REFUSED_IN_PATHS if char in str(path)]
+    if refused:
+        raise ConfigError(
+            f"{path}: DuckDB cannot keep a database under a path with {' or '.join(map(repr, refused))} in it: choose "
+            "another db path"
+        )
     return StorePaths(path)
 
 

@@ -6,7 +6,9 @@ then includes those spans and everything other processes wrote (or reuses the la
 has been written since they were read), (4) hands the figures to the guard, and (5) fires the budget
 alerts that are due. Every ``anomaly_interval`` seconds it runs the anomaly detectors too, unless another
 process writing the same store ran them within that interval (they read the whole store, so one run
-serves every process). Nothing here runs in an application thread; every failure is contained and logged.
+serves every process). Besides, ``instrument()`` and ``llmtrace.budgets.add()`` of a ``block`` budget read the
+budgets' spend once on the app's thread, so that block budgets hold from the next call (``add()`` within a bounded
+wait, and leaving alerts to the monitor thread); one round runs at a time. Every failure is contained and logged.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from . import budgets, later
 from ._fork import background_work
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
     from .query import BudgetQuestion  # query loads DuckDB: imported when first needed, in the monitor thread
 
 logger = logging.getLogger("llmtrace")
+
+# How long budgets.add() waits, at most, for a round already reading the store, and again for this process's spans to
+# be written, before it returns with the store's figures not yet read.
+ADD_WAIT_S = 5.0
 
 
 class Monitor:
@@ -94,9 +100,33 @@ class Monitor:
         guard = self.guard
         if guard is not None:
             guard.set_budgets(self.budgets)
+            # On the monitor thread (an on_alert callback adding a budget), its own round follows.
             if guard.budgets and threading.current_thread() is not self._thread:
-                self.first_round()
+                self._refresh_guard_now()
         self._wake.set()
+
+    def _refresh_guard_now(self) -> None:
+        """The block budgets' spend read now, on the app's thread, waiting ``ADD_WAIT_S`` at most for a round already
+        running and as long again for this process's spans to be written. Its alerts are left to the monitor
+        thread's round (with the app's on_alert callbacks, which run there). Past the wait, the budgets count this
+        process's calls until that round has read the store."""
+        read = False
+        if self._rounds.acquire(timeout=ADD_WAIT_S):
+            try:
+                with internal_errors(), background_work():
+                    read = self._guarded(self._read_spend_for_the_guard)
+            finally:
+                self._rounds.release()
+        if not read:
+            logger.warning(
+                "llmtrace: a block budget was declared, but what was spent could not be read from the store within "
+                "%g s (another read of it, or the writer, is slow): until the monitor reads it, the budget counts "
+                "this process's calls from now only", ADD_WAIT_S,
+            )  # fmt: skip
+
+    def _read_spend_for_the_guard(self) -> bool:
+        self.refresh_budgets(self.budgets, flush_timeout_ms=int(ADD_WAIT_S * 1000))  # alerts: the monitor's round
+        return True
 
     def stop(self) -> None:
         budgets.on_change(None)
@@ -141,18 +171,23 @@ class Monitor:
                 )
 
     def _round(self, anomalies: bool = True) -> None:
+        self._guarded(lambda: self.run_once(anomalies=anomalies))
+
+    def _guarded(self, work: Callable[[], bool]) -> bool:
+        """Run ``work`` (True: it read the store); False when the store could not be read or written."""
         try:
-            read_the_store = self.run_once(anomalies=anomalies)
+            read_the_store = work()
         except _SpansNotWritten:
-            return  # the store writer logged why; budgets keep their last figures (and the round waits) until it recovers
+            return False  # the store writer logged why; budgets keep their last figures (and the round waits) until it recovers
         except Exception as exc:
             # The store cannot be read or written (locked, corrupt, disk full): not a bug of llmtrace's.
             if not isinstance(exc, OSError) and not _is_store_error(exc):
                 raise
             self._fault.report(f"{type(exc).__name__}: {exc}")
-            return
+            return False
         if read_the_store:  # a round that had nothing to read says nothing of the store's health
             self._fault.clear()
+        return True
 
     def run_once(self, now: datetime | None = None, anomalies: bool = True) -> bool:
         """One round: budgets, then anomalies when due; alerts go out through the alerter. True when it read the
@@ -180,13 +215,15 @@ class Monitor:
         self.alerter.fire(alerts)  # with none new, it still retries those the store was too busy for
         return read_the_store
 
-    def refresh_budgets(self, declared: tuple[Budget, ...], now: datetime | None = None) -> list[Alert]:
+    def refresh_budgets(
+        self, declared: tuple[Budget, ...], now: datetime | None = None, flush_timeout_ms: int = 30_000
+    ) -> list[Alert]:
         """Read every budget's spend from the store, update the guard, and return the alerts that are due."""
         guard = self.guard
         version = self.writer.paths.version()  # before the snapshot: whatever is in the store now started before it
         snapshot = guard.snapshot() if guard is not None and guard.budgets else None
         # The spans this process counted before the snapshot must be in the store when it is read.
-        if not self.writer.force_flush(30_000, merge=False) or not self.writer.healthy:
+        if not self.writer.force_flush(flush_timeout_ms, merge=False) or not self.writer.healthy:
             raise _SpansNotWritten()
         now = now or utc_now()
         windows = [

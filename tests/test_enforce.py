@@ -162,6 +162,82 @@ def test_a_budget_declared_in_code_after_instrument_holds_from_the_next_call(tmp
     assert len(api.requests) == 1
 
 
+def test_an_alert_callback_may_declare_a_budget_and_runs_on_the_monitor_thread(tmp_path: Path) -> None:
+    """add() reads the store on the app's thread for the guard alone: the alerts, and the callbacks they run, stay
+    with the monitor thread, where a callback adding a budget leaves the read to that thread's round (no deadlock on
+    the round under way)."""
+    from llmtrace import alerts
+
+    db = str(tmp_path / "s.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 2, tenant="acme", cost=0.5)
+    writer.shutdown()
+    seen: list[tuple[str, str]] = []
+    escalated = threading.Event()
+
+    def escalate(alert: Any) -> None:
+        seen.append((alert.kind, threading.current_thread().name))
+        if alert.kind == "budget_warning":
+            budgets.add(scope="tenant", key="acme", period="day", limit_usd=1.5, action="block")
+            escalated.set()
+
+    alerts.on_alert(escalate)
+    api = FakeAPI(http_module(openai))
+    try:
+        with llmtrace.testing.capture(store=True, db=db, **NO_REFRESH), llmtrace.tags(tenant="acme"):
+            budgets.add(scope="global", period="day", limit_usd=10, action="block")
+            budgets.add(scope="tenant", key="acme", period="day", limit_usd=1.2, action="alert")  # $1.00: a warning
+            assert escalated.wait(20)
+            client = openai_client(api)
+            client.chat.completions.create(model="gpt-4o-mini", messages=HI)  # $1.00 of $1.50
+            instrumentation._monitor.run_once(anomalies=False)
+    finally:
+        alerts.remove_callback(escalate)
+    assert seen[0] == ("budget_warning", "llmtrace-monitor") and all(name == "llmtrace-monitor" for _, name in seen)
+    assert len(api.requests) == 1
+
+
+def test_a_budget_added_while_the_store_is_read_waits_for_that_read_a_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two reads of the store for the guard never overlap (each replaces what the guard counted up to its own
+    snapshot); add() waits for the monitor's, but not for ever."""
+    from llmtrace import monitor as monitor_module
+
+    reading, release = threading.Event(), threading.Event()
+    active: list[int] = []
+    overlaps: list[int] = []
+    read = query.budget_spend
+
+    def slow_read(*args: Any, **kwargs: Any) -> Any:
+        active.append(1)
+        overlaps.append(len(active))
+        try:
+            if threading.current_thread().name == "llmtrace-monitor" and not release.is_set():
+                reading.set()
+                release.wait(20)
+            return read(*args, **kwargs)
+        finally:
+            active.pop()
+
+    monkeypatch.setattr(query, "budget_spend", slow_read)
+    with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), **NO_REFRESH):
+        budgets.add(scope="global", period="day", limit_usd=10, action="alert")  # the monitor's round reads the store
+        assert reading.wait(20)
+        adding = threading.Thread(target=budgets.add, kwargs={"scope": "global", "period": "day", "limit_usd": 1, "action": "block"})
+        adding.start()
+        adding.join(1)
+        assert adding.is_alive()  # waiting for the monitor's read
+        release.set()
+        adding.join(20)
+        assert max(overlaps) == 1 and len(overlaps) >= 2
+        rounds = instrumentation._monitor._rounds
+        with rounds:  # a round that does not end
+            monkeypatch.setattr(monitor_module, "ADD_WAIT_S", 0.2)
+            budgets.add(scope="tenant", key="acme", period="day", limit_usd=1, action="block")  # gives up waiting
+        assert "could not be read from the store within 0.2 s" in caplog.text
+
+
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 def test_a_stream_in_flight_holds_its_worst_case_until_it_ends(tmp_path: Path, sdk: str) -> None:
     from llmtrace import pricing

@@ -283,19 +283,24 @@ def _foreign(segment: Path) -> None:
     pq.write_table(pa.table({"trace_id": ["x"], "start_time": ["yesterday"], "http_status": ["abc"]}), segment)
 
 
+def _ten_spans(db: str) -> Any:
+    """Ten spans as the writer turns them into a segment's table (written as many times as a test needs)."""
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 10)
+    table = schema.spans_to_table(list(writer._spans))
+    writer._spans.clear()
+    return table
+
+
 @pytest.mark.parametrize(
-    "spoil, logged", [(_truncated, "truncated by a crash"), (_damaged, "damaged data"), (_foreign, "damaged data")]
+    "spoil, logged", [(_truncated, "truncated by a crash"), (_damaged, "damaged data"), (_foreign, "values the table refuses")]
 )
 def test_an_unreadable_segment_is_quarantined_and_the_rest_merged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Callable[[Path], None], logged: str,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     db = _db(tmp_path)
-    provider, writer = provider_with_store(db, flush_interval=60)
-    paths = resolve(db)
-    emit(provider, 10)
-    table = schema.spans_to_table(list(writer._spans))
-    writer._spans.clear()
+    paths, table = resolve(db), _ten_spans(db)
     bad = files.write_segment(paths, table)
     good = files.write_segment(paths, table)
     spoil(bad)
@@ -318,6 +323,66 @@ def test_an_unreadable_segment_is_quarantined_and_the_rest_merged(
     page.run()
     assert any("could not be read and were set aside" in w.value for w in page.sidebar.warning)
 
+
+def test_each_segment_set_aside_is_logged_with_its_own_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = _db(tmp_path)
+    paths, table = resolve(db), _ten_spans(db)
+    damaged, foreign = files.write_segment(paths, table), files.write_segment(paths, table)
+    _damaged(damaged)
+    _foreign(foreign)
+    files.write_segment(paths, table)
+    assert merge(paths).merged_rows == 10
+    reasons = {r.args[0]: r.args[1] for r in caplog.records if "cannot be merged" in r.msg}
+    assert reasons.keys() == {damaged.name, foreign.name}
+    assert reasons[damaged.name].startswith("damaged data") and foreign.name not in reasons[damaged.name]
+    assert reasons[foreign.name].startswith("values the table refuses") and damaged.name not in reasons[foreign.name]
+
+
+@pytest.mark.parametrize("alone_fits", [True, False])
+def test_spans_with_megabytes_of_content_are_merged_or_set_aside_never_left_to_fail_every_merge(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, alone_fits: bool
+) -> None:
+    """DuckDB takes several times a segment's text in memory: five spans of 5 MB of captured content did not fit in a
+    merge's 128 MB, and every merge failed from then on, later spans piling up in segments. Segments that do not fit
+    together are merged one at a time with more room; one that does not fit alone is quarantined."""
+    if not alone_fits:
+        monkeypatch.setattr(merge_module, "_LARGE_MEMORY_LIMIT", merge_module._MEMORY_LIMIT)
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    tracer = provider.get_tracer("llmtrace")
+    for i in range(5):
+        span = tracer.start_span("chat m", attributes={A.OPERATION_NAME: "chat", A.OUTPUT_MESSAGES: json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "y" * 5_000_000 + str(i)}]}])})
+        span.end()
+    writer.force_flush(merge=False)
+    emit(provider, 3)
+    writer.force_flush(merge=False)
+    outcome = merge(resolve(db))
+    assert (outcome.merged_segments, len(outcome.quarantined)) == ((2, 0) if alone_fits else (1, 1))
+    assert _count(db)["spans"] == (8 if alone_fits else 3)
+    if not alone_fits:
+        assert "too large to merge within 128MB of memory" in caplog.text
+    emit(provider, 2)
+    writer.force_flush(merge=False)
+    assert merge(resolve(db)).merged_rows == 2  # later merges go on at the usual memory limit
+
+
+def test_a_commit_that_fails_is_reported_as_itself_not_as_the_rollback_after_it(tmp_path: Path) -> None:
+    """A COMMIT that fails (a disk filling during a merge) ends the transaction: the ROLLBACK after it raised "no
+    transaction is active", which was logged instead of the disk's error."""
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "t.duckdb"))
+    con.execute("CREATE TABLE spans (start_time TIMESTAMP)")
+
+    class DiskFillsAtCommit:
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT":
+                con.execute("ROLLBACK")  # as DuckDB ends a transaction whose commit failed
+                raise duckdb.IOException("IO Error: No space left on device")
+            return con.execute(sql, *args)
+
+    with pytest.raises(duckdb.IOException, match="No space left"):
+        merge_module._commit(DiskFillsAtCommit(), [], 1.0, merge_module.MergeOutcome())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("spoil", [_truncated, _foreign])
@@ -1267,6 +1332,32 @@ def test_a_database_locked_for_long_is_logged_once_and_merged_after(
     assert writer.force_flush()
     assert any(r.getMessage() == f"llmtrace: {db} is merged into again" for r in caplog.records)
     assert _count(db) == {"spans": 8, "distinct_span_ids": 8, "pending_segments": 0}
+
+
+def test_merges_lost_to_other_processes_merging_in_turn_are_not_a_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes sharing a store merge in turn: one that loses every race for the lock while others merge (the
+    database changes between its tries) is not locked out, and no "locked for over 60 s" line is logged."""
+    monkeypatch.setattr(writer_module, "LOCKED_FOR_LONG_S", 0.0)
+    db = _db(tmp_path)
+    provider, writer = provider_with_store(db, flush_interval=60)
+    other_provider, other = provider_with_store(db, flush_interval=60)
+    real_merge = merge_module.merge
+
+    def lost_to_another_process(paths: Any, retention_days: Any = None) -> Any:
+        emit(other_provider, 1)
+        other.force_flush(merge=False)
+        real_merge(paths)  # another process merged (everything pending) just before this one tried
+        return merge_module.MergeOutcome(busy=True)
+
+    monkeypatch.setattr(merge_module, "merge", lost_to_another_process)
+    for _ in range(3):
+        emit(provider, 1)
+        assert writer.force_flush()
+    assert "has been locked by another process" not in caplog.text
+    assert _count(db)["spans"] == 6
+    other.shutdown()
 
 
 def _expected_row(span: Any) -> dict[str, Any]:

@@ -30,6 +30,10 @@ _IN_USE: type[Exception] | tuple[()] = getattr(duckdb, "ResourceInUseException",
 _OTHER_SETTINGS = "different configuration"
 # A merge of 200k rows takes ~14 % less CPU at 128 MB than at 64 MB (the writer's RSS peaks ~30 MB higher).
 _MEMORY_LIMIT = "128MB"
+# Captured content of megabytes a span: DuckDB needs several times a segment's text to take it (5 spans of 5 MB did not
+# fit in 128 MB, and did in 256). Such segments are merged one at a time with this much room; one that still does not
+# fit is set aside (quarantined), never left to fail every later merge.
+_LARGE_MEMORY_LIMIT = "1GB"
 # What DuckDB raises for values it cannot take (a file llmtrace did not write, in the segments folder), as opposed to
 # the database or disk failing.
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.BinderException, duckdb.TypeMismatchException)
@@ -103,31 +107,33 @@ def _readable(segment: Path) -> int | None:
         return None
 
 
-def _decodes(segment: Path) -> bool:
-    """Whether every page of a segment decodes (a whole footer over damaged data passes ``_readable``)."""
+def _damage(con: duckdb.DuckDBPyConnection, segment: Path) -> str | None:
+    """What is wrong with a segment whose footer reads, or None: a page that does not decode (pyarrow reads them all),
+    or values the table refuses (DuckDB takes its rows, then rolls back), in a file llmtrace did not write."""
     try:
         pq.read_table(segment)
-        return True
-    except Exception:
-        return False
-
-
-def _loads(con: duckdb.DuckDBPyConnection, segment: Path) -> bool:
-    """Whether DuckDB takes a segment's rows (tried, then rolled back): pyarrow decodes a file whose values the
-    table refuses, one llmtrace did not write."""
+    except Exception as exc:
+        return f"damaged data: {exc}"
     con.execute("BEGIN")
     try:
         con.execute(_INSERT_SEGMENTS, [[str(segment)]])
-        return True
-    except DATA_ERRORS:
-        return False
+        return None
+    except DATA_ERRORS as exc:
+        return f"values the table refuses: {exc}"
     finally:
+        _rollback(con)
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
         con.execute("ROLLBACK")
+    except duckdb.TransactionException:
+        pass  # the failure ended the transaction already (a COMMIT that failed): the failure is what to report
 
 
 def _quarantine(paths: StorePaths, segment: Path, outcome: MergeOutcome, why: str) -> None:
     outcome.quarantined.append(quarantine(paths, segment))
-    logger.error("llmtrace: segment %s is unreadable (%s); moved to %s", segment.name, why, paths.quarantine)
+    logger.error("llmtrace: segment %s cannot be merged (%s); moved to %s", segment.name, why, paths.quarantine)
 
 
 def merge(paths: StorePaths, retention_days: float | None = None) -> MergeOutcome:
@@ -180,18 +186,45 @@ def _merge_with(
         to_insert.append((segment, rows))
     try:
         _commit(con, to_insert, retention_days, outcome)
+    except duckdb.OutOfMemoryException:
+        to_insert = _commit_one_at_a_time(con, paths, to_insert, retention_days, outcome)
     except duckdb.Error as exc:
         # One damaged segment must not hold back every other one (nor every reader): find it, set it aside.
-        damaged = [(segment, rows) for segment, rows in to_insert if not (_decodes(segment) and _loads(con, segment))]
-        if is_lock_error(exc) or not damaged:
+        if is_lock_error(exc):
             raise
-        for segment, _ in damaged:
-            _quarantine(paths, segment, outcome, f"damaged data: {exc}")
-        to_insert = [entry for entry in to_insert if entry not in damaged]
+        damaged = [(entry, why) for entry in to_insert if (why := _damage(con, entry[0])) is not None]
+        if not damaged:
+            raise
+        for (segment, _), why in damaged:
+            _quarantine(paths, segment, outcome, why)
+        to_insert = [entry for entry in to_insert if entry not in {entry for entry, _ in damaged}]
         _commit(con, to_insert, retention_days, outcome)
     outcome.merged_segments = len(to_insert)
     outcome.merged_rows = sum(rows for _, rows in to_insert)
     return [s for s, _ in to_insert] + to_delete
+
+
+def _commit_one_at_a_time(
+    con: duckdb.DuckDBPyConnection,
+    paths: StorePaths,
+    to_insert: list[tuple[Path, int]],
+    retention_days: float | None,
+    outcome: MergeOutcome,
+) -> list[tuple[Path, int]]:
+    """Segments too large to merge together (megabytes of captured content a span): each in a transaction of its own,
+    with _LARGE_MEMORY_LIMIT; one that does not fit even so is quarantined. Returns those merged."""
+    con.execute(f"SET memory_limit = '{_LARGE_MEMORY_LIMIT}'")
+    merged = []
+    for entry in to_insert:
+        try:
+            _commit(con, [entry], None, outcome)
+        except duckdb.OutOfMemoryException as exc:
+            _quarantine(paths, entry[0], outcome, f"too large to merge within {_LARGE_MEMORY_LIMIT} of memory: {exc}")
+            continue
+        merged.append(entry)
+    con.execute(f"SET memory_limit = '{_MEMORY_LIMIT}'")
+    _commit(con, [], retention_days, outcome)
+    return merged
 
 
 def _commit(
@@ -212,7 +245,7 @@ def _commit(
             outcome.deleted_by_retention = int(deleted[0]) if deleted else 0
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        _rollback(con)
         raise
 
 

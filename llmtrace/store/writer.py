@@ -95,6 +95,7 @@ class StoreWriter(SpanProcessor):
             f"llmtrace: {paths.db} is merged into again",
         )  # fmt: skip
         self._locked_since: float | None = None
+        self._locked_written: Any = None  # the database's state when merges were first found locked
         self._reset_state()
         _writers.add(self)
 
@@ -276,8 +277,11 @@ class StoreWriter(SpanProcessor):
             self._locked.clear()
             return
         now = time.monotonic()
-        if self._locked_since is None:
-            self._locked_since = now
+        # The database and its log as they are: another process that merged meanwhile changed them. Processes sharing
+        # a store merge in turn, and one may lose every race for a minute while nobody holds the lock for long.
+        written = self.paths.version()[1:]
+        if self._locked_since is None or written != self._locked_written:
+            self._locked_since, self._locked_written = now, written
         elif now - self._locked_since >= LOCKED_FOR_LONG_S:
             self._locked.report(f"{self.paths.db} has been locked by another process or connection for over "
                                 f"{LOCKED_FOR_LONG_S:.0f} s")  # fmt: skip

@@ -6,8 +6,9 @@ that instant stays held in the child: an import in progress (the child's first L
 that module's import lock), an open DuckDB database (DuckDB does not survive fork: the child aborts or
 leaks at exit), the spend guard's lock. So llmtrace's background work (a store write and merge, a
 monitor round, the price warm-up, any read of the store) runs inside ``background_work()``, and fork()
-waits until none is in progress (at most ``FORK_WAIT_S``) and lets none start until it is done. The
-child then starts the threads it needs of its own (store writer, monitor).
+waits until none is in progress (at most ``FORK_WAIT_S``) and lets none start until it is done, but work that a
+piece under way waits for (a flush the monitor's round asked for, a merge a writer round started). The child then
+starts the threads it needs of its own (store writer, monitor).
 """
 
 from __future__ import annotations
@@ -29,17 +30,25 @@ class _Gate:
     def __init__(self) -> None:
         self.condition = threading.Condition(threading.Lock())
         self.active = 0  # pieces of background work in progress
+        # A fork() waits for the work in progress: none starts meanwhile (its wait lets go of the lock), or a busy
+        # process, whose writer starts a round as soon as one ends, would keep it waiting until FORK_WAIT_S.
+        self.forking = False
 
 
 _gate = _Gate()
 
 
 @contextmanager
-def background_work() -> Iterator[None]:
+def background_work(awaited: bool = False) -> Iterator[None]:
+    """A piece of llmtrace's background work. ``awaited``: work that a piece already under way waits for (a flush it
+    asked for, a merge it started), which starts even while a fork() waits: that piece could not end otherwise."""
     gate = _gate
+    depth = getattr(_thread, "depth", 0)
     with gate.condition:  # blocks only while a fork() is taking place
+        if depth == 0 and not awaited:  # work within work goes on: the fork waits for the outer piece
+            gate.condition.wait_for(lambda: not gate.forking)
         gate.active += 1
-    _thread.depth = getattr(_thread, "depth", 0) + 1
+    _thread.depth = depth + 1
     try:
         yield
     finally:
@@ -54,11 +63,14 @@ def _before_fork() -> None:
     # thread's own (it forked from inside some) cannot finish first: it is not waited for.
     own = getattr(_thread, "depth", 0)
     _gate.condition.acquire()
+    _gate.forking = True
     if not _gate.condition.wait_for(lambda: _gate.active <= own, FORK_WAIT_S):
         logger.warning("llmtrace: fork() waited %.0f s for llmtrace's background work; forking anyway", FORK_WAIT_S)
 
 
 def _after_fork_in_parent() -> None:
+    _gate.forking = False
+    _gate.condition.notify_all()
     _gate.condition.release()
 
 

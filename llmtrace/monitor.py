@@ -111,12 +111,12 @@ class Monitor:
         thread's round (with the app's on_alert callbacks, which run there). Past the wait, the budgets count this
         process's calls until that round has read the store."""
         read = False
-        if self._rounds.acquire(timeout=ADD_WAIT_S):
-            try:
-                with internal_errors(), background_work():
+        with internal_errors(), background_work():  # before the round lock, as the monitor thread takes them
+            if self._rounds.acquire(timeout=ADD_WAIT_S):
+                try:
                     read = self._guarded(self._read_spend_for_the_guard)
-            finally:
-                self._rounds.release()
+                finally:
+                    self._rounds.release()
         if not read:
             logger.warning(
                 "llmtrace: a block budget was declared, but what was spent could not be read from the store within "

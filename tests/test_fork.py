@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from llmtrace import query
+from llmtrace import _fork
 from llmtrace._fork import background_work
 from store_helpers import emit, provider_with_store
 
@@ -112,3 +113,60 @@ def test_fork_waits_for_a_read_of_the_store_to_close_it(tmp_path: Path, monkeypa
         assert _fork_and_wait(child) == 0
     finally:
         thread.join()
+
+
+def test_fork_waits_for_the_background_work_under_way_not_for_work_started_after_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A busy process's writer starts a round as soon as one ends: work starting while fork() waits (its wait lets go
+    of the lock) kept it waiting its whole FORK_WAIT_S, then forking anyway, into a child whose writer could be stuck
+    in a lock the parent's thread held."""
+    monkeypatch.setattr(_fork, "FORK_WAIT_S", 5.0)
+    stop = threading.Event()
+
+    def busy() -> None:
+        while not stop.is_set():
+            with background_work():
+                time.sleep(0.02)
+
+    workers = [threading.Thread(target=busy) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.1)
+    try:
+        assert _fork_and_wait(lambda: 0) == 0
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert "fork() waited" not in caplog.text
+
+
+def test_fork_lets_work_that_a_piece_under_way_waits_for_go_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The monitor's round waits for the flush it asked of the store's writer; a writer round that starts while a
+    fork() waits must go on (``awaited``), or the round, and the fork, would wait out FORK_WAIT_S."""
+    monkeypatch.setattr(_fork, "FORK_WAIT_S", 5.0)
+    outer_started, inner_done = threading.Event(), threading.Event()
+
+    def outer() -> None:  # the monitor's round
+        with background_work():
+            outer_started.set()
+            inner_done.wait(10)
+
+    def inner() -> None:  # the flush it waits for, starting once the fork waits
+        time.sleep(0.3)
+        with background_work(awaited=True):
+            inner_done.set()
+
+    threads = [threading.Thread(target=outer), threading.Thread(target=inner)]
+    threads[0].start()
+    assert outer_started.wait(10)
+    threads[1].start()
+    try:
+        assert _fork_and_wait(lambda: 0) == 0
+    finally:
+        for thread in threads:
+            thread.join()
+    assert inner_done.is_set() and "fork() waited" not in caplog.text

@@ -175,8 +175,9 @@ class StoreWriter(SpanProcessor):
                 return
             with self._flushed:
                 requested = self._flush_requests
+                awaited = requested > self._flushes_done  # a flush someone waits for (the monitor's, in its round)
                 merge_requested, self._merge_requested = self._merge_requested, False
-            with internal_errors(), background_work():
+            with internal_errors(), background_work(awaited):
                 # A flush someone waits for merges at once; otherwise a merge every few intervals, on its own thread.
                 self._write_and_merge(merge_now=merge_requested, periodic=True)
             self._last_round = time.monotonic()
@@ -351,7 +352,7 @@ class _MergeInBackground:
         self._thread.start()
 
     def _run(self, run: Callable[[], MergeOutcome]) -> None:
-        with background_work():
+        with background_work(awaited=True):  # started by a writer round, which may wait for it
             try:
                 self._result = run()
             except Exception as exc:  # raised again by outcome(), on the writer thread

@@ -214,6 +214,9 @@ def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths, wait_s: float) ->
             raise StoreError(f"{paths.db} cannot be read: {exc}") from None
 
 
+_STORE_TABLES = "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store'"
+
+
 def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths, lock_wait_s: float) -> None:
     # Every part is unioned by name onto an empty table of today's columns: a database or segment
     # written by an older llmtrace lacks the newer columns, which then read as NULL.
@@ -223,8 +226,14 @@ def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths, lock_wait_s:
     pending_paths = paths.pending()
     merged: set[str] = set()
     if _attach(con, paths, lock_wait_s):
-        parts.append("SELECT * FROM store.spans")
-        merged = merged_ids(con, "store._segments", [p.stem for p in pending_paths])
+        tables = {row[0] for row in con.execute(_STORE_TABLES).fetchall()}
+        if "spans" in tables:
+            parts.append("SELECT * FROM store.spans")
+            if "_segments" in tables:
+                merged = merged_ids(con, "store._segments", [p.stem for p in pending_paths])
+        elif tables:
+            raise StoreError(f"{paths.db} is not an llmtrace store (its tables: {', '.join(sorted(tables))}; none is spans)")
+        # No table at all: an empty database (a DuckDB shell opened the path before the first merge): segments only.
     pending = [str(p) for p in pending_paths if p.stem not in merged]
     if pending:
         parts.append(segment_rows(_list_literal(pending)))

@@ -385,6 +385,29 @@ def test_a_commit_that_fails_is_reported_as_itself_not_as_the_rollback_after_it(
         merge_module._commit(DiskFillsAtCommit(), [], 1.0, merge_module.MergeOutcome())  # type: ignore[arg-type]
 
 
+def test_an_empty_database_at_the_store_path_reads_as_a_store_not_yet_merged_into(tmp_path: Path) -> None:
+    """A DuckDB shell (or the app's own connection) that opened the path before the first merge leaves a database with
+    no tables: readers see the segments, as before any merge, not a raw CatalogException; a database with other
+    tables is not a store."""
+    import duckdb
+
+    db = _db(tmp_path)
+    Path(db).parent.mkdir(parents=True)
+    duckdb.connect(db).close()
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 3)
+    writer.force_flush(merge=False)
+    assert query.span_count(db=db)["spans"] == 3
+    with query.open_store(db, merge_first=False) as con:
+        assert query.summary(query.TimeRange.last(timedelta(days=1)), db=con)["calls"] == 3
+    assert merge(resolve(db)).merged_rows == 3 and query.span_count(db=db)["spans"] == 3
+    other = str(tmp_path / "other.duckdb")
+    with duckdb.connect(other) as con:
+        con.execute("CREATE TABLE orders (id INTEGER)")
+    with pytest.raises(query.StoreError, match=r"is not an llmtrace store \(its tables: orders; none is spans\)"):
+        query.span_count(db=other)
+
+
 @pytest.mark.parametrize("spoil", [_truncated, _foreign])
 def test_a_segment_that_cannot_be_read_before_a_merge_is_a_clear_store_error(tmp_path: Path, spoil: Any) -> None:
     db = _db(tmp_path)

@@ -422,6 +422,33 @@ def test_a_segment_that_cannot_be_read_before_a_merge_is_a_clear_store_error(tmp
             query.summary(query.TimeRange.last(timedelta(days=1)), db=con)
     assert merge(paths).quarantined and _count(db)["spans"] == 3  # the next merge sets the segment aside
 
+def test_spans_in_a_segment_write_that_never_ends_are_counted_lost_at_shutdown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stuck writing (a disk that does not answer; a child forked while a lock was held): the spans it had
+    taken are lost with the process, and the last log line counts them."""
+    monkeypatch.setattr(writer_module, "SHUTDOWN_FLUSH_MS", 200)
+    monkeypatch.setattr(writer_module, "SHUTDOWN_JOIN_S", 0.2)
+    stuck, release = threading.Event(), threading.Event()
+
+    def never_ends(*args: Any) -> Any:
+        stuck.set()
+        release.wait(20)
+        raise OSError("the disk did not answer")
+
+    monkeypatch.setattr(writer_module, "write_segment", never_ends)
+    provider, writer = provider_with_store(_db(tmp_path), flush_interval=60)
+    emit(provider, 4)
+    writer._wake.set()
+    assert stuck.wait(20)
+    emit(provider, 1)
+    try:
+        writer.shutdown()
+    finally:
+        release.set()
+    assert "5 span(s) could not be written" in caplog.text
+
+
 def test_unwritable_folder_keeps_spans_until_it_is_fixed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     db = _db(tmp_path)
     paths = resolve(db)

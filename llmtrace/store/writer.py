@@ -63,6 +63,9 @@ _BACKLOG_SEGMENTS = 20
 # A merge that finds the database locked tries again later (spans wait in segments, which readers see).
 # Locked this long, it is worth a log line: someone left the file open (a DuckDB shell, a notebook).
 LOCKED_FOR_LONG_S = 60.0
+# At shutdown: the last flush's wait, then each thread's (a thread killed inside DuckDB at exit aborts the process).
+SHUTDOWN_FLUSH_MS = 30_000
+SHUTDOWN_JOIN_S = 10.0
 
 
 def is_llm_span(span: ReadableSpan) -> bool:
@@ -103,6 +106,7 @@ class StoreWriter(SpanProcessor):
         # Spans (not yet rows) wait here; deque append/popleft are atomic, so no lock on the request path.
         self._spans: collections.deque[ReadableSpan] = collections.deque()
         self._unwritten: list[ReadableSpan] = []  # spans whose segment write failed
+        self._in_hand = 0  # spans taken for the segment being written (counted as lost if the write never ends)
         # One writing at a time: the writer thread's rounds, and a flush run on the caller's thread (before the writer
         # thread exists, or after it stopped). A flush waited for must not end while another thread still writes
         # spans it took (the budget monitor's flush, with an os._exit() right after the app's own).
@@ -211,12 +215,15 @@ class StoreWriter(SpanProcessor):
             if not batch:
                 break
             self._unwritten = []
+            self._in_hand = len(batch)
             try:
                 write_segment(self.paths, spans_to_table(batch))
             except OSError as exc:
                 self._unwritten = batch  # kept: the next round tries again
                 write_error = exc
                 break
+            finally:
+                self._in_hand = 0
             self._unmerged_segments += 1
             # DuckDB works without the GIL, so a merge takes the other core, not the writer's time.
             if self._unmerged_segments >= _BACKLOG_SEGMENTS:
@@ -315,16 +322,16 @@ class StoreWriter(SpanProcessor):
         exit aborts the process. Once: the provider's shutdown and llmtrace's exit hook both call it."""
         if self._stopped:
             return
-        self.force_flush()
+        self.force_flush(SHUTDOWN_FLUSH_MS)
         self._stopped = True
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=10)
+            thread.join(timeout=SHUTDOWN_JOIN_S)
         merging = self._merging
         if merging is not None:  # the final flush did not finish: its merge must not be cut off inside DuckDB
-            merging.join(timeout=10)
-        lost = len(self._spans) + len(self._unwritten)
+            merging.join(timeout=SHUTDOWN_JOIN_S)
+        lost = len(self._spans) + len(self._unwritten) + self._in_hand  # in hand: a write that never ended
         if lost:  # the last line the app's log gets about the store must say what it cost
             logger.error("llmtrace: %d span(s) could not be written to %s before the store stopped, and are lost: %s",
                          lost, self.paths.segments, self._fault.current or "the final flush did not finish")

@@ -446,6 +446,8 @@ def test_spans_in_a_segment_write_that_never_ends_are_counted_lost_at_shutdown(
         writer.shutdown()
     finally:
         release.set()
+        assert writer._thread is not None
+        writer._thread.join(20)  # its round ends here, not in the next test's log
     assert "5 span(s) could not be written" in caplog.text
 
 

@@ -6,9 +6,9 @@ that instant stays held in the child: an import in progress (the child's first L
 that module's import lock), an open DuckDB database (DuckDB does not survive fork: the child aborts or
 leaks at exit), the spend guard's lock. So llmtrace's background work (a store write and merge, a
 monitor round, the price warm-up, any read of the store) runs inside ``background_work()``, and fork()
-waits until none is in progress (at most ``FORK_WAIT_S``) and lets none start until it is done, but work that a
-piece under way waits for (a flush the monitor's round asked for, a merge a writer round started). The child then
-starts the threads it needs of its own (store writer, monitor).
+waits until none is in progress (at most ``FORK_WAIT_S``); new work waits for the fork meanwhile (at most
+``HELD_FOR_FORK_S``: a piece under way may be waiting for it, as the monitor's round waits for a flush of the store's
+writer). The child then starts the threads it needs of its own (store writer, monitor).
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from typing import Iterator
 logger = logging.getLogger("llmtrace")
 
 FORK_WAIT_S = 10.0  # a merge of a large backlog takes seconds; past this, fork() goes ahead anyway
+# New work waits this long at most for a fork() under way: long enough for the work in progress to end (a writer round
+# takes milliseconds), short enough that work it waits for (a flush, a merge) holds the fork back no longer than this.
+HELD_FOR_FORK_S = 1.0
 
 _thread = threading.local()  # .depth: how deep this thread is in background work
 
@@ -30,7 +33,7 @@ class _Gate:
     def __init__(self) -> None:
         self.condition = threading.Condition(threading.Lock())
         self.active = 0  # pieces of background work in progress
-        # A fork() waits for the work in progress: none starts meanwhile (its wait lets go of the lock), or a busy
+        # A fork() waits for the work in progress: new work waits too (its wait lets go of the lock), or a busy
         # process, whose writer starts a round as soon as one ends, would keep it waiting until FORK_WAIT_S.
         self.forking = False
 
@@ -39,14 +42,12 @@ _gate = _Gate()
 
 
 @contextmanager
-def background_work(awaited: bool = False) -> Iterator[None]:
-    """A piece of llmtrace's background work. ``awaited``: work that a piece already under way waits for (a flush it
-    asked for, a merge it started), which starts even while a fork() waits: that piece could not end otherwise."""
+def background_work() -> Iterator[None]:
     gate = _gate
     depth = getattr(_thread, "depth", 0)
     with gate.condition:  # blocks only while a fork() is taking place
-        if depth == 0 and not awaited:  # work within work goes on: the fork waits for the outer piece
-            gate.condition.wait_for(lambda: not gate.forking)
+        if depth == 0:  # work within work goes on: the fork waits for the outer piece
+            gate.condition.wait_for(lambda: not gate.forking, HELD_FOR_FORK_S)
         gate.active += 1
     _thread.depth = depth + 1
     try:

@@ -231,9 +231,10 @@ def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths, lock_wait_s:
             parts.append("SELECT * FROM store.spans")
             if "_segments" in tables:
                 merged = merged_ids(con, "store._segments", [p.stem for p in pending_paths])
-        elif tables:
+        elif tables - {"_migrations"}:
             raise StoreError(f"{paths.db} is not an llmtrace store (its tables: {', '.join(sorted(tables))}; none is spans)")
-        # No table at all: an empty database (a DuckDB shell opened the path before the first merge): segments only.
+        # No table (a DuckDB shell opened the path before the first merge), or a first migration that did not commit:
+        # nothing merged yet, segments only.
     pending = [str(p) for p in pending_paths if p.stem not in merged]
     if pending:
         parts.append(segment_rows(_list_literal(pending)))

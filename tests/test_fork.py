@@ -146,7 +146,7 @@ def test_fork_lets_work_that_a_piece_under_way_waits_for_go_on(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The monitor's round waits for the flush it asked of the store's writer; a writer round that starts while a
-    fork() waits must go on (``awaited``), or the round, and the fork, would wait out FORK_WAIT_S."""
+    fork() waits is held back only briefly (HELD_FOR_FORK_S), or the round, and the fork, would wait out FORK_WAIT_S."""
     monkeypatch.setattr(_fork, "FORK_WAIT_S", 5.0)
     outer_started, inner_done = threading.Event(), threading.Event()
 
@@ -157,7 +157,7 @@ def test_fork_lets_work_that_a_piece_under_way_waits_for_go_on(
 
     def inner() -> None:  # the flush it waits for, starting once the fork waits
         time.sleep(0.3)
-        with background_work(awaited=True):
+        with background_work():
             inner_done.set()
 
     threads = [threading.Thread(target=outer), threading.Thread(target=inner)]

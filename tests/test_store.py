@@ -366,6 +366,26 @@ def test_spans_with_megabytes_of_content_are_merged_or_set_aside_never_left_to_f
     assert merge(resolve(db)).merged_rows == 2  # later merges go on at the usual memory limit
 
 
+def test_a_refused_segment_ahead_of_one_too_large_for_a_merge_holds_back_neither(tmp_path: Path) -> None:
+    """Segments merge oldest first: a file the table refuses, then spans with megabytes of content, then plain ones.
+    Each is tried alone: the first set aside, the others merged, however their failures come."""
+    db = _db(tmp_path)
+    paths = resolve(db)
+    files.write_segment(paths, _ten_spans(db))
+    merge(paths)  # the database exists
+    _foreign(files.write_segment(paths, _ten_spans(db)))
+    provider, writer = provider_with_store(db, flush_interval=60)
+    tracer = provider.get_tracer("llmtrace")
+    for i in range(5):
+        span = tracer.start_span("chat m", attributes={A.OPERATION_NAME: "chat", A.OUTPUT_MESSAGES: json.dumps(["y" * 5_000_000 + str(i)])})
+        span.end()
+    writer.force_flush(merge=False)
+    files.write_segment(paths, _ten_spans(db))
+    outcome = merge(paths)
+    assert (outcome.merged_segments, outcome.merged_rows, len(outcome.quarantined)) == (2, 15, 1)
+    assert _count(db)["spans"] == 25 and not paths.pending()
+
+
 def test_a_commit_that_fails_is_reported_as_itself_not_as_the_rollback_after_it(tmp_path: Path) -> None:
     """A COMMIT that fails (a disk filling during a merge) ends the transaction: the ROLLBACK after it raised "no
     transaction is active", which was logged instead of the disk's error."""
@@ -401,6 +421,11 @@ def test_an_empty_database_at_the_store_path_reads_as_a_store_not_yet_merged_int
     with query.open_store(db, merge_first=False) as con:
         assert query.summary(query.TimeRange.last(timedelta(days=1)), db=con)["calls"] == 3
     assert merge(resolve(db)).merged_rows == 3 and query.span_count(db=db)["spans"] == 3
+    first_migration_failed = str(tmp_path / "half.duckdb")
+    with duckdb.connect(first_migration_failed) as con:  # migrate() makes its own table before m001's transaction
+        con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    with query.open_store(first_migration_failed, merge_first=False) as con:
+        assert query.summary(query.TimeRange.last(timedelta(days=1)), db=con)["calls"] == 0
     other = str(tmp_path / "other.duckdb")
     with duckdb.connect(other) as con:
         con.execute("CREATE TABLE orders (id INTEGER)")

@@ -186,19 +186,12 @@ def _merge_with(
         to_insert.append((segment, rows))
     try:
         _commit(con, to_insert, retention_days, outcome)
-    except duckdb.OutOfMemoryException:
-        to_insert = _commit_one_at_a_time(con, paths, to_insert, retention_days, outcome)
     except duckdb.Error as exc:
-        # One damaged segment must not hold back every other one (nor every reader): find it, set it aside.
         if is_lock_error(exc):
             raise
-        damaged = [(entry, why) for entry in to_insert if (why := _damage(con, entry[0])) is not None]
-        if not damaged:
-            raise
-        for (segment, _), why in damaged:
-            _quarantine(paths, segment, outcome, why)
-        to_insert = [entry for entry in to_insert if entry not in {entry for entry, _ in damaged}]
-        _commit(con, to_insert, retention_days, outcome)
+        # One segment must not hold back every other one (nor every reader): each alone, the ones that cannot be
+        # merged set aside.
+        to_insert = _commit_one_at_a_time(con, paths, to_insert, retention_days, outcome)
     outcome.merged_segments = len(to_insert)
     outcome.merged_rows = sum(rows for _, rows in to_insert)
     return [s for s, _ in to_insert] + to_delete
@@ -211,8 +204,9 @@ def _commit_one_at_a_time(
     retention_days: float | None,
     outcome: MergeOutcome,
 ) -> list[tuple[Path, int]]:
-    """Segments too large to merge together (megabytes of captured content a span): each in a transaction of its own,
-    with _LARGE_MEMORY_LIMIT; one that does not fit even so is quarantined. Returns those merged."""
+    """Segments that failed to merge together: each in a transaction of its own, with _LARGE_MEMORY_LIMIT (megabytes of
+    captured content a span need it). One that is damaged, refused by the table, or too large even so is quarantined;
+    any other failure (the disk, the database) raises. Returns those merged."""
     con.execute(f"SET memory_limit = '{_LARGE_MEMORY_LIMIT}'")
     merged = []
     for entry in to_insert:
@@ -220,6 +214,12 @@ def _commit_one_at_a_time(
             _commit(con, [entry], None, outcome)
         except duckdb.OutOfMemoryException as exc:
             _quarantine(paths, entry[0], outcome, f"too large to merge within {_LARGE_MEMORY_LIMIT} of memory: {exc}")
+            continue
+        except duckdb.Error:
+            why = _damage(con, entry[0])
+            if why is None:
+                raise  # not this segment's fault
+            _quarantine(paths, entry[0], outcome, why)
             continue
         merged.append(entry)
     con.execute(f"SET memory_limit = '{_MEMORY_LIMIT}'")

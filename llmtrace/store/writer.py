@@ -179,9 +179,8 @@ class StoreWriter(SpanProcessor):
                 return
             with self._flushed:
                 requested = self._flush_requests
-                awaited = requested > self._flushes_done  # a flush someone waits for (the monitor's, in its round)
                 merge_requested, self._merge_requested = self._merge_requested, False
-            with internal_errors(), background_work(awaited):
+            with internal_errors(), background_work():
                 # A flush someone waits for merges at once; otherwise a merge every few intervals, on its own thread.
                 self._write_and_merge(merge_now=merge_requested, periodic=True)
             self._last_round = time.monotonic()
@@ -359,7 +358,7 @@ class _MergeInBackground:
         self._thread.start()
 
     def _run(self, run: Callable[[], MergeOutcome]) -> None:
-        with background_work(awaited=True):  # started by a writer round, which may wait for it
+        with background_work():
             try:
                 self._result = run()
             except Exception as exc:  # raised again by outcome(), on the writer thread

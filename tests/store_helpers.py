@@ -95,9 +95,23 @@ def fill_mixed_store(db: str) -> None:
 
 @contextmanager
 def database_held_by_another_process(db: str) -> Iterator[int]:
-    """Another process (its PID given) holds the DuckDB file open (its write lock) until the block ends."""
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys; c = duckdb.connect({db!r}); print('held', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    """Another process (its PID given) holds the DuckDB file open (its write lock) until the block ends. It waits for
+    a reader's brief lock to go first (a dashboard refreshing every second may be reading at that instant)."""
+    hold = (
+        "import duckdb, sys, time\n"
+        "deadline = time.monotonic() + 30\n"
+        "while True:\n"
+        "    try:\n"
+        f"        c = duckdb.connect({db!r})\n"
+        "        break\n"
+        "    except duckdb.IOException as exc:\n"
+        "        if 'lock' not in str(exc) or time.monotonic() > deadline:\n"
+        "            raise\n"
+        "        time.sleep(0.05)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         yield holder.pid

@@ -48,7 +48,8 @@ _callbacks_lock = threading.Lock()
 
 
 def on_alert(callback: Callback) -> Callback:
-    """Call ``callback(alert)`` for every alert this process delivers (from llmtrace's monitor thread)."""
+    """Call ``callback(alert)`` for every alert this process delivers: from llmtrace's monitor thread, but for alerts
+    already due when the app starts, which ``instrument()``'s first read of the budgets fires on its caller's thread."""
     with _callbacks_lock:
         _callbacks.append(callback)
     return callback

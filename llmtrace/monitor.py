@@ -160,8 +160,7 @@ class Monitor:
                 self._round()
 
     def first_round(self) -> None:
-        """Budgets only, now (``instrument()`` and ``llmtrace.budgets.add()`` call it, so that ``block`` budgets hold
-        from the first call)."""
+        """Budgets only, now (``instrument()`` calls it, so that ``block`` budgets hold from the first call)."""
         with internal_errors(), background_work(), self._rounds:
             self._round(anomalies=False)
             if self._fault.current and any(budget.action == "block" for budget in self.budgets):

@@ -323,12 +323,16 @@ def price_for(provider: str, model: str, api_url: str | None = None, context: Pr
     return price
 
 
-def _override(provider: str, model: str | None) -> Price | None:
-    # Whatever the case, as the price list matches names: an override of "my-model" prices calls to "My-Model".
-    if not model:
-        return None
-    name = model.lower()
-    return _overrides.get((provider.lower(), name)) or _overrides.get(("", name))
+def _override(provider: str, *models: str | None) -> Price | None:
+    """The user's price for the first of ``models`` that has one: the provider's own override of any of them before
+    one for every provider. Whatever the case, as the price list matches names: "my-model" prices "My-Model"."""
+    names = [model.lower() for model in models if model]
+    for scope in (provider.lower(), ""):
+        for name in names:
+            price = _overrides.get((scope, name))
+            if price is not None:
+                return price
+    return None
 
 
 def providers_pricing(model: str) -> list[str]:
@@ -353,12 +357,9 @@ def price_for_call(
     price list's for the model that answered, then for the one requested (some responses name an
     internal snapshot, ``davinci:2023-07-21-v2``, that no price list has)."""
     if _overrides:
-        # A provider's own override, for either name, before one for every provider.
-        scoped = provider.lower()
-        for key in ((scoped, response_model), (scoped, request_model), ("", response_model), ("", request_model)):
-            price = _overrides.get((key[0], key[1].lower())) if key[1] else None
-            if price is not None:
-                return price
+        price = _override(provider, response_model, request_model)
+        if price is not None:
+            return price
     # price_for's cache, read here: one call fewer on every call.
     price = _cache.get((provider, response_model or request_model, context), _UNCACHED)
     if price is _UNCACHED:

@@ -703,10 +703,7 @@ def request_models(time_range: TimeRange, *, db: Store = None) -> list[dict[str,
 def alert_history(time_range: TimeRange, *, limit: int = 200, db: Store = None) -> list[dict[str, Any]]:
     """Alerts fired in the range, newest first (none for a store that has not recorded any yet)."""
     with open_store(db, merge_first=False) as con:
-        tables = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = 'store' AND table_name = 'alerts'"
-        ).fetchone()
-        if not tables or not tables[0]:
+        if "alerts" not in {row[0] for row in con.execute(_STORE_TABLES).fetchall()}:
             return []
         sql = f"""SELECT fired_at, kind, subject, message, details, alert_id FROM store.alerts
                   WHERE fired_at >= ? AND fired_at < ? ORDER BY fired_at DESC LIMIT {int(limit)}"""

@@ -63,7 +63,11 @@ class StorePaths:
     def version(self) -> tuple[Any, ...]:
         """Changes whenever what readers see may have changed: every span arrives in a new segment, every
         merge removes segments, and retention writes the database. Cheap (a listing and two stats)."""
-        return (tuple(p.name for p in self.pending()), _stat(self.db), _stat(self.wal))
+        return (tuple(p.name for p in self.pending()), *self.written())
+
+    def written(self) -> tuple[Any, Any]:
+        """The database and its log as they are now: a merge or retention changes them."""
+        return _stat(self.db), _stat(self.wal)
 
 
 def _stat(path: Path) -> tuple[int, int] | None:

@@ -286,7 +286,7 @@ class StoreWriter(SpanProcessor):
         now = time.monotonic()
         # The database and its log as they are: another process that merged meanwhile changed them. Processes sharing
         # a store merge in turn, and one may lose every race for a minute while nobody holds the lock for long.
-        written = self.paths.version()[1:]
+        written = self.paths.written()
         if self._locked_since is None or written != self._locked_written:
             self._locked_since, self._locked_written = now, written
         elif now - self._locked_since >= LOCKED_FOR_LONG_S:

@@ -17,6 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from opentelemetry.sdk.metrics import Histogram
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+from opentelemetry.sdk.metrics.view import DefaultAggregation, ExplicitBucketHistogramAggregation
+
 from ._guard import internal_errors
 from .config import ConfigError, Settings
 
@@ -101,6 +105,42 @@ def span_exporter(settings: Settings, base_url: str | None) -> Any:
 
 def metric_exporter(settings: Settings, base_url: str | None) -> Any:
     return _exporter("METRICS", settings, base_url)
+
+
+class SwappedMetricExporter(MetricExporter):
+    """The one exporter of the meter provider llmtrace makes. That provider stays the process's global one and its
+    readers are fixed when it is made, so what it exports through is swapped instead: to none by ``uninstrument()``,
+    to where a later ``instrument()`` says (never the first endpoint forever)."""
+
+    def __init__(self, first: MetricExporter) -> None:
+        aggregation = dict(first._preferred_aggregation or {})
+        # The OTLP exporters ask for explicit-bucket histograms with no boundaries: OpenTelemetry SDKs before 1.33
+        # older OpenTelemetry SDKs (1.30 among them)
+        # then use their own defaults (0, 5, 10, ... 10,000: every call under 5 s in one bucket), not the GenAI
+        # conventions' buckets the instruments advise. The default aggregation is that histogram with the advice.
+        if isinstance(aggregation.get(Histogram), ExplicitBucketHistogramAggregation):
+            aggregation[Histogram] = DefaultAggregation()
+        super().__init__(preferred_temporality=first._preferred_temporality, preferred_aggregation=aggregation)
+        self.target: MetricExporter | None = first
+
+    def swap(self, target: MetricExporter | None) -> None:
+        """Export through ``target`` from now on; the one before is shut down (its pending export ends first)."""
+        old, self.target = self.target, target
+        if old is not None:
+            old.shutdown()
+
+    def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+        target = self.target
+        if target is None:  # uninstrumented: the points are dropped
+            return MetricExportResult.SUCCESS
+        return target.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        target = self.target
+        return target.force_flush(timeout_millis) if target is not None else True
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self.swap(None)
 
 
 def in_background(work: Callable[[], object], name: str) -> threading.Event:

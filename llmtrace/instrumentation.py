@@ -100,6 +100,7 @@ class OtlpExport(SpanProcessor):
 
 # A meter provider llmtrace made (it exports metrics over OTLP), and how long exit waits for its last export.
 _own_meters: tuple[MeterProvider, float] | None = None
+_own_metric_export: export.SwappedMetricExporter | None = None  # that provider's exporter, kept across uninstrument()
 
 
 def instrument(**options: Any) -> None:
@@ -199,6 +200,7 @@ def uninstrument() -> None:
         global _store_writer, _monitor
         for otlp in list(_otlp_by_provider.values()):
             otlp.shutdown()
+        _stop_own_metric_export()
         if _monitor is not None:
             _monitor.stop()
             _monitor = None
@@ -327,20 +329,26 @@ def _tracer_provider(given: Any, settings: config.Settings, otlp: export.Destina
 
 
 def _instruments(given: Any, settings: config.Settings, otlp: export.Destinations) -> Instruments | None:
-    global _own_meters
+    global _own_meters, _own_metric_export
     provider = given if given is not None else metrics.get_meter_provider()
+    exporter = export.metric_exporter(settings, otlp.base_url) if otlp.metrics else None
     if given is None and not isinstance(provider, MeterProvider):
-        if not otlp.metrics:
+        if exporter is None:
             # No SDK meter provider and nowhere to send metrics: a no-op meter would only cost time.
             return None
         # Metrics go where the spans go: a provider of llmtrace's own, installed globally.
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        reader = PeriodicExportingMetricReader(export.metric_exporter(settings, otlp.base_url))
+        _own_metric_export = export.SwappedMetricExporter(exporter)
         # Shut down by llmtrace's exit hook, which bounds the wait (the SDK's own would wait out a dead collector).
-        provider = MeterProvider(metric_readers=[reader], resource=_resource(settings), shutdown_on_exit=False)
+        provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(_own_metric_export)],
+                                 resource=_resource(settings), shutdown_on_exit=False)  # fmt: skip
         metrics.set_meter_provider(provider)
         _providers_made.add(provider)
+    elif provider in _providers_made and _own_metric_export is not None:  # made by an earlier instrument()
+        _own_metric_export.swap(exporter)
+        if exporter is None:
+            return None
     if isinstance(provider, MeterProvider) and provider in _providers_made:
         _own_meters = (provider, settings.otlp_shutdown_timeout)
     meter = provider.get_meter("llmtrace", __version__)
@@ -377,6 +385,22 @@ def _flush_before_abrupt_exit() -> None:
         meters = metrics.get_meter_provider()
         if isinstance(meters, MeterProvider) and meters not in _providers_made:
             meters.force_flush()
+
+
+def _stop_own_metric_export() -> None:
+    """uninstrument(): the metric points so far go where they went, then llmtrace's provider exports nowhere (waited
+    for ``otlp_shutdown_timeout`` at most)."""
+    global _own_meters
+    if _own_meters is None or _own_metric_export is None:
+        return
+    (meters, wait), _own_meters = _own_meters, None
+    metric_export = _own_metric_export
+
+    def flush_then_stop() -> None:
+        meters.force_flush()
+        metric_export.swap(None)
+
+    export.wait_for_shutdowns({"metrics": export.in_background(flush_then_stop, "metrics-shutdown")}, wait)
 
 
 def _stop_otlp_export() -> None:

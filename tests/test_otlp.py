@@ -14,6 +14,8 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from llmtrace.metrics import DURATION_BUCKETS
+
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[Any]]]:
@@ -200,6 +202,27 @@ for _ in range(2):
 
     assert names(first_received) == ["chat gpt-4o-mini", "chat gpt-4o"]
     assert names(second_received) == ["chat gpt-4.1", "chat gpt-4.1"]  # once each: no second exporter beside the first
+    # Metrics too: llmtrace's meter provider (made once, global for good) exports where the last instrument() says.
+    assert "gpt-4.1" not in _duration_points(first_received)
+    second_points = _duration_points(second_received)
+    assert second_points["gpt-4.1"][0] == 2
+    # The GenAI conventions' buckets, also on OpenTelemetry SDKs whose OTLP exporter asks for the SDK's own defaults.
+    assert second_points["gpt-4.1"][1] == DURATION_BUCKETS
+
+
+def _duration_points(received: list[Any]) -> dict[str, tuple[int, list[float]]]:
+    """Request model -> (count, bucket bounds) of the last gen_ai.client.operation.duration point received."""
+    points = {}
+    for request in received:
+        if isinstance(request, ExportMetricsServiceRequest):
+            for rm in request.resource_metrics:
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        if metric.name == "gen_ai.client.operation.duration":
+                            for point in metric.histogram.data_points:
+                                attributes = {a.key: a.value.string_value for a in point.attributes}
+                                points[attributes["gen_ai.request.model"]] = (point.count, list(point.explicit_bounds))
+    return points
 
 
 @pytest.fixture

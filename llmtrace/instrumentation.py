@@ -34,6 +34,7 @@ from .store.files import request_hash_key
 from .store.writer import is_llm_span
 from .providers import PROVIDERS
 from .spans import CallSpans
+from .stream import end_collected
 from .wrappers import wrapper_for
 
 logger = logging.getLogger("llmtrace")
@@ -374,6 +375,7 @@ def _flush_before_abrupt_exit() -> None:
     without running its atexit hooks."""
     _exiting.set()
     _stop_monitor_at_exit()
+    end_collected()
     writer = _store_writer
     if writer is not None:
         writer.shutdown()  # first: the ledger is local, and a dead collector must not leave it no time
@@ -491,13 +493,13 @@ def flush(timeout_s: float = 10.0) -> bool:
     llmtrace's OTLP export holds (spans and metrics), waiting ``timeout_s`` at most; True when all of it was done in
     time. Tracing goes on. For a process that ends without exit hooks (``os._exit()``) and for a point where the app
     wants its calls on record. The app's own span processors are its own to flush. Never raises."""
-    deadline = time.monotonic() + timeout_s
-
     def left_ms() -> int:
         return max(0, int((deadline - time.monotonic()) * 1000))
 
     done = finished = False
     with internal_errors():
+        deadline = time.monotonic() + timeout_s
+        end_collected()
         writer = _store_writer
         done = writer.force_flush(left_ms(), merge=False) if writer is not None else True
         for otlp in list(_otlp_by_provider.values()):
@@ -549,5 +551,6 @@ def _restart_monitor_in_child() -> None:
 
 
 atexit.register(_stop_monitor_at_exit)
+atexit.register(end_collected)  # before the store writers' exit flush (atexit runs the last registered first)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_restart_monitor_in_child)

@@ -7,7 +7,11 @@ The span ends on exhaustion, ``close()``, context exit, an exception mid-stream,
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import queue
+import threading
 import weakref
 from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 
@@ -18,8 +22,70 @@ from .call import Call, refused_answer
 from .sse import EventReader
 
 
+# A stream dropped in a reference cycle is collected wherever the garbage collector happens to run: on any thread,
+# inside any allocation, perhaps one made while that thread holds a lock that ending the span needs (llmtrace's own,
+# or the OpenTelemetry SDK's around a metric): ended there, it would wait for that lock forever. One collected so is
+# ended on a thread of its own (put() on a SimpleQueue is safe from a finalizer); one whose last reference goes (the
+# common case) or still alive at exit, at once.
+_collecting = False
+_collected: queue.SimpleQueue[Call] = queue.SimpleQueue()
+_ender_pid = 0  # the process whose ender thread runs (a forked child has none)
+_ender_lock = threading.Lock()
+
+
+def _note_collection(phase: str, info: dict[str, Any]) -> None:
+    global _collecting
+    _collecting = phase == "start"
+
+
+gc.callbacks.append(_note_collection)
+
+
 def _abandoned(call: Call) -> None:
-    call.end_stream(None)
+    if _collecting:
+        _collected.put(call)
+    else:
+        call.end_stream(None)
+
+
+def _end_when_collected(proxy: object, call: Call) -> weakref.finalize:
+    global _ender_pid
+    if _ender_pid != os.getpid():  # started here, never from a finalizer: starting a thread takes locks too
+        with _ender_lock:
+            if _ender_pid != os.getpid():
+                threading.Thread(target=_end_collected_forever, name="llmtrace-stream-ender", daemon=True).start()
+                _ender_pid = os.getpid()
+    return weakref.finalize(proxy, _abandoned, call)
+
+
+def _end_collected_forever() -> None:
+    while True:
+        _end_collected(_collected.get())
+
+
+def end_collected() -> None:
+    """End, on this thread, the streams the garbage collector has handed to the ender thread and it has not ended
+    yet: before a flush, and at exit."""
+    while True:
+        try:
+            _end_collected(_collected.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _end_collected(call: Call) -> None:
+    with internal_errors():
+        call.end_stream(None)
+
+
+def _new_queue_in_child() -> None:
+    # The parent's calls end in the parent.
+    global _collected
+    _collected = queue.SimpleQueue()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_queue_in_child)
 
 
 # Where a loop over a stream stops (a break, or its iterator dropped: GeneratorExit), the span does not end: the app
@@ -102,7 +168,7 @@ class SyncStreamProxy(wrapt.ObjectProxy):
         super().__init__(stream)
         call.begin_stream()
         self._self_call = call
-        self._self_finalizer = weakref.finalize(self, _abandoned, call)
+        self._self_finalizer = _end_when_collected(self, call)
 
     def __iter__(self) -> Iterator[Any]:
         call = self._self_call
@@ -170,7 +236,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
         super().__init__(stream)
         call.begin_stream()
         self._self_call = call
-        self._self_finalizer = weakref.finalize(self, _abandoned, call)
+        self._self_finalizer = _end_when_collected(self, call)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         call = self._self_call
@@ -232,7 +298,7 @@ class RawResponseProxy(wrapt.ObjectProxy):
     def __init__(self, response: Any, call: Call) -> None:
         super().__init__(response)
         self._self_call = call
-        self._self_finalizer = weakref.finalize(self, _abandoned, call)
+        self._self_finalizer = _end_when_collected(self, call)
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import anthropic
@@ -224,6 +227,48 @@ def test_a_stream_left_early_ends_when_it_is_dropped(captured: Any) -> None:
     del stream
     (span,) = captured.spans()
     assert span.end_time >= dropped and span.attributes["llmtrace.usage.source"] == "estimated"
+
+
+def test_a_stream_collected_while_its_thread_holds_a_lock_ending_a_span_needs_ends_all_the_same(tmp_path: Path) -> None:
+    """The garbage collector runs inside whatever allocation comes: here inside the tenant limiter's lock, on the
+    thread of a call that is ending. A stream dropped in a reference cycle, ended there, waited for that lock
+    forever (and the app's call with it)."""
+    script = f"""
+import faulthandler, gc, heapq, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+faulthandler.dump_traceback_later(60, exit=True)
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+exporter = InMemorySpanExporter(); provider = TracerProvider(); provider.add_span_processor(SimpleSpanProcessor(exporter))
+meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+llmtrace.instrument(tracer_provider=provider, meter_provider=meters, store=False)
+client = openai_client(FakeAPI(http_module(openai)))
+messages = [{{"role": "user", "content": "hi"}}]
+gc.disable()  # the cycle below is collected where this script says, not before
+with llmtrace.tags(tenant="acme"):
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+cycle = [stream, None]; cycle[1] = cycle
+del stream, cycle
+nlargest = heapq.nlargest
+def collecting_first(*args, **kwargs):  # the limiter's top-K, under its lock: a collection as an allocation there may run
+    gc.collect()
+    return nlargest(*args, **kwargs)
+heapq.nlargest = collecting_first
+with llmtrace.tags(tenant="globex"):  # a new tenant: the top-K is worked out again
+    client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+assert llmtrace.flush()
+print(sorted(span.attributes["llmtrace.tenant"] for span in exporter.get_finished_spans()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['acme', 'globex']"
+    assert "llmtrace" not in out.stderr
 
 
 def _read(pieces: list[Any], lines: bool = False, provider: str = "openai") -> tuple[list[Any], list[Any]]:

@@ -43,7 +43,6 @@ _lock = threading.Lock()
 # (owner object, attribute name, original value) for every patch in place, to undo them.
 _patches: list[tuple[Any, str, Any]] = []
 _patched_sdks: set[str] = set()
-_patched_modules: set[str] = set()  # the modules of the SDKs' patch targets
 _hooks_registered: set[str] = set()
 _store_writer: Any = None  # the StoreWriter in use since instrument()
 _monitor: Any = None  # the budgets-and-anomalies Monitor in use since instrument()
@@ -212,40 +211,22 @@ def uninstrument() -> None:
             owner, attribute, original = _patches.pop()
             setattr(owner, attribute, original)
         _patched_sdks.clear()
-        _patched_modules.clear()
         later.forget()  # answers to calls made while instrumented are no longer watched for
         with internal_errors():
             _restore_sigterm()
 
 
 def _patch_sdk(module: Any) -> None:
-    """The SDK is imported: patch each module of its targets now if imported, else when the app imports it. Not
-    imported here: openai's beta Responses module alone pulls in ~500 modules (0.3 s, 14 MB and ~50,000 objects
-    more for every full garbage collection) into an app that may only ever call chat completions."""
     sdk = module.__name__
     if core.runtime is None or sdk in _patched_sdks:
         return
     _patched_sdks.add(sdk)
-    for name in dict.fromkeys(target.module for target in importlib.import_module(PROVIDERS[sdk]).TARGETS):
-        if name not in _hooks_registered:
-            _hooks_registered.add(name)
-            wrapt.register_post_import_hook(_patch_module, name)  # runs now if the module is imported already
-        elif name in sys.modules:
-            _patch_module(sys.modules[name])
-
-
-def _patch_module(target_module: Any) -> None:
-    name = target_module.__name__
-    if core.runtime is None or name in _patched_modules:
-        return
-    _patched_modules.add(name)
-    adapter = importlib.import_module(PROVIDERS[name.partition(".")[0]])
+    adapter = importlib.import_module(PROVIDERS[sdk])
     for target in adapter.TARGETS:
-        if target.module != name:
-            continue
         try:
+            target_module = importlib.import_module(target.module)
             owner, attribute, original = wrapt.resolve_path(target_module, target.name)
-        except AttributeError:
+        except (ImportError, AttributeError):
             # An older or newer SDK without this method: nothing to patch there.
             logger.debug("llmtrace: %s.%s not found; not patched", target.module, target.name)
             continue

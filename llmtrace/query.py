@@ -52,6 +52,9 @@ _SERVED = f"error_type IS DISTINCT FROM '{BudgetExceeded.__qualname__}'"
 _ERRORS = f"count(*) FILTER (WHERE error_type IS NOT NULL AND {_SERVED})"
 _BLOCKED = f"count(*) FILTER (WHERE NOT ({_SERVED}))"
 _SERVED_DURATION = f"CASE WHEN {_SERVED} THEN duration_ms END"  # NULL for a refused call: no percentile sees it
+# A group's spend, as spend() says: unknown (NULL) only where calls with no known price were billed; $0 where nothing
+# was billed (every call failed or was refused), not the NULL of a sum over no costs.
+_SPEND = "CASE WHEN bool_or(unpriced) THEN sum(cost_usd) ELSE coalesce(sum(cost_usd), 0) END"
 # Time-bucket widths the over-time questions accept, with their length in seconds.
 BUCKETS = {
     "1 second": 1, "5 seconds": 5, "10 seconds": 10, "30 seconds": 30, "1 minute": 60, "5 minutes": 300,
@@ -317,7 +320,7 @@ def spend_by(
     totals = f"""{key} AS key, count(*) AS calls, {_ERRORS} AS errors, {_BLOCKED} AS blocked_calls,
                  sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
                  sum(cache_read_tokens) AS cache_read_tokens, sum(reasoning_tokens) AS reasoning_tokens,
-                 sum(cost_usd) AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls"""
+                 {_SPEND} AS cost_usd, count(*) FILTER (WHERE unpriced) AS unpriced_calls"""
     # Percentiles are the expensive part (one sort per key gives both). For the top keys only, they are
     # computed in a second pass over those keys' rows; for every key, in the same pass as the totals.
     percentiles = f"quantile_cont({_SERVED_DURATION}, [0.5, 0.99]) AS p"
@@ -348,7 +351,7 @@ def spend_over_time(
     where, params = _where(time_range, filters)
     sql = f"""
         SELECT {keys}, count(*) AS calls,
-               sum(cost_usd) AS cost_usd, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
+               {_SPEND} AS cost_usd, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
         FROM spans WHERE {where} GROUP BY {group} ORDER BY {group}"""
     with open_store(db) as con:
         return _rows(con, sql, params)

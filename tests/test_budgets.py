@@ -238,7 +238,7 @@ def test_the_dashboard_budgets_page_shows_status(tmp_path: Path, monkeypatch: py
     assert list(table["state"]) == ["ok", "exceeded", "unknown"] and table["spent"][0] == pytest.approx(1.0)
     assert table[["spent", "used", "projected"]].iloc[2].isna().all()  # unknown, drawn as "—", not $0 and 0 %
     columns = json.loads(page.dataframe[0].proto.columns)  # what the browser is told: money to four decimals
-    assert all(columns[name]["type_config"]["format"] == "$%,.4f" for name in ("spent", "limit", "projected"))
+    assert all(columns[name]["type_config"]["format"] == "$%,.6f" for name in ("spent", "limit", "projected"))
     assert "tenant=* (acme)" in page.warning[0].value and "umbrella" not in page.warning[0].value
     assert any("count for nothing in these budgets" in info.value for info in page.info)
 

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from llmtrace import attributes as A
 from llmtrace import dashboard, query
+from llmtrace.dashboard import charts as C
 from conftest import DEMO_CALLS
 from llmtrace.demo import SERVICE_NAME
 from store_helpers import MIXED_TENANTS, database_held_by_another_process, emit_at, fill_mixed_store, provider_with_store
@@ -210,6 +211,10 @@ def test_sub_cent_spend_gets_axis_ticks_fine_enough_to_tell_apart(tmp_path: Path
         assert decimals > 2 and round(top / 5, decimals) > 0, page  # ticks (~a fifth of the top apart) read apart
         money_tips = [t for t in spec["encoding"]["tooltip"] if "Spend" in t.get("title", "")]
         assert [t["format"] for t in money_tips] == ["$,.6~f"], page
+    at.sidebar.radio(key="page").set_value("Overview").run()
+    assert [m.value for m in at.metric if m.label == "Spend"] == ["$0.0012"]
+    # A known cost never reads $0.0000: a cheap call's, in a headline figure and in a table alike.
+    assert C.money(0.000042) == "$0.000042" and C.money(0.0523) == "$0.0523" and C.money(0) == "$0.00"
 
 
 def test_spend_charts_draw_every_priced_dollar_and_refused_calls_are_said(mixed_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,11 +234,11 @@ def test_spend_charts_draw_every_priced_dollar_and_refused_calls_are_said(mixed_
         assert any("2 call(s) in" in i.value and "refused by a block budget" in i.value for i in at.info), page
     for page in ("Overview", "Spend"):  # nothing was billed: $0, as "Spend today" says; "unknown" is for no known price
         at.sidebar.radio(key="page").set_value(page).run()
-        assert [m.value for m in at.metric if m.label == "Spend"] == ["$0.0000"], page
-    # No chart of nothing (a lone $0.00 tick, a "NaN" axis): words.
-    assert not at.get("vega_lite_chart")
-    captions = [c.value for c in at.caption]
-    assert captions.count("No call in the last 24 hours has a known price.") == 3
+        assert [m.value for m in at.metric if m.label == "Spend"] == ["$0.00"], page
+        # No chart of nothing (bars of length 0, a lone $0.00 tick, a "NaN" axis): words.
+        assert not [chart for chart in at.get("vega_lite_chart") if "Spend" in chart.proto.spec], page
+        captions = [c.value for c in at.caption]
+        assert captions.count("Nothing was billed in the last 24 hours.") == {"Overview": 2, "Spend": 3}[page], captions
     assert "No tokens recorded in the last 24 hours." in captions
 
 def test_missing_store_says_how_to_fill_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -418,7 +423,7 @@ def test_milliseconds_and_dollars_in_tables_are_grouped_by_thousands(demo_db: st
         at.sidebar.radio(key="page").set_value(page).run()
         for table in at.dataframe:
             formats |= {c.get("type_config", {}).get("format") for c in json.loads(table.proto.columns).values()}
-    assert {"%,.0f ms", "$%,.4f"} <= formats
+    assert {"%,.0f ms", "$%,.6f"} <= formats
     assert not [f for f in formats if f and f.startswith(("%.", "$%.")) and ("ms" in f or "$" in f)], formats
 
 

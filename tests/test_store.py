@@ -1160,6 +1160,13 @@ def test_untagged_refused_and_unpriced_calls_count_as_they_do_everywhere(tmp_pat
     assert query.summary(window, mine, db=db)["cost_usd"] is None  # unknown, never $0
     assert query.spent(window, mine, db=db) is None
     assert query.spent(window, query.Filters(feature="over-budget"), db=db) == 0.0  # refused: nothing was billed
+    # Per key and per bucket alike (the report, the dashboard's charts): $0 where nothing was billed, not unknown.
+    features = {r["key"]: r["cost_usd"] for r in query.spend_by("feature", window, db=db)}
+    assert features["over-budget"] == 0.0 and features["search"] > 0
+    assert {r["key"]: r["cost_usd"] for r in query.spend_by("tenant", window, db=db, limit=100)}["self-hosted"] is None
+    buckets = query.spend_over_time("feature", window, "1 hour", db=db)
+    assert [r["cost_usd"] for r in buckets if r["key"] == "over-budget"] == [0.0]
+    assert [r["cost_usd"] for r in query.spend_over_time("tenant", window, "1 hour", mine, db=db)] == [None]
     assert query.spent(window, query.Filters(tenant="tenant-00"), db=db) == pytest.approx(0.001)
     # Raw SQL: the unpriced calls, and every other call as not unpriced.
     con = duckdb.connect(db, read_only=True)

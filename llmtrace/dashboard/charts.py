@@ -8,6 +8,7 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from ..budgets import usd
 from ..query import BUCKETS
 
 UNTAGGED = "(untagged)"
@@ -20,7 +21,10 @@ def money(value: float | None) -> str:
         return "unknown"
     if abs(value) >= 100:
         return f"${value:,.0f}"
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:,.4f}"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    # Below a cent, two significant digits: a known cost never reads "$0.0000" ($0.000042 for a cheap call's).
+    return f"${value:,.4f}" if abs(value) >= 0.01 else usd(value)
 
 
 def money_axis(top: float | None) -> str:

@@ -78,8 +78,9 @@ def _table(data: pd.DataFrame, column_config: dict[str, Any]) -> None:
 
 
 def _usd(label: str) -> Any:
-    # Four decimals: a call's cost, and a per-user budget of $0.002, must not read "$0.00".
-    return st.column_config.NumberColumn(label, format="$%,.4f")
+    # To the millionth of a dollar: a cheap call's cost ($0.000042), and a spend beside a budget of $0.0005, must not
+    # read "$0.0000" (a table column has one format for all its numbers).
+    return st.column_config.NumberColumn(label, format="$%,.6f")
 
 
 def _ms(label: str) -> Any:
@@ -129,10 +130,13 @@ def overview(view: View) -> None:
         # A key whose calls all lack a price has no spend to draw: a bar of length 0 would read as $0.
         priced = [row for row in rows if row["cost_usd"] is not None]
         unknown = [C.UNTAGGED if row["key"] is None else row["key"] for row in rows if row["cost_usd"] is None]
-        if priced:
-            axis = C.money_axis(max(row["cost_usd"] for row in priced))
+        top = max((row["cost_usd"] for row in priced), default=0)
+        if top > 0:
+            axis = C.money_axis(top)
             column.altair_chart(C.ranked_bars(C.frame(priced), "cost_usd", "Spend (USD)", title, axis, C.MONEY_TOOLTIP),
                                 width="stretch")
+        elif priced:  # bars of length 0: words instead
+            column.caption(f"Nothing was billed in {view.label}.")
         if unknown:
             column.caption(f"Not drawn, their calls having no known price: {', '.join(unknown)}.")
 
@@ -212,6 +216,9 @@ def spend(view: View) -> None:
         st.markdown(f"**Spend per {title.lower()} over time**")
         if not rows:  # an empty chart with a lone $0.00 tick would read as no spend
             st.caption(f"No call in {view.label} has a known price.")
+            continue
+        if not any(row["cost_usd"] for row in rows):  # every call failed or was refused: bars of length 0
+            st.caption(f"Nothing was billed in {view.label}.")
             continue
         bars = C.frame(rows, top=_TOP_KEYS)
         axis = C.money_axis(bars.groupby("bucket")["cost_usd"].sum().max())  # the tallest stack

@@ -22,6 +22,7 @@ from . import attributes as A
 from . import pricing
 from ._guard import internal_errors, report
 from .adapter import Accumulator, Endpoint, Result, api_error_type
+from .budgets import BudgetExceeded
 from .config import Settings
 from .content import to_json
 from .context import current_tags
@@ -270,7 +271,9 @@ class Call:
             return
         self.done = True
         end_ns = time.time_ns()
-        attrs: dict[str, Any] = {A.HTTP_ATTEMPTS: 1 + self.retries}
+        # Refused by a block budget: never sent, so no HTTP attempt, and no latency or error of the provider's.
+        refused = isinstance(error, BudgetExceeded)
+        attrs: dict[str, Any] = {A.HTTP_ATTEMPTS: 0 if refused else 1 + self.retries}
         if error is not None and not isinstance(error, Exception):
             error = None  # the app stopped the call (a cancelled task, Ctrl-C, exit): not the call failing
         error_type = failure = None
@@ -332,7 +335,7 @@ class Call:
                     end_time=end_ns,
                 )
             )
-        if instruments is not None:
+        if instruments is not None and not refused:
             instruments.record(
                 all_attrs,
                 (end_ns - self.start_ns) / 1e9,

@@ -113,7 +113,7 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
         return number
     if isinstance(default, int):
         # Not int(raw): it would make 1.5 days 1 and true 1 without a word.
-        value = raw if type(raw) is int else int(raw) if isinstance(raw, str) and raw.strip().isdigit() else None
+        value = raw if type(raw) is int else int(raw) if isinstance(raw, str) and raw.strip().isdecimal() else None
         minimum, maximum = _INT_MINIMA.get(name, 0), _INT_MAXIMA.get(name)
         if value is None or value < minimum or (maximum is not None and value > maximum):
             bounds = f"from {minimum} to {maximum:,}" if maximum is not None else f"{minimum} or more"

@@ -32,14 +32,14 @@ PROTOCOLS = ("http/protobuf", "grpc")
 def protocol_for(signal: str, settings: Settings) -> str:
     """``signal`` is ``TRACES`` or ``METRICS``; an explicit setting wins over the variables."""
     env = os.environ
-    protocol = (
-        settings.otlp_protocol
-        or env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")
-        or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
+    given = (
+        ("llmtrace's otlp_protocol setting", settings.otlp_protocol),
+        (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", env.get("OTEL_EXPORTER_OTLP_PROTOCOL")),
     )
+    where, protocol = next(((where, value) for where, value in given if value), ("", "http/protobuf"))
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"OTLP protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        raise ConfigError(f"{where}: the OTLP protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     return protocol
 
 
@@ -66,7 +66,9 @@ def destinations(settings: Settings) -> Destinations:
     def configured(signal: str) -> bool:
         # Only a signal with an endpoint of its own or the common one: an exporter of the other would post to
         # localhost:4318 (with the app's OTLP headers), where nobody asked for it.
-        if env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower() == "none":
+        # OTEL_TRACES_EXPORTER=console (or none, or prometheus for metrics): not over OTLP. Unset means otlp.
+        exporters = env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower()
+        if exporters and "otlp" not in (name.strip() for name in exporters.split(",")):
             return False
         return bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 

@@ -124,9 +124,9 @@ def instrument(**options: Any) -> None:
 
         resolve(settings.db)
     otlp = export.destinations(settings)
-    if otlp.traces or otlp.metrics:  # a bad protocol fails here, before anything is applied
-        export.protocol_for("TRACES", settings)
-        export.protocol_for("METRICS", settings)
+    # A bad protocol for a signal exported fails here, before anything is applied.
+    for signal in (["TRACES"] if otlp.traces else []) + (["METRICS"] if otlp.metrics else []):
+        export.protocol_for(signal, settings)
     with _lock:
         if core.runtime is not None:
             _say_already_instrumented(core.runtime.settings, settings)

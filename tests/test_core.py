@@ -517,6 +517,7 @@ def test_metric_labels_follow_the_busiest_tenants_after_many_one_offs() -> None:
         ("[llmtrace]\nretention_days = 1000000\n", r"retention_days must be a whole number from 0 to 36,600, got 1000000"),
         ("[llmtrace]\nflush_interval = inf\n", "flush_interval must be a positive number"),
         ("[llmtrace]\nmax_buffered_spans = 0\n", "max_buffered_spans must be a whole number 1 or more, got 0"),
+        ("[llmtrace]\nmetric_tag_top_k = '\u00b2'\n", "metric_tag_top_k must be a whole number"),  # isdigit(), not int()
         ("[anomalies]\ninterval = 0\n", r"\[anomalies\]: anomaly_interval must be a positive number"),
         ("[alert]\nwebhook_url = 'http://x'\n", r"unknown table\(s\) alert"),
         ("[[budgets]]\nscope = 'global'\nperiod = 'day'\nlimit_usd = inf\n", "limit_usd"),

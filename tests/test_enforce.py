@@ -78,6 +78,10 @@ def test_a_spent_budget_refuses_the_call_before_it_is_sent(tmp_path: Path) -> No
     assert "tenant=acme is spent: $1.00 of $1.00 per day" in str(exc)
     blocked, sent = captured.spans()
     assert blocked.attributes[A.ERROR_TYPE] == "BudgetExceeded" and A.COST_USD not in blocked.attributes
+    assert (blocked.attributes[A.HTTP_ATTEMPTS], sent.attributes[A.HTTP_ATTEMPTS]) == (0, 1)  # never sent
+    # Nor in the GenAI metrics: the operation never happened (no duration, no error of the provider's).
+    durations = captured.metrics()["gen_ai.client.operation.duration"]
+    assert [(dict(point.attributes)[A.TENANT], point.count) for point in durations] == [("globex", 1)]
     assert sent.attributes[A.TENANT] == "globex" and sent.attributes[A.COST_USD] > 0
     # Reports count the refused call as blocked: not a provider's error, and no latency (it was never sent).
     today = query.TimeRange.last(timedelta(days=1))

@@ -134,7 +134,20 @@ def test_an_otlp_endpoint_without_a_scheme_is_a_config_error() -> None:
         llmtrace.instrument(otlp_endpoint="collector:4318")
 
 
-@pytest.mark.parametrize("variables", ["traces endpoint only", "traces exporter none"])
+def test_an_otlp_protocol_llmtrace_cannot_speak_is_a_config_error_naming_where_it_was_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import llmtrace
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    with pytest.raises(llmtrace.ConfigError, match="^OTEL_EXPORTER_OTLP_PROTOCOL: the OTLP protocol must be one of"):
+        llmtrace.instrument(store=False)
+    with pytest.raises(llmtrace.ConfigError, match="^llmtrace's otlp_protocol setting: .* got 'gRPC'"):
+        llmtrace.instrument(store=False, otlp_protocol="gRPC")
+
+
+@pytest.mark.parametrize("variables", ["traces endpoint only", "traces exporter none", "traces exporter console"])
 def test_a_signal_goes_over_otlp_only_where_the_variables_send_it(
     receiver: tuple[str, list[Any]], tmp_path: Path, variables: str
 ) -> None:
@@ -142,8 +155,9 @@ def test_a_signal_goes_over_otlp_only_where_the_variables_send_it(
     env = {"PATH": "/usr/bin:/bin"}
     if variables == "traces endpoint only":
         env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint + "/v1/traces"
+        env["OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"] = "http/json"  # for a signal not exported: no reason to refuse
     else:
-        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_TRACES_EXPORTER="none")
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_TRACES_EXPORTER=variables.rpartition(" ")[2])
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})

@@ -291,9 +291,9 @@ class AsyncStreamProxy(wrapt.ObjectProxy):
         return _StreamResponse(self.__wrapped__.response, self._self_call)
 
 
-class RawResponseProxy(wrapt.ObjectProxy):
-    """``with_raw_response`` / ``with_streaming_response``: the span ends when ``parse()`` is read, or, for a
-    response that is not a stream, when the app reads the body itself (``read()``, ``text()``, ``json()``)."""
+class ParseProxy(wrapt.ObjectProxy):
+    """A raw response whose span ends when ``parse()`` is read (or the proxy collected): openai's legacy
+    ``with_raw_response`` of a stream, whose ``text``, ``content`` and the rest stay the SDK's own."""
 
     def __init__(self, response: Any, call: Call) -> None:
         super().__init__(response)
@@ -332,6 +332,11 @@ class RawResponseProxy(wrapt.ObjectProxy):
                 call.fail(error, answer)
             else:
                 call.complete(answer)
+
+
+class RawResponseProxy(ParseProxy):
+    """``with_raw_response`` / ``with_streaming_response``: the span ends when ``parse()`` is read, or, for a
+    response that is not a stream, when the app reads the body itself (``read()``, ``text()``, ``json()``)."""
 
     def read(self) -> Any:
         body = self.__wrapped__.read()

@@ -32,6 +32,7 @@ from .stream import (
     AsyncRawResponseProxy,
     AsyncStreamManagerProxy,
     AsyncStreamProxy,
+    ParseProxy,
     RawResponseProxy,
     StreamManagerProxy,
     SyncStreamProxy,
@@ -85,7 +86,7 @@ def returned(call: Call, response: Any) -> Any:
             return AsyncStreamProxy(response, call)
         if kind == _LEGACY_RAW:
             if call.kwargs.get("stream") is True:
-                return RawResponseProxy(response, call)
+                return ParseProxy(response, call)
             # The body is already read and parse() caches its result: reading it costs the app nothing.
             core_retries = getattr(response, "retries_taken", None)
             if isinstance(core_retries, int) and core_retries > call.retries:

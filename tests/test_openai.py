@@ -588,7 +588,10 @@ def test_with_raw_response_and_streaming_response(captured: Any) -> None:
     with client.chat.completions.with_streaming_response.create(model="gpt-4o-mini", messages=MESSAGES) as response:
         assert response.parse().usage.prompt_tokens == 120
     raw_stream = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    # The SDK's own object as it is: no read()/iter_bytes() it lacks, its text a property (a str), not a method.
+    assert not hasattr(raw_stream, "iter_bytes") and not hasattr(raw_stream, "read")
     assert len(list(raw_stream.parse())) == 6
+    assert isinstance(raw_stream.text, str)
     spans = captured.spans()
     assert len(spans) == 3
     assert all(s.attributes["gen_ai.usage.input_tokens"] == 120 for s in spans)

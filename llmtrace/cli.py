@@ -10,6 +10,7 @@ import os
 import random
 import sys
 import time
+import unicodedata
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
@@ -41,10 +42,19 @@ _REPORT_COLUMNS: tuple[tuple[str, Callable[[Any], str]], ...] = (
 
 
 def _print_table(headers: list[str], cells: list[list[str]]) -> None:
-    """Left-aligned first column, the rest right-aligned, each as wide as its widest cell."""
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    """Left-aligned first column, the rest right-aligned, each as wide as its widest cell on a terminal (a CJK
+    character takes two columns there: padded by len(), a row with a Japanese tenant shifted its columns)."""
+    widths = [max(_width(h), *(_width(c[i]) for c in cells)) if cells else _width(h) for i, h in enumerate(headers)]
     for row in [headers, *cells]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        padded = []
+        for i, (cell, width) in enumerate(zip(row, widths)):
+            padding = " " * (width - _width(cell))
+            padded.append(cell + padding if i == 0 else padding + cell)
+        print("  ".join(padded))
+
+
+def _width(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
 
 
 def _report_table(rows: list[dict[str, Any]], by: str) -> None:

@@ -306,6 +306,14 @@ def _tracer_provider(given: Any, settings: config.Settings, otlp: export.Destina
         provider = TracerProvider(resource=_resource(settings))
         trace.set_tracer_provider(provider)
         _providers_made.add(provider)
+    elif provider in _providers_made and settings.service_name:
+        made_as = getattr(provider, "resource", Resource.get_empty()).attributes.get(SERVICE_NAME)
+        if made_as != settings.service_name:
+            logger.warning(
+                "llmtrace: service_name %r not applied: the tracer provider an earlier instrument() made keeps %r (an "
+                "OpenTelemetry provider's resource is fixed when it is made, and it stays the process's global one)",
+                settings.service_name, made_as,
+            )  # fmt: skip
     _attach_otlp(provider, settings, provider in _providers_made, otlp)
     return provider
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import tomllib
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -35,10 +36,14 @@ def test_report_shows_a_tiny_known_cost_as_one_not_as_zero(tmp_path: Path, capsy
     provider, writer = provider_with_store(path, flush_interval=60)
     emit(provider, 1, tenant="embeddings", cost=3.7e-7)  # a short embedding call
     emit(provider, 1, tenant="chat", cost=0.0123456789)
+    emit(provider, 1, tenant="\u6771\u4eac-\u652f\u5e97", cost=0.001)  # a Japanese tenant: two terminal columns a character
     writer.force_flush()
     assert main(["report", "--db", path]) == 0
-    costs = {line.split()[0]: line.split()[6] for line in capsys.readouterr().out.splitlines()[1:]}
-    assert costs == {"chat": "$0.012346", "embeddings": "$0.00000037"}
+    lines = capsys.readouterr().out.splitlines()
+    costs = {line.split()[0]: line.split()[6] for line in lines[1:]}
+    assert costs == {"chat": "$0.012346", "embeddings": "$0.00000037", "\u6771\u4eac-\u652f\u5e97": "$0.001000"}
+    # Every row as wide on a terminal as the header: the columns line up.
+    assert {sum(2 if unicodedata.east_asian_width(c) == "W" else 1 for c in line) for line in lines} == {len(lines[0])}
 
 
 def test_report_table_json_csv(db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -343,7 +343,7 @@ from opentelemetry import trace
 from conftest import openai_client, http_module
 from fake_api import FakeAPI
 for model in ("gpt-4o-mini", "gpt-4o"):
-    llmtrace.instrument(store=False)  # the first makes the provider; the second finds it
+    llmtrace.instrument(store=False, service_name=model)  # the first makes the provider; the second finds it
     openai_client(FakeAPI(http_module(openai))).chat.completions.create(model=model, messages=[{{"role": "user", "content": "x"}}])
     assert trace.get_tracer_provider().force_flush(10_000)
     llmtrace.uninstrument()
@@ -354,6 +354,8 @@ for model in ("gpt-4o-mini", "gpt-4o"):
     names = [span.name for r in received if isinstance(r, ExportTraceServiceRequest)
              for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]
     assert names == ["chat gpt-4o-mini", "chat gpt-4o"]
+    # The second instrument()'s service name cannot be applied to that provider: it says so.
+    assert "service_name 'gpt-4o' not applied: the tracer provider an earlier instrument() made keeps 'gpt-4o-mini'" in out.stderr
 
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])

@@ -418,8 +418,9 @@ def top_calls(
     limit: int = 20,
     db: Store = None,
 ) -> list[dict[str, Any]]:
-    """The most expensive (``order="cost"``) or slowest (``order="duration"``) calls."""
-    column = {"cost": "cost_usd", "duration": "duration_ms"}.get(order)
+    """The most expensive (``order="cost"``) or slowest (``order="duration"``) calls; the slowest of those that
+    reached the provider (a call a budget refused took no time of the provider's)."""
+    column = {"cost": "cost_usd", "duration": _SERVED_DURATION}.get(order)
     if column is None:
         raise ValueError("order must be 'cost' or 'duration'")
     where, params = _where(time_range, filters)

@@ -1160,6 +1160,9 @@ def test_untagged_refused_and_unpriced_calls_count_as_they_do_everywhere(tmp_pat
     assert query.summary(window, mine, db=db)["cost_usd"] is None  # unknown, never $0
     assert query.spent(window, mine, db=db) is None
     assert query.spent(window, query.Filters(feature="over-budget"), db=db) == 0.0  # refused: nothing was billed
+    # Nor among the slowest calls: a refused call took none of the provider's time.
+    assert query.top_calls(window, query.Filters(feature="over-budget"), order="duration", db=db) == []
+    assert len(query.top_calls(window, order="duration", limit=1000, db=db)) == MIXED_TENANTS + 5
     # Per key and per bucket alike (the report, the dashboard's charts): $0 where nothing was billed, not unknown.
     features = {r["key"]: r["cost_usd"] for r in query.spend_by("feature", window, db=db)}
     assert features["over-budget"] == 0.0 and features["search"] > 0

@@ -116,10 +116,9 @@ class SwappedMetricExporter(MetricExporter):
 
     def __init__(self, first: MetricExporter) -> None:
         aggregation = dict(first._preferred_aggregation or {})
-        # The OTLP exporters ask for explicit-bucket histograms with no boundaries: OpenTelemetry SDKs before 1.33
-        # older OpenTelemetry SDKs (1.30 among them)
-        # then use their own defaults (0, 5, 10, ... 10,000: every call under 5 s in one bucket), not the GenAI
-        # conventions' buckets the instruments advise. The default aggregation is that histogram with the advice.
+        # The OTLP exporters ask for explicit-bucket histograms with no boundaries, for which older OpenTelemetry SDKs
+        # (1.30 among them) use their own defaults (0, 5, 10, ... 10,000: every call under 5 s in one bucket), not the
+        # GenAI conventions' buckets the instruments advise. The default aggregation is that histogram with the advice.
         if isinstance(aggregation.get(Histogram), ExplicitBucketHistogramAggregation):
             aggregation[Histogram] = DefaultAggregation()
         super().__init__(preferred_temporality=first._preferred_temporality, preferred_aggregation=aggregation)

@@ -79,9 +79,10 @@ def _end_collected(call: Call) -> None:
 
 
 def _new_queue_in_child() -> None:
-    # The parent's calls end in the parent.
-    global _collected
+    # The parent's calls end in the parent; a lock another of its threads held at the fork stays held in the child.
+    global _collected, _ender_lock
     _collected = queue.SimpleQueue()
+    _ender_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

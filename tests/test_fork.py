@@ -170,3 +170,21 @@ def test_fork_lets_work_that_a_piece_under_way_waits_for_go_on(
         for thread in threads:
             thread.join()
     assert inner_done.is_set() and "fork() waited" not in caplog.text
+
+
+def test_a_child_forked_while_the_stream_ender_was_being_started_reads_streams(captured: Any) -> None:
+    import openai
+
+    from conftest import http_module, openai_client
+    from fake_api import FakeAPI
+    from llmtrace import stream
+
+    client = openai_client(FakeAPI(http_module(openai)))
+    hi = [{"role": "user", "content": "hi"}]
+
+    def child() -> int:  # a new process starts its own ender thread at its first stream
+        return 0 if list(client.chat.completions.create(model="gpt-4o-mini", messages=hi, stream=True)) else 1
+
+    with stream._ender_lock:  # as a thread of the parent starting the ender thread at the instant of the fork
+        code = _fork_and_wait(child)
+    assert code == 0  # not -1: the child waited for ever on a lock no thread of its own held

@@ -321,23 +321,22 @@ def _tracer_provider(given: Any, settings: config.Settings, otlp: export.Destina
 def _instruments(given: Any, settings: config.Settings, otlp: export.Destinations) -> Instruments | None:
     global _own_meters, _own_metric_export
     provider = given if given is not None else metrics.get_meter_provider()
-    exporter = export.metric_exporter(settings, otlp.base_url) if otlp.metrics else None
     if given is None and not isinstance(provider, MeterProvider):
-        if exporter is None:
+        if not otlp.metrics:
             # No SDK meter provider and nowhere to send metrics: a no-op meter would only cost time.
             return None
         # Metrics go where the spans go: a provider of llmtrace's own, installed globally.
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        _own_metric_export = export.SwappedMetricExporter(exporter)
+        _own_metric_export = export.SwappedMetricExporter(export.metric_exporter(settings, otlp.base_url))
         # Shut down by llmtrace's exit hook, which bounds the wait (the SDK's own would wait out a dead collector).
         provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(_own_metric_export)],
                                  resource=_resource(settings), shutdown_on_exit=False)  # fmt: skip
         metrics.set_meter_provider(provider)
         _providers_made.add(provider)
     elif provider in _providers_made and _own_metric_export is not None:  # made by an earlier instrument()
-        _own_metric_export.swap(exporter)
-        if exporter is None:
+        _own_metric_export.swap(export.metric_exporter(settings, otlp.base_url) if otlp.metrics else None)
+        if not otlp.metrics:
             return None
     if isinstance(provider, MeterProvider) and provider in _providers_made:
         _own_meters = (provider, settings.otlp_shutdown_timeout)

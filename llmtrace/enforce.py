@@ -49,8 +49,8 @@ class Snapshot:
 
 class SpendGuard:
     def __init__(self, budgets: tuple[Budget, ...] | list[Budget] = ()) -> None:
-        # Re-entrant: a stream dropped in a reference cycle ends (and settles its hold) from the garbage collector,
-        # which may run on a thread inside admit().
+        # Re-entrant, as a guard: a stream's finalizer (which settles its hold) run on a thread inside admit() must
+        # not wait for that thread. Streams the garbage collector frees end on a thread of their own (llmtrace.stream).
         self._lock = threading.RLock()
         self._finished: dict[Slot, float] = {}  # cost of this process's calls that ended (this period, for calendar ones)
         self._held: dict[Slot, float] = {}  # reservations of calls in flight

@@ -63,8 +63,8 @@ class Waiting:
 
 
 _waiting: collections.OrderedDict[str, Waiting] = collections.OrderedDict()
-# Re-entrant: a background stream dropped in a reference cycle ends (and calls expect) from the garbage collector,
-# which may run on a thread inside one of these locked blocks.
+# Re-entrant, as a guard: a background stream's finalizer (it calls expect) run on a thread inside one of these locked
+# blocks must not wait for that thread. Streams the garbage collector frees end on a thread of their own (stream.py).
 _lock = threading.RLock()
 _forgotten = 0
 

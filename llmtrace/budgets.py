@@ -37,12 +37,29 @@ SCOPES = ("global", "tenant", "user", "feature", "model")
 PERIODS = ("day", "week", "month", "24h", "7d")
 ACTIONS = ("alert", "block")
 _ROLLING = {"24h": timedelta(hours=24), "7d": timedelta(days=7)}
+# The most whole days each period spans: a shorter retention deletes spend a budget still counts.
+PERIOD_DAYS = {"day": 1, "week": 7, "month": 31, "24h": 1, "7d": 7}
 _FIELDS = ("scope", "key", "period", "limit_usd", "warn_at", "action", "timezone")
 _REQUIRED = ("scope", "period", "limit_usd")
 EACH = "*"
 # The span attribute each scope reads on the request path, and the store column it groups by.
 SCOPE_ATTRIBUTES = {"tenant": A.TENANT, "user": A.USER_ID, "feature": A.FEATURE, "model": A.REQUEST_MODEL}
 SCOPE_DIMENSIONS = {"tenant": "tenant", "user": "user", "feature": "feature", "model": "request_model"}
+
+
+def reached(spent: float, amount: float) -> bool:
+    """Whether ``spent`` is at ``amount`` or past it. Spend is a sum of floats, in which ten calls of $0.10 make
+    0.9999999999999999: what differs from the amount only in its last bits has reached it, as its user counts."""
+    return spent >= amount or math.isclose(spent, amount, rel_tol=1e-9)
+
+
+def level(budget: Budget, spent: float) -> str | None:
+    """``exceeded`` at the budget's limit or past it, ``warning`` at its warning threshold or past it, else None."""
+    if reached(spent, budget.limit_usd):
+        return "exceeded"
+    if reached(spent, budget.warn_at * budget.limit_usd):
+        return "warning"
+    return None
 
 
 def usd(amount: float, beside: float | None = None) -> str:
@@ -103,7 +120,8 @@ class Budget:
 
     @property
     def name(self) -> str:
-        return f"{self.target} {self.period} ${self.limit_usd:g}"
+        # 15 significant digits: every limit a user writes, exactly ("{:g}" made $1,000,004 "$1e+06", the name of $1,000,000).
+        return f"{self.target} {self.period} ${self.limit_usd:.15g}"
 
     @property
     def rolling(self) -> bool:
@@ -282,11 +300,8 @@ class Status:
 
     @property
     def state(self) -> str:
-        if self.used >= 1:
-            return "exceeded"
-        if self.used >= self.budget.warn_at:
-            return "warning"
-        return "unknown" if self.unpriced_calls and not self.spent_usd else "ok"  # never "ok" at a silent $0
+        # Never "ok" at a silent $0.
+        return level(self.budget, self.spent_usd) or ("unknown" if self.unpriced_calls and not self.spent_usd else "ok")
 
     def known(self, figure: float | None) -> float | None:
         """A figure of this row's spend (spent, used, projected), or None while the spend is unknown: never $0 or 0 %."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
-from .budgets import EACH, SCOPE_ATTRIBUTES, Budget, BudgetExceeded
+from .budgets import EACH, SCOPE_ATTRIBUTES, Budget, BudgetExceeded, reached
 from .store.files import utc_now
 
 # A budget (by its token: hashing a Budget per call costs microseconds) and the key a call counts
@@ -105,7 +105,7 @@ class SpendGuard:
                 if period is not None and now >= period[1]:
                     period = self._roll_over(slot[0], budget)
                 spent = self._spent(slot)
-                if spent >= budget.limit_usd:
+                if reached(spent, budget.limit_usd):
                     end = datetime.fromtimestamp(period[1], timezone.utc) if period else None
                     return BudgetExceeded(budget, slot[1], spent, end)
             held = self._held

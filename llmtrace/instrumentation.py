@@ -161,8 +161,10 @@ def instrument(**options: Any) -> None:
             _monitor = _start_monitor(settings, _store_writer, file_budgets, guard)
             if "duplicate_calls" in settings.anomaly_detectors:
                 hasher = hashlib.blake2b(key=request_hash_key(_store_writer.paths), digest_size=8)
-        elif file_budgets or budgets.declared():
-            logger.warning("llmtrace: budgets need the store (store=false): they are neither enforced nor alerted on")
+        else:
+            if file_budgets or budgets.declared():
+                logger.warning(_BUDGETS_NEED_THE_STORE)
+            budgets.on_change(_budgets_declared_without_store)  # and of budgets declared in code later
         core.runtime = core.Runtime(
             spans=CallSpans(tracer), settings=settings, instruments=instruments, ledger=_store_writer, guard=guard,
             request_hasher=hasher,
@@ -204,6 +206,7 @@ def uninstrument() -> None:
         if _monitor is not None:
             _monitor.stop()
             _monitor = None
+        budgets.on_change(None)
         if _store_writer is not None:
             _store_writer.shutdown()  # flushes; it stays on the provider, stopped, for a later instrument()
             _store_writer = None
@@ -274,6 +277,14 @@ def _attach_store(provider: Any, settings: config.Settings) -> Any:
         provider.add_span_processor(writer)
         _writers_by_provider[provider] = writer
     return writer
+
+
+_BUDGETS_NEED_THE_STORE = "llmtrace: budgets need the store (store=false): they are neither enforced nor alerted on"
+
+
+def _budgets_declared_without_store() -> None:
+    if budgets.declared():  # not for clear()
+        logger.warning(_BUDGETS_NEED_THE_STORE)
 
 
 def _start_monitor(settings: config.Settings, writer: Any, file_budgets: list[Any], guard: SpendGuard) -> Monitor:

@@ -68,6 +68,8 @@ class Monitor:
             "llmtrace: budgets and alerts cannot use the store (%s); the app is not affected, block budgets keep "
             "their last figures, and this is retried", "llmtrace: budgets and alerts work again",
         )  # fmt: skip
+        self._short_retention_told: set[Budget] = set()
+        self._tell_of_short_retention()
         if guard is not None:
             guard.set_budgets(self.budgets)  # and again whenever code declares budgets (wake)
 
@@ -97,19 +99,35 @@ class Monitor:
         """Budgets were declared in code: enforce them now. With a ``block`` budget among them, what was spent is read
         from the store (this process's calls so far written to it first) before this returns, as at ``instrument()``:
         the next call is refused if the budget is already spent. The monitor's next round starts at once."""
+        self._tell_of_short_retention()
         guard = self.guard
         if guard is not None:
             guard.set_budgets(self.budgets)
-            # On the monitor thread (an on_alert callback adding a budget), its own round follows.
+            # On the monitor thread, its own round follows.
             if guard.budgets and threading.current_thread() is not self._thread:
                 self._refresh_guard_now()
         self._wake.set()
 
+    def _tell_of_short_retention(self) -> None:
+        """Retention deletes spans at every merge: shorter than a budget's period, it deletes spend the budget counts
+        (a month's cap would admit calls again after its first days). Said once per budget; the setting stands."""
+        kept = self.settings.retention_days
+        if not kept:
+            return
+        for budget in self.budgets:
+            days = budgets.PERIOD_DAYS[budget.period]
+            if kept < days and budget not in self._short_retention_told:
+                self._short_retention_told.add(budget)
+                logger.warning(
+                    "llmtrace: retention_days = %d deletes spans older than that, but the budget %s counts what was "
+                    "spent over its %s (up to %d days): it will count less than was spent. Keep spans %d days or more "
+                    "(retention_days = %d, or 0 to keep them all)", kept, budget.name, budget.period, days, days, days,
+                )  # fmt: skip
+
     def _refresh_guard_now(self) -> None:
         """The block budgets' spend read now, on the app's thread, waiting ``ADD_WAIT_S`` at most for a round already
         running and as long again for this process's spans to be written. Its alerts are left to the monitor
-        thread's round (with the app's on_alert callbacks, which run there). Past the wait, the budgets count this
-        process's calls until that round has read the store."""
+        thread's round. Past the wait, the budgets count this process's calls until that round has read the store."""
         read = False
         with internal_errors(), background_work():  # before the round lock, as the monitor thread takes them
             if self._rounds.acquire(timeout=ADD_WAIT_S):
@@ -140,15 +158,7 @@ class Monitor:
             # stopped) alerts all the same.
             with internal_errors(), background_work():
                 self._round(anomalies=False)
-        webhook = self.alerter.webhook
-        if webhook is not None:  # alerts already fired still go out (within the webhook's timeout)
-            if not webhook.join(timeout=webhook.timeout):
-                logger.error(
-                    "llmtrace: %d alert(s) not sent to webhook %s before llmtrace stopped: it did not answer within "
-                    "%g s (every alert is in the store's alert history: llmtrace budgets)",
-                    webhook.unsent(), webhook.url, webhook.timeout,
-                )  # fmt: skip
-            webhook.stop()
+        self.alerter.stop()
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -286,10 +296,10 @@ def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: d
     """The alert a budget's spend calls for (its warning, or past its limit the exceeded alert), with its once-per-period
     id. Spend first seen past the limit (a new budget, a burst between two reads) fires the exceeded alert alone: a
     warning beside it says nothing more."""
-    used = spent / budget.limit_usd
-    levels = ["exceeded"] if used >= 1.0 else ["warning"] if used >= budget.warn_at else []
-    if not levels:
+    level = budgets.level(budget, spent)
+    if level is None:
         return []
+    used = spent / budget.limit_usd
     if budget.period in ("24h", "7d"):  # rolling: once per day (24h) or per 7 days
         length = 86400 if budget.period == "24h" else 7 * 86400
         period = f"{budget.period}#{int(now.replace(tzinfo=timezone.utc).timestamp() // length)}"
@@ -297,22 +307,19 @@ def budget_alerts(budget: Budget, key: str | None, spent: float, period_start: d
         period = period_start.isoformat()
     target = "global" if key is None else f"{budget.scope}={key}"
     label = budget.target if budget.key != EACH else f"{budget.target} ({key})"
-    alerts = []
-    for level in levels:
-        if level == "exceeded":
-            consequence = "calls are refused until the period ends" if budget.action == "block" else "alert only"
-            message = (f"Budget exceeded: {label} spent {usd(spent, budget.limit_usd)} of {usd(budget.limit_usd)} this {budget.period} "
-                       f"({used:.0%}; {consequence})")  # fmt: skip
-        else:
-            message = (f"Budget warning: {label} spent {usd(spent, budget.limit_usd)} of {usd(budget.limit_usd)} this {budget.period} "
-                       f"({used:.0%}, warning at {budget.warn_at:.0%})")  # fmt: skip
-        alerts.append(Alert(
-            # Two budgets alike but for their action or warning threshold are two budgets: each alerts.
-            f"budget:{budget.name}:{budget.action}:{budget.warn_at:g}:{target}:{period}:{level}", f"budget_{level}", target,
-            message,
-            {"budget": budget.name, "scope": budget.scope, "key": key, "period": budget.period,
-             "period_start": period_start.isoformat(), "spent_usd": spent, "limit_usd": budget.limit_usd,
-             "used": used, "action": budget.action},
-        ))  # fmt: skip
-    return alerts
+    if level == "exceeded":
+        consequence = "calls are refused until the period ends" if budget.action == "block" else "alert only"
+        message = (f"Budget exceeded: {label} spent {usd(spent, budget.limit_usd)} of {usd(budget.limit_usd)} this {budget.period} "
+                   f"({used:.0%}; {consequence})")  # fmt: skip
+    else:
+        message = (f"Budget warning: {label} spent {usd(spent, budget.limit_usd)} of {usd(budget.limit_usd)} this {budget.period} "
+                   f"({used:.0%}, warning at {budget.warn_at:.0%})")  # fmt: skip
+    return [Alert(
+        # Two budgets alike but for their action or warning threshold are two budgets: each alerts.
+        f"budget:{budget.name}:{budget.action}:{budget.warn_at:g}:{target}:{period}:{level}", f"budget_{level}", target,
+        message,
+        {"budget": budget.name, "scope": budget.scope, "key": key, "period": budget.period,
+         "period_start": period_start.isoformat(), "spent_usd": spent, "limit_usd": budget.limit_usd,
+         "used": used, "action": budget.action},
+    )]  # fmt: skip
 

@@ -37,6 +37,7 @@ class Receiver:
         self.bodies: list[dict[str, Any]] = []
         self.fail_first = 0  # answer 500 to this many requests
         self.status = 200
+        self.location = ""  # sent as the Location header when set
         self.hang = threading.Event()  # when set, requests wait for `release`
         self.release = threading.Event()
         receiver = self
@@ -52,6 +53,8 @@ class Receiver:
                     receiver.fail_first -= 1
                     status = 500
                 self.send_response(status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -278,3 +281,90 @@ def test_a_broken_store_is_reported_once_and_the_app_carries_on(tmp_path: Path, 
     assert len([r for r in caplog.records if "count only this process's calls" in r.getMessage()]) == 1
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(logged) == len(set(logged)), logged  # each fault once, not once per round
+
+
+def test_a_slow_callback_holds_up_neither_instrument_nor_the_budgets_reads(tmp_path: Path) -> None:
+    """Callbacks have a thread of their own: one blocked on a pager that does not answer leaves the monitor reading
+    the store (what other processes spent still reaches block budgets) and instrument() returning."""
+    db = _store_with_spend(tmp_path, 1.0)
+    entered, release, returned = threading.Event(), threading.Event(), threading.Event()
+    received: list[tuple[str, str]] = []
+
+    def slow(alert: alerts.Alert) -> None:
+        received.append((alert.kind, threading.current_thread().name))
+        entered.set()
+        release.wait(30)
+        returned.set()
+
+    alerts.on_alert(slow)
+    budgets.add(scope="global", period="day", limit_usd=0.9)
+    try:
+        with llmtrace.testing.capture(store=True, db=db, budget_refresh_interval=3600, anomaly_detectors=[]):
+            assert entered.wait(20)  # the alert instrument()'s first read fired is with the callback
+            assert not returned.is_set()  # instrument() returned while the callback still runs
+            reading = threading.Thread(target=llmtrace.instrumentation._monitor.run_once, kwargs={"anomalies": False})
+            reading.start()
+            reading.join(20)
+            assert not reading.is_alive() and not returned.is_set()  # a round of the monitor's went on meanwhile
+            release.set()
+    finally:
+        release.set()
+        alerts.remove_callback(slow)
+        budgets.clear()
+    assert returned.is_set() and received == [("budget_exceeded", "llmtrace-alerts")]
+
+
+def test_a_webhook_that_redirects_is_a_failure_the_log_names_not_a_silent_get(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """urllib would follow a 301/302 with a GET without the alert: the receiver's 200 to that would pass for delivery."""
+    receiver.status, receiver.location = 302, "https://hooks.example.com/moved"
+    hook = alerts.Webhook(receiver.url, timeout=5, attempts=3, backoff=0.01)
+    hook.send(alerts.Alert("test:redirect", "budget_warning", "global", "a test alert"))
+    assert hook.join()
+    assert len(receiver.bodies) == 1 and hook.failed == 1  # one POST, not retried, given up on
+    logged = [r.getMessage() for r in caplog.records if "webhook" in r.getMessage()]
+    assert any("HTTP 302, a redirect to https://hooks.example.com/…" in line for line in logged), logged
+
+
+def test_the_webhooks_path_which_holds_its_secret_never_reaches_the_log(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret_url = receiver.url.replace("/hook", "/services/T0AAAAAAA/B0BBBBBBB/XyZsecretTOKEN")
+    receiver.status = 500
+    hook = alerts.Webhook(secret_url, timeout=5, attempts=1)
+    hook.send(alerts.Alert("test:secret", "budget_warning", "global", "a test alert"))
+    assert hook.join() and hook.failed == 1
+    host = secret_url.split("/services")[0]
+    assert any(f"webhook {host}/… failed" in r.getMessage() for r in caplog.records), caplog.text
+    assert "XyZsecretTOKEN" not in caplog.text
+
+
+def test_a_merge_and_an_alert_setting_up_a_new_store_at_once_both_succeed(tmp_path: Path) -> None:
+    """Connections of one process share the database: both would create its tables, the loser failing."""
+    from datetime import datetime
+
+    from llmtrace.store.alerts import record
+    from llmtrace.store.files import StorePaths
+    from llmtrace.store.merge import merge
+
+    failures: list[BaseException] = []
+    for trial in range(8):
+        paths = StorePaths(tmp_path / f"fresh{trial}.duckdb")
+        start = threading.Barrier(2)
+
+        def run(work: Any) -> None:
+            start.wait()
+            try:
+                work()
+            except BaseException as exc:  # noqa: BLE001 (collected, asserted below)
+                failures.append(exc)
+
+        row = ("id", datetime(2026, 1, 1), "budget_exceeded", "global", "m", "{}")
+        threads = [threading.Thread(target=run, args=(lambda: merge(paths),)),
+                   threading.Thread(target=run, args=(lambda: record(paths, [row]),))]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []

@@ -290,3 +290,55 @@ def test_spend_past_the_warning_warns_and_past_the_limit_alerts_once_without_a_l
     assert [a.kind for a in budget_alerts(budget, None, 0.85, start, start)] == ["budget_warning"]
     # Past the limit (read for the first time, or after the warning): the exceeded alert alone, not a warning with it.
     assert [a.kind for a in budget_alerts(budget, None, 1.2, start, start)] == ["budget_exceeded"]
+
+
+def test_spend_that_adds_up_to_a_threshold_in_floats_has_reached_it() -> None:
+    """Ten calls of $0.10 add up to 0.9999999999999999: they have spent a $1.00 budget, as its user counts."""
+    from llmtrace.monitor import budget_alerts
+
+    budget = budgets.Budget("global", None, "day", 1.0, warn_at=0.8)
+    ten, eight = sum([0.1] * 10), sum([0.1] * 8)
+    assert (ten < 1.0, eight < 0.8) == (True, True)  # the floats the store's sums give
+    assert budgets.level(budget, ten) == "exceeded" and budgets.level(budget, eight) == "warning"
+    assert budgets.level(budget, 0.79) is None
+    start = datetime(2026, 11, 24)
+    assert [a.kind for a in budget_alerts(budget, None, ten, start, start)] == ["budget_exceeded"]
+    status = budgets.Status(budget, None, ten, start, None, None)
+    assert status.state == "exceeded"
+
+
+def test_budgets_that_differ_only_past_six_digits_have_names_of_their_own() -> None:
+    million, more = (budgets.Budget("global", None, "month", limit) for limit in (1_000_000, 1_000_004))
+    assert (million.name, more.name) == ("global month $1000000", "global month $1000004")
+    assert budgets.Budget("tenant", "*", "day", 0.5).name == "tenant=* day $0.5"  # as before for limits {:g} wrote exactly
+
+
+def test_a_retention_shorter_than_a_budgets_period_is_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Retention deletes spans at every merge: a month's cap over a day's retention would count one day of spend."""
+    budgets.add(scope="global", period="day", limit_usd=10)  # a day's spend stays a day: nothing to say
+    try:
+        with llmtrace.testing.capture(store=True, db=str(tmp_path / "s.duckdb"), retention_days=1,
+                                      budget_refresh_interval=3600, anomaly_detectors=[]):  # fmt: skip
+            assert "retention_days" not in caplog.text
+            monthly = budgets.add(scope="tenant", key="*", period="month", limit_usd=10, action="block")
+            budgets.add(scope="user", key="*", period="day", limit_usd=1)
+    finally:
+        budgets.clear()
+    told = [r.getMessage() for r in caplog.records if "retention_days = 1" in r.getMessage()]
+    assert told == [
+        f"llmtrace: retention_days = 1 deletes spans older than that, but the budget {monthly.name} counts what was spent "
+        "over its month (up to 31 days): it will count less than was spent. Keep spans 31 days or more "
+        "(retention_days = 31, or 0 to keep them all)"
+    ]
+
+
+def test_a_budget_declared_after_instrument_without_the_store_is_said_to_do_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    try:
+        with llmtrace.testing.capture():  # store=False
+            assert "budgets need the store" not in caplog.text
+            budgets.add(scope="global", period="day", limit_usd=0.01, action="block")
+    finally:
+        budgets.clear()
+    assert "llmtrace: budgets need the store (store=false): they are neither enforced nor alerted on" in caplog.text

@@ -166,10 +166,10 @@ def test_a_budget_declared_in_code_after_instrument_holds_from_the_next_call(tmp
     assert len(api.requests) == 1
 
 
-def test_an_alert_callback_may_declare_a_budget_and_runs_on_the_monitor_thread(tmp_path: Path) -> None:
-    """add() reads the store on the app's thread for the guard alone: the alerts, and the callbacks they run, stay
-    with the monitor thread, where a callback adding a budget leaves the read to that thread's round (no deadlock on
-    the round under way)."""
+def test_an_alert_callback_may_declare_a_budget_and_runs_on_the_alerts_thread(tmp_path: Path) -> None:
+    """add() reads the store on the app's thread for the guard alone: the alerts stay with the monitor thread, and the
+    callbacks they run have a thread of their own, from which a callback may add a budget (no deadlock on the round
+    under way)."""
     from llmtrace import alerts
 
     db = str(tmp_path / "s.duckdb")
@@ -197,7 +197,7 @@ def test_an_alert_callback_may_declare_a_budget_and_runs_on_the_monitor_thread(t
             instrumentation._monitor.run_once(anomalies=False)
     finally:
         alerts.remove_callback(escalate)
-    assert seen[0] == ("budget_warning", "llmtrace-monitor") and all(name == "llmtrace-monitor" for _, name in seen)
+    assert seen[0] == ("budget_warning", "llmtrace-alerts") and all(name == "llmtrace-alerts" for _, name in seen)
     assert len(api.requests) == 1
 
 
@@ -544,3 +544,16 @@ def test_a_call_that_ends_while_the_budgets_are_read_counts_once(tmp_path: Path,
         with pytest.raises(llmtrace.BudgetExceeded) as refused:
             one_call()
     assert refused.value.spent_usd == pytest.approx(3 * cost)
+
+
+def test_a_block_budget_spent_in_calls_whose_float_sum_falls_short_by_a_bit_refuses(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit(provider, 10, tenant="acme", cost=0.1)  # $1.00, which the store sums to 0.9999999999999999
+    writer.shutdown()
+    budgets.add(scope="tenant", key="acme", period="day", limit_usd=1.0, action="block")
+    api = FakeAPI(http_module(openai))
+    with llmtrace.testing.capture(store=True, db=db, **NO_REFRESH), llmtrace.tags(tenant="acme"):
+        with pytest.raises(llmtrace.BudgetExceeded):
+            openai_client(api).chat.completions.create(model="gpt-4o-mini", messages=HI)
+    assert api.requests == []

@@ -70,7 +70,10 @@ def open_for_write(paths: StorePaths) -> duckdb.DuckDBPyConnection | None:
             return None
         raise
     try:
-        migrate(con)
+        # One thread at a time: connections of one process share the database, and two threads setting up a new store
+        # (a merge and an alert's record) would both create its tables, the loser failing.
+        with _migrating:
+            migrate(con)
     except BaseException:
         con.close()
         raise
@@ -163,11 +166,13 @@ def merge(paths: StorePaths, retention_days: float | None = None) -> MergeOutcom
 
 
 _merging = threading.Lock()
+_migrating = threading.Lock()
 
 
 def _new_lock_in_child() -> None:
-    global _merging
-    _merging = threading.Lock()  # a merge of the parent's does not go on in the child
+    global _merging, _migrating
+    _merging = threading.Lock()  # a merge (or migration) of the parent's does not go on in the child
+    _migrating = threading.Lock()
 
 
 def _merge_with(

@@ -355,18 +355,26 @@ def price_for_call(
     """A call's price. A user's override for the model as requested or as answered comes first: OpenAI
     answers ``gpt-4o`` with ``gpt-4o-2024-08-06``, and an override of ``gpt-4o`` must apply to it. Then the
     price list's for the model that answered, then for the one requested (some responses name an
-    internal snapshot, ``davinci:2023-07-21-v2``, that no price list has)."""
+    internal snapshot, ``davinci:2023-07-21-v2``, that no price list has); on Bedrock the other way round."""
+    first, then = response_model, request_model
+    if provider in _PRICED_AS_REQUESTED and request_model:
+        first, then = request_model, response_model
     if _overrides:
-        price = _override(provider, response_model, request_model)
+        price = _override(provider, first, then)
         if price is not None:
             return price
     # price_for's cache, read here: one call fewer on every call.
-    price = _cache.get((provider, response_model or request_model, context), _UNCACHED)
+    price = _cache.get((provider, first or then, context), _UNCACHED)
     if price is _UNCACHED:
-        price = price_for(provider, response_model or request_model, api_url, context)
-    if price is None and request_model and request_model != response_model:
-        price = price_for(provider, request_model, api_url, context)
+        price = price_for(provider, first or then, api_url, context)
+    if price is None and then and then != first:
+        price = price_for(provider, then, api_url, context)
     return price
+
+
+# Bedrock answers with the model's own name (claude-sonnet-4-5-20250929): only the request names the inference profile
+# that served the call (global.anthropic.…, us.anthropic.…), and their prices differ (a regional one costs 10 % more).
+_PRICED_AS_REQUESTED = frozenset({"aws.bedrock"})
 
 
 def note_unpriced(provider: str, model: str, *, audio: bool = False) -> None:

@@ -268,8 +268,11 @@ async def async_lookup_wrapper(
 def sdk_tracer_wrapper(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
+    # No tracer for the SDK within a call llmtrace traces (its span is the call's span); its spans of everything else
+    # stay: count_tokens, Message Batches, the tool runner's invoke_agent and execute_tool (which then parent the
+    # spans of the calls the runner makes).
     rt = core.runtime
-    if rt is not None and rt.settings.disable_sdk_tracing:
+    if rt is not None and rt.settings.disable_sdk_tracing and active_call.get() is not None:
         return None
     return wrapped(*args, **kwargs)
 

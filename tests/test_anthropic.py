@@ -192,6 +192,69 @@ def test_a_client_that_traced_itself_before_instrument_is_one_span_after() -> No
     assert len(exporter.get_finished_spans()) == 2
 
 
+def test_the_sdks_own_spans_stay_for_what_llmtrace_does_not_trace_and_parent_its_calls() -> None:
+    """Within a call llmtrace traces, the SDK has no tracer; elsewhere it keeps its own: count_tokens, and the tool
+    runner's invoke_agent and execute_tool spans, under which the runner's calls are llmtrace's spans."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tool_runner = getattr(anthropic, "beta_tool", None)
+    api = _api()
+    asked_for_weather = {"id": "msg_tool", "type": "message", "role": "assistant", "model": MODEL, "stop_reason": "tool_use",
+                         "stop_sequence": None, "usage": {"input_tokens": 10, "output_tokens": 5},
+                         "content": [{"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {"city": "Paris"}}]}  # fmt: skip
+
+    def handler(request: Any) -> Any:
+        if request.url.path.endswith("/count_tokens"):
+            return HTTP.Response(200, json={"input_tokens": 12})
+        if b'"tools"' in request.content and b"tool_result" not in request.content:
+            return HTTP.Response(200, json=asked_for_weather)
+        return api(request)
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    try:
+        client = anthropic_client(handler, open_telemetry={"tracer_provider": provider})
+    except TypeError:
+        pytest.skip("this anthropic has no tracing of its own")
+    llmtrace.instrument(tracer_provider=provider, store=False)
+    try:
+        client.messages.create(**KW)
+        for _ in client.messages.create(**KW, stream=True):
+            pass
+        with client.messages.stream(**KW) as stream:
+            stream.until_done()
+        client.beta.messages.create(**KW)
+        client.messages.with_raw_response.create(**KW).parse()
+        assert client.messages.count_tokens(model=MODEL, messages=KW["messages"]).input_tokens == 12
+        if tool_runner is not None:
+
+            @tool_runner
+            def weather(city: str) -> str:
+                """The weather in a city.
+
+                Args:
+                    city: the city
+                """
+                return "sunny"
+
+            for _ in client.beta.messages.tool_runner(**KW, tools=[weather]):
+                pass
+    finally:
+        llmtrace.uninstrument()
+    spans = exporter.get_finished_spans()
+    ours = [span for span in spans if span.instrumentation_scope.name == "llmtrace"]
+    theirs = {span.name: span for span in spans if span.instrumentation_scope.name != "llmtrace"}
+    assert len(ours) == 5 + (2 if tool_runner is not None else 0)  # one span a call: none of the SDK's beside it
+    assert list(theirs)[0] == "anthropic.messages.count_tokens"
+    if tool_runner is not None:
+        agent = theirs["anthropic.messages.tool_runner"]
+        assert set(theirs) == {"anthropic.messages.count_tokens", "anthropic.custom_tool_use weather", agent.name}
+        assert [span.parent.span_id for span in ours[-2:]] == [agent.context.span_id] * 2  # type: ignore[union-attr]
+
+
 def test_stream_manager_helpers(captured: Any) -> None:
     client = anthropic_client(_api())
     with client.messages.stream(**KW) as stream:
@@ -320,3 +383,69 @@ async def test_an_answer_that_does_not_fit_the_output_format_keeps_its_usage_and
     assert refused.attributes["error.type"] == "ValidationError"
     assert [refused.attributes.get(key) for key in keys] == [answered.attributes[key] for key in keys]
     assert refused.attributes["llmtrace.usage.source"] == "provider" and refused.attributes["llmtrace.cost.usd"] > 0
+
+
+def test_a_bedrock_call_is_priced_as_the_inference_profile_it_asked_for(captured: Any) -> None:
+    """Bedrock answers with the model's own name: only the request says the global profile served it, at its rates
+    (the regional ones cost 10 % more)."""
+    from genai_prices import Usage, calc_price
+
+    profile = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    answer = {"id": "msg_bdrk_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+              "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "stop_sequence": None,
+              "usage": {"input_tokens": 1000, "output_tokens": 100}}  # fmt: skip
+    transport = HTTP.MockTransport(lambda request: HTTP.Response(200, json=answer))
+    try:
+        client = anthropic.AnthropicBedrock(api_key="bedrock-key", aws_region="us-east-1", http_client=HTTP.Client(transport=transport))
+    except (TypeError, ImportError) as exc:  # an anthropic whose Bedrock client needs AWS credentials (botocore)
+        pytest.skip(f"no Bedrock client without botocore here: {exc}")
+    client.messages.create(model=profile, max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+    (span,) = captured.spans()
+    expected = calc_price(Usage(input_tokens=1000, output_tokens=100), model_ref=profile, provider_id="aws")
+    assert span.attributes["gen_ai.provider.name"] == "aws.bedrock"
+    assert span.attributes["llmtrace.cost.priced_model"] == expected.model.id == profile
+    assert span.attributes["llmtrace.cost.usd"] == pytest.approx(float(expected.total_price), rel=1e-9)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_server_side_compaction_pass_is_counted_and_priced(captured: Any, stream: bool) -> None:
+    """Its tokens are only in ``usage.iterations`` ("not included in the top-level usage fields"), yet billed."""
+    from genai_prices import Usage, calc_price
+
+    model = "claude-sonnet-4-5"
+    compaction = {"type": "compaction", "input_tokens": 9000, "output_tokens": 700, "cache_read_input_tokens": 2000,
+                  "cache_creation_input_tokens": 0}  # fmt: skip
+    answered = {"type": "message", "input_tokens": 3000, "output_tokens": 200, "cache_read_input_tokens": 0,
+                "cache_creation_input_tokens": 0}  # fmt: skip
+    usage = {"input_tokens": 3000, "output_tokens": 200, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+             "iterations": [compaction, answered]}  # fmt: skip
+    content = [{"type": "compaction", "content": "Summary of the conversation so far"}, {"type": "text", "text": "Sure."}]
+    message = {"id": "msg_c", "type": "message", "role": "assistant", "model": model, "content": content,
+               "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}  # fmt: skip
+    if stream:
+        events = [
+            ("message_start", {"type": "message_start", "message": {**message, "content": [], "stop_reason": None,
+                                                                    "usage": {**usage, "output_tokens": 1, "iterations": None}}}),
+            ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Sure."}}),
+            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                               "usage": {"output_tokens": 200, "iterations": [compaction, answered]}}),
+            ("message_stop", {"type": "message_stop"}),
+        ]  # fmt: skip
+        client = anthropic_client(lambda request: HTTP.Response(200, headers=SSE_HEADERS, content=sse(events)))
+    else:
+        client = anthropic_client(lambda request: HTTP.Response(200, json=message))
+    answer = client.beta.messages.create(model=model, max_tokens=1024, messages=[{"role": "user", "content": "go on"}],
+                                         context_management={"edits": [{"type": "compact_20260112"}]}, stream=stream)  # fmt: skip
+    if stream:
+        for _ in answer:
+            pass
+    (span,) = captured.spans()
+    a = span.attributes
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (14000, 900)
+    assert a["gen_ai.usage.cache_read.input_tokens"] == 2000
+    billed = [calc_price(Usage(input_tokens=i["input_tokens"] + i["cache_read_input_tokens"], cache_read_tokens=i["cache_read_input_tokens"],
+                               output_tokens=i["output_tokens"]), model_ref=model, provider_id="anthropic").total_price
+              for i in (compaction, answered)]  # fmt: skip
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(sum(billed)), rel=1e-9)

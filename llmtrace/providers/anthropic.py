@@ -73,16 +73,41 @@ def _usage(usage: Any, blocks: Any) -> Usage | None:
     thinking = get(get(usage, "output_tokens_details"), "thinking_tokens")
     reasoning = min(as_int(thinking), output)
     cache_write = as_int(get(usage, "cache_creation_input_tokens"))
+    cache_write_1h = min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), cache_write)
+    uncached, cache_read = as_int(get(usage, "input_tokens")), as_int(get(usage, "cache_read_input_tokens"))
+    visible = output - reasoning
+    for iteration in _iterations(usage) or ():
+        if get(iteration, "type") == "compaction":
+            # Server-side compaction (beta context management) is a model call of its own, billed, whose tokens the
+            # top-level fields leave out; priced with the answer's, at the same model's rates.
+            uncached += as_int(get(iteration, "input_tokens"))
+            cache_read += as_int(get(iteration, "cache_read_input_tokens"))
+            written = as_int(get(iteration, "cache_creation_input_tokens"))
+            cache_write += written
+            cache_write_1h += min(as_int(get(get(iteration, "cache_creation"), "ephemeral_1h_input_tokens")), written)
+            visible += as_int(get(iteration, "output_tokens"))
     return Usage(
-        uncached_input=as_int(get(usage, "input_tokens")),
-        cache_read=as_int(get(usage, "cache_read_input_tokens")),
+        uncached_input=uncached,
+        cache_read=cache_read,
         cache_write=cache_write,
-        visible_output=output - reasoning,
+        visible_output=visible,
         reasoning=reasoning,
-        cache_write_1h=min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), cache_write),
+        cache_write_1h=cache_write_1h,
         reasoning_known=type(thinking) is int or not _thought(blocks),
         web_searches=as_int(get(get(usage, "server_tool_use"), "web_search_requests")),
     )
+
+
+def _iterations(usage: Any) -> Any:
+    """``usage.iterations`` (beta): a field the non-beta models lack, read without pydantic's ``__getattr__`` for
+    those (microseconds); an API that sends it to them anyway puts it in their extra fields."""
+    if isinstance(usage, dict):
+        return usage.get("iterations")
+    found = getattr(usage, "__dict__", {}).get("iterations")
+    if found is None:
+        extra = getattr(usage, "__pydantic_extra__", None)
+        found = extra.get("iterations") if extra else None
+    return found
 
 
 def _thought(blocks: Any) -> bool:
@@ -133,7 +158,7 @@ class _Accumulator:
 
     __slots__ = (
         "first_output_ns", "_model", "_id", "_reason", "_usage", "_output_counted", "_thinking", "_cache_creation",
-        "_price_context", "_server_tool_use", "_blocks", "_pieces", "_current",
+        "_price_context", "_server_tool_use", "_iterations", "_blocks", "_pieces", "_current",
     )  # fmt: skip
 
     def __init__(self, hide_usage_chunk: bool) -> None:
@@ -147,6 +172,7 @@ class _Accumulator:
         self._cache_creation: Any = None
         self._price_context: PriceContext = ()
         self._server_tool_use: Any = None  # the count of web searches the API ran, cumulative
+        self._iterations: Any = None  # per-iteration usage (beta), compaction passes included
         self._blocks: dict[int, Any] = {}  # index -> the block as announced
         self._pieces: dict[int, list[str]] = {}  # index -> its text, thinking or tool input, streamed
         self._current: list[str] = []  # the block streaming now
@@ -170,6 +196,9 @@ class _Accumulator:
         server_tool_use = get(usage, "server_tool_use")
         if server_tool_use is not None:
             self._server_tool_use = server_tool_use
+        iterations = _iterations(usage)
+        if iterations is not None:
+            self._iterations = iterations
         self._usage = merged
 
     def add(self, event: Any) -> bool:
@@ -226,6 +255,7 @@ class _Accumulator:
                     "output_tokens_details": {"thinking_tokens": self._thinking},
                     "cache_creation": self._cache_creation,
                     "server_tool_use": self._server_tool_use,
+                    "iterations": self._iterations,
                 },
                 self._blocks.values(),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import random
@@ -134,8 +135,15 @@ def cmd_prices(args: argparse.Namespace) -> int:
     """Show the USD-per-million-token prices llmtrace uses for a model (overrides in llmtrace.toml included)."""
     settings = _settings(args)
     pricing.set_prices(settings.prices, settings.provider_prices)
-    provider = args.provider.lower()
     context = pricing.request_context(vars(args))
+    if args.provider is None:  # the first price list that has the model
+        pricing_it = pricing.providers_pricing(args.model)
+        if not pricing_it:
+            print(f"No price known for {args.model!r} in any provider's price list.", file=sys.stderr)
+            return 1
+        provider = pricing_it[0]
+    else:
+        provider = args.provider.lower()
     price = pricing.price_for(provider, args.model, context=context)
     if price is None:
         elsewhere = pricing.providers_pricing(args.model)
@@ -212,6 +220,12 @@ def _budget_table(declared: list[budgets.Budget], db: str | None) -> None:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve the Streamlit dashboard over the store (on 127.0.0.1 unless --host says otherwise)."""
     settings = _settings(args)
+    refresh = os.environ.get(dashboard.ENV_REFRESH)
+    if args.refresh is None and refresh is not None:  # the page would fall back to its default without a word
+        try:
+            _seconds(refresh)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"{dashboard.ENV_REFRESH}: {exc}") from None
     dashboard.check_can_serve(args.host, args.port)  # Streamlit's own refusal of a busy port says less
     print(f"llmtrace dashboard: http://{args.host}:{args.port} over {resolve(settings.db).db}", file=sys.stderr, flush=True)
     dashboard.replace_process(settings.db, args.host, args.port, args.refresh, settings.config_file)
@@ -223,6 +237,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .instrumentation import uninstrument
     from .simulator import SimulatedProvider
 
+    missing = [sdk for sdk in ("openai", "anthropic") if not _importable(sdk)]
+    if missing:
+        print(f"llmtrace demo drives the real openai and anthropic SDKs, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: "
+              "pip install 'llmtrace[openai,anthropic]' (or 'llmtrace[all]', the dashboard too)", file=sys.stderr)  # fmt: skip
+        return 2
     if not args.no_dashboard:
         dashboard.check_can_serve(args.host, args.port)  # before the traffic, not after it
     args.db = args.db or str(resolve(None).db)  # the demo reads no llmtrace.toml (nor does its summary, then)
@@ -244,6 +263,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return _serve_with_live_traffic(args, traffic)
         finally:
             uninstrument()
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules as None: an import of it fails
+        return False
 
 
 def _serve_with_live_traffic(args: argparse.Namespace, traffic: Any) -> int:
@@ -309,9 +335,17 @@ def _seconds(text: str) -> float:
     return seconds
 
 
-# The values the APIs take (OpenAI's service_tier; Anthropic's speed): a typo must not read as standard prices.
-_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast")
-_SPEEDS = ("standard", "fast")
+def _priced_value(key: str, standard: tuple[str, ...]) -> Callable[[str], str]:
+    """A service tier or speed: the standard ones, or one some model of the price list has prices for (read when
+    the option is given: a typo must not read as standard prices)."""
+
+    def checked(text: str) -> str:
+        known = set(standard) | pricing.priced_context_values(key)
+        if text not in known:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(sorted(known))}")
+        return text
+
+    return checked
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = _add_command(commands, "report", cmd_report)
     report.add_argument("--by", choices=["tenant", "feature", "model", "user", "provider"], default="tenant")
-    report.add_argument("--since", default="7d", help="how far back: 30m, 24h, 7d (default 7d)")
+    report.add_argument("--since", default="7d", help="how far back: 30m, 24h, 7d, 2w (default 7d)")
     report.add_argument("--db", help=_DB_HELP)
     report.add_argument("--config", help=_CONFIG_HELP)
     report.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -333,10 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     prices = _add_command(commands, "prices", cmd_prices)
     prices.add_argument("model")
-    prices.add_argument("--provider", default="openai")
-    prices.add_argument("--service-tier", choices=_SERVICE_TIERS,
-                        help="the tier that serves the calls (OpenAI: flex, priority); default: standard")
-    prices.add_argument("--speed", choices=_SPEEDS, help="the speed mode that serves the calls (Anthropic: fast); default: standard")
+    prices.add_argument("--provider", help="whose price list (openai, anthropic, aws.bedrock, ...); default: the first that has the model")
+    prices.add_argument("--service-tier", type=_priced_value("service_tier", ("auto", "default", "scale")),
+                        help="the tier that serves the calls (OpenAI: flex, priority, ...); default: standard")
+    prices.add_argument("--speed", type=_priced_value("speed", ("standard",)),
+                        help="the speed mode that serves the calls (Anthropic: fast); default: standard")
     prices.add_argument("--config", help=_CONFIG_HELP)
 
     budget = _add_command(commands, "budgets", cmd_budgets)

@@ -93,6 +93,24 @@ _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off", ""}
 
 
+def _check_provider_host(pair: str) -> None:
+    """A pair that could never apply is refused: calls are matched by their URL's host alone, and the provider must be
+    one whose price list llmtrace reads."""
+    from .pricing import PROVIDERS
+
+    host, _, provider = (part.strip() for part in pair.partition("="))
+    if not host or not provider:
+        raise ConfigError(f"provider_hosts: {pair!r} is not host=provider (e.g. llm-gateway.internal=openai)")
+    if "=" in provider or any(c.isspace() for c in provider):
+        raise ConfigError(f"provider_hosts: {pair!r} holds more than one pair: separate them with commas")
+    if "/" in host or (host.count(":") == 1 and host.rpartition(":")[2].isdecimal()):
+        netloc = host.split("://")[-1].split("/")[0]
+        bare = netloc.rpartition(":")[0] if netloc.count(":") == 1 else netloc
+        raise ConfigError(f"provider_hosts: {pair!r}: give the host alone, without a scheme, port or path ({bare}={provider})")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"provider_hosts: {provider!r} is not a provider llmtrace prices ({', '.join(PROVIDERS)})")
+
+
 def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
     if isinstance(default, bool):
         if isinstance(raw, bool):
@@ -244,9 +262,7 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     if config_file:
         values["config_file"] = str(config_file)
     for pair in values.get("provider_hosts", ()):
-        host, _, provider = pair.partition("=")
-        if not host.strip() or not provider.strip():
-            raise ConfigError(f"provider_hosts: {pair!r} is not host=provider (e.g. llm-gateway.internal=openai)")
+        _check_provider_host(pair)
     # OTLP's endpoints are URLs with a scheme for both protocols (the specification says so): "collector:4318"
     # would be taken, and then every export would fail.
     for name in ("alert_webhook_url", "otlp_endpoint"):

@@ -40,6 +40,7 @@ class Feature:
     stream_share: float = 0.0
     system_tokens: int = 0  # prompts over ~1,024 tokens get cached by the provider
     max_tokens: int = 400
+    self_hosted: bool = False  # an OpenAI-compatible server of the app's own (the simulator, by another host name)
 
 
 FEATURES = (
@@ -49,8 +50,9 @@ FEATURES = (
     Feature("agent", 0.08, "responses", ("o4-mini",), 0.3, 1300, 1500),
     Feature("embed", 0.15, "embeddings", ("text-embedding-3-small",)),
     Feature("research", 0.05, "messages", ("claude-opus-4-1",), 1.0, 4000, 1200),
-    # A self-hosted model nobody has a price for: the dashboard flags its calls as unpriced.
-    Feature("triage", 0.02, "chat", ("llama-3.1-8b-instruct",), 0.0, 200, 50),
+    # A self-hosted model nobody has a price for, on a host of its own (its provider): the dashboard flags its calls as
+    # unpriced.
+    Feature("triage", 0.02, "chat", ("llama-3.1-8b-instruct",), 0.0, 200, 50, self_hosted=True),
 )
 TENANTS = (("acme", 0.45), ("globex", 0.25), ("initech", 0.15), ("umbrella", 0.10), ("hooli", 0.05))
 
@@ -77,6 +79,9 @@ class Traffic:
 
         self._sdk_errors = (openai.APIError, anthropic.APIError)
         self._openai = openai.OpenAI(base_url=sim.openai_base_url, api_key="demo", max_retries=2)
+        # The same simulator by the name "localhost", which provider_hosts leaves out: the provider of its calls.
+        self._self_hosted = openai.OpenAI(base_url=sim.openai_base_url.replace("127.0.0.1", "localhost"), api_key="demo",
+                                          max_retries=2)  # fmt: skip
         self._anthropic = anthropic.Anthropic(base_url=sim.anthropic_base_url, api_key="demo", max_retries=2)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -115,7 +120,8 @@ class Traffic:
             _drain(response, stream)
         else:
             messages: Any = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-            completion = self._openai.chat.completions.create(
+            client = self._self_hosted if feature.self_hosted else self._openai
+            completion = client.chat.completions.create(
                 model=model, messages=messages, max_tokens=feature.max_tokens, stream=stream, extra_headers=headers
             )
             _drain(completion, stream)

@@ -106,12 +106,13 @@ _own_metric_export: export.SwappedMetricExporter | None = None  # that provider'
 def instrument(**options: Any) -> None:
     """Trace every OpenAI and Anthropic call of this process. Safe to call more than once.
 
-    Options (each also ``LLMTRACE_<NAME>`` or ``[llmtrace]`` in ``llmtrace.toml``; the README's Options table has
-    them all): ``service_name``, ``otlp_endpoint``, ``otlp_protocol``, ``otlp_shutdown_timeout``, ``capture_content``,
-    ``include_usage_hosts``, ``metric_tag_allowlist``, ``metric_tag_top_k``, ``disable_sdk_tracing``, ``prices``, ``provider_prices``,
-    ``config_file``, ``store``, ``db``, ``flush_interval``, ``retention_days``, ``max_buffered_spans``. Code-only:
-    ``tracer_provider``, ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError``
-    and nothing is applied.
+    Options: the fields of ``llmtrace.config.Settings``, each also ``LLMTRACE_<NAME>`` or a key in ``llmtrace.toml``
+    (the README's Options table): ``service_name``, ``otlp_endpoint``, ``otlp_protocol``, ``otlp_shutdown_timeout``,
+    ``capture_content``, ``include_usage_hosts``, ``provider_hosts``, ``metric_tag_allowlist``, ``metric_tag_top_k``,
+    ``disable_sdk_tracing``, ``prices``, ``provider_prices``, ``config_file`` (the file itself: ``LLMTRACE_CONFIG``),
+    ``store``, ``db``, ``flush_interval``, ``retention_days``, ``max_buffered_spans``, ``budget_refresh_interval``,
+    ``alert_webhook_url``, ``alert_webhook_timeout`` and the ``anomaly_*`` thresholds. Code-only: ``tracer_provider``,
+    ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError`` and nothing is applied.
     """
     global _store_writer, _monitor
     tracer_provider = options.pop("tracer_provider", None)

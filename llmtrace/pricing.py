@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, NamedTuple
 
+from .config import ConfigError
 from .usage import Usage
 
 logger = logging.getLogger("llmtrace")
@@ -44,6 +45,7 @@ _PROVIDER_IDS = {
     "openrouter": "openrouter",
     "cerebras": "cerebras",
 }
+PROVIDERS = tuple(_PROVIDER_IDS)  # the provider names (gen_ai.provider.name) whose price lists llmtrace reads
 
 # Price keys whose usage llmtrace never reports (other searches, tool executions, longer cache TTLs, image and
 # video tokens, audio hours, document pages, characters): they contribute nothing for the usage we report,
@@ -249,10 +251,10 @@ RATE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
 
 
 def check_rates(model: str, rates: Any, where: str = "") -> None:
-    """A ValueError unless ``rates`` is what set_price takes: input and output, optional cache rates, each a
+    """A ``ConfigError`` (a ValueError) unless ``rates`` is what set_price takes: input and output, optional cache rates, each a
     non-negative number. ``where``: what the message names before the model (a provider's table)."""
     if not isinstance(rates, Mapping):
-        raise ValueError(f"{where}prices for {model!r} must be a table of {', '.join(RATE_KEYS)}, got {rates!r}")
+        raise ConfigError(f"{where}prices for {model!r} must be a table of {', '.join(RATE_KEYS)}, got {rates!r}")
     unknown = sorted(set(rates) - set(RATE_KEYS))
     missing = [key for key in RATE_KEYS[:2] if key not in rates]
     if unknown or missing:
@@ -262,22 +264,22 @@ def check_rates(model: str, rates: Any, where: str = "") -> None:
             # TOML reads [prices.gpt-4.1] as model "gpt-4" with a table "1" in it.
             hint = (f'; in llmtrace.toml a name with dots in it is quoted, [prices."{model}.{unknown[0]}"], and one '
                     'provider\'s prices go in [provider_prices."provider"."model"]')
-        raise ValueError(
+        raise ConfigError(
             f"{where}prices for {model!r}: {wrong} (rates: {', '.join(RATE_KEYS)}; the first two are required{hint})"
         )
     for key, value in rates.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < math.inf:
-            raise ValueError(f"price {key} for model {model!r} must be a non-negative number, got {value!r}")
+            raise ConfigError(f"price {key} for model {model!r} must be a non-negative number, got {value!r}")
 
 
 def check_prices(prices: Mapping[str, Any], by_provider: bool = False) -> None:
-    """A ValueError unless ``prices`` maps each model to rates set_price takes; ``by_provider``: each provider to such
+    """A ``ConfigError`` (a ValueError) unless ``prices`` maps each model to rates set_price takes; ``by_provider``: each provider to such
     a table (the ``provider_prices`` setting)."""
     for name, table in prices.items():
         if not by_provider:
             check_rates(name, table)
         elif not isinstance(table, Mapping):
-            raise ValueError(f"provider_prices for {name!r} must be a table of model -> rates, got {table!r}")
+            raise ConfigError(f"provider_prices for {name!r} must be a table of model -> rates, got {table!r}")
         else:
             for model, rates in table.items():
                 check_rates(model, rates, f"provider_prices for {name!r}: ")
@@ -342,6 +344,19 @@ def providers_pricing(model: str) -> list[str]:
     for name, provider_id in _PROVIDER_IDS.items():
         names.setdefault(provider_id, name)
     return [name for name in names.values() if price_for(name, model) is not None]
+
+
+def priced_context_values(key: str) -> set[str]:
+    """The values of ``key`` (``service_tier``, ``speed``) that some model of the price list has prices of its own for."""
+    from genai_prices import data_snapshot
+
+    return {
+        value
+        for provider in data_snapshot.get_snapshot().providers
+        for model in provider.models
+        for variant in model.price_variants or ()
+        if isinstance(value := variant.when.get(key), str)
+    }
 
 
 def request_context(kwargs: Mapping[str, Any]) -> PriceContext:

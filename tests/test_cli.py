@@ -151,10 +151,26 @@ def test_prices_says_which_context_and_provider_apply(capsys: pytest.CaptureFixt
     for tier in ("scale", "default"):  # tiers without prices of their own: the header must not claim them
         assert main(["prices", "gpt-5", "--service-tier", tier]) == 0
         assert f"(openai; service tier {tier}: no prices of its own, the standard ones)" in capsys.readouterr().out
-    assert main(["prices", "claude-sonnet-4-5"]) == 1  # an Anthropic model asked of the default provider
+    assert main(["prices", "claude-sonnet-4-5", "--provider", "openai"]) == 1  # an Anthropic model asked of OpenAI
     assert "it is priced for --provider anthropic" in capsys.readouterr().err
-    assert main(["prices", "claude-sonnet-4-5", "--provider", "Anthropic"]) == 0
-    assert capsys.readouterr().out.startswith("claude-sonnet-4-5 (anthropic), priced as")
+    for provider in ([], ["--provider", "Anthropic"]):  # no provider: the first price list that has the model
+        assert main(["prices", "claude-sonnet-4-5", *provider]) == 0
+        assert capsys.readouterr().out.startswith("claude-sonnet-4-5 (anthropic), priced as")
+    assert main(["prices", "no-such-model-anywhere"]) == 1
+    assert "No price known for 'no-such-model-anywhere' in any provider's price list." in capsys.readouterr().err
+
+
+def test_prices_of_every_tier_and_speed_the_price_list_prices(capsys: pytest.CaptureFixture[str]) -> None:
+    """The choices come from the price list, not a list of llmtrace's: a tier it prices at run time is shown too."""
+    from genai_prices import data_snapshot
+
+    variants = [(model.id, key, value) for provider in data_snapshot.get_snapshot().providers if provider.id in ("openai", "anthropic")
+                for model in provider.models for variant in model.price_variants or () for key, value in variant.when.items()
+                if key in ("service_tier", "speed")]  # fmt: skip
+    assert {(key, value) for _, key, value in variants} >= {("service_tier", "flex"), ("speed", "fast")}
+    for model, key, value in variants:
+        assert main(["prices", model, f"--{key.replace('_', '-')}", value]) == 0
+        assert f"{key.replace('_', ' ')} {value}" in capsys.readouterr().out.splitlines()[0]  # accepted, and named
 
 
 def test_every_command_reads_the_store_and_settings_the_app_has(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -252,6 +268,18 @@ def test_help_prints_every_command(command: list[str], capsys: pytest.CaptureFix
         assert "% used" in out and all(name in out for name in ("report", "compact", "prices", "budgets", "dashboard", "demo"))
 
 
+def test_demo_without_an_sdk_says_what_to_install_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDKs are extras: `pip install llmtrace` has neither."""
+    monkeypatch.setitem(sys.modules, "anthropic", None)  # what an import of a package not installed does
+    db = tmp_path / "demo.duckdb"
+    assert main(["demo", "--no-dashboard", "--calls", "3", "--db", str(db)]) == 2
+    assert ("llmtrace demo drives the real openai and anthropic SDKs, and anthropic is not installed: pip install "
+            "'llmtrace[openai,anthropic]'") in capsys.readouterr().err  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_refuses_a_busy_port_and_bad_sizes_before_its_traffic(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -270,6 +298,10 @@ def test_demo_refuses_a_busy_port_and_bad_sizes_before_its_traffic(
         err = capsys.readouterr().err
         assert main(["dashboard", "--db", db, "--port", str(port)]) == 2  # said as plainly, not by Streamlit
         assert f"cannot serve the dashboard on 127.0.0.1:{port}" in capsys.readouterr().err
+        monkeypatch.setenv("LLMTRACE_DASHBOARD_REFRESH", "abc")  # the page would take its default without a word
+        assert main(["dashboard", "--db", db, "--port", str(port)]) == 2
+        assert "llmtrace: LLMTRACE_DASHBOARD_REFRESH: 'abc' is not a number of seconds, 0 or more" in capsys.readouterr().err
+        monkeypatch.delenv("LLMTRACE_DASHBOARD_REFRESH")
     assert f"cannot serve the dashboard on 127.0.0.1:{port}" in err and "choose another with --port" in err
     assert "calls through the real" not in err and not Path(db).exists()
     for option, value in (("--calls", "-5"), ("--concurrency", "0"), ("--calls", "many")):
@@ -279,7 +311,7 @@ def test_demo_refuses_a_busy_port_and_bad_sizes_before_its_traffic(
     for command, said in ((["demo", "--port", "99999"], "'99999' is not a whole number (a TCP port) from 1 to 65,535"),
                           (["dashboard", "--port", "0"], "'0' is not a whole number (a TCP port)"),
                           (["dashboard", "--refresh", "-5"], "'-5' is not a number of seconds, 0 or more"),
-                          (["prices", "gpt-4o", "--service-tier", "flexx"], "invalid choice: 'flexx'")):  # fmt: skip
+                          (["prices", "gpt-4o", "--service-tier", "flexx"], "'flexx' is not one of auto, default, ")):  # fmt: skip
         with pytest.raises(SystemExit):  # a usage error, before anything starts
             main(command)
         assert said in capsys.readouterr().err

@@ -66,6 +66,16 @@ def test_an_override_holds_whatever_the_case_of_the_models_name(captured: Any) -
     assert a["llmtrace.cost.source"] == "override" and a["llmtrace.cost.usd"] == pytest.approx((120 * 1.0 + 40 * 2.0) / 1e6)
 
 
+def test_a_malformed_price_set_in_code_is_a_config_error_as_in_a_file() -> None:
+    import llmtrace
+    from llmtrace import pricing
+
+    with pytest.raises(llmtrace.ConfigError, match="price input_mtok for model 'm' must be a non-negative number, got 'x'"):
+        pricing.set_price("m", input_mtok="x", output_mtok=1.0)  # type: ignore[arg-type]
+    with pytest.raises(llmtrace.ConfigError, match="output_mtok missing"):
+        pricing.set_prices({"m": {"input_mtok": 1.0}})
+
+
 def _audio_call(model: str, audio_in: int = 400, audio_out: int = 250) -> None:
     """A chat completion answered with audio: 500 input and 300 output tokens, these many of them audio."""
     usage = {
@@ -299,9 +309,22 @@ def test_provider_hosts_names_and_prices_a_gateway_as_its_provider() -> None:
 
 def test_provider_hosts_must_be_host_equals_provider() -> None:
     import llmtrace
+    from llmtrace import config
 
     with pytest.raises(llmtrace.ConfigError, match="'gateway-only' is not host=provider"):
         llmtrace.instrument(provider_hosts=["gateway-only"])
+    # Pairs that could never apply: a call is matched by its URL's host alone, to a provider llmtrace prices.
+    refused = {
+        "127.0.0.1:8000=openai": "give the host alone, without a scheme, port or path (127.0.0.1=openai)",
+        "https://gw.internal/v1=openai": "give the host alone, without a scheme, port or path (gw.internal=openai)",
+        "gw.internal=opnai": "'opnai' is not a provider llmtrace prices (openai, anthropic, ",
+    }
+    for pair, says in refused.items():
+        with pytest.raises(llmtrace.ConfigError) as error:
+            llmtrace.instrument(provider_hosts=[pair])
+        assert says in str(error.value)
+    with pytest.raises(llmtrace.ConfigError, match="holds more than one pair: separate them with commas"):
+        config.load({}, {"LLMTRACE_PROVIDER_HOSTS": "a.internal=openai b.internal=groq"})  # a space for a comma
 
 
 @pytest.mark.parametrize("is_async", [False, True])

@@ -2,7 +2,8 @@
 
 Readers see the DuckDB file plus the segments not merged yet, so a span is visible within one
 flush interval. Each function takes a time range and optional filters and returns plain rows
-(a list of dicts). This module is the only place with read SQL; the dashboard, the CLI and the
+(a list of dicts). ``by`` names a key of ``DIMENSIONS`` (tenant, user, feature, model, provider, ...); ``bucket``
+one of ``BUCKETS`` ("1 minute", "1 hour", "1 day", ...). This module is the only place with read SQL; the dashboard, the CLI and the
 budget checker call it and nothing below it.
 """
 
@@ -346,7 +347,7 @@ def spend_by(
 def spend_over_time(
     by: str, time_range: TimeRange, bucket: str, filters: Filters | None = None, *, db: Store = None
 ) -> list[dict[str, Any]]:
-    """Spend and tokens per time bucket and per key (for stacked charts)."""
+    """Spend and tokens per time bucket (one of ``BUCKETS``) and per key (for stacked charts)."""
     keys, group = _grouping(by, bucket)
     where, params = _where(time_range, filters)
     sql = f"""
@@ -365,8 +366,8 @@ def latency_percentiles(
     bucket: str | None = None,
     db: Store = None,
 ) -> list[dict[str, Any]]:
-    """P50/P95/P99 of duration and time to first chunk, per model (or provider), optionally over time
-    (calls a budget refused are not latencies: left out)."""
+    """P50/P95/P99 of duration and time to first chunk, per model (or any key of ``DIMENSIONS``), optionally per time
+    bucket (calls a budget refused are not latencies: left out)."""
     keys, group = _grouping(by, bucket)
     where, params = _where(time_range, filters)
     where += f" AND {_SERVED}"
@@ -394,8 +395,8 @@ def error_rates(
     db: Store = None,
     in_app: bool = False,
 ) -> list[dict[str, Any]]:
-    """Error and 429 rates and HTTP attempts (retries), per provider/model, optionally over time, of the
-    calls that reached the provider (not those a budget refused)."""
+    """Error and 429 rates and HTTP attempts (retries), per provider (or any key of ``DIMENSIONS``), optionally per
+    time bucket, of the calls that reached the provider (not those a budget refused)."""
     keys, group = _grouping(by, bucket)
     where, params = _where(time_range, filters)
     where += f" AND {_SERVED}"

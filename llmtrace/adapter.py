@@ -103,6 +103,8 @@ class Endpoint:
     # Content capture: the request's content as attributes (gen_ai.input.messages, system instructions, tools).
     content_attributes: Callable[[Mapping[str, Any]], dict[str, str]]
     client_info: Callable[[Any, Settings], ClientInfo]  # (SDK resource, settings)
+    # False for an operation that generates no tokens (embeddings): its usage is input alone, with no output count.
+    generates: bool = True
     # Adds ``stream_options.include_usage`` (OpenAI chat/completions streams); None elsewhere.
     wants_usage_option: bool = False
     # Whether this request may get it, beyond its client's host taking it (a call naming its own API version may name

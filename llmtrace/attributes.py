@@ -23,6 +23,10 @@ REQUEST_SEED = "gen_ai.request.seed"
 REQUEST_CHOICE_COUNT = "gen_ai.request.choice.count"
 REQUEST_STREAM = "gen_ai.request.stream"
 REQUEST_ENCODING_FORMATS = "gen_ai.request.encoding_formats"
+EMBEDDINGS_DIMENSION_COUNT = "gen_ai.embeddings.dimension.count"
+OUTPUT_TYPE = "gen_ai.output.type"  # text or json: the form the request asks the answer in
+OPENAI_REQUEST_SERVICE_TIER = "openai.request.service_tier"
+OPENAI_API_TYPE = "openai.api.type"  # chat_completions or responses
 SERVER_ADDRESS = "server.address"
 SERVER_PORT = "server.port"
 # A keyed hash of model + messages (never the text): finds the same request sent again.

@@ -341,7 +341,7 @@ class Call:
                 (end_ns - self.start_ns) / 1e9,
                 ttfc,
                 usage.input_tokens if usage else None,
-                usage.output_tokens if usage else None,
+                usage.output_tokens if usage and self.endpoint.generates else None,
                 cost,
                 error_type,
             )
@@ -378,7 +378,7 @@ class Call:
         if usage is None:
             attrs[A.USAGE_SOURCE] = A.SOURCE_NONE
             return None
-        usage.add_attributes(attrs)
+        usage.add_attributes(attrs, self.endpoint.generates)
         provider = self.attrs[A.PROVIDER_NAME]
         request_model = self.attrs.get(A.REQUEST_MODEL) or ""
         model = result.response_model or request_model

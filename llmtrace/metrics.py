@@ -18,7 +18,10 @@ from . import attributes as A
 TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
 DURATION_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 
-_BASE_KEYS = (A.OPERATION_NAME, A.PROVIDER_NAME, A.REQUEST_MODEL, A.RESPONSE_MODEL, A.SERVER_ADDRESS)
+# The conventions' attributes of every GenAI client metric, and OpenAI's refinement's service tier (its system
+# fingerprint, which changes with every deployment of a model, is left to the spans: a metric series each).
+_BASE_KEYS = (A.OPERATION_NAME, A.PROVIDER_NAME, A.REQUEST_MODEL, A.RESPONSE_MODEL, A.SERVER_ADDRESS, A.SERVER_PORT,
+              A.OPENAI_RESPONSE_SERVICE_TIER)  # fmt: skip
 _MAX_TRACKED = 10_000  # distinct values counted for top-K; beyond this the counts are halved
 _RECOMPUTE_EVERY = 256
 

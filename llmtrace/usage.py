@@ -73,8 +73,14 @@ class Usage:
             output_audio=output_audio if output_audio < output_total else output_total,
         )
 
-    def add_attributes(self, attrs: dict[str, Any]) -> None:
-        """Put the usage attributes into ``attrs`` (a call's end attributes)."""
+    def add_attributes(self, attrs: dict[str, Any], generates: bool = True) -> None:
+        """Put the usage attributes into ``attrs`` (a call's end attributes). ``generates``: False for an operation with
+        no output (embeddings), whose usage is its input alone."""
+        if not generates:
+            attrs[A.USAGE_INPUT_TOKENS] = self.uncached_input + self.cache_read + self.cache_write
+            attrs[A.USAGE_UNCACHED_INPUT_TOKENS] = self.uncached_input
+            attrs[A.USAGE_SOURCE] = self.source
+            return
         attrs[A.USAGE_INPUT_TOKENS] = self.uncached_input + self.cache_read + self.cache_write  # input_tokens, inlined
         attrs[A.USAGE_OUTPUT_TOKENS] = self.visible_output + self.reasoning
         attrs[A.USAGE_CACHE_READ_INPUT_TOKENS] = self.cache_read

@@ -1154,3 +1154,57 @@ async def test_a_compaction_pass_is_a_billed_call(captured: Any, is_async: bool,
     usage = genai_prices.Usage(input_tokens=50000, cache_read_tokens=10000, output_tokens=2000)
     expected = genai_prices.calc_price(usage, "gpt-5", provider_id="openai").total_price
     assert a["llmtrace.cost.usd"] == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_request_attributes_and_metrics_have_the_conventions_types_and_keys(captured: Any) -> None:
+    """Doubles stay doubles (temperature=1 is not an int on some spans and a double on others), gen_ai.request.stream
+    is set if and only if the request streams, OpenAI's refinement names the API and the tier asked for, the output
+    type says json for a structured answer, and every metric point carries server.port."""
+    import pydantic
+
+    class Answer(pydantic.BaseModel):
+        text: str
+
+    client = openai_client(_api(), base_url="https://api.openai.com:8443/v1")
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, temperature=1, top_p=1, stream=False,
+                                   service_tier="flex", response_format={"type": "json_object"})  # fmt: skip
+    with pytest.raises(pydantic.ValidationError):  # the fake answers "hello there", which is no Answer
+        client.chat.completions.parse(model="gpt-4o-mini", messages=MESSAGES, response_format=Answer)
+    client.responses.create(model="gpt-4o-mini", input="hi", text={"format": {"type": "text"}})
+    chat, parsed, responses = (span.attributes for span in captured.spans())
+    assert type(chat["gen_ai.request.temperature"]) is float and type(chat["gen_ai.request.top_p"]) is float
+    assert "gen_ai.request.stream" not in chat
+    assert (chat["openai.api.type"], chat["openai.request.service_tier"], chat["gen_ai.output.type"]) == ("chat_completions", "flex", "json")
+    assert parsed["gen_ai.output.type"] == "json"
+    assert (responses["openai.api.type"], responses["gen_ai.output.type"]) == ("responses", "text")
+    metrics = captured.metrics()
+    for name in ("gen_ai.client.operation.duration", "gen_ai.client.token.usage"):
+        assert {point.attributes["server.port"] for point in metrics[name]} == {8443}
+
+
+def test_embeddings_report_their_input_alone_and_the_dimensions_asked_for(captured: Any) -> None:
+    """An embedding generates no tokens: no output count on the span, no output point in the token metric."""
+
+    def embeddings(request: Any) -> Any:
+        return HTTP.Response(200, json={"object": "list", "model": "text-embedding-3-small",
+                                        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                                        "usage": {"prompt_tokens": 5, "total_tokens": 5}})  # fmt: skip
+
+    openai_client(embeddings).embeddings.create(model="text-embedding-3-small", input="hello", dimensions=3)
+    a = _only(captured).attributes
+    assert [key for key in a if key.startswith("gen_ai.usage.")] == ["gen_ai.usage.input_tokens"]
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.embeddings.dimension.count"]) == (5, 3)
+    assert a["llmtrace.cost.usd"] > 0
+    token_points = captured.metrics()["gen_ai.client.token.usage"]
+    assert [point.attributes["gen_ai.token.type"] for point in token_points] == ["input"]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "provider"),
+    [("https://bedrock-runtime.us-east-1.amazonaws.com/openai/v1", "aws.bedrock"),
+     ("https://bedrock-mantle.us-east-1.api.aws/v1", "aws.bedrock"),
+     ("https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/us-central1/endpoints/openapi", "gcp.vertex_ai")],
+)  # fmt: skip
+def test_the_clouds_openai_compatible_endpoints_are_named_as_their_provider(captured: Any, base_url: str, provider: str) -> None:
+    openai_client(_api(), base_url=base_url).chat.completions.create(model="some-model", messages=MESSAGES)
+    assert _only(captured).attributes["gen_ai.provider.name"] == provider

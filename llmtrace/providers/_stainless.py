@@ -84,7 +84,9 @@ RequestTable = Mapping[str, tuple[str, "type | tuple[type, ...]"]]
 
 
 def pick(kwargs: Any, table: RequestTable) -> dict[str, Any]:
-    """Request attributes from ``kwargs``: kwarg name -> (attribute, accepted type); first match wins."""
+    """Request attributes from ``kwargs``: kwarg name -> (attribute, accepted type); first match wins. A ``float``
+    attribute takes an int as a float (the conventions' type is double: one key, one type in every backend); a
+    ``bool`` one is set only when true (``gen_ai.request.stream``: set if and only if the request streams)."""
     attrs: dict[str, Any] = {}
     for name, value in kwargs.items():
         row = table.get(name)
@@ -96,6 +98,12 @@ def pick(kwargs: Any, table: RequestTable) -> dict[str, Any]:
         if kind is str and isinstance(value, list):
             if all(isinstance(v, str) for v in value):
                 attrs[attribute] = tuple(value)  # the form the SDK stores a sequence in
+        elif kind is float:
+            if isinstance(value, (int, float)):
+                attrs[attribute] = float(value)
+        elif kind is bool:
+            if value is True:
+                attrs[attribute] = True
         elif isinstance(value, kind):
             attrs[attribute] = value
     return attrs

@@ -35,8 +35,8 @@ from ._stainless import RequestTable, client_info_for, get, pick, string
 _REQUEST: RequestTable = {
     "model": (A.REQUEST_MODEL, str),
     "max_tokens": (A.REQUEST_MAX_TOKENS, int),
-    "temperature": (A.REQUEST_TEMPERATURE, (int, float)),
-    "top_p": (A.REQUEST_TOP_P, (int, float)),
+    "temperature": (A.REQUEST_TEMPERATURE, float),
+    "top_p": (A.REQUEST_TOP_P, float),
     "top_k": (A.REQUEST_TOP_K, int),
     "stop_sequences": (A.REQUEST_STOP_SEQUENCES, str),
     "stream": (A.REQUEST_STREAM, bool),

@@ -41,13 +41,14 @@ _HOST_PROVIDERS = {
 
 _COMMON: RequestTable = {
     "model": (A.REQUEST_MODEL, str),
-    "temperature": (A.REQUEST_TEMPERATURE, (int, float)),
-    "top_p": (A.REQUEST_TOP_P, (int, float)),
-    "frequency_penalty": (A.REQUEST_FREQUENCY_PENALTY, (int, float)),
-    "presence_penalty": (A.REQUEST_PRESENCE_PENALTY, (int, float)),
+    "temperature": (A.REQUEST_TEMPERATURE, float),
+    "top_p": (A.REQUEST_TOP_P, float),
+    "frequency_penalty": (A.REQUEST_FREQUENCY_PENALTY, float),
+    "presence_penalty": (A.REQUEST_PRESENCE_PENALTY, float),
     "seed": (A.REQUEST_SEED, int),
     "stream": (A.REQUEST_STREAM, bool),
     "stop": (A.REQUEST_STOP_SEQUENCES, str),
+    "service_tier": (A.OPENAI_REQUEST_SERVICE_TIER, str),
 }
 _CHAT_REQUEST: RequestTable = {
     **_COMMON,
@@ -56,9 +57,14 @@ _CHAT_REQUEST: RequestTable = {
     "n": (A.REQUEST_CHOICE_COUNT, int),
 }
 _RESPONSES_REQUEST: RequestTable = {**_COMMON, "max_output_tokens": (A.REQUEST_MAX_TOKENS, int)}
-_EMBEDDINGS_REQUEST: RequestTable = {"model": (A.REQUEST_MODEL, str), "encoding_format": (A.REQUEST_ENCODING_FORMATS, str)}
+_EMBEDDINGS_REQUEST: RequestTable = {
+    "model": (A.REQUEST_MODEL, str),
+    "encoding_format": (A.REQUEST_ENCODING_FORMATS, str),
+    "dimensions": (A.EMBEDDINGS_DIMENSION_COUNT, int),
+}
 
 
+_BEDROCK_HOST_STARTS, _BEDROCK_HOST_ENDS = ("bedrock-runtime.", "bedrock-mantle."), (".amazonaws.com", ".api.aws")
 # Azure OpenAI resources, reached through AzureOpenAI or a plain client on the v1 API.
 _AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 
@@ -66,6 +72,11 @@ _AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.
 def _provider_of(client: Any, host: str, settings: Settings) -> str:
     if "Azure" in type(client).__name__ or host.endswith(_AZURE_HOSTS):
         return "azure.ai.openai"
+    # The regional hosts of the clouds' OpenAI-compatible endpoints (the SDK's provider=bedrock(...) / vertex(...)).
+    if host.startswith(_BEDROCK_HOST_STARTS) and host.endswith(_BEDROCK_HOST_ENDS):
+        return "aws.bedrock"
+    if host.endswith("aiplatform.googleapis.com"):
+        return "gcp.vertex_ai"
     # A gateway, proxy or local server the settings name (provider_hosts) is the provider behind it.
     return settings.host_providers().get(host) or _HOST_PROVIDERS.get(host, host or "openai")
 
@@ -112,7 +123,7 @@ client_info: Callable[[Any, Settings], ClientInfo] = functools.partial(
 )
 
 
-def _chat_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _completions_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     attrs = pick(kwargs, _CHAT_REQUEST)
     if A.REQUEST_CHOICE_COUNT in attrs and attrs[A.REQUEST_CHOICE_COUNT] == 1:
         del attrs[A.REQUEST_CHOICE_COUNT]
@@ -121,8 +132,32 @@ def _chat_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
+def _chat_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    attrs = _completions_request(kwargs)
+    attrs[A.OPENAI_API_TYPE] = "chat_completions"
+    form = kwargs.get("response_format")
+    if form is not None:
+        _add_output_type(attrs, form)
+    return attrs
+
+
 def _responses_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return pick(kwargs, _RESPONSES_REQUEST)
+    attrs = pick(kwargs, _RESPONSES_REQUEST)
+    attrs[A.OPENAI_API_TYPE] = "responses"
+    form = kwargs.get("text_format") or get(kwargs.get("text"), "format")
+    if form is not None:
+        _add_output_type(attrs, form)
+    return attrs
+
+
+def _add_output_type(attrs: dict[str, Any], form: Any) -> None:
+    """``gen_ai.output.type`` of a response format: json for a JSON schema or object (or the pydantic model a
+    ``parse()`` is given), text for text."""
+    kind = "json_schema" if isinstance(form, type) else get(form, "type")
+    if kind in ("json_schema", "json_object"):
+        attrs[A.OUTPUT_TYPE] = "json"
+    elif kind == "text":
+        attrs[A.OUTPUT_TYPE] = "text"
 
 
 def _embeddings_request(kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -541,7 +576,7 @@ CHAT = Endpoint(
     raw_event=_raw_event,
 )
 # Legacy completions answer in the same shape as chat completions; only the operation differs.
-COMPLETIONS = dataclasses.replace(CHAT, operation=A.OP_TEXT_COMPLETION)
+COMPLETIONS = dataclasses.replace(CHAT, operation=A.OP_TEXT_COMPLETION, request_attributes=_completions_request)
 RESPONSES = Endpoint(
     operation=A.OP_CHAT,
     request_attributes=_responses_request,
@@ -562,6 +597,7 @@ EMBEDDINGS = Endpoint(
     input_content=_embeddings_content,
     content_attributes=openai_content.embeddings_input,
     client_info=client_info,
+    generates=False,
 )
 
 _CHAT_MODULE = "openai.resources.chat.completions.completions"

@@ -449,3 +449,14 @@ def test_a_server_side_compaction_pass_is_counted_and_priced(captured: Any, stre
                                output_tokens=i["output_tokens"]), model_ref=model, provider_id="anthropic").total_price
               for i in (compaction, answered)]  # fmt: skip
     assert a["llmtrace.cost.usd"] == pytest.approx(float(sum(billed)), rel=1e-9)
+
+
+def test_an_estimated_input_counts_a_system_prompt_given_as_blocks(captured: Any) -> None:
+    """A stream the app never read is estimated from the request: its system blocks (with cache_control) included."""
+    system = [{"type": "text", "text": "You are a careful assistant. " * 200, "cache_control": {"type": "ephemeral"}}]
+    stream = anthropic_client(_api()).messages.create(**KW, system=system, stream=True)
+    del stream
+    gc.collect()
+    (span,) = captured.spans()
+    assert span.attributes["llmtrace.usage.source"] == "estimated"
+    assert span.attributes["gen_ai.usage.input_tokens"] > 1000  # the system blocks' ~1,200 tokens, not the message's

@@ -1208,3 +1208,48 @@ def test_embeddings_report_their_input_alone_and_the_dimensions_asked_for(captur
 def test_the_clouds_openai_compatible_endpoints_are_named_as_their_provider(captured: Any, base_url: str, provider: str) -> None:
     openai_client(_api(), base_url=base_url).chat.completions.create(model="some-model", messages=MESSAGES)
     assert _only(captured).attributes["gen_ai.provider.name"] == provider
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_counted_beside_the_completion_is_output_too(captured: Any, stream: bool) -> None:
+    """xAI's grok models count reasoning apart from completion_tokens (the total says so): billed as output all the same,
+    as genai-prices' own reading of their usage has it."""
+    from genai_prices import calc_price, extract_usage
+
+    usage = {"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 135, "prompt_tokens_details": {"cached_tokens": 6},
+             "completion_tokens_details": {"reasoning_tokens": 94}}  # fmt: skip
+    body = {"id": "c", "object": "chat.completion", "created": 1, "model": "grok-3-mini", "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}  # fmt: skip
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "grok-3-mini"}
+    events = [(None, {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}),
+              (None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}), (None, "[DONE]")]  # fmt: skip
+
+    def handler(request: Any) -> Any:
+        return HTTP.Response(200, headers=SSE_HEADERS, content=sse(events)) if stream else HTTP.Response(200, json=body)
+
+    answer = openai_client(handler, base_url="https://api.x.ai/v1").chat.completions.create(model="grok-3-mini", messages=MESSAGES, stream=stream)
+    if stream:
+        for _ in answer:
+            pass
+    a = _only(captured).attributes
+    truth = extract_usage(body, provider_id="x-ai", api_flavor="chat").usage
+    assert (a["gen_ai.usage.output_tokens"], a["gen_ai.usage.reasoning.output_tokens"]) == (truth.output_tokens, 94) == (103, 94)
+    assert a["gen_ai.usage.input_tokens"] + a["gen_ai.usage.output_tokens"] == usage["total_tokens"]
+    expected = calc_price(truth, model_ref="grok-3-mini", provider_id="x-ai").total_price
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(expected), rel=1e-9)
+
+
+def test_an_estimated_responses_input_counts_its_instructions(captured: Any) -> None:
+    """A stream cut before its usage came is estimated from all the request sent: the system prompt included."""
+    instructions = "You are a careful assistant. " * 200
+    import openai
+
+    with pytest.raises((MidStreamError, openai.APIConnectionError)):  # the transport's error, or the SDK's for it
+        stream = openai_client(_api(fail_mid_stream=True), max_retries=0).responses.create(
+            model="gpt-4o", instructions=instructions, input="hi", stream=True
+        )
+        for _ in stream:
+            pass
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "estimated"
+    assert a["gen_ai.usage.input_tokens"] > 1000  # ~1,200 tokens of instructions, not the input's 1

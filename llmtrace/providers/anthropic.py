@@ -283,7 +283,7 @@ class _Accumulator:
 def _estimate_input(model: str, kwargs: Mapping[str, Any]) -> int:
     messages = list(kwargs.get("messages") or ())
     system = kwargs.get("system")
-    if isinstance(system, str):
+    if isinstance(system, (str, list)):  # text, or text blocks (with cache_control, say)
         messages.insert(0, {"role": "system", "content": system})
     return tokenizer.count_prompt(_TOKENIZER_MODEL, messages)
 

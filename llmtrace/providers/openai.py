@@ -174,9 +174,12 @@ def _chat_usage(usage: Any) -> Usage | None:
     """Chat/legacy-completions/embeddings usage: totals that include cached and reasoning tokens."""
     if usage is None:
         return None
-    input_total, output_total = counts(usage, _CHAT_TOTALS)
+    input_total, output_total, total = counts(usage, _CHAT_TOTALS)
     cache_read, cache_write, input_audio = counts(get(usage, "prompt_tokens_details"), _CHAT_PROMPT_DETAILS)
     reasoning, output_audio = counts(get(usage, "completion_tokens_details"), _CHAT_COMPLETION_DETAILS)
+    if reasoning and total == input_total + output_total + reasoning:
+        # Reasoning counted beside the completion, not in it (xAI's grok models), as the total says: billed all the same.
+        output_total += reasoning
     return Usage.from_totals(
         input_total=input_total,
         output_total=output_total,
@@ -188,7 +191,7 @@ def _chat_usage(usage: Any) -> Usage | None:
     )
 
 
-_CHAT_TOTALS = ("prompt_tokens", "completion_tokens")
+_CHAT_TOTALS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _CHAT_PROMPT_DETAILS = ("cached_tokens", "cache_write_tokens", "audio_tokens")
 _CHAT_COMPLETION_DETAILS = ("reasoning_tokens", "audio_tokens")
 
@@ -516,10 +519,11 @@ class _ResponsesAccumulator:
 
 
 def _estimate_responses_input(model: str, kwargs: Mapping[str, Any]) -> int:
-    value = kwargs.get("input")
+    value, instructions = kwargs.get("input"), kwargs.get("instructions")
+    told = tokenizer.count_text(model, instructions) if isinstance(instructions, str) else 0  # the system prompt
     if isinstance(value, str):
-        return tokenizer.count_text(model, value)
-    return tokenizer.count_prompt(model, value if isinstance(value, list) else None)
+        return told + tokenizer.count_text(model, value)
+    return told + tokenizer.count_prompt(model, value if isinstance(value, list) else None)
 
 
 def _responses_content(kwargs: Mapping[str, Any]) -> Any:

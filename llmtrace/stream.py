@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import queue
+import sys
 import threading
 import weakref
 from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
@@ -223,13 +224,31 @@ class _StreamResponse(wrapt.ObjectProxy):
         try:
             return self.__wrapped__.close()
         finally:
-            self._self_call.end_stream(None)
+            self._self_call.end_stream(_raised_by_the_sdk(sys.exc_info()[1]))
 
     async def aclose(self) -> Any:
         try:
             return await self.__wrapped__.aclose()
         finally:
-            self._self_call.end_stream(None)
+            self._self_call.end_stream(_raised_by_the_sdk(sys.exc_info()[1]))
+
+
+def _raised_by_the_sdk(error: BaseException | None) -> BaseException | None:
+    """The error a helper is closing its stream for (the ``with`` block's exit runs while it is handled), when the SDK
+    raised it: an answer cut at max_tokens for a response_format (``LengthFinishReasonError``), one pydantic refused.
+    The call failed as the app sees it, as the same answer through ``parse()`` does. Not the app's own errors (raised
+    in its code: the app stopped reading), nor a cancellation or Ctrl-C (never a failure of the call)."""
+    if not isinstance(error, Exception):
+        return None
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__", "").startswith(_SDK_PACKAGES):
+            return error
+        frame = frame.tb_next
+    return None
+
+
+_SDK_PACKAGES = ("openai.", "anthropic.")
 
 
 class AsyncStreamProxy(wrapt.ObjectProxy):

@@ -1253,3 +1253,43 @@ def test_an_estimated_responses_input_counts_its_instructions(captured: Any) -> 
     a = _only(captured).attributes
     assert a["llmtrace.usage.source"] == "estimated"
     assert a["gen_ai.usage.input_tokens"] > 1000  # ~1,200 tokens of instructions, not the input's 1
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+async def test_a_stream_helper_that_raises_on_the_answer_fails_the_span_and_the_apps_own_error_does_not(
+    captured: Any, is_async: bool
+) -> None:
+    """chat.completions.stream(response_format=...) raises LengthFinishReasonError at an answer cut at max_tokens, as
+    parse() does: the call failed. An error of the app's own code in the block only stops its reading."""
+    import openai
+    import pydantic
+
+    class Answer(pydantic.BaseModel):
+        x: int
+
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-2024-08-06"}
+    events = [(None, {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": '{"x": 1234'}, "finish_reason": None}]}),
+              (None, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}), (None, "[DONE]")]  # fmt: skip
+    client = openai_client(lambda request: HTTP.Response(200, headers=SSE_HEADERS, content=sse(events)), is_async=is_async)
+    request = {"model": "gpt-4o", "messages": MESSAGES, "response_format": Answer, "max_tokens": 4}
+
+    async def read(raise_own: bool) -> None:
+        if is_async:
+            async with client.chat.completions.stream(**request) as stream:
+                async for _ in stream:
+                    if raise_own:
+                        raise KeyError("the app's own")
+        else:
+            with client.chat.completions.stream(**request) as stream:
+                for _ in stream:
+                    if raise_own:
+                        raise KeyError("the app's own")
+
+    with pytest.raises(openai.LengthFinishReasonError):
+        await read(raise_own=False)
+    with pytest.raises(KeyError):
+        await read(raise_own=True)
+    cut, left = captured.spans()
+    assert cut.status.status_code.name == "ERROR" and cut.attributes["error.type"] == "LengthFinishReasonError"
+    assert cut.attributes["gen_ai.response.finish_reasons"] == ("length",)
+    assert left.status.status_code.name == "UNSET" and "error.type" not in left.attributes

@@ -469,8 +469,10 @@ _RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
 
 
 def _streamed_raw(kwargs: Mapping[str, Any]) -> bool:
+    """A call through ``with_streaming_response`` ("stream") or ``with_raw_response`` ("true"; "raw" for the SDKs'
+    custom raw wrappers), whose app may read the body's lines itself (and relay them)."""
     headers = kwargs.get("extra_headers")
-    return isinstance(headers, Mapping) and headers.get(_RAW_RESPONSE_HEADER) == "stream"
+    return isinstance(headers, Mapping) and headers.get(_RAW_RESPONSE_HEADER) in ("stream", "true", "raw")
 
 
 def billed_answer_in(error: BaseException) -> Any:

@@ -617,7 +617,9 @@ def test_with_raw_response_and_streaming_response(captured: Any) -> None:
     assert isinstance(raw_stream.text, str)
     spans = captured.spans()
     assert len(spans) == 3
-    assert all(s.attributes["gen_ai.usage.input_tokens"] == 120 for s in spans)
+    assert all(s.attributes["gen_ai.usage.input_tokens"] == 120 for s in spans[:2])
+    # A raw stream is sent as the app asked (no usage chunk it could relay): its usage is counted from what streamed.
+    assert spans[2].attributes["llmtrace.usage.source"] == "estimated"
 
 
 def test_a_raw_stream_parsed_in_the_same_expression_ends_with_the_stream(captured: Any) -> None:
@@ -625,7 +627,7 @@ def test_a_raw_stream_parsed_in_the_same_expression_ends_with_the_stream(capture
     chunks = list(client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True).parse())
     assert len(chunks) == 6
     a = _only(captured).attributes  # not ended when the raw response was dropped, before the stream was read
-    assert a["llmtrace.usage.source"] == "provider" and a["gen_ai.usage.input_tokens"] == 120
+    assert a["llmtrace.usage.source"] == "estimated" and a["gen_ai.usage.output_tokens"] > 0  # counted from what streamed
 
 
 def test_azure_and_compatible_providers(captured: Any) -> None:
@@ -1293,3 +1295,18 @@ async def test_a_stream_helper_that_raises_on_the_answer_fails_the_span_and_the_
     assert cut.status.status_code.name == "ERROR" and cut.attributes["error.type"] == "LengthFinishReasonError"
     assert cut.attributes["gen_ai.response.finish_reasons"] == ("length",)
     assert left.status.status_code.name == "UNSET" and "error.type" not in left.attributes
+
+
+def test_a_raw_response_stream_is_sent_as_the_app_asked(captured: Any) -> None:
+    """Through with_raw_response the app may relay the body's lines itself: a usage chunk it did not ask for (with no
+    choices) would reach its own clients."""
+    import json
+
+    api = _api()
+    raw = openai_client(api).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    chunks = [json.loads(line[len("data: "):]) for line in raw.http_response.iter_lines() if line.startswith("data: {")]
+    assert "stream_options" not in api.requests[0] and chunks and all(chunk["choices"] for chunk in chunks)
+    del raw
+    gc.collect()
+    (span,) = captured.spans()
+    assert span.attributes["gen_ai.request.stream"] is True

@@ -44,7 +44,7 @@ def test_demo_fills_the_store_through_the_real_sdks(demo_db: str) -> None:
     tenants = query.spend_by("tenant", window, query.Filters(service=SERVICE_NAME), db=demo_db)
     assert len(tenants) >= 3 and all(row["cost_usd"] > 0 for row in tenants)
     providers = {row["key"] for row in query.spend_by("provider", window, db=demo_db)}
-    assert providers == {"openai", "anthropic"}
+    assert providers == {"openai", "anthropic", "localhost"}  # localhost: the demo's self-hosted model (seed 11 calls it)
     usage = query.token_usage(window, db=demo_db)[0]
     assert usage["cache_read_tokens"] > 0 and usage["reasoning_tokens"] > 0 and usage["cache_savings_usd"] > 0
     assert query.summary(window, db=demo_db)["unpriced_calls"] > 0  # the self-hosted model has no price

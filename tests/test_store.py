@@ -766,8 +766,32 @@ def test_older_store_is_upgraded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     con = duckdb.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM spans WHERE upgraded").fetchone() == (2,)
     assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == [
-        "m001_spans", "m002_cache_savings", "m003_alerts", "m004_unstreamed_calls", "m005_priced_calls", "m999_test_column"]
+        "m001_spans", "m002_cache_savings", "m003_alerts", "m004_unstreamed_calls", "m005_priced_calls",
+        "m006_openai_columns", "m999_test_column"]
     con.close()
+
+
+def test_a_store_before_the_openai_columns_gets_them_and_keeps_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenAI's API type, service tier and system fingerprint have columns of their own (m006): as JSON, on every
+    OpenAI span, they halved the store's ingest. A store made before them is upgraded; its rows keep them in JSON."""
+    db = _db(tmp_path)
+    resolve(db).db.parent.mkdir(parents=True)
+    monkeypatch.setattr(schema, "MIGRATIONS", [(name, step) for name, step in schema.MIGRATIONS if name < "m006"])
+    con = duckdb.connect(db)
+    schema.migrate(con)  # the database as the llmtrace before m006 made it, with a row of its time
+    con.execute("""INSERT INTO spans (span_id, provider, attributes) VALUES ('old', 'openai', '{"openai.api.type":"responses"}')""")
+    con.close()
+    monkeypatch.undo()
+    provider, writer = provider_with_store(db, flush_interval=60)
+    emit_at(provider, datetime.utcnow(), **{A.OPENAI_API_TYPE: "chat_completions", A.OPENAI_RESPONSE_SERVICE_TIER: "default",
+                                            A.OPENAI_RESPONSE_SYSTEM_FINGERPRINT: "fp_1"})  # fmt: skip
+    writer.force_flush()
+    merge(resolve(db))
+    con = duckdb.connect(db, read_only=True)
+    rows = con.execute("SELECT span_id = 'old', api_type, service_tier, system_fingerprint, attributes FROM spans ORDER BY 1").fetchall()
+    con.close()
+    assert rows == [(False, "chat_completions", "default", "fp_1", "{}"),  # columns, not JSON
+                    (True, None, None, None, '{"openai.api.type":"responses"}')]  # fmt: skip
 
 
 @pytest.mark.parametrize("column, attribute, migration", [("stream", A.REQUEST_STREAM, "m004_unstreamed_calls"),
@@ -778,7 +802,8 @@ def test_flags_a_span_carries_only_when_true_read_false_old_rows_too(
     db = _db(tmp_path)
     provider, writer = provider_with_store(db, flush_interval=60)
     with monkeypatch.context() as before:
-        before.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[: [name for name, _ in schema.MIGRATIONS].index(migration)])
+        # Every migration but this one: the columns added since are in the segments written meanwhile.
+        before.setattr(schema, "MIGRATIONS", [(name, step) for name, step in schema.MIGRATIONS if name != migration])
         emit(provider, 2)  # no stream or unpriced attribute: priced calls that did not ask to stream
         writer.force_flush()
         con = duckdb.connect(db)

@@ -69,6 +69,10 @@ _ATTRIBUTE_COLUMNS = (
     (A.REQUEST_TOP_P, "request_top_p", "DOUBLE", _F64),
     (A.COST_CACHE_SAVINGS_USD, "cache_savings_usd", "DOUBLE", _F64),  # m002
     (A.REQUEST_HASH, "request_hash", "VARCHAR", _STR),  # m003
+    # On every OpenAI span: as JSON they took a row's conversion from ~3.8 to ~7.9 us, half the store's ingest rate.
+    (A.OPENAI_API_TYPE, "api_type", "VARCHAR", _STR),  # m006
+    (A.OPENAI_RESPONSE_SERVICE_TIER, "service_tier", "VARCHAR", _STR),  # m006
+    (A.OPENAI_RESPONSE_SYSTEM_FINGERPRINT, "system_fingerprint", "VARCHAR", _STR),  # m006
 )
 # Every other attribute, as JSON.
 _JSON_COLUMN = ("attributes", "JSON", _STR)
@@ -233,7 +237,7 @@ def migration(func: Migration) -> Migration:
 
 
 # Columns that later migrations add: m001 has shipped and must keep creating the table it always did.
-_ADDED_LATER = frozenset({"cache_savings_usd", "request_hash"})
+_ADDED_LATER = frozenset({"cache_savings_usd", "request_hash", "api_type", "service_tier", "system_fingerprint"})
 
 
 @migration
@@ -268,6 +272,13 @@ def m004_unstreamed_calls(con: duckdb.DuckDBPyConnection) -> None:
 def m005_priced_calls(con: duckdb.DuckDBPyConnection) -> None:
     # Rows written before a call with a known cost (or none billed) was stored as unpriced = false.
     con.execute("UPDATE spans SET unpriced = false WHERE unpriced IS NULL")
+
+
+@migration
+def m006_openai_columns(con: duckdb.DuckDBPyConnection) -> None:
+    # Rows written before keep these in their JSON attributes.
+    for column in ("api_type", "service_tier", "system_fingerprint"):
+        con.execute(f"ALTER TABLE spans ADD COLUMN {column} VARCHAR")
 
 
 class StoreFromTheFuture(RuntimeError):

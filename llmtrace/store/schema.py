@@ -73,6 +73,8 @@ _ATTRIBUTE_COLUMNS = (
     (A.OPENAI_API_TYPE, "api_type", "VARCHAR", _STR),  # m006
     (A.OPENAI_RESPONSE_SERVICE_TIER, "service_tier", "VARCHAR", _STR),  # m006
     (A.OPENAI_RESPONSE_SYSTEM_FINGERPRINT, "system_fingerprint", "VARCHAR", _STR),  # m006
+    (A.OPENAI_REQUEST_SERVICE_TIER, "requested_service_tier", "VARCHAR", _STR),  # m006
+    (A.OUTPUT_TYPE, "output_type", "VARCHAR", _STR),  # m006: on every call that asks for JSON
 )
 # Every other attribute, as JSON.
 _JSON_COLUMN = ("attributes", "JSON", _STR)
@@ -236,8 +238,9 @@ def migration(func: Migration) -> Migration:
     return func
 
 
+_M006_COLUMNS = ("api_type", "service_tier", "system_fingerprint", "requested_service_tier", "output_type")
 # Columns that later migrations add: m001 has shipped and must keep creating the table it always did.
-_ADDED_LATER = frozenset({"cache_savings_usd", "request_hash", "api_type", "service_tier", "system_fingerprint"})
+_ADDED_LATER = frozenset({"cache_savings_usd", "request_hash", *_M006_COLUMNS})
 
 
 @migration
@@ -277,7 +280,7 @@ def m005_priced_calls(con: duckdb.DuckDBPyConnection) -> None:
 @migration
 def m006_openai_columns(con: duckdb.DuckDBPyConnection) -> None:
     # Rows written before keep these in their JSON attributes.
-    for column in ("api_type", "service_tier", "system_fingerprint"):
+    for column in _M006_COLUMNS:
         con.execute(f"ALTER TABLE spans ADD COLUMN {column} VARCHAR")
 
 

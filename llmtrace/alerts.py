@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -41,7 +42,23 @@ class Alert:
         """The webhook body: ``text`` for Slack-compatible receivers, the fields for everyone else."""
         fields = asdict(self)
         fields["fired_at"] = self.fired_at.isoformat() + "Z"
+        fields["details"] = self.json_details()
         return {"text": f"llmtrace: {self.message}", "alert": fields}
+
+    def json_details(self) -> Any:
+        """The details as strict JSON takes them: a number that is not finite is null (Python's json writes
+        ``Infinity``, which JavaScript's, Go's and Slack's parsers refuse: the whole alert would be lost)."""
+        return _finite(self.details)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 Callback = Callable[[Alert], Any]
@@ -239,7 +256,7 @@ class Alerter:
                 self._waiting.setdefault(alert.alert_id, alert)
         if not self._waiting:
             return
-        rows = [(a.alert_id, a.fired_at, a.kind, a.subject, a.message, json.dumps(a.details, default=str))
+        rows = [(a.alert_id, a.fired_at, a.kind, a.subject, a.message, json.dumps(a.json_details(), default=str))
                 for a in self._waiting.values()]
         inserted = record(self.paths, rows)
         if inserted is None:  # another process holds the database: try again next round

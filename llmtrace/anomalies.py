@@ -7,8 +7,9 @@ Thresholds are settings (``anomaly_*``, or the ``[anomalies]`` table of llmtrace
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from . import query
@@ -18,9 +19,10 @@ from .config import Settings
 
 Detector = Callable[[Settings, query.Store, datetime], list[Alert]]
 
-# A model name that names a snapshot: a date (2024-08-06, 20241022), a -MMDD suffix (gpt-4-0613) or a
-# -00N version (gemini-1.5-pro-002). Anything else is an alias the provider may repoint.
-_PINNED = re.compile(r"(?:20\d\d-?[01]\d-?[0-3]\d|-[01]\d[0-3]\d$|-\d{3}$|@\d{8}$)")
+# A model name that names a snapshot: a date (2024-08-06, 20241022), a -MMDD or -YYMM suffix (gpt-4-0613,
+# gpt-4-1106-preview, mistral-large-2411), a -00N version (gemini-1.5-pro-002) or -MM-YYYY (command-r-08-2024).
+# Anything else is an alias the provider may repoint.
+_PINNED = re.compile(r"(?:20\d\d-?[01]\d-?[0-3]\d|-\d{4}(?:-preview)?$|-\d{3}$|-[01]\d-20\d\d$|@\d{8}$)")
 
 
 def is_pinned(model: str) -> bool:
@@ -36,8 +38,18 @@ def _windows(settings: Settings, now: datetime) -> tuple[query.TimeRange, query.
 
 
 def _slot(now: datetime, seconds: float) -> int:
-    """Which ``seconds``-long slot of time ``now`` is in: alerts about a lasting situation repeat once per slot."""
-    return int(now.timestamp() // seconds)
+    """Which ``seconds``-long slot of time ``now`` (naive: UTC, as the store keeps time) is in: alerts about a lasting
+    situation repeat once per slot, the same slot in every process whatever its time zone."""
+    return int(_utc(now).timestamp() // seconds)
+
+
+def _utc(now: datetime) -> datetime:
+    return now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now
+
+
+def _at_least(value: float, threshold: float) -> bool:
+    """``value >= threshold`` as its user counts: ten $0.10 calls have spent $1.00 (a float sum falls short of it)."""
+    return value >= threshold or math.isclose(value, threshold, rel_tol=1e-9)
 
 
 def spend_spikes(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
@@ -46,13 +58,19 @@ def spend_spikes(settings: Settings, db: query.Store, now: datetime) -> list[Ale
     alerts = []
     for by in ("tenant", "feature"):
         for row in query.spend_rates(by, recent, baseline, window, db=db):
-            if row["baseline_buckets"] < 2 or row["recent_calls"] < settings.anomaly_min_calls:
-                continue  # too little history (or traffic) to call anything a spike
+            if (row["baseline_buckets"] < 2 or row["baseline_priced_calls"] == 0
+                    or min(row["recent_calls"], row["baseline_calls"]) < settings.anomaly_min_calls):  # fmt: skip
+                continue  # too little history (or traffic), or none with a known cost, to call anything a spike
+            # Per window in which it had calls; or, where more, per day at this time of day (a nightly batch against
+            # the nights before, not against the trickle of the day's other hours).
             usual = row["baseline_usd"] / row["baseline_buckets"]
+            if row["same_time_days"] >= 2:
+                usual = max(usual, row["same_time_usd"] / row["same_time_days"])
             spent = row["recent_usd"]
-            if spent < settings.anomaly_spend_spike_min_usd or spent < settings.anomaly_spend_spike_factor * usual:
+            if usual <= 0 or not (_at_least(spent, settings.anomaly_spend_spike_min_usd)
+                                  and _at_least(spent, settings.anomaly_spend_spike_factor * usual)):  # fmt: skip
                 continue
-            ratio = spent / usual if usual > 0 else float("inf")
+            ratio = spent / usual
             alerts.append(Alert(
                 f"spend_spike:{by}={row['key']}:{_slot(now, window)}", "spend_spike", f"{by}={row['key']}",
                 f"Spend spike: {by} {row['key']} spent {usd(spent)} in the last {_span(window)}, "
@@ -68,7 +86,7 @@ def prompt_growth(settings: Settings, db: query.Store, now: datetime) -> list[Al
     for row in query.input_token_medians("feature", recent, baseline, db=db):
         calls = min(row["recent_calls"], row["baseline_calls"])
         before, after = row["baseline_median"], row["recent_median"]
-        if calls < settings.anomaly_min_calls or not before or after < before * (1 + settings.anomaly_prompt_growth):
+        if calls < settings.anomaly_min_calls or not before or not _at_least(after, before * (1 + settings.anomaly_prompt_growth)):
             continue
         alerts.append(Alert(
             f"prompt_growth:feature={row['key']}:{_slot(now, settings.anomaly_recent_window)}", "prompt_growth",
@@ -148,14 +166,19 @@ def failure_rates(settings: Settings, db: query.Store, now: datetime) -> list[Al
             ("rate_limit_rate", row["rate_limited_calls"], settings.anomaly_rate_limit_rate, "were rate-limited (429)"),
         ):
             rate = count / row["calls"]
-            if rate >= threshold:
+            if _at_least(rate, threshold):
                 alerts.append(Alert(
                     f"{kind}:provider={row['key']}:{slot}", kind, f"provider={row['key']}",
-                    f"{kind.replace('_', ' ').capitalize()}: {rate:.0%} of {row['calls']} calls to {row['key']} {what} "
-                    f"in the last {_span(window)} (threshold {threshold:.0%})",
+                    f"{kind.replace('_', ' ').capitalize()}: {_percent(rate)} of {row['calls']} calls to {row['key']} "
+                    f"{what} in the last {_span(window)} (threshold {_percent(threshold)})",
                     {"rate": rate, "calls": row["calls"], "count": count, "threshold": threshold},
                 ))  # fmt: skip
     return alerts
+
+
+def _percent(share: float) -> str:
+    """3 significant digits, never rounded to 0: 0.1 % is not "0%"."""
+    return f"{share * 100:.3g}%"
 
 
 def _span(seconds: float) -> str:
@@ -177,9 +200,27 @@ DETECTORS: dict[str, Detector] = {
 
 
 def detect(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
-    """Every enabled detector's alerts (``anomaly_detectors`` names them), all read from one snapshot."""
+    """Every enabled detector's alerts (``anomaly_detectors`` names them), all read from one snapshot, but those about
+    a situation that alerted within its window: a detector looks back over a window that slides, and a short
+    incident is still in it after the clock moved into the next slot (a new alert id)."""
+    now = _utc(now).astimezone(timezone.utc).replace(tzinfo=None)  # as the store keeps time
     alerts: list[Alert] = []
     with query.open_store(db, merge_first=False, in_app=True) as store:
         for name in settings.anomaly_detectors:
             alerts.extend(DETECTORS[name](settings, store, now))
-    return alerts
+        if not alerts:
+            return []
+        windows = _repeat_windows(settings)
+        last = query.last_alerts(now - timedelta(seconds=max(windows.values())), db=store)
+    return [alert for alert in alerts if not _alerted_within(last, alert, now, windows)]
+
+
+def _repeat_windows(settings: Settings) -> dict[str, float]:
+    """How long each kind of anomaly alert stays quiet about one subject once it fired (model drift: by its id, once)."""
+    rates = {"error_rate": settings.anomaly_rate_window, "rate_limit_rate": settings.anomaly_rate_window}
+    return {"unpinned_model": 86400.0, **rates, "": settings.anomaly_recent_window}
+
+
+def _alerted_within(last: dict[tuple[str, str], datetime], alert: Alert, now: datetime, windows: dict[str, float]) -> bool:
+    fired = last.get((alert.kind, alert.subject))
+    return fired is not None and now - fired < timedelta(seconds=windows.get(alert.kind, windows[""]))

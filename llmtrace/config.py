@@ -87,7 +87,16 @@ class Settings:
 # Retention reaches back from now: past a century the cutoff leaves the calendar (and no merge could work).
 MAX_RETENTION_DAYS = 100 * 366
 _INT_MAXIMA = {"retention_days": MAX_RETENTION_DAYS}
-_INT_MINIMA = {"max_buffered_spans": 1}
+_INT_MINIMA = {"max_buffered_spans": 1, "anomaly_duplicate_count": 2}  # a request sent once is not a duplicate
+# Numbers with bounds beyond "positive": a share (error_rate = 10 meant 10 % and would never fire), a factor that is
+# a rise, and time windows the calendar can hold (a year, for the anomaly windows).
+_SHARES = ("anomaly_error_rate", "anomaly_rate_limit_rate")
+_FLOAT_BOUNDS = {
+    **{name: (0.0, 1.0, "a share from 0 to 1 (0.1 is 10 %)") for name in _SHARES},
+    "anomaly_spend_spike_factor": (1.0, math.inf, "a factor above 1 (3 is three times the usual spend)"),
+    **{name: (0.0, 366 * 86400.0, "a number of seconds, at most a year") for name in
+       ("anomaly_interval", "anomaly_recent_window", "anomaly_baseline_window", "anomaly_rate_window", "anomaly_duplicate_window")},
+}  # fmt: skip
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
 _BOOL_FALSE = {"0", "false", "no", "off", ""}
@@ -128,6 +137,9 @@ def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
             raise ConfigError(f"{origin}: {name} must be a number, got {raw!r}") from None
         if isinstance(raw, bool) or not 0 < number < math.inf:
             raise ConfigError(f"{origin}: {name} must be a positive number, got {raw!r}")
+        low, high, what = _FLOAT_BOUNDS.get(name, (0.0, math.inf, ""))
+        if not low < number <= high:
+            raise ConfigError(f"{origin}: {name} must be {what}, got {raw!r}")
         return number
     if isinstance(default, int):
         # Not int(raw): it would make 1.5 days 1 and true 1 without a word.

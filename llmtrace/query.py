@@ -624,9 +624,11 @@ def span_count(*, db: str | os.PathLike[str] | None = None) -> dict[str, int]:
 def spend_rates(
     by: str, recent: TimeRange, baseline: TimeRange, bucket_s: float, *, db: Store = None
 ) -> list[dict[str, Any]]:
-    """Per key: spend and calls in ``recent``; spend in ``baseline`` and how many ``bucket_s``-long buckets
-    of it had calls (so a tenant active in office hours is compared with its active hours). Buckets are
-    counted back from the start of ``recent``, so each is as long and as aligned as the recent window."""
+    """Per key: spend and calls in ``recent``; spend, calls (priced ones apart) in ``baseline`` and how many
+    ``bucket_s``-long buckets of it had calls (so a tenant active in office hours is compared with its active hours),
+    and the spend of its buckets at the recent window's time of day, and on how many days (for windows of a day at
+    most: a nightly batch is compared with the nights before). Buckets are counted back from the start of
+    ``recent``, so each is as long and as aligned as the recent window."""
     key = _dimension(by)
     step = float(bucket_s)
     sql = f"""
@@ -634,15 +636,24 @@ def spend_rates(
             SELECT {key} AS key, coalesce(sum(cost_usd), 0) AS usd, count(*) AS calls FROM spans
             WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL GROUP BY 1
         ), base AS (
-            SELECT {key} AS key, coalesce(sum(cost_usd), 0) AS usd,
-                   count(DISTINCT floor((epoch(start_time) - epoch(?::TIMESTAMP)) / {step})) AS buckets
-            FROM spans WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL GROUP BY 1
+            SELECT {key} AS key, coalesce(sum(cost_usd), 0) AS usd, count(*) AS calls,
+                   count(cost_usd) AS priced_calls,
+                   count(DISTINCT floor(since_recent / {step})) AS buckets,
+                   coalesce(sum(cost_usd) FILTER (WHERE same_time), 0) AS same_time_usd,
+                   count(DISTINCT floor(since_recent / 86400)) FILTER (WHERE same_time) AS same_time_days
+            FROM (SELECT *, epoch(start_time) - epoch(?::TIMESTAMP) AS since_recent,
+                         {step} <= 86400 AND ((epoch(start_time) - epoch(?::TIMESTAMP)) % 86400 + 86400) % 86400 < {step}
+                           AS same_time
+                  FROM spans WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL)
+            GROUP BY 1
         )
         SELECT recent.key, recent.usd AS recent_usd, recent.calls AS recent_calls,
-               coalesce(base.usd, 0) AS baseline_usd, coalesce(base.buckets, 0) AS baseline_buckets
+               coalesce(base.usd, 0) AS baseline_usd, coalesce(base.calls, 0) AS baseline_calls,
+               coalesce(base.priced_calls, 0) AS baseline_priced_calls, coalesce(base.buckets, 0) AS baseline_buckets,
+               coalesce(base.same_time_usd, 0) AS same_time_usd, coalesce(base.same_time_days, 0) AS same_time_days
         FROM recent LEFT JOIN base ON recent.key = base.key ORDER BY recent_usd DESC"""
     with open_store(db, merge_first=False, in_app=True) as con:
-        return _rows(con, sql, [recent.since, recent.until, recent.since, baseline.since, baseline.until])
+        return _rows(con, sql, [recent.since, recent.until, recent.since, recent.since, baseline.since, baseline.until])
 
 
 def input_token_medians(
@@ -703,6 +714,15 @@ def request_models(time_range: TimeRange, *, db: Store = None) -> list[dict[str,
              WHERE start_time >= ? AND start_time < ? AND request_model IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"""
     with open_store(db, merge_first=False, in_app=True) as con:
         return _rows(con, sql, [time_range.since, time_range.until])
+
+
+def last_alerts(since: datetime, *, db: Store = None) -> dict[tuple[str, str], datetime]:
+    """When each (kind, subject) last alerted since ``since`` (the anomaly detectors repeat none within its window)."""
+    with open_store(db, merge_first=False, in_app=True) as con:
+        if "alerts" not in {row[0] for row in con.execute(_STORE_TABLES).fetchall()}:
+            return {}
+        rows = con.execute("SELECT kind, subject, max(fired_at) FROM store.alerts WHERE fired_at >= ? GROUP BY 1, 2", [since])
+        return {(kind, subject): fired for kind, subject, fired in rows.fetchall()}
 
 
 def alert_history(time_range: TimeRange, *, limit: int = 200, db: Store = None) -> list[dict[str, Any]]:

@@ -144,7 +144,8 @@ def test_model_drift_and_unpinned_models(tmp_path: Path) -> None:
     ("model", "pinned"),
     [("gpt-4o", False), ("gpt-4o-2024-08-06", True), ("claude-3-5-sonnet-20241022", True), ("gpt-4-0613", True),
      ("claude-sonnet-4-5", False), ("claude-3-5-sonnet-latest", False), ("gemini-1.5-pro-002", True),
-     ("o3-mini", False), ("claude-opus-4-1@20250805", True)],
+     ("o3-mini", False), ("claude-opus-4-1@20250805", True), ("gpt-4-1106-preview", True), ("mistral-large-2411", True),
+     ("command-r-08-2024", True), ("mixtral-8x7b-32768", False)],
 )  # fmt: skip
 def test_which_model_names_are_pinned(model: str, pinned: bool) -> None:
     assert anomalies.is_pinned(model) is pinned
@@ -163,7 +164,7 @@ def test_error_and_rate_limit_rates(tmp_path: Path) -> None:
     assert sorted((a.kind, a.subject) for a in alerts) == [("error_rate", "provider=openai"),
                                                             ("rate_limit_rate", "provider=anthropic")]  # fmt: skip
     assert next(a for a in alerts if a.kind == "error_rate").message == (
-        "Error rate: 33% of 30 calls to openai failed in the last 15 minutes (threshold 10%)"
+        "Error rate: 33.3% of 30 calls to openai failed in the last 15 minutes (threshold 10%)"
     )
 
 
@@ -269,3 +270,124 @@ def test_a_round_with_nothing_to_read_does_not_say_the_store_works_again(
     finally:
         writer.shutdown()
     assert calls == [1] and "cannot use the store" in caplog.text and "work again" not in caplog.text
+
+
+def _spike(tmp_path: Path, end: datetime) -> str:
+    """acme's usual $0.30 an hour for six hours, then a $2.00 burst in the 8 minutes before ``end``."""
+    calls = []
+    for hours_ago in range(2, 8):
+        start = end - hours_ago * HOUR
+        calls += _spread(start, start + HOUR, 30, **{A.COST_USD: 0.01})
+    calls += _spread(end - timedelta(minutes=8), end, 40, **{A.COST_USD: 0.05})
+    return _store(tmp_path, calls)
+
+
+def test_an_incident_alerts_once_though_the_clock_moves_into_the_next_slot(tmp_path: Path) -> None:
+    """The detectors look back over a sliding window: a burst still in it after the hour turns must not alert again
+    (the alert id's slot changed), in this process or another, until the window has passed."""
+    turn = NOW.replace(minute=0, second=0) + HOUR  # an hour's start: a new slot of the alert ids
+    db = _spike(tmp_path, turn - timedelta(minutes=1))
+    alerter = Alerter(StorePaths(Path(db)))
+    settings = _settings(anomaly_detectors=["spend_spike"])
+    first = anomalies.detect(settings, db, turn - timedelta(seconds=30))
+    assert sorted(a.subject for a in first) == ["feature=search", "tenant=acme"]
+    alerter.fire(first)
+    assert anomalies.detect(settings, db, turn + timedelta(seconds=90)) == []  # the same burst, the next slot
+    later = anomalies.detect(settings, db, turn + timedelta(minutes=59))  # still in the window: quiet
+    assert later == []
+
+
+def test_alert_slots_are_the_same_in_every_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processes of one fleet in different zones must give one situation one id (the store's dedupe)."""
+    now = datetime(2026, 12, 8, 10, 45)  # naive UTC, as the store keeps time
+    slots = []
+    for zone in ("UTC", "Asia/Kolkata", "America/New_York"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        slots.append(anomalies._slot(now, 3600))
+    monkeypatch.undo()
+    time.tzset()
+    assert slots == [int(now.replace(tzinfo=timezone.utc).timestamp() // 3600)] * 3
+
+
+def test_no_spike_against_a_baseline_of_unknown_cost_or_of_a_few_test_calls(tmp_path: Path) -> None:
+    calls = []
+    for hours_ago in range(2, 8):  # unpriced all week (a model added to the price list since, say)
+        start = NOW - hours_ago * HOUR
+        calls += _spread(start, start + HOUR, 30, **{A.TENANT: "selfhosted", A.COST_USD: None, A.COST_UNPRICED: True})
+    calls += _spread(NOW - 3 * HOUR, NOW - 2 * HOUR, 2, **{A.TENANT: "newco", A.COST_USD: 0.005})  # two test calls
+    calls += _spread(NOW - HOUR, NOW, 30, **{A.TENANT: "selfhosted", A.COST_USD: 0.1})
+    calls += _spread(NOW - HOUR, NOW, 50, **{A.TENANT: "newco", A.COST_USD: 0.1})  # its go-live
+    subjects = {a.subject for a in anomalies.spend_spikes(_settings(), _store(tmp_path, calls), NOW)}
+    assert not subjects & {"tenant=selfhosted", "tenant=newco"}
+
+
+def test_a_nightly_batch_is_compared_with_the_nights_before_not_with_the_days_trickle(tmp_path: Path) -> None:
+    calls = []
+    for days_ago in range(1, 7):
+        night = NOW - days_ago * timedelta(days=1)
+        calls += _spread(night - HOUR, night, 40, **{A.TENANT: "batch", A.COST_USD: 0.5})  # $20 a night
+        for hours in range(2, 23):  # a health check every hour of the day
+            calls.append((night - hours * HOUR, {A.TENANT: "batch", A.COST_USD: 0.0001}))
+    tonight = _spread(NOW - HOUR, NOW, 40, **{A.TENANT: "batch", A.COST_USD: 0.5})
+    db = _store(tmp_path, calls + tonight)
+    assert anomalies.spend_spikes(_settings(), db, NOW) == []  # $20, as every night
+    runaway = _spread(NOW - HOUR, NOW, 40, **{A.TENANT: "batch", A.COST_USD: 5.0})  # $200: ten times the usual night
+    alerts = anomalies.spend_spikes(_settings(), _store(tmp_path / "runaway", calls + runaway), NOW)
+    assert [a.message for a in alerts if a.subject == "tenant=batch"] == [
+        "Spend spike: tenant batch spent $200.00 in the last hour, 10.0x its usual $20.00"]
+
+
+def test_thresholds_are_reached_by_sums_that_fall_short_in_floats(tmp_path: Path) -> None:
+    calls = []
+    for hours_ago in range(2, 8):
+        start = NOW - hours_ago * HOUR
+        calls += _spread(start, start + HOUR, 20, **{A.COST_USD: 0.005, A.USAGE_INPUT_TOKENS: 100})
+    calls += _spread(NOW - HOUR, NOW, 10, **{A.COST_USD: 0.1, A.USAGE_INPUT_TOKENS: 110})  # $1.00, as a float 0.99999...
+    calls += _spread(NOW - HOUR, NOW, 10, **{A.COST_USD: 0.0, A.USAGE_INPUT_TOKENS: 110})
+    db = _store(tmp_path, calls)
+    settings = _settings(anomaly_spend_spike_min_usd=1.0, anomaly_prompt_growth=0.1)  # 100 tokens * 1.1 = 110.00000000000001
+    assert {a.subject for a in anomalies.spend_spikes(settings, db, NOW)} == {"tenant=acme", "feature=search"}
+    assert [a.subject for a in anomalies.prompt_growth(settings, db, NOW)] == ["feature=search"]
+
+
+def test_rates_read_as_percentages_with_their_digits_and_alerts_are_strict_json(tmp_path: Path) -> None:
+    import json
+
+    assert anomalies._percent(0.001) == "0.1%" and anomalies._percent(1 / 3) == "33.3%" and anomalies._percent(0.2) == "20%"
+    alert = Alert("x", "spend_spike", "tenant=a", "m", {"ratio": float("inf"), "nested": [float("nan"), 1.5]})
+    body = json.dumps(alert.payload(), allow_nan=False)  # what strict parsers (JavaScript, Go, Slack) accept
+    assert json.loads(body)["alert"]["details"] == {"ratio": None, "nested": [None, 1.5]}
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("anomaly_error_rate", "10", r"must be a share from 0 to 1 \(0.1 is 10 %\)"),
+    ("anomaly_rate_limit_rate", "1.5", "must be a share from 0 to 1"),
+    ("anomaly_duplicate_count", "1", "must be a whole number 2 or more"),
+    ("anomaly_recent_window", "1e12", "must be a number of seconds, at most a year"),
+    ("anomaly_spend_spike_factor", "0.5", "must be a factor above 1"),
+])  # fmt: skip
+def test_thresholds_that_could_never_fire_or_would_fire_on_everything_are_refused(name: str, value: str, says: str) -> None:
+    with pytest.raises(config.ConfigError, match=says):
+        config.load({}, environ={f"LLMTRACE_{name.upper()}": value})
+
+
+def test_processes_due_at_the_same_moment_claim_one_round(tmp_path: Path) -> None:
+    import threading
+
+    from llmtrace.store.files import claim_round
+
+    for trial in range(20):
+        stamp = tmp_path / f"stamp{trial}"
+        start, won = threading.Barrier(6), []
+
+        def claim(stamp: Path = stamp, start: threading.Barrier = start, won: list[bool] = won) -> None:
+            start.wait()
+            won.append(claim_round(stamp, 60))
+
+        threads = [threading.Thread(target=claim) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert won.count(True) == 1, trial

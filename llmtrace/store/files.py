@@ -18,6 +18,12 @@ from typing import Any
 
 from ..config import ConfigError
 
+fcntl: Any
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: the stamp's time alone coordinates
+    fcntl = None
+
 DEFAULT_DB = Path(".llmtrace") / "llmtrace.duckdb"
 # DuckDB takes what follows a '?' in a database's path for connection options (it would look for the write-ahead log
 # elsewhere, in a folder that does not exist where the '?' is in a folder's name), and a backslash for a folder
@@ -130,14 +136,24 @@ def claim_round(stamp: Path, interval: float) -> bool:
     claimed) when no process claimed one in the last ``interval`` seconds. When the stamp cannot be
     read or written the answer is True: the job then runs in every process, as if uncoordinated."""
     try:
-        if time.time() - stamp.stat().st_mtime < interval:
-            return False
+        descriptor = os.open(stamp, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
-        pass  # no stamp yet (or unreadable)
+        return True
     try:
-        stamp.touch()
+        # Held while looking and touching: processes due at the same moment would all see an old stamp.
+        if fcntl is not None:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        status = os.fstat(descriptor)
+        # An empty stamp is one this open() just made: no round was claimed yet.
+        if status.st_size and time.time() - status.st_mtime < interval:
+            return False
+        if not status.st_size:
+            os.write(descriptor, b"the last anomaly round's claim\n")
+        os.utime(descriptor)
     except OSError:
         pass
+    finally:
+        os.close(descriptor)  # and with it the lock
     return True
 
 

@@ -174,8 +174,14 @@ def open_store(db: Store = None, *, merge_first: bool = True, in_app: bool = Fal
                 con.execute("SET memory_limit = '128MB'")
             _create_view(con, paths, _IN_APP_ATTACH_WAIT_S if in_app else _ATTACH_WAIT_S)
             yield con
-        except (duckdb.IOException, *DATA_ERRORS) as exc:  # a damaged database, a segment DuckDB cannot read
-            raise StoreError(f"{paths.db} cannot be read: {exc}") from exc
+        except (duckdb.IOException, *DATA_ERRORS, UnicodeDecodeError) as exc:  # a damaged database, a segment DuckDB cannot read
+            raise StoreError(f"{paths.db} cannot be read: {str(exc).splitlines()[0]}") from exc
+        except duckdb.Error as exc:
+            if type(exc) is not duckdb.Error:
+                raise  # an error of llmtrace's own (its SQL), not of the file
+            # DuckDB's bare Error is its file reader's (a segment's Thrift data that does not decode): the next merge
+            # sets the segment aside.
+            raise StoreError(f"{paths.db} cannot be read until its next merge: {str(exc).splitlines()[0]}") from exc
         finally:
             con.close()
 

@@ -283,6 +283,17 @@ def _foreign(segment: Path) -> None:
     pq.write_table(pa.table({"trace_id": ["x"], "start_time": ["yesterday"], "http_status": ["abc"]}), segment)
 
 
+def _flipped_byte(kind: str) -> Callable[[Path], None]:
+    """A segment llmtrace wrote with one byte flipped (found by flipping bytes at random): pyarrow reads it whole,
+    DuckDB's stricter reader refuses it, as a bare duckdb.Error (a Thrift decoding error), or with a message holding
+    the damaged bytes, which its Python client raises as a UnicodeDecodeError (see tests/data/README.md)."""
+
+    def spoil(segment: Path) -> None:
+        segment.write_bytes((Path(__file__).parent / "data" / f"damaged_segment_{kind}.parquet").read_bytes())
+
+    return spoil
+
+
 def _ten_spans(db: str) -> Any:
     """Ten spans as the writer turns them into a segment's table (written as many times as a test needs)."""
     provider, writer = provider_with_store(db, flush_interval=60)
@@ -293,8 +304,10 @@ def _ten_spans(db: str) -> Any:
 
 
 @pytest.mark.parametrize(
-    "spoil, logged", [(_truncated, "truncated by a crash"), (_damaged, "damaged data"), (_foreign, "values the table refuses")]
-)
+    "spoil, logged", [(_truncated, "truncated by a crash"), (_damaged, "damaged data"), (_foreign, "values the table refuses"),
+                      (_flipped_byte("thrift"), "damaged data"), (_flipped_byte("utf8"), "damaged data")],
+    ids=["truncated", "damaged", "foreign", "flipped byte (Thrift)", "flipped byte (UTF-8)"],
+)  # fmt: skip
 def test_an_unreadable_segment_is_quarantined_and_the_rest_merged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, spoil: Callable[[Path], None], logged: str,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -507,6 +520,28 @@ def test_disk_full_keeps_spans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     emit(provider, 1)
     writer.force_flush()
     assert _count(db)["spans"] == 5
+
+
+def test_spans_dropped_while_the_disk_stays_full_are_counted_at_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An episode of a full buffer that never ends (the disk stays full): the last lines say what it cost."""
+    provider, writer = provider_with_store(_db(tmp_path), flush_interval=60)
+    writer.max_buffered = 3
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module, "write_segment", full)
+    emit(provider, 10)
+    writer.force_flush(100)
+    writer.shutdown()
+    said = [r.getMessage() for r in caplog.records if "span(s)" in r.getMessage()]
+    assert said[-2:] == [
+        f"llmtrace: 3 span(s) could not be written to {writer.paths.segments} before the store stopped, and are lost: "
+        "cannot write segments in " + str(writer.paths.segments) + ": No space left on device",
+        "llmtrace: 7 span(s) were dropped in all while the store's buffer was full (3 spans): their calls are not in the store",
+    ]
 
 
 @pytest.mark.parametrize("raised_by", ["the OS", "Arrow"])
@@ -1241,14 +1276,24 @@ def test_the_buffer_cap_is_a_setting_and_spans_past_it_are_dropped_counted_and_l
     writer = instrumentation._store_writer
     emit(provider, 5)
     assert writer.dropped == 2
-    assert len([r for r in caplog.records if "store buffer full (3 spans); 1 span(s) dropped" in r.getMessage()]) == 1
+    said = [r.getMessage() for r in caplog.records if "store buffer" in r.getMessage()]
+    assert said == ["llmtrace: store buffer full (3 spans): the calls from now on are not recorded in the store until "
+                    "the writer catches up"]  # once an episode, not once a span
+    writer.force_flush()  # a round makes room: the episode ends, and says what it cost
+    emit(provider, 5)  # a second episode is said too
     llmtrace.uninstrument()
-    assert _count(db)["spans"] == 3
+    said = [r.getMessage() for r in caplog.records if "store buffer" in r.getMessage() or "in all" in r.getMessage()]
+    assert said[1:] == [
+        "llmtrace: store buffer has room again: 2 span(s) were dropped while it was full (2 in all)",
+        "llmtrace: store buffer full (3 spans): the calls from now on are not recorded in the store until the writer catches up",
+        "llmtrace: store buffer has room again: 2 span(s) were dropped while it was full (4 in all)",  # the final flush
+    ]
+    assert _count(db)["spans"] == 6
     llmtrace.instrument(tracer_provider=provider, db=db, max_buffered_spans=10, **quiet)  # the same writer, a new cap
     assert instrumentation._store_writer is writer
     emit(provider, 5)
     llmtrace.uninstrument()
-    assert writer.dropped == 2 and _count(db)["spans"] == 8
+    assert writer.dropped == 4 and _count(db)["spans"] == 11
 
 
 def test_no_store_file_until_a_span_arrives(tmp_path: Path) -> None:
@@ -1648,3 +1693,34 @@ def test_flush_says_false_after_an_internal_error_and_leaves_merging_to_the_writ
         assert llmtrace.flush(None) is False  # type: ignore[arg-type]  # never raises, as its docstring says
     assert [type(e) for e in internal_errors_fail_tests] == [RuntimeError, TypeError]
     internal_errors_fail_tests.clear()  # expected here: the guard contained it
+
+
+def test_a_segment_a_newer_llmtrace_wrote_is_left_for_it_to_merge(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """During a rolling upgrade, an older process must not set aside (quarantine) the spans of a newer one whose
+    segment has a column its database lacks: readers count them, and the newer process merges them once migrated."""
+    import pyarrow as pa
+
+    db = _db(tmp_path)
+    paths, table = resolve(db), _ten_spans(db)
+    newer = files.write_segment(paths, table.append_column("a_column_of_tomorrow", pa.array([1.5] * 10)))
+    files.write_segment(paths, table)
+    for _ in range(2):
+        outcome = merge(paths)
+        assert (outcome.merged_rows, outcome.quarantined) == (10 if _ == 0 else 0, [])
+    assert paths.pending() == [newer]
+    with query.open_store(db, merge_first=False) as view:
+        assert query.summary(query.TimeRange.last(timedelta(days=1)), db=view)["calls"] == 20
+    said = [r.getMessage() for r in caplog.records if newer.name in r.getMessage()]
+    assert said == [f"llmtrace: segment {newer.name} was written by a newer llmtrace (columns a_column_of_tomorrow): left for "
+                    "it to merge once it has upgraded the database; readers count it meanwhile"]  # once, not at every merge
+
+
+def test_a_reader_that_does_not_merge_first_says_a_damaged_segment_plainly(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    paths = resolve(db)
+    files.write_segment(paths, _ten_spans(db))
+    _flipped_byte("thrift")(files.write_segment(paths, _ten_spans(db)))
+    with pytest.raises(query.StoreError, match="cannot be read until its next merge: TProtocolException: Invalid data"):
+        with query.open_store(db, merge_first=False) as view:
+            query.span_count(db=view)
+    assert query.summary(query.TimeRange.last(timedelta(days=1)), db=db)["calls"] == 10  # one that merges first sets it aside

@@ -18,7 +18,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from .files import StorePaths, quarantine, utc_now
-from .schema import migrate, segment_rows
+from .schema import COLUMN_NAMES, migrate, segment_rows
 
 logger = logging.getLogger("llmtrace")
 
@@ -37,6 +37,9 @@ _LARGE_MEMORY_LIMIT = "1GB"
 # What DuckDB raises for values it cannot take (a file llmtrace did not write, in the segments folder), as opposed to
 # the database or disk failing.
 DATA_ERRORS = (duckdb.ConversionException, duckdb.InvalidInputException, duckdb.BinderException, duckdb.TypeMismatchException)
+# What a merge may meet besides: DuckDB's own errors, and, for a damaged file whose bytes DuckDB quotes in its message,
+# the UnicodeDecodeError its Python client raises in place of that message.
+_MERGE_FAILURES = (duckdb.Error, UnicodeDecodeError)
 _INSERT_SEGMENTS = f"INSERT INTO spans BY NAME {segment_rows('?')}"
 
 
@@ -97,7 +100,7 @@ def _row_counts(con: duckdb.DuckDBPyConnection, segments: list[Path]) -> dict[Pa
     try:
         rows = con.execute("SELECT file_name, num_rows FROM parquet_file_metadata(?)", [[str(s) for s in segments]])
         counts = dict(rows.fetchall())
-    except duckdb.Error:
+    except _MERGE_FAILURES:
         return {segment: _readable(segment) for segment in segments}
     return {segment: counts.get(str(segment)) for segment in segments}
 
@@ -111,12 +114,20 @@ def _readable(segment: Path) -> int | None:
 
 
 def _damage(con: duckdb.DuckDBPyConnection, segment: Path) -> str | None:
-    """What is wrong with a segment whose footer reads, or None: a page that does not decode (pyarrow reads them all),
-    or values the table refuses (DuckDB takes its rows, then rolls back), in a file llmtrace did not write."""
+    """What is wrong with a segment whose footer reads, or None: a page that does not decode (pyarrow reads them all;
+    DuckDB's own reader, stricter, may still refuse one: a flipped byte), or values the table refuses (DuckDB takes
+    its rows, then rolls back), in a file llmtrace did not write."""
     try:
         pq.read_table(segment)
     except Exception as exc:
         return f"damaged data: {exc}"
+    try:
+        # Every value decoded (the max of each column) by DuckDB's own reader, nothing written.
+        con.execute("SELECT max(COLUMNS(*)) FROM read_parquet(?)", [[str(segment)]]).fetchall()
+    except _MERGE_FAILURES as exc:
+        if isinstance(exc, duckdb.Error) and is_lock_error(exc):
+            raise
+        return f"damaged data: {str(exc).splitlines()[0]}"  # not the SQL that read it, which DuckDB quotes after
     con.execute("BEGIN")
     try:
         con.execute(_INSERT_SEGMENTS, [[str(segment)]])
@@ -125,6 +136,24 @@ def _damage(con: duckdb.DuckDBPyConnection, segment: Path) -> str | None:
         return f"values the table refuses: {exc}"
     finally:
         _rollback(con)
+
+
+def _columns_unknown_here(segment: Path) -> list[str]:
+    """The columns of a segment this llmtrace does not know: one a newer llmtrace wrote."""
+    try:
+        return sorted(set(pq.read_schema(segment).names) - set(COLUMN_NAMES))
+    except Exception:  # unreadable: that is damage, for _damage to name
+        return []
+
+
+_left_to_newer: set[str] = set()
+
+
+def _leave_to_a_newer_llmtrace(segment: Path, columns: list[str]) -> None:
+    if segment.name not in _left_to_newer:  # once a segment, not at every merge
+        _left_to_newer.add(segment.name)
+        logger.warning("llmtrace: segment %s was written by a newer llmtrace (columns %s): left for it to merge once it "
+                       "has upgraded the database; readers count it meanwhile", segment.name, ", ".join(columns))  # fmt: skip
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
@@ -191,8 +220,8 @@ def _merge_with(
         to_insert.append((segment, rows))
     try:
         _commit(con, to_insert, retention_days, outcome)
-    except duckdb.Error as exc:
-        if is_lock_error(exc):
+    except _MERGE_FAILURES as exc:
+        if isinstance(exc, duckdb.Error) and is_lock_error(exc):
             raise
         # One segment must not hold back every other one (nor every reader): each alone, the ones that cannot be
         # merged set aside.
@@ -220,7 +249,11 @@ def _commit_one_at_a_time(
         except duckdb.OutOfMemoryException as exc:
             _quarantine(paths, entry[0], outcome, f"too large to merge within {_LARGE_MEMORY_LIMIT} of memory: {exc}")
             continue
-        except duckdb.Error:
+        except _MERGE_FAILURES:
+            newer = _columns_unknown_here(entry[0])
+            if newer:  # a newer llmtrace's, during a rolling upgrade: its own processes merge it, once they migrated
+                _leave_to_a_newer_llmtrace(entry[0], newer)
+                continue
             why = _damage(con, entry[0])
             if why is None:
                 raise  # not this segment's fault

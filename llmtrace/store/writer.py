@@ -8,8 +8,9 @@ writer is late, the request path hands the GIL over for a moment every few hundr
 
 It is a ledger, so it does not drop spans the way OTel's BatchSpanProcessor does when its queue
 fills: the buffer holds up to ``max_buffered`` spans; beyond that new spans are counted and
-dropped with one log line per episode. When the disk or the database fails, rows wait (in memory,
-or in segments if only the database is at fault) and arrive once the fault clears.
+dropped, with a log line when an episode begins and one, saying how many, when it ends. When the disk or the
+database fails, rows wait (in memory, or in segments if only the database is at fault) and arrive once the fault
+clears.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ class StoreWriter(SpanProcessor):
         self._flushes_done = 0
         self._merge_requested = False
         self._stopped = stopped
+        self._dropping = False  # the buffer is full and spans are dropped (an episode, said when it begins and ends)
+        self._dropped_before = 0  # self.dropped when the episode began
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         # The merge running on its own thread (the writer goes on converting meanwhile), and what it has not taken yet.
@@ -158,8 +161,18 @@ class StoreWriter(SpanProcessor):
 
     def _drop(self) -> None:
         self.dropped += 1
-        if self.dropped == 1 or self.dropped % 100_000 == 0:
-            logger.error("llmtrace: store buffer full (%d spans); %d span(s) dropped so far", self.max_buffered, self.dropped)
+        if not self._dropping:  # an episode begins: one line now, one when it ends (_say_dropping_ended)
+            self._dropping = True
+            self._dropped_before = self.dropped - 1
+            logger.error("llmtrace: store buffer full (%d spans): the calls from now on are not recorded in the store "
+                         "until the writer catches up", self.max_buffered)  # fmt: skip
+
+    def _say_dropping_ended(self) -> None:
+        """After a round that made room: how many spans the episode cost (and all episodes so far)."""
+        if self._dropping and len(self._spans) + len(self._unwritten) < self.max_buffered:
+            self._dropping = False
+            logger.error("llmtrace: store buffer has room again: %d span(s) were dropped while it was full (%d in all)",
+                         self.dropped - self._dropped_before, self.dropped)  # fmt: skip
 
     def _start_thread(self) -> None:
         with self._thread_lock:
@@ -183,6 +196,7 @@ class StoreWriter(SpanProcessor):
             with internal_errors(), background_work():
                 # A flush someone waits for merges at once; otherwise a merge every few intervals, on its own thread.
                 self._write_and_merge(merge_now=merge_requested, periodic=True)
+                self._say_dropping_ended()
             self._last_round = time.monotonic()
             with self._flushed:
                 self._flushes_done = requested
@@ -334,6 +348,9 @@ class StoreWriter(SpanProcessor):
         if lost:  # the last line the app's log gets about the store must say what it cost
             logger.error("llmtrace: %d span(s) could not be written to %s before the store stopped, and are lost: %s",
                          lost, self.paths.segments, self._fault.current or "the final flush did not finish")
+        if self._dropping:  # an episode the writer never ended: what it cost is said here
+            logger.error("llmtrace: %d span(s) were dropped in all while the store's buffer was full (%d spans): "
+                         "their calls are not in the store", self.dropped, self.max_buffered)  # fmt: skip
 
     def restart(self, *, flush_interval: float, retention_days: float | None, max_buffered: int) -> None:
         """Take spans again after ``shutdown()`` (instrument() after uninstrument() on the same provider:

@@ -7,14 +7,13 @@ Thresholds are settings (``anomaly_*``, or the ``[anomalies]`` table of llmtrace
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from . import query
 from .alerts import Alert
-from .budgets import usd
+from .budgets import reached, usd
 from .config import Settings
 
 Detector = Callable[[Settings, query.Store, datetime], list[Alert]]
@@ -47,11 +46,6 @@ def _utc(now: datetime) -> datetime:
     return now.replace(tzinfo=timezone.utc) if now.tzinfo is None else now
 
 
-def _at_least(value: float, threshold: float) -> bool:
-    """``value >= threshold`` as its user counts: ten $0.10 calls have spent $1.00 (a float sum falls short of it)."""
-    return value >= threshold or math.isclose(value, threshold, rel_tol=1e-9)
-
-
 def spend_spikes(settings: Settings, db: query.Store, now: datetime) -> list[Alert]:
     recent, baseline = _windows(settings, now)
     window = settings.anomaly_recent_window
@@ -67,8 +61,8 @@ def spend_spikes(settings: Settings, db: query.Store, now: datetime) -> list[Ale
             if row["same_time_days"] >= 2:
                 usual = max(usual, row["same_time_usd"] / row["same_time_days"])
             spent = row["recent_usd"]
-            if usual <= 0 or not (_at_least(spent, settings.anomaly_spend_spike_min_usd)
-                                  and _at_least(spent, settings.anomaly_spend_spike_factor * usual)):  # fmt: skip
+            if usual <= 0 or not (reached(spent, settings.anomaly_spend_spike_min_usd)
+                                  and reached(spent, settings.anomaly_spend_spike_factor * usual)):  # fmt: skip
                 continue
             ratio = spent / usual
             alerts.append(Alert(
@@ -86,7 +80,7 @@ def prompt_growth(settings: Settings, db: query.Store, now: datetime) -> list[Al
     for row in query.input_token_medians("feature", recent, baseline, db=db):
         calls = min(row["recent_calls"], row["baseline_calls"])
         before, after = row["baseline_median"], row["recent_median"]
-        if calls < settings.anomaly_min_calls or not before or not _at_least(after, before * (1 + settings.anomaly_prompt_growth)):
+        if calls < settings.anomaly_min_calls or not before or not reached(after, before * (1 + settings.anomaly_prompt_growth)):
             continue
         alerts.append(Alert(
             f"prompt_growth:feature={row['key']}:{_slot(now, settings.anomaly_recent_window)}", "prompt_growth",
@@ -166,7 +160,7 @@ def failure_rates(settings: Settings, db: query.Store, now: datetime) -> list[Al
             ("rate_limit_rate", row["rate_limited_calls"], settings.anomaly_rate_limit_rate, "were rate-limited (429)"),
         ):
             rate = count / row["calls"]
-            if _at_least(rate, threshold):
+            if reached(rate, threshold):
                 alerts.append(Alert(
                     f"{kind}:provider={row['key']}:{slot}", kind, f"provider={row['key']}",
                     f"{kind.replace('_', ' ').capitalize()}: {_percent(rate)} of {row['calls']} calls to {row['key']} "

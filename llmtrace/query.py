@@ -227,6 +227,11 @@ def _attach(con: duckdb.DuckDBPyConnection, paths: StorePaths, wait_s: float) ->
 _STORE_TABLES = "SELECT table_name FROM duckdb_tables() WHERE database_name = 'store'"
 
 
+def _store_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The tables of the attached database (none yet: a store not merged into)."""
+    return {row[0] for row in con.execute(_STORE_TABLES).fetchall()}
+
+
 def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths, lock_wait_s: float) -> None:
     # Every part is unioned by name onto an empty table of today's columns: a database or segment
     # written by an older llmtrace lacks the newer columns, which then read as NULL.
@@ -236,7 +241,7 @@ def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths, lock_wait_s:
     pending_paths = paths.pending()
     merged: set[str] = set()
     if _attach(con, paths, lock_wait_s):
-        tables = {row[0] for row in con.execute(_STORE_TABLES).fetchall()}
+        tables = _store_tables(con)
         if "spans" in tables:
             parts.append("SELECT * FROM store.spans")
             if "_segments" in tables:
@@ -647,10 +652,9 @@ def spend_rates(
                    count(DISTINCT floor(since_recent / {step})) AS buckets,
                    coalesce(sum(cost_usd) FILTER (WHERE same_time), 0) AS same_time_usd,
                    count(DISTINCT floor(since_recent / 86400)) FILTER (WHERE same_time) AS same_time_days
-            FROM (SELECT *, epoch(start_time) - epoch(?::TIMESTAMP) AS since_recent,
-                         {step} <= 86400 AND ((epoch(start_time) - epoch(?::TIMESTAMP)) % 86400 + 86400) % 86400 < {step}
-                           AS same_time
-                  FROM spans WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL)
+            FROM (SELECT *, {step} <= 86400 AND (since_recent % 86400 + 86400) % 86400 < {step} AS same_time
+                  FROM (SELECT *, epoch(start_time) - epoch(?::TIMESTAMP) AS since_recent
+                        FROM spans WHERE start_time >= ? AND start_time < ? AND {key} IS NOT NULL))
             GROUP BY 1
         )
         SELECT recent.key, recent.usd AS recent_usd, recent.calls AS recent_calls,
@@ -659,7 +663,7 @@ def spend_rates(
                coalesce(base.same_time_usd, 0) AS same_time_usd, coalesce(base.same_time_days, 0) AS same_time_days
         FROM recent LEFT JOIN base ON recent.key = base.key ORDER BY recent_usd DESC"""
     with open_store(db, merge_first=False, in_app=True) as con:
-        return _rows(con, sql, [recent.since, recent.until, recent.since, recent.since, baseline.since, baseline.until])
+        return _rows(con, sql, [recent.since, recent.until, recent.since, baseline.since, baseline.until])
 
 
 def input_token_medians(
@@ -725,7 +729,7 @@ def request_models(time_range: TimeRange, *, db: Store = None) -> list[dict[str,
 def last_alerts(since: datetime, *, db: Store = None) -> dict[tuple[str, str], datetime]:
     """When each (kind, subject) last alerted since ``since`` (the anomaly detectors repeat none within its window)."""
     with open_store(db, merge_first=False, in_app=True) as con:
-        if "alerts" not in {row[0] for row in con.execute(_STORE_TABLES).fetchall()}:
+        if "alerts" not in _store_tables(con):
             return {}
         rows = con.execute("SELECT kind, subject, max(fired_at) FROM store.alerts WHERE fired_at >= ? GROUP BY 1, 2", [since])
         return {(kind, subject): fired for kind, subject, fired in rows.fetchall()}
@@ -734,7 +738,7 @@ def last_alerts(since: datetime, *, db: Store = None) -> dict[tuple[str, str], d
 def alert_history(time_range: TimeRange, *, limit: int = 200, db: Store = None) -> list[dict[str, Any]]:
     """Alerts fired in the range, newest first (none for a store that has not recorded any yet)."""
     with open_store(db, merge_first=False) as con:
-        if "alerts" not in {row[0] for row in con.execute(_STORE_TABLES).fetchall()}:
+        if "alerts" not in _store_tables(con):
             return []
         sql = f"""SELECT fired_at, kind, subject, message, details, alert_id FROM store.alerts
                   WHERE fired_at >= ? AND fired_at < ? ORDER BY fired_at DESC LIMIT {int(limit)}"""

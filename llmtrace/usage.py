@@ -76,20 +76,17 @@ class Usage:
     def add_attributes(self, attrs: dict[str, Any], generates: bool = True) -> None:
         """Put the usage attributes into ``attrs`` (a call's end attributes). ``generates``: False for an operation with
         no output (embeddings), whose usage is its input alone."""
-        if not generates:
-            attrs[A.USAGE_INPUT_TOKENS] = self.uncached_input + self.cache_read + self.cache_write
-            attrs[A.USAGE_UNCACHED_INPUT_TOKENS] = self.uncached_input
-            attrs[A.USAGE_SOURCE] = self.source
-            return
         attrs[A.USAGE_INPUT_TOKENS] = self.uncached_input + self.cache_read + self.cache_write  # input_tokens, inlined
+        attrs[A.USAGE_UNCACHED_INPUT_TOKENS] = self.uncached_input
+        attrs[A.USAGE_SOURCE] = self.source
+        if not generates:
+            return
         attrs[A.USAGE_OUTPUT_TOKENS] = self.visible_output + self.reasoning
         attrs[A.USAGE_CACHE_READ_INPUT_TOKENS] = self.cache_read
         attrs[A.USAGE_CACHE_CREATION_INPUT_TOKENS] = self.cache_write
         if self.reasoning_known:
             attrs[A.USAGE_REASONING_OUTPUT_TOKENS] = self.reasoning
-        attrs[A.USAGE_UNCACHED_INPUT_TOKENS] = self.uncached_input
         attrs[A.USAGE_VISIBLE_OUTPUT_TOKENS] = self.visible_output
-        attrs[A.USAGE_SOURCE] = self.source
         if self.web_searches:
             attrs[A.USAGE_WEB_SEARCHES] = self.web_searches
         if self.file_searches:

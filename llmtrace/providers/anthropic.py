@@ -73,7 +73,7 @@ def _usage(usage: Any, blocks: Any) -> Usage | None:
     thinking = get(get(usage, "output_tokens_details"), "thinking_tokens")
     reasoning = min(as_int(thinking), output)
     cache_write = as_int(get(usage, "cache_creation_input_tokens"))
-    cache_write_1h = min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), cache_write)
+    cache_write_1h = _written_for_an_hour(usage, cache_write)
     uncached, cache_read = as_int(get(usage, "input_tokens")), as_int(get(usage, "cache_read_input_tokens"))
     visible = output - reasoning
     for iteration in _iterations(usage) or ():
@@ -84,7 +84,7 @@ def _usage(usage: Any, blocks: Any) -> Usage | None:
             cache_read += as_int(get(iteration, "cache_read_input_tokens"))
             written = as_int(get(iteration, "cache_creation_input_tokens"))
             cache_write += written
-            cache_write_1h += min(as_int(get(get(iteration, "cache_creation"), "ephemeral_1h_input_tokens")), written)
+            cache_write_1h += _written_for_an_hour(iteration, written)
             visible += as_int(get(iteration, "output_tokens"))
     return Usage(
         uncached_input=uncached,
@@ -96,6 +96,11 @@ def _usage(usage: Any, blocks: Any) -> Usage | None:
         reasoning_known=type(thinking) is int or not _thought(blocks),
         web_searches=as_int(get(get(usage, "server_tool_use"), "web_search_requests")),
     )
+
+
+def _written_for_an_hour(usage: Any, written: int) -> int:
+    """Of the ``written`` cache tokens, those with the 1-hour TTL (priced higher)."""
+    return min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), written)
 
 
 def _iterations(usage: Any) -> Any:

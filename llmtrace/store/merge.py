@@ -125,7 +125,7 @@ def _damage(con: duckdb.DuckDBPyConnection, segment: Path) -> str | None:
         # Every value decoded (the max of each column) by DuckDB's own reader, nothing written.
         con.execute("SELECT max(COLUMNS(*)) FROM read_parquet(?)", [[str(segment)]]).fetchall()
     except _MERGE_FAILURES as exc:
-        if isinstance(exc, duckdb.Error) and is_lock_error(exc):
+        if is_lock_error(exc):
             raise
         return f"damaged data: {str(exc).splitlines()[0]}"  # not the SQL that read it, which DuckDB quotes after
     con.execute("BEGIN")
@@ -221,7 +221,7 @@ def _merge_with(
     try:
         _commit(con, to_insert, retention_days, outcome)
     except _MERGE_FAILURES as exc:
-        if isinstance(exc, duckdb.Error) and is_lock_error(exc):
+        if is_lock_error(exc):
             raise
         # One segment must not hold back every other one (nor every reader): each alone, the ones that cannot be
         # merged set aside.

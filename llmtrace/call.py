@@ -165,10 +165,11 @@ class Call:
     def request_kwargs(self) -> dict[str, Any]:
         """The kwargs to send: OpenAI streams ask for usage unless the caller said whether to."""
         kwargs = self.kwargs
-        if not (self.endpoint.wants_usage_option and kwargs.get("stream") is True and self.accepts_usage_option):
+        if not (self.endpoint.wants_usage_option and kwargs.get("stream") is True):
             return kwargs
-        if _streamed_raw(kwargs):
-            return kwargs  # the app may read the lines itself: the usage chunk could not be hidden from it
+        if not self.accepts_usage_option or _streamed_raw(kwargs):  # raw: the app may read the lines itself
+            self._estimate_later()
+            return kwargs
         options = kwargs.get("stream_options")
         options = options if isinstance(options, Mapping) else {}  # the SDK's NOT_GIVEN, or None
         extra_body = kwargs.get("extra_body")
@@ -176,6 +177,7 @@ class Call:
             return kwargs  # the caller said whether to
         takes = self.endpoint.takes_usage_option
         if takes is not None and not takes(kwargs):
+            self._estimate_later()
             return kwargs
         self.acc = self.endpoint.accumulator(True)
         if options or not (extra_body is None or isinstance(extra_body, Mapping)):
@@ -183,6 +185,12 @@ class Call:
         # The same JSON reaches the API through extra_body, which the SDK copies into the body as it is, while a
         # stream_options argument goes through its per-key request conversion: ~12 µs more a call.
         return {**kwargs, "extra_body": {**(extra_body or {}), "stream_options": {"include_usage": True}}}
+
+    def _estimate_later(self) -> None:
+        """A stream not asked for usage: most servers then send none, and its end will estimate it."""
+        from .tokenizer import load_in_background  # imported late: tiktoken loads only if ever needed
+
+        load_in_background(self.attrs.get(A.REQUEST_MODEL) or "")
 
     def note_retry(self, response: Any) -> None:
         self.retries += 1

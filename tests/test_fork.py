@@ -188,3 +188,17 @@ def test_a_child_forked_while_the_stream_ender_was_being_started_reads_streams(c
     with stream._ender_lock:  # as a thread of the parent starting the ender thread at the instant of the fork
         code = _fork_and_wait(child)
     assert code == 0  # not -1: the child waited for ever on a lock no thread of its own held
+
+
+def test_a_child_forked_while_a_tokenizer_was_being_built_builds_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import Future
+
+    from llmtrace import tokenizer
+
+    # As an app thread of the parent building the encoding at the instant of the fork: no thread finishes it there.
+    monkeypatch.setattr(tokenizer, "_encodings", {"o200k_base": Future()})
+
+    def child() -> int:
+        return 0 if tokenizer.count_text("gpt-4o", "hello world") == 2 else 1
+
+    assert _fork_and_wait(child) == 0  # not -1: the child waited for ever on a build no thread of its own was doing

@@ -280,6 +280,36 @@ def test_compatible_host_never_sees_stream_options_and_usage_is_estimated(captur
     assert a["gen_ai.usage.input_tokens"] > 5 and a["gen_ai.usage.output_tokens"] > 0
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["stream", "with_raw_response"])
+def test_a_stream_left_without_usage_has_its_tokenizer_built_off_the_apps_thread(
+    captured: Any, monkeypatch: pytest.MonkeyPatch, raw: bool
+) -> None:
+    import threading
+
+    from llmtrace import tokenizer
+
+    # Building an encoding takes ~0.4 s: at the stream's end, on the app's thread, it would stall the app (an asyncio
+    # app's whole loop) that long. It starts when the request goes out, on a thread of its own.
+    built_on, build = [], tokenizer._encoding
+    monkeypatch.setattr(tokenizer, "_encodings", {})
+    monkeypatch.setattr(tokenizer, "_encoding", lambda name: (built_on.append(threading.current_thread().name), build(name))[1])
+    client = openai_client(_api(), base_url="http://localhost:8000/v1")
+    create = client.chat.completions.with_raw_response.create if raw else client.chat.completions.create
+    stream = create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
+    list(stream.parse() if raw else stream)
+    assert built_on == ["llmtrace-tokenizer"]
+    a = _only(captured).attributes
+    assert a["llmtrace.usage.source"] == "estimated" and a["gen_ai.usage.output_tokens"] > 0
+
+
+def test_a_stream_asked_for_usage_builds_no_tokenizer(captured: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtrace import tokenizer
+
+    monkeypatch.setattr(tokenizer, "_encodings", {})  # ~75 MB an encoding: never built where no estimate is due
+    list(openai_client(_api()).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    assert tokenizer._encodings == {} and _only(captured).attributes["llmtrace.usage.source"] == "provider"
+
+
 def test_include_usage_hosts_setting_extends_the_list() -> None:
     import llmtrace.testing
 

@@ -1242,6 +1242,21 @@ def test_the_clouds_openai_compatible_endpoints_are_named_as_their_provider(capt
     assert _only(captured).attributes["gen_ai.provider.name"] == provider
 
 
+def _answering(model: str, usage: dict[str, Any], stream: bool) -> tuple[dict[str, Any], Any]:
+    """A chat answer "hi" with this usage (as JSON, or streamed with the usage in its last chunk), and a handler that
+    serves it."""
+    body = {"id": "c", "object": "chat.completion", "created": 1, "model": model, "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}  # fmt: skip
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": model}
+    events = [(None, {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}),
+              (None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}), (None, "[DONE]")]  # fmt: skip
+
+    def handler(request: Any) -> Any:
+        return HTTP.Response(200, headers=SSE_HEADERS, content=sse(events)) if stream else HTTP.Response(200, json=body)
+
+    return body, handler
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_reasoning_counted_beside_the_completion_is_output_too(captured: Any, stream: bool) -> None:
     """xAI's grok models count reasoning apart from completion_tokens (the total says so): billed as output all the same,
@@ -1250,14 +1265,7 @@ def test_reasoning_counted_beside_the_completion_is_output_too(captured: Any, st
 
     usage = {"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 135, "prompt_tokens_details": {"cached_tokens": 6},
              "completion_tokens_details": {"reasoning_tokens": 94}}  # fmt: skip
-    body = {"id": "c", "object": "chat.completion", "created": 1, "model": "grok-3-mini", "usage": usage,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}  # fmt: skip
-    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "grok-3-mini"}
-    events = [(None, {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}),
-              (None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}), (None, "[DONE]")]  # fmt: skip
-
-    def handler(request: Any) -> Any:
-        return HTTP.Response(200, headers=SSE_HEADERS, content=sse(events)) if stream else HTTP.Response(200, json=body)
+    body, handler = _answering("grok-3-mini", usage, stream)
 
     answer = openai_client(handler, base_url="https://api.x.ai/v1").chat.completions.create(model="grok-3-mini", messages=MESSAGES, stream=stream)
     if stream:
@@ -1268,6 +1276,31 @@ def test_reasoning_counted_beside_the_completion_is_output_too(captured: Any, st
     assert (a["gen_ai.usage.output_tokens"], a["gen_ai.usage.reasoning.output_tokens"]) == (truth.output_tokens, 94) == (103, 94)
     assert a["gen_ai.usage.input_tokens"] + a["gen_ai.usage.output_tokens"] == usage["total_tokens"]
     expected = calc_price(truth, model_ref="grok-3-mini", provider_id="x-ai").total_price
+    assert a["llmtrace.cost.usd"] == pytest.approx(float(expected), rel=1e-9)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_deepseek_cache_hits_are_read_and_priced_as_cache_reads(captured: Any, stream: bool) -> None:
+    """DeepSeek counts the prompt its cache served in top-level ``prompt_cache_hit_tokens`` (hit + miss = prompt):
+    billed at its cache-read rate, a fraction of the input rate."""
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    usage = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500,
+             "prompt_cache_hit_tokens": 800, "prompt_cache_miss_tokens": 200}  # fmt: skip
+    body, handler = _answering("deepseek-chat", usage, stream)
+
+    answer = openai_client(handler, base_url="https://api.deepseek.com").chat.completions.create(
+        model="deepseek-chat", messages=MESSAGES, stream=stream
+    )
+    if stream:
+        for _ in answer:
+            pass
+    a = _only(captured).attributes
+    assert a["gen_ai.provider.name"] == "deepseek"
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.cache_read.input_tokens"], a["llmtrace.usage.uncached_input_tokens"]) == (1000, 800, 200)
+    truth = PriceUsage(input_tokens=1000, cache_read_tokens=800, output_tokens=500)
+    expected = calc_price(truth, model_ref="deepseek-chat", provider_id="deepseek").total_price
     assert a["llmtrace.cost.usd"] == pytest.approx(float(expected), rel=1e-9)
 
 

@@ -177,6 +177,9 @@ def _chat_usage(usage: Any) -> Usage | None:
     input_total, output_total, total = counts(usage, _CHAT_TOTALS)
     cache_read, cache_write, input_audio = counts(get(usage, "prompt_tokens_details"), _CHAT_PROMPT_DETAILS)
     reasoning, output_audio = counts(get(usage, "completion_tokens_details"), _CHAT_COMPLETION_DETAILS)
+    if not cache_read:
+        # DeepSeek's count of the prompt read from its cache (billed at the cache-read rate) is a top-level field.
+        cache_read = as_int(get(usage, "prompt_cache_hit_tokens"))
     if reasoning and total == input_total + output_total + reasoning:
         # Reasoning counted beside the completion, not in it (xAI's grok models), as the total says: billed all the same.
         output_total += reasoning

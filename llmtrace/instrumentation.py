@@ -46,6 +46,7 @@ _patched_sdks: set[str] = set()
 _hooks_registered: set[str] = set()
 _store_writer: Any = None  # the StoreWriter in use since instrument()
 _monitor: Any = None  # the budgets-and-anomalies Monitor in use since instrument()
+_settings_prices: pricing.Overrides = {}  # the prices its settings gave, undone by uninstrument()
 # Tracer provider -> the StoreWriter llmtrace added to it, reused by a later instrument().
 _writers_by_provider: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 # The tracer and meter providers llmtrace made (none of the app's was there), still its own in a later instrument().
@@ -114,7 +115,7 @@ def instrument(**options: Any) -> None:
     ``alert_webhook_url``, ``alert_webhook_timeout`` and the ``anomaly_*`` thresholds. Code-only: ``tracer_provider``,
     ``meter_provider``. A malformed setting raises ``llmtrace.ConfigError`` and nothing is applied.
     """
-    global _store_writer, _monitor
+    global _store_writer, _monitor, _settings_prices
     tracer_provider = options.pop("tracer_provider", None)
     meter_provider = options.pop("meter_provider", None)
     settings = config.load(options)
@@ -139,8 +140,8 @@ def instrument(**options: Any) -> None:
             _hooks_registered.add("celery")
             wrapt.register_post_import_hook(_flush_celery_pool_children, "celery")
             wrapt.register_post_import_hook(_flush_after_uvicorn_shutdown, "uvicorn.server")
-        if settings.prices or settings.provider_prices:
-            pricing.set_prices(settings.prices, settings.provider_prices)
+        # The settings' prices hold while it is instrumented: the next instrument() prices as its own settings say.
+        _settings_prices = pricing.set_prices(settings.prices, settings.provider_prices)
         apps_own = _apps_own(tracer_provider, trace.get_tracer_provider(), TracerProvider) or _apps_own(
             meter_provider, metrics.get_meter_provider(), MeterProvider
         )
@@ -200,7 +201,7 @@ def uninstrument() -> None:
     """Restore every patched SDK method and stop tracing (OTLP export included; the spans held are sent first)."""
     with _lock:
         core.runtime = None
-        global _store_writer, _monitor
+        global _store_writer, _monitor, _settings_prices
         for otlp in list(_otlp_by_provider.values()):
             otlp.shutdown()
         _stop_own_metric_export()
@@ -208,6 +209,8 @@ def uninstrument() -> None:
             _monitor.stop()
             _monitor = None
         budgets.on_change(None)
+        pricing.forget_prices(_settings_prices)
+        _settings_prices = {}
         if _store_writer is not None:
             _store_writer.shutdown()  # flushes; it stays on the provider, stopped, for a later instrument()
             _store_writer = None

@@ -219,10 +219,11 @@ def set_price(
     cache_read_mtok: float | None = None,
     cache_write_mtok: float | None = None,
     provider: str | None = None,
-) -> None:
+) -> tuple[tuple[str, str], Price]:
     """Price ``model`` at these USD-per-million-token rates, overriding genai-prices: for every provider's calls to a
     model of that name, or only for ``provider``'s (a span's ``gen_ai.provider.name``: ``groq``, ``openai``, a
-    self-hosted server's host), which wins over an override for every provider."""
+    self-hosted server's host), which wins over an override for every provider. Returns the override as
+    ``forget_prices`` takes it."""
     values = {"input_mtok": input_mtok, "output_mtok": output_mtok}
     if cache_read_mtok is not None:
         values["cache_read_mtok"] = cache_read_mtok
@@ -242,9 +243,11 @@ def set_price(
         reasoning=out,
         cache_write_1h=cache_write,
     )
+    key = ((provider or "").lower(), model.lower())
     with _lock:
-        _overrides[((provider or "").lower(), model.lower())] = price
+        _overrides[key] = price
         _cache.clear()
+    return key, price
 
 
 RATE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")  # set_price's, USD per million
@@ -285,17 +288,28 @@ def check_prices(prices: Mapping[str, Any], by_provider: bool = False) -> None:
                 check_rates(model, rates, f"provider_prices for {name!r}: ")
 
 
-def set_prices(prices: Mapping[str, Any], provider_prices: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+Overrides = dict[tuple[str, str], Price]
+
+
+def set_prices(prices: Mapping[str, Any], provider_prices: Mapping[str, Mapping[str, Any]] | None = None) -> Overrides:
     """Apply several overrides: ``{"model": {"input_mtok": 1.0, "output_mtok": 2.0, ...}}`` for every provider, and
     ``provider_prices`` ``{"provider": {"model": {...}}}`` for one provider's calls alone. Nothing is applied unless
-    all are well formed."""
+    all are well formed. Returns them, for ``forget_prices``."""
     check_prices(prices)
     check_prices(provider_prices or {}, by_provider=True)
-    for model, values in prices.items():
-        set_price(model, **dict(values))
+    applied = dict(set_price(model, **dict(values)) for model, values in prices.items())
     for provider, table in (provider_prices or {}).items():
-        for model, values in table.items():
-            set_price(model, provider=provider, **dict(values))
+        applied.update(set_price(model, provider=provider, **dict(values)) for model, values in table.items())
+    return applied
+
+
+def forget_prices(applied: Overrides) -> None:
+    """Undo ``set_prices``: each of those overrides that no later one has replaced."""
+    with _lock:
+        for key, price in applied.items():
+            if _overrides.get(key) is price:
+                del _overrides[key]
+        _cache.clear()
 
 
 def reset_overrides() -> None:

@@ -486,6 +486,22 @@ def test_price_override_prices_a_fine_tune() -> None:
     assert a["llmtrace.cost.usd"] == pytest.approx((120 * 10 + 40 * 20) / 1e6)
 
 
+def test_the_settings_prices_end_with_uninstrument_and_code_set_ones_stay() -> None:
+    """A notebook instrumenting again with other settings (or none) prices as those say, not as the last ones did;
+    a price set in code with set_price() is the app's own and stays."""
+    import llmtrace.testing
+
+    def cost_of(model: str) -> Any:
+        with llmtrace.testing.capture() as captured:
+            openai_client(_api(model=model)).chat.completions.create(model=model, messages=MESSAGES)
+        return captured.spans()[0].attributes.get("llmtrace.cost.source")
+
+    with llmtrace.testing.capture(prices={"gpt-4o": {"input_mtok": 100, "output_mtok": 100}}):
+        pass
+    llmtrace.pricing.set_price("gpt-4o-mini", input_mtok=1, output_mtok=2)
+    assert (cost_of("gpt-4o"), cost_of("gpt-4o-mini")) == ("genai-prices", "override")
+
+
 def test_a_price_override_for_one_provider_wins_over_one_for_every_provider(tmp_path: Any) -> None:
     """The same model name served by two hosts at two prices: a self-hosted server's own (its host is its provider)
     beside Groq's price list, and an override for every provider that a provider's own overrides."""
@@ -501,7 +517,6 @@ def test_a_price_override_for_one_provider_wins_over_one_for_every_provider(tmp_
             openai_client(_api(model=model), base_url=base_url).chat.completions.create(model=model, messages=MESSAGES)
     costs = {s.attributes["gen_ai.provider.name"]: s.attributes["llmtrace.cost.usd"] for s in captured.spans()}
     assert costs == pytest.approx({"groq": (120 * 1 + 40 * 2) / 1e6, "llm.internal": (120 * 0.1 + 40 * 0.2) / 1e6})
-    llmtrace.pricing.reset_overrides()  # overrides outlive uninstrument(), as set_price()'s do
     with llmtrace.testing.capture(provider_prices={"llm.internal": {model: {"input_mtok": 0.1, "output_mtok": 0.2}}}) as captured:
         openai_client(_api(model=model), base_url=hosts["groq"]).chat.completions.create(model=model, messages=MESSAGES)
     (span,) = captured.spans()  # another provider's override leaves Groq's calls at its list price

@@ -176,6 +176,8 @@ class Price:
 
     def cost(self, usage: Usage) -> Cost:
         """Runs on the request path for every priced call: plain float arithmetic, one tuple built."""
+        if usage.passes and self._flat is None:
+            return self._cost_by_pass(usage.passes)
         inp, out, cache_read, cache_write, cache_write_1h, reasoning = self._flat or self._rates_at(usage.input_tokens)
         write_1h = usage.cache_write_1h
         write_short = usage.cache_write - write_1h
@@ -200,6 +202,13 @@ class Price:
         if usage.web_searches or usage.file_searches:
             total += usage.web_searches * self.per_web_search + usage.file_searches * self.per_file_search
         return Cost(total, cost_in, cost_out, savings)
+
+
+    def _cost_by_pass(self, passes: tuple[Usage, ...]) -> Cost:
+        """Passes billed as calls of their own, each at the rates its own input size takes; the request's fee once."""
+        costs = [self.cost(one) for one in passes]
+        total, cost_in, cost_out, savings = (math.fsum(column) for column in zip(*costs))
+        return Cost(total - self.per_request * (len(costs) - 1), cost_in, cost_out, savings)
 
 
 _cache: dict[tuple[str, str, PriceContext], Price | None] = {}

@@ -36,6 +36,10 @@ class Usage:
     # audio rates where the price list has them.
     input_audio: int = 0
     output_audio: int = 0
+    # Set when the call ran several model passes billed each as a call of its own (Anthropic's server-side
+    # compaction before the answer): their usages, which these buckets add up. Each is priced at the rates its own
+    # input size takes, where rates depend on it (Claude's above 200k input tokens), not at those of their sum.
+    passes: tuple[Usage, ...] = ()
 
     @property
     def input_tokens(self) -> int:

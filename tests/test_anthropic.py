@@ -408,16 +408,19 @@ def test_a_bedrock_call_is_priced_as_the_inference_profile_it_asked_for(captured
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_server_side_compaction_pass_is_counted_and_priced(captured: Any, stream: bool) -> None:
-    """Its tokens are only in ``usage.iterations`` ("not included in the top-level usage fields"), yet billed."""
+@pytest.mark.parametrize("compacted, answered_from", [(9000, 3000), (180_000, 23_000)], ids=["small", "summing-past-200k"])
+def test_a_server_side_compaction_pass_is_counted_and_priced(captured: Any, stream: bool, compacted: int, answered_from: int) -> None:
+    """Its tokens are only in ``usage.iterations`` ("not included in the top-level usage fields"), yet billed: each
+    pass a model call of its own, at the rates its own input takes (Claude's dearer ones start past 200k input
+    tokens, which neither pass of the second case reaches, though their sum does)."""
     from genai_prices import Usage, calc_price
 
     model = "claude-sonnet-4-5"
-    compaction = {"type": "compaction", "input_tokens": 9000, "output_tokens": 700, "cache_read_input_tokens": 2000,
+    compaction = {"type": "compaction", "input_tokens": compacted, "output_tokens": 700, "cache_read_input_tokens": 2000,
                   "cache_creation_input_tokens": 0}  # fmt: skip
-    answered = {"type": "message", "input_tokens": 3000, "output_tokens": 200, "cache_read_input_tokens": 0,
+    answered = {"type": "message", "input_tokens": answered_from, "output_tokens": 200, "cache_read_input_tokens": 0,
                 "cache_creation_input_tokens": 0}  # fmt: skip
-    usage = {"input_tokens": 3000, "output_tokens": 200, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+    usage = {"input_tokens": answered_from, "output_tokens": 200, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
              "iterations": [compaction, answered]}  # fmt: skip
     content = [{"type": "compaction", "content": "Summary of the conversation so far"}, {"type": "text", "text": "Sure."}]
     message = {"id": "msg_c", "type": "message", "role": "assistant", "model": model, "content": content,
@@ -443,7 +446,7 @@ def test_a_server_side_compaction_pass_is_counted_and_priced(captured: Any, stre
             pass
     (span,) = captured.spans()
     a = span.attributes
-    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (14000, 900)
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (compacted + 2000 + answered_from, 900)
     assert a["gen_ai.usage.cache_read.input_tokens"] == 2000
     billed = [calc_price(Usage(input_tokens=i["input_tokens"] + i["cache_read_input_tokens"], cache_read_tokens=i["cache_read_input_tokens"],
                                output_tokens=i["output_tokens"]), model_ref=model, provider_id="anthropic").total_price

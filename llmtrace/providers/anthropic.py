@@ -72,29 +72,39 @@ def _usage(usage: Any, blocks: Any) -> Usage | None:
     output = as_int(get(usage, "output_tokens"))
     thinking = get(get(usage, "output_tokens_details"), "thinking_tokens")
     reasoning = min(as_int(thinking), output)
-    cache_write = as_int(get(usage, "cache_creation_input_tokens"))
-    cache_write_1h = _written_for_an_hour(usage, cache_write)
-    uncached, cache_read = as_int(get(usage, "input_tokens")), as_int(get(usage, "cache_read_input_tokens"))
-    visible = output - reasoning
-    for iteration in _iterations(usage) or ():
-        if get(iteration, "type") == "compaction":
-            # Server-side compaction (beta context management) is a model call of its own, billed, whose tokens the
-            # top-level fields leave out; priced with the answer's, at the same model's rates.
-            uncached += as_int(get(iteration, "input_tokens"))
-            cache_read += as_int(get(iteration, "cache_read_input_tokens"))
-            written = as_int(get(iteration, "cache_creation_input_tokens"))
-            cache_write += written
-            cache_write_1h += _written_for_an_hour(iteration, written)
-            visible += as_int(get(iteration, "output_tokens"))
+    answer = _pass_usage(usage)
+    answer.visible_output -= reasoning
+    answer.reasoning = reasoning
+    answer.reasoning_known = type(thinking) is int or not _thought(blocks)
+    answer.web_searches = as_int(get(get(usage, "server_tool_use"), "web_search_requests"))
+    # Server-side compaction (beta context management) is a model call of its own before the answer, billed, whose
+    # tokens the top-level fields leave out; priced with the answer's, at the same model's rates.
+    compactions = [_pass_usage(one) for one in _iterations(usage) or () if get(one, "type") == "compaction"]
+    if not compactions:
+        return answer
+    passes = (answer, *compactions)
     return Usage(
-        uncached_input=uncached,
-        cache_read=cache_read,
-        cache_write=cache_write,
-        visible_output=visible,
+        uncached_input=sum(one.uncached_input for one in passes),
+        cache_read=sum(one.cache_read for one in passes),
+        cache_write=sum(one.cache_write for one in passes),
+        visible_output=sum(one.visible_output for one in passes),
         reasoning=reasoning,
-        cache_write_1h=cache_write_1h,
-        reasoning_known=type(thinking) is int or not _thought(blocks),
-        web_searches=as_int(get(get(usage, "server_tool_use"), "web_search_requests")),
+        cache_write_1h=sum(one.cache_write_1h for one in passes),
+        reasoning_known=answer.reasoning_known,
+        web_searches=answer.web_searches,
+        passes=passes,
+    )
+
+
+def _pass_usage(usage: Any) -> Usage:
+    """One model pass's tokens (the answer's top-level fields, or an iteration's): all its output visible."""
+    written = as_int(get(usage, "cache_creation_input_tokens"))
+    return Usage(
+        uncached_input=as_int(get(usage, "input_tokens")),
+        cache_read=as_int(get(usage, "cache_read_input_tokens")),
+        cache_write=written,
+        visible_output=as_int(get(usage, "output_tokens")),
+        cache_write_1h=_written_for_an_hour(usage, written),
     )
 
 

@@ -121,7 +121,7 @@ def test_percentiles_over_time_are_of_models_never_lumped(demo_db: str, monkeypa
     assert not at.exception
     assert f"the 8 models with the most calls, of {len(models)}" in _texts(at)
     over_time = at.get("vega_lite_chart")[0].proto.spec
-    assert '"other"' not in over_time and len({m["key"] for m in models}) == len(models)
+    assert f'"{C.OTHER}"' not in over_time and len({m["key"] for m in models}) == len(models)
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +215,84 @@ def test_sub_cent_spend_gets_axis_ticks_fine_enough_to_tell_apart(tmp_path: Path
     assert [m.value for m in at.metric if m.label == "Spend"] == ["$0.0012"]
     # A known cost never reads $0.0000: a cheap call's, in a headline figure and in a table alike.
     assert C.money(0.000042) == "$0.000042" and C.money(0.0523) == "$0.0523" and C.money(0) == "$0.00"
+
+
+def test_tags_named_like_the_dashboards_own_labels_are_kept_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tenant named "All" is one tenant, not the "no filter" choice; one named "(untagged)" or "(others)" is neither
+    the calls without a tenant nor the lump of the smaller tenants."""
+    db = str(tmp_path / "names.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=600)
+    now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5)
+    for tenant, cost, calls in (("All", 0.002, 2), (C.UNTAGGED, 0.5, 1), (None, 0.03, 1), (C.OTHER, 1.0, 1),
+                                *((f"t{i}", 0.01 * (i + 1), 1) for i in range(9))):  # fmt: skip
+        for _ in range(calls):
+            emit_at(provider, now, **{A.TENANT: tenant, A.COST_USD: cost})
+    writer.shutdown()
+    at = _app(db, monkeypatch)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Spend").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    spent = dict(zip(table["key"], table["cost_usd"]))
+    assert spent[f'"{C.UNTAGGED}"'] == 0.5 and spent[C.UNTAGGED] == 0.03 and spent[f'"{C.OTHER}"'] == 1.0
+    lumped = [r for r in _chart_rows(at.get("vega_lite_chart")[0]) if r["key"] == C.OTHER]  # beyond the top 8 tenants
+    assert lumped and sum(r["cost_usd"] for r in lumped) == pytest.approx(0.002 * 2 + 0.01 + 0.02 + 0.03 + 0.03)
+    at.sidebar.selectbox(key="filter_tenant").set_value("All").run()
+    assert [m.value for m in at.metric if m.label == "Spend"] == [C.money(0.004)]  # the tenant's two calls, not everyone's
+    assert at.sidebar.selectbox(key="filter_tenant").options[:2] == ["All", '"All"']  # no filter, and the tenant
+    at.sidebar.selectbox(key="filter_tenant").set_value(C.NO_FILTER).run()
+    everyone = query.summary(query.TimeRange.last(timedelta(days=1)), db=db)["cost_usd"]
+    assert [m.value for m in at.metric if m.label == "Spend"] == [C.money(everyone)]
+
+
+def test_small_costs_and_rates_are_shown_to_their_first_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short embedding costs $0.00000016 (a table column at six decimals read $0.000000); one failure in 300 calls
+    is 0.33% (an axis of whole percents read 0% at every tick), one in 3,000 0.033% (the headline read 0.0%)."""
+    db = str(tmp_path / "small.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=600)
+    now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5)
+    for i in range(300):
+        failed = {A.ERROR_TYPE: "InternalServerError", A.COST_USD: None} if i == 0 else {}
+        emit_at(provider, now, **{A.REQUEST_MODEL: "text-embedding-3-small", A.COST_USD: 1.6e-7, **failed})
+    writer.shutdown()
+    monkeypatch.setenv("LLMTRACE_TRACE_URL", 'http://grafana/explore?left={"queries":[{"query":"{trace_id}"}]}&span={span_id}')
+    at = _app(db, monkeypatch)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Calls").run()
+    assert not at.exception  # the link's JSON braces are not format() fields
+    cost_format = json.loads(at.dataframe[0].proto.columns)["cost_usd"]["type_config"]["format"]
+    assert cost_format.replace(",", "") % 1.6e-7 == "$0.00000016"  # printf's format, less Streamlit's thousands mark
+    top = query.top_calls(query.TimeRange.last(timedelta(days=1)), db=db, limit=1)[0]
+    assert at.dataframe[0].value["trace"][0] == f'http://grafana/explore?left={{"queries":[{{"query":"{top["trace_id"]}"}}]}}&span={top["span_id"]}'
+    at.sidebar.radio(key="page").set_value("Reliability").run()
+    assert {m.label: m.value for m in at.metric}["Error rate"] == "0.3%"
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    fmt = spec["encoding"]["y"]["axis"]["format"]
+    assert fmt.startswith(".") and fmt.endswith("%") and round(100 / 300 / 5, int(fmt[1:-1])) > 0  # ticks read apart
+    assert C.percent(1, 3000) == "0.033%" and C.percent(1, 8) == "12.5%" and C.money(-0.0012) == "-$0.0012"
+
+
+def test_the_spend_of_tenants_not_listed_is_what_they_spent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond the 50 biggest spenders: their spend (not a float residue like $-0.00000000000000089), or "unknown"
+    when none of their calls has a price (never $0.00)."""
+    db = str(tmp_path / "rest.duckdb")
+    provider, writer = provider_with_store(db, flush_interval=600)
+    now = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5)
+    for i in range(50):
+        emit_at(provider, now, **{A.TENANT: f"tenant-{i:02}", A.COST_USD: 0.1 + 0.001 * i})
+    for i in range(3):  # failed calls: nothing billed
+        emit_at(provider, now, **{A.TENANT: f"failing-{i}", A.ERROR_TYPE: "APIConnectionError", A.COST_USD: None})
+    writer.shutdown()
+    at = _app(db, monkeypatch)
+    at.run()
+    at.sidebar.radio(key="page").set_value("Spend").run()
+    assert "Not listed: 3 calls of other tenants, $0.00 (pick" in _texts(at)
+    provider, writer = provider_with_store(db, flush_interval=600)
+    for i in range(3):
+        emit_at(provider, now, **{A.TENANT: f"self-hosted-{i}", A.REQUEST_MODEL: "llama-local", A.COST_USD: None, A.COST_UNPRICED: True})
+    writer.shutdown()
+    at.run()
+    assert "Not listed: 6 calls of other tenants, $0.00, and 3 of them without a known price (pick" in _texts(at)
 
 
 def test_spend_charts_draw_every_priced_dollar_and_refused_calls_are_said(mixed_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -436,7 +514,7 @@ def test_a_model_has_one_colour_in_every_latency_chart(demo_db: str, monkeypatch
     assert len(specs) == 3
     domains = [spec["encoding"]["color"]["scale"].get("domain") for spec in specs]
     assert domains[0] and domains[1] == domains[0] and domains[2][: len(domains[0])] == domains[0], domains
-    assert domains[2][len(domains[0]) :] in ([], ["other"])  # the histogram's "other", last
+    assert domains[2][len(domains[0]) :] in ([], [C.OTHER])  # the histogram's "(others)", last
     assert "text-embedding-3-small" in domains[0]
     histogram_calls = specs[2]["encoding"]["y"]["axis"]
     assert histogram_calls["tickMinStep"] == 1  # calls are whole: no 0.5 tick

@@ -14,6 +14,7 @@ import streamlit as st
 
 from llmtrace import query
 from llmtrace.dashboard import DEFAULT_REFRESH_S, ENV_REFRESH
+from llmtrace.dashboard import charts as C
 from llmtrace.dashboard.pages import PAGES, View
 from llmtrace.store import resolve
 
@@ -21,7 +22,6 @@ _RANGES = {"Last hour": timedelta(hours=1), "Last 24 hours": timedelta(days=1), 
            "Last 30 days": timedelta(days=30)}  # fmt: skip
 _FILTERS = (("service", "Service"), ("provider", "Provider"), ("model", "Model"), ("tenant", "Tenant"),
             ("feature", "Feature"))  # fmt: skip
-_ALL = "All"
 _MAX_BARS = 60  # charts pick the finest bucket that keeps them under this many bars
 
 
@@ -56,14 +56,21 @@ def _filters(time_range: query.TimeRange, db: str) -> query.Filters:
     values = query.dimension_values(time_range, db=db)
     chosen = {}
     for name, label in _FILTERS:
-        options = [_ALL, *values[name]]
+        options = [C.NO_FILTER, *values[name]]
         current = st.session_state.get(f"filter_{name}")
         if current and current not in options:  # chosen in another time range: keep it selectable
             options.append(current)
         # Lists hold the values with the most calls (query.dimension_values' limit): any other can be typed in.
-        pick = st.sidebar.selectbox(label, options, key=f"filter_{name}", accept_new_options=True)
-        chosen[name] = None if pick == _ALL else pick
+        pick = st.sidebar.selectbox(label, options, key=f"filter_{name}", accept_new_options=True, format_func=_shown)
+        chosen[name] = None if pick == C.NO_FILTER else pick
     return query.Filters(**chosen)
+
+
+def _shown(option: str) -> str:
+    # Streamlit tells the options apart by what they show: a tag named "All" is shown quoted.
+    if option == C.NO_FILTER:
+        return "All"
+    return f'"{option}"' if option == "All" else option
 
 
 def _bucket(time_range: query.TimeRange, first: datetime | None, last: datetime | None) -> str:

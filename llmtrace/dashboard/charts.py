@@ -12,13 +12,26 @@ from ..budgets import usd
 from ..query import BUCKETS
 
 UNTAGGED = "(untagged)"
-OTHER = "other"
+OTHER = "(others)"
+# The sidebar's "no filter" choice, shown as "All": a value no tag has, so that a tenant named "All" is one tenant.
+NO_FILTER = "\ue000all"
 _HEIGHT = 280
+
+
+def label(key: Any) -> str:
+    """A key as charts and tables name it: none at all "(untagged)"; a tag that reads as one of the dashboard's own
+    labels in quotes, never merged with (or taken for) the calls those stand for."""
+    if key is None or (isinstance(key, float) and math.isnan(key)):
+        return UNTAGGED
+    text = str(key)
+    return f'"{text}"' if text in (UNTAGGED, OTHER) else text
 
 
 def money(value: float | None) -> str:
     if value is None:  # no known price (never shown as $0), or nothing to project from
         return "unknown"
+    if value < 0:  # cache writes that cost more than the reads saved: "-$0.0012", not "$-0.0012"
+        return "-" + money(-value)
     if abs(value) >= 100:
         return f"${value:,.0f}"
     if abs(value) >= 1:
@@ -39,6 +52,22 @@ def money_axis(top: float | None) -> str:
 MONEY_TOOLTIP = "$,.6~f"
 
 
+def money_column(values: Any) -> str:
+    """The printf format of a table column of USD: to the millionth of a dollar, or as many decimals as its smallest
+    amount needs (a short embedding costs $0.00000016): one format for the whole column, and no known cost reads as
+    $0.000000."""
+    smallest = min((abs(v) for v in values if v and math.isfinite(v)), default=1.0)
+    return f"$%,.{min(12, max(6, math.ceil(-math.log10(smallest)) + 1))}f"
+
+
+def rate_axis(top: float | None) -> str:
+    """The d3 format of an axis of rates whose largest value is ``top``: whole percents, or as many decimals as its
+    ticks (about a fifth of ``top``) need: an error rate of 0.3% does not read 0% at every tick."""
+    if not top or not math.isfinite(top) or top <= 0:
+        return ".0%"
+    return f".{max(0, math.ceil(-math.log10(top * 100 / 5)))}%"
+
+
 def duration(ms: float | None) -> str:
     if ms is None:
         return "–"
@@ -46,15 +75,20 @@ def duration(ms: float | None) -> str:
 
 
 def percent(part: float, whole: float) -> str:
-    return f"{part / whole:.1%}" if whole else "–"
+    if not whole:
+        return "–"
+    share = part / whole
+    if 0 < share < 0.001:  # one failure in 3,000 calls is 0.033%, not 0.0%
+        return f"{share * 100:.2g}%"
+    return f"{share:.1%}"
 
 
 def frame(rows: list[dict[str, Any]], key: str = "key", top: int | None = None, weight: str = "cost_usd") -> pd.DataFrame:
-    """Rows as a frame; missing keys read "(untagged)", and beyond the ``top`` heaviest keys, "other"."""
+    """Rows as a frame; keys named by ``label``, and beyond the ``top`` heaviest keys, "(others)"."""
     data = pd.DataFrame(rows)
     if data.empty or key not in data:
         return data
-    data[key] = data[key].fillna(UNTAGGED).astype(str)
+    data[key] = data[key].map(label)
     if top is not None and data[key].nunique() > top:
         keep = data.groupby(key)[weight].sum().nlargest(top).index
         data[key] = data[key].where(data[key].isin(keep), OTHER)

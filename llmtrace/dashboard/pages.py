@@ -77,10 +77,10 @@ def _table(data: pd.DataFrame, column_config: dict[str, Any]) -> None:
     st.dataframe(data, hide_index=True, width="stretch", column_config=column_config, placeholder="—")
 
 
-def _usd(label: str) -> Any:
-    # To the millionth of a dollar: a cheap call's cost ($0.000042), and a spend beside a budget of $0.0005, must not
-    # read "$0.0000" (a table column has one format for all its numbers).
-    return st.column_config.NumberColumn(label, format="$%,.6f")
+def _usd(label: str, values: Any) -> Any:
+    # A cheap call's cost ($0.000042), and a spend beside a budget of $0.0005, must not read "$0.0000" (a table column
+    # has one format for all its numbers).
+    return st.column_config.NumberColumn(label, format=C.money_column(values))
 
 
 def _ms(label: str) -> Any:
@@ -129,7 +129,7 @@ def overview(view: View) -> None:
         column.markdown(f"**Top {title.lower()}s by spend**")
         # A key whose calls all lack a price has no spend to draw: a bar of length 0 would read as $0.
         priced = [row for row in rows if row["cost_usd"] is not None]
-        unknown = [C.UNTAGGED if row["key"] is None else row["key"] for row in rows if row["cost_usd"] is None]
+        unknown = [C.label(row["key"]) for row in rows if row["cost_usd"] is None]
         top = max((row["cost_usd"] for row in priced), default=0)
         if top > 0:
             axis = C.money_axis(top)
@@ -146,7 +146,10 @@ def overview(view: View) -> None:
 
 def latency(view: View) -> None:
     rows = query.latency_percentiles(view.time_range, view.filters, by="model", db=view.db)
-    if _when_empty(view, rows):
+    if _when_empty(view, view.summary["calls"]):
+        return
+    if not rows:  # calls a budget refused, never sent: no latency to show
+        _note_blocked(view)
         return
     table = pd.DataFrame(rows)
     table["ratio"] = table["latency_p99_ms"] / table["latency_p50_ms"]
@@ -169,7 +172,7 @@ def latency(view: View) -> None:
     busiest = set(table.nlargest(_TOP_KEYS, "calls")["key"])
     over_time = C.frame(query.latency_percentiles(view.time_range, view.filters, by="model", bucket=view.bucket, db=view.db))
     if len(table) > len(busiest):
-        over_time = over_time[over_time["key"].isin({C.UNTAGGED if k is None else k for k in busiest})]
+        over_time = over_time[over_time["key"].isin({C.label(k) for k in busiest})]
         st.caption(f"Over time: the {len(busiest)} models with the most calls, of {len(table)} (pick a model in the "
                    "sidebar for any other).")
     histogram = C.frame(query.latency_histogram(view.time_range, view.filters, db=view.db), top=_TOP_KEYS, weight="calls")
@@ -232,12 +235,10 @@ def spend(view: View) -> None:
     st.markdown("**Spend per tenant**")
     rows = query.spend_by("tenant", view.time_range, view.filters, db=view.db, limit=_TENANT_ROWS)
     if len(rows) == _TENANT_ROWS:
-        listed_calls = sum(r["calls"] for r in rows)
-        listed_cost = sum(r["cost_usd"] or 0 for r in rows)
-        others_cost = (totals["cost_usd"] or 0) - listed_cost
-        if totals["calls"] > listed_calls:
-            st.caption(f"The {_TENANT_ROWS} biggest spenders. Not listed: {totals['calls'] - listed_calls:,} calls of other "
-                       f"tenants, {C.money(others_cost)} (pick a tenant in the sidebar to see it).")
+        unlisted = totals["calls"] - sum(r["calls"] for r in rows)
+        if unlisted:
+            st.caption(f"The {_TENANT_ROWS} biggest spenders. Not listed: {unlisted:,} calls of other tenants, "
+                       f"{_spend_of_the_rest(view, totals, rows, unlisted)} (pick a tenant in the sidebar to see it).")
     _table(
         C.frame(rows)[["key", "calls", "input_tokens", "cache_read_tokens", "output_tokens", "reasoning_tokens",
                        "cost_usd", "p50_ms", "p99_ms"]],
@@ -247,11 +248,22 @@ def spend(view: View) -> None:
             "cache_read_tokens": _count("Cached input"),
             "output_tokens": _count("Output tokens"),
             "reasoning_tokens": _count("Reasoning"),
-            "cost_usd": _usd("Spend"),
+            "cost_usd": _usd("Spend", [r["cost_usd"] for r in rows]),
             "p50_ms": _ms("P50"),
             "p99_ms": _ms("P99"),
         },
     )
+
+
+def _spend_of_the_rest(view: View, totals: dict[str, Any], rows: list[dict[str, Any]], calls: int) -> str:
+    """What the ``calls`` of the keys not in ``rows`` spent: the whole range's spend less the listed keys'."""
+    unpriced = view.summary["unpriced_calls"] - sum(r["unpriced_calls"] for r in rows)
+    if unpriced == calls:  # none of them has a known price (a sum of nothing known is not $0)
+        return "spend unknown"
+    total = totals["cost_usd"] or 0.0
+    rest = total - sum(r["cost_usd"] or 0.0 for r in rows)
+    rest = rest if rest > 1e-12 * total else 0.0  # what two sums of the same costs differ by in their last bits
+    return C.money(rest) + (f", and {unpriced:,} of them without a known price" if unpriced else "")
 
 
 # --- Reliability ---------------------------------------------------------------------------------
@@ -276,11 +288,13 @@ def reliability(view: View) -> None:
     over_time = C.frame(query.error_rates(view.time_range, view.filters, by="provider", bucket=view.bucket, db=view.db),
                         weight="calls")
     left, right = st.columns(2)
-    left.markdown("**Error rate per provider over time**")
-    left.altair_chart(C.lines_over_time(over_time, view.bucket, "error_rate", "Error rate", "Provider", ".0%"), width="stretch")
-    right.markdown("**429 (rate-limited) rate per provider over time**")
-    right.altair_chart(C.lines_over_time(over_time, view.bucket, "rate_limited_rate", "Rate-limited calls", "Provider", ".0%"),
-                       width="stretch")
+    for column, value, title, heading in (
+        (left, "error_rate", "Error rate", "Error rate per provider over time"),
+        (right, "rate_limited_rate", "Rate-limited calls", "429 (rate-limited) rate per provider over time"),
+    ):
+        column.markdown(f"**{heading}**")
+        axis = C.rate_axis(over_time[value].max() if value in over_time else None)
+        column.altair_chart(C.lines_over_time(over_time, view.bucket, value, title, "Provider", axis), width="stretch")
     st.markdown("**By model**")
     table = C.frame(by_model, weight="calls")
     table["attempts_per_call"] = table["http_attempts"] / table["calls"]
@@ -315,7 +329,7 @@ def calls(view: View) -> None:
                     "has a recorded duration.")
             continue
         table = C.frame(rows, key="tenant")
-        table["trace"] = [template.format(trace_id=t) if template else t for t in table["trace_id"]]
+        table["trace"] = [_trace_link(template, t, span) if template else t for t, span in zip(table["trace_id"], table["span_id"])]
         _table(
             table[["start_time", "model", "tenant", "feature", "user_id", "input_tokens", "output_tokens", "cost_usd",
                    "duration_ms", "ttft_ms", "http_attempts", "error_type", "trace"]],
@@ -324,13 +338,18 @@ def calls(view: View) -> None:
                 "model": "Model", "tenant": "Tenant", "feature": "Feature", "user_id": "User",
                 "input_tokens": _count("Input tokens"),
                 "output_tokens": _count("Output tokens"),
-                "cost_usd": _usd("Cost"),
+                "cost_usd": _usd("Cost", table["cost_usd"]),
                 "duration_ms": _ms("Latency"),
                 "ttft_ms": _ms("First token"),
                 "http_attempts": "HTTP attempts", "error_type": "Error",
                 "trace": st.column_config.LinkColumn("Trace", display_text="open trace") if template else "Trace id",
             },
         )
+
+
+def _trace_link(template: str, trace_id: str, span_id: str) -> str:
+    # Replaced, not str.format: a Grafana Explore link holds JSON, whose braces format() would take for fields.
+    return template.replace("{trace_id}", trace_id).replace("{span_id}", span_id)
 
 
 # --- Budgets -------------------------------------------------------------------------------------
@@ -375,12 +394,12 @@ def _budget_status(view: View, declared: list[budget_config.Budget], path: Any) 
         table,
         column_config={
             "budget": "Budget", "key": "Key", "period": "Period", "state": "State", "action": "Action",
-            "spent": _usd("Spent"),
+            "spent": _usd("Spent", table["spent"]),
             "unpriced": _count("Calls without a price"),
-            "limit": _usd("Limit"),
+            "limit": _usd("Limit", table["limit"]),
             # The bar stops at 100 %; the figure beside it says how far past the limit (as `llmtrace budgets` does).
             "used": st.column_config.ProgressColumn("Used", format="percent", min_value=0.0, max_value=1.0),
-            "projected": _usd("Projected by period end"),
+            "projected": _usd("Projected by period end", table["projected"]),
             "ends": st.column_config.DatetimeColumn("Period ends (UTC)", format="YYYY-MM-DD HH:mm"),
         },
     )

@@ -34,7 +34,7 @@ from .store.files import request_hash_key
 from .store.writer import is_llm_span
 from .providers import PROVIDERS
 from .spans import CallSpans
-from .stream import end_collected
+from .stream import end_collected, end_open_streams
 from .wrappers import wrapper_for
 
 logger = logging.getLogger("llmtrace")
@@ -152,6 +152,8 @@ def instrument(**options: Any) -> None:
         # those of the SDK's providers made just now (theirs would wait out a dead collector's retries).
         atexit.unregister(_stop_otlp_export)
         atexit.register(_stop_otlp_export)
+        atexit.unregister(_end_streams)
+        atexit.register(_end_streams)
         atexit.unregister(_exiting.set)
         atexit.register(_exiting.set)
         if not apps_own:
@@ -378,7 +380,7 @@ def _flush_before_abrupt_exit() -> None:
     without running its atexit hooks."""
     _exiting.set()
     _stop_monitor_at_exit()
-    end_collected()
+    _end_streams()
     writer = _store_writer
     if writer is not None:
         writer.shutdown()  # first: the ledger is local, and a dead collector must not leave it no time
@@ -390,6 +392,13 @@ def _flush_before_abrupt_exit() -> None:
         meters = metrics.get_meter_provider()
         if isinstance(meters, MeterProvider) and meters not in _providers_made:
             meters.force_flush()
+
+
+def _end_streams() -> None:
+    """At exit, before the store and the exporters stop: the streams the app still holds, and those the garbage
+    collector handed to the ender thread, end here."""
+    end_open_streams()
+    end_collected()
 
 
 def _stop_own_metric_export() -> None:

@@ -27,23 +27,28 @@ from .sse import EventReader
 # inside any allocation, perhaps one made while that thread holds a lock that ending the span needs (llmtrace's own,
 # or the OpenTelemetry SDK's around a metric): ended there, it would wait for that lock forever. One collected so is
 # ended on a thread of its own (put() on a SimpleQueue is safe from a finalizer); one whose last reference goes (the
-# common case) or still alive at exit, at once.
-_collecting = False
+# common case), at once; one the app still holds at exit, by end_open_streams().
+_collecting_on: int | None = None  # the thread running a garbage collection (Python runs one at a time), if any
 _collected: queue.SimpleQueue[Call] = queue.SimpleQueue()
 _ender_pid = 0  # the process whose ender thread runs (a forked child has none)
 _ender_lock = threading.Lock()
+# The finalizers of the streams not collected yet, by their call's id: at exit, however the process ends (a SIGTERM,
+# a multiprocessing child's end, which skip the finalizers' own exit hook) and in whatever order exit hooks run, the
+# calls still open end before the store and the exporters stop.
+_open: dict[int, weakref.finalize] = {}
 
 
 def _note_collection(phase: str, info: dict[str, Any]) -> None:
-    global _collecting
-    _collecting = phase == "start"
+    global _collecting_on
+    _collecting_on = threading.get_ident() if phase == "start" else None
 
 
 gc.callbacks.append(_note_collection)
 
 
 def _abandoned(call: Call) -> None:
-    if _collecting:
+    _open.pop(id(call), None)
+    if _collecting_on == threading.get_ident():  # not another thread's collection (at exit, one may be under way)
         _collected.put(call)
     else:
         call.end_stream(None)
@@ -56,7 +61,22 @@ def _end_when_collected(proxy: object, call: Call) -> weakref.finalize:
             if _ender_pid != os.getpid():
                 threading.Thread(target=_end_collected_forever, name="llmtrace-stream-ender", daemon=True).start()
                 _ender_pid = os.getpid()
-    return weakref.finalize(proxy, _abandoned, call)
+    finalizer = _open[id(call)] = weakref.finalize(proxy, _abandoned, call)
+    return finalizer
+
+
+def _detach(finalizer: weakref.finalize) -> None:
+    """The call ends otherwise: its proxy's collection no longer ends it."""
+    held = finalizer.detach()
+    if held is not None:
+        _open.pop(id(held[2][0]), None)
+
+
+def end_open_streams() -> None:
+    """At exit: end the calls of the streams the app still holds (each ends once: one already ended is left)."""
+    for finalizer in list(_open.values()):
+        with internal_errors():
+            finalizer()
 
 
 def _end_collected_forever() -> None:
@@ -80,10 +100,14 @@ def _end_collected(call: Call) -> None:
 
 
 def _new_queue_in_child() -> None:
-    # The parent's calls end in the parent; a lock another of its threads held at the fork stays held in the child.
+    # The parent's calls end in the parent (the child's copies of their streams end none at its exit); a lock another
+    # of its threads held at the fork stays held in the child.
     global _collected, _ender_lock
     _collected = queue.SimpleQueue()
     _ender_lock = threading.Lock()
+    for finalizer in list(_open.values()):
+        finalizer.detach()
+    _open.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -333,7 +357,7 @@ class ParseProxy(wrapt.ObjectProxy):
 
         # The call now ends with what parse() gave: a whole answer at once, a stream through its own proxy. This
         # raw response may be dropped first (``with_raw_response.create(stream=True).parse()`` in one expression).
-        self._self_finalizer.detach()
+        _detach(self._self_finalizer)
         return returned(self._self_call, parsed)
 
     def _self_body_is_whole(self) -> bool:
@@ -416,7 +440,7 @@ class RawResponseProxy(ParseProxy):
     def _self_complete_with(self, body: Any) -> None:
         with internal_errors():
             if self._self_body_is_whole():
-                self._self_finalizer.detach()
+                _detach(self._self_finalizer)
                 self._self_call.complete(json.loads(body))
 
     def _self_read_whole_body(self) -> None:

@@ -202,3 +202,24 @@ def test_a_child_forked_while_a_tokenizer_was_being_built_builds_its_own(monkeyp
         return 0 if tokenizer.count_text("gpt-4o", "hello world") == 2 else 1
 
     assert _fork_and_wait(child) == 0  # not -1: the child waited for ever on a build no thread of its own was doing
+
+
+def test_a_child_leaves_the_streams_its_parent_holds_to_the_parent(captured: Any) -> None:
+    import openai
+
+    from conftest import http_module, openai_client
+    from fake_api import FakeAPI
+    from llmtrace import stream
+
+    held = openai_client(FakeAPI(http_module(openai))).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    next(iter(held))
+
+    def child() -> int:  # its exit ends the streams still open: none of them is its own
+        stream.end_open_streams()
+        return len(captured.spans())
+
+    assert _fork_and_wait(child) == 0  # the parent's call, ended in the child too, would be two spans of one call
+    stream.end_open_streams()
+    assert len(captured.spans()) == 1

@@ -1004,7 +1004,7 @@ if __name__ == "__main__":
     app.write_text(script)
     out = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, cwd=tmp_path, timeout=180)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str([f"child-{i}" for i in range(6)])
+    assert out.stdout.strip() == str([f"child-{i}" for i in (0, 1, 10, 2, 3, 4, 5)])
 
 
 def test_flush_writes_every_call_so_far_for_an_app_that_ends_without_exit_hooks(tmp_path: Path) -> None:
@@ -1128,15 +1128,27 @@ from conftest import openai_client, http_module
 from fake_api import FakeAPI
 from llmtrace import query
 
+held = []
+
 def work(i):
     with llmtrace.tags(tenant=f"child-{{i}}"):
         openai_client(FakeAPI(http_module(openai))).chat.completions.create(
             model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
 
+def hold_a_stream(i):
+    with llmtrace.tags(tenant=f"child-{{i}}"):
+        stream = openai_client(FakeAPI(http_module(openai))).chat.completions.create(
+            model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}], stream=True)
+    next(iter(stream))
+    held.append(stream)  # read in part, and held until the child ends
+
 if __name__ == "__main__":
     llmtrace.instrument(db={db!r}, flush_interval=600)  # no timed flush: only the child's exit writes its spans
     fork = multiprocessing.get_context("fork")
     child = fork.Process(target=work, args=(0,))
+    child.start()
+    child.join()
+    child = fork.Process(target=hold_a_stream, args=(10,))
     child.start()
     child.join()
     pool = fork.Pool(2)
@@ -1154,7 +1166,7 @@ if __name__ == "__main__":
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str([f"child-{i}" for i in range(6)])
+    assert out.stdout.strip() == str([f"child-{i}" for i in (0, 1, 10, 2, 3, 4, 5)])
 
 
 
@@ -1181,6 +1193,9 @@ client = openai_client(FakeAPI(http_module(openai)))
 for i in range(3):
     with llmtrace.tags(tenant=f"t-{{i}}"):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+with llmtrace.tags(tenant="t-held"):  # a stream read in part and still held: its call ends at the exit
+    held = client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}], stream=True)
+next(iter(held))
 if {server == "uvicorn-like"}:
     caught = []
     found = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
@@ -1205,7 +1220,7 @@ print("still alive", flush=True)
     assert process.returncode == -signal.SIGTERM, err
     assert "still alive" not in out and "Traceback" not in err, err
     rows = query.spend_by("tenant", query.TimeRange.last(timedelta(hours=1)), db=db)
-    assert sorted(r["key"] for r in rows) == ["t-0", "t-1", "t-2"]
+    assert sorted(r["key"] for r in rows) == ["t-0", "t-1", "t-2", "t-held"]
 
 def test_untagged_refused_and_unpriced_calls_count_as_they_do_everywhere(tmp_path: Path) -> None:
     db = _db(tmp_path)

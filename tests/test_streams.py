@@ -229,6 +229,25 @@ def test_a_stream_left_early_ends_when_it_is_dropped(captured: Any) -> None:
     assert span.end_time >= dropped and span.attributes["llmtrace.usage.source"] == "estimated"
 
 
+def test_a_stream_still_held_at_exit_ends_there_while_another_thread_collects(captured: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At exit the streams the app still holds end on the exiting thread, before the store and the exporters stop,
+    even while another thread runs a garbage collection (handed to the ender thread, they ended after the stop)."""
+    import threading
+
+    from llmtrace import stream as streams
+
+    held = _open("openai", False)
+    next(iter(held))
+    other_thread = threading.get_ident() + 1
+    monkeypatch.setattr(streams, "_collecting_on", other_thread)  # a collection under way on another thread
+    streams.end_open_streams()
+    (span,) = captured.spans()  # ended here and now, not queued
+    assert span.attributes["llmtrace.usage.source"] == "estimated"
+    streams.end_open_streams()
+    del held
+    assert len(captured.spans()) == 1  # once
+
+
 def test_a_stream_collected_while_its_thread_holds_a_lock_ending_a_span_needs_ends_all_the_same(tmp_path: Path) -> None:
     """The garbage collector runs inside whatever allocation comes: here inside the tenant limiter's lock, on the
     thread of a call that is ending. A stream dropped in a reference cycle, ended there, waited for that lock

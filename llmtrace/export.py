@@ -34,6 +34,7 @@ def protocol_for(signal: str, settings: Settings) -> str:
     env = os.environ
     given = (
         ("llmtrace's otlp_protocol setting", settings.otlp_protocol),
+        (f"OTEL_{signal}_EXPORTER", _named_otlp_exporter(signal)[1]),  # otlp_proto_grpc: gRPC, whatever else says
         (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", env.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL")),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", env.get("OTEL_EXPORTER_OTLP_PROTOCOL")),
     )
@@ -66,13 +67,25 @@ def destinations(settings: Settings) -> Destinations:
     def configured(signal: str) -> bool:
         # Only a signal with an endpoint of its own or the common one: an exporter of the other would post to
         # localhost:4318 (with the app's OTLP headers), where nobody asked for it.
-        # OTEL_TRACES_EXPORTER=console (or none, or prometheus for metrics): not over OTLP. Unset means otlp.
-        exporters = env.get(f"OTEL_{signal}_EXPORTER", "").strip().lower()
-        if exporters and "otlp" not in (name.strip() for name in exporters.split(",")):
+        if not _named_otlp_exporter(signal)[0]:
             return False
         return bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
     return Destinations(None, traces=configured("TRACES"), metrics=configured("METRICS"))
+
+
+# OpenTelemetry's names of its OTLP exporters (OTEL_TRACES_EXPORTER, OTEL_METRICS_EXPORTER), and the protocol each fixes.
+_OTLP_EXPORTER_NAMES = {"otlp": None, "otlp_proto_http": "http/protobuf", "otlp_proto_grpc": "grpc"}
+
+
+def _named_otlp_exporter(signal: str) -> tuple[bool, str | None]:
+    """Whether ``OTEL_{signal}_EXPORTER`` names an OTLP exporter (unset: it means otlp; console, none or prometheus:
+    not over OTLP), and the protocol its name fixes, if it does."""
+    names = [name.strip() for name in os.environ.get(f"OTEL_{signal}_EXPORTER", "").lower().split(",") if name.strip()]
+    if not names:
+        return True, None
+    named = [name for name in names if name in _OTLP_EXPORTER_NAMES]
+    return (True, _OTLP_EXPORTER_NAMES[named[0]]) if named else (False, None)
 
 
 # signal -> (gRPC exporter module, HTTP exporter module, class name, HTTP path under a base URL)

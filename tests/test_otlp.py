@@ -147,7 +147,19 @@ def test_an_otlp_protocol_llmtrace_cannot_speak_is_a_config_error_naming_where_i
         llmtrace.instrument(store=False, otlp_protocol="gRPC")
 
 
-@pytest.mark.parametrize("variables", ["traces endpoint only", "traces exporter none", "traces exporter console"])
+def test_the_exporter_names_opentelemetry_gives_its_otlp_exporters_fix_their_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtrace import config, export
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    for name, protocol in (("otlp_proto_grpc", "grpc"), ("otlp_proto_http", "http/protobuf"), ("otlp", "http/protobuf")):
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", name)
+        assert export.protocol_for("METRICS", config.Settings()) == protocol, name
+    assert export.protocol_for("METRICS", config.Settings(otlp_protocol="http/protobuf")) == "http/protobuf"  # llmtrace's own
+
+
+@pytest.mark.parametrize(
+    "variables", ["traces endpoint only", "traces exporter none", "traces exporter console", "traces exporter console,otlp_proto_http"]
+)
 def test_a_signal_goes_over_otlp_only_where_the_variables_send_it(
     receiver: tuple[str, list[Any]], tmp_path: Path, variables: str
 ) -> None:
@@ -178,6 +190,8 @@ print("METRICS", isinstance(provider, MeterProvider) and provider.force_flush(10
     metric_requests = [r for r in received if isinstance(r, ExportMetricsServiceRequest)]
     if variables == "traces endpoint only":  # no metrics exporter posting to localhost:4318 nobody asked for
         assert len(traces) == 1 and "METRICS False" in out.stdout and not metric_requests
+    elif variables.endswith("otlp_proto_http"):  # OpenTelemetry's own name of its OTLP/HTTP exporter
+        assert len(traces) == 1 and "METRICS True" in out.stdout and metric_requests
     else:
         assert not traces and "METRICS True" in out.stdout and metric_requests
 

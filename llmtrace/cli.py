@@ -154,7 +154,9 @@ def cmd_prices(args: argparse.Namespace) -> int:
     named = price.context.split(",") if price.context else []
     served = "".join(f", {part.replace('_', ' ').replace('=', ' ')}" for part in named)
     standard = [f"{key.replace('_', ' ')} {value}" for key, value in context if f"{key}={value}" not in named]
-    if standard:
+    if standard and price.source == pricing.SOURCE_OVERRIDE:
+        served += f"; {', '.join(standard)}: an override is one price for every tier and speed"
+    elif standard:
         served += f"; {', '.join(standard)}: no prices of its own, the standard ones"
     print(f"{args.model} ({provider}{served}), priced as {price.model} from {price.source}, USD per million tokens:")
     # Anthropic's 1-hour cache writes have a rate of their own (twice the input's); elsewhere it is the 5-minute one.
@@ -163,6 +165,10 @@ def cmd_prices(args: argparse.Namespace) -> int:
         rate = getattr(price, name)
         tiers = "".join(f", {p * 1e6:g} above {start:,} input tokens" for start, p in rate.tiers)
         print(f"  {name:<15}{rate.per_token * 1e6:g}{tiers}")
+    fees = [(what, fee) for what, fee in (("requests", price.per_request), ("web searches", price.per_web_search),
+                                          ("file searches", price.per_file_search)) if fee]  # fmt: skip
+    if fees:  # in a call's total cost, beside its tokens'
+        print("  and USD per 1,000 " + ", ".join(f"{what}: {fee * 1000:g}" for what, fee in fees))
     if price.audio_exact is not None:
         for name in ("input_audio", "output_audio"):
             print(f"  {name:<15}{float(getattr(price.audio_exact, name + '_mtok') or 0):g}")

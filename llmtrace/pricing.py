@@ -361,12 +361,19 @@ def _override(provider: str, *models: str | None) -> Price | None:
 
 
 def providers_pricing(model: str) -> list[str]:
-    """The providers (one name per price list) whose price list has ``model``: where to look when it is not the
-    one asked about."""
+    """The providers that price ``model``: first those the user gave a price of its own for it, then those whose price
+    list has it as its own model, then those whose list has it from another's (Azure lists DeepSeek's and xAI's
+    models): where to look when it is not the provider asked about, the likeliest first."""
+    from genai_prices import data_snapshot
+
     names: dict[str, str] = {}
     for name, provider_id in _PROVIDER_IDS.items():
         names.setdefault(provider_id, name)
-    return [name for name in names.values() if price_for(name, model) is not None]
+    lists = {provider.id: provider for provider in data_snapshot.get_snapshot().providers}
+    overridden = [scope for scope, name in _overrides if scope and name == model.lower()]
+    listed = [(provider_id, name) for provider_id, name in names.items() if price_for(name, model) is not None]
+    own = [name for provider_id, name in listed if provider_id in lists and lists[provider_id].find_model(model)]
+    return list(dict.fromkeys([*overridden, *own, *(name for _, name in listed)]))
 
 
 def priced_context_values(key: str) -> set[str]:

@@ -105,7 +105,7 @@ def test_prices_of_a_service_tier(capsys: pytest.CaptureFixture[str]) -> None:
     def rates(*argv: str) -> dict[str, float]:
         assert main(["prices", "gpt-5", *argv]) == 0
         lines = capsys.readouterr().out.splitlines()[1:]
-        return {name: float(value) for name, value in (line.split()[:2] for line in lines) if name != "audio"}
+        return {name: float(value) for name, value in (line.split()[:2] for line in lines) if name not in ("audio", "and")}
 
     from genai_prices import data_snapshot
 
@@ -158,6 +158,31 @@ def test_prices_says_which_context_and_provider_apply(capsys: pytest.CaptureFixt
         assert capsys.readouterr().out.startswith("claude-sonnet-4-5 (anthropic), priced as")
     assert main(["prices", "no-such-model-anywhere"]) == 1
     assert "No price known for 'no-such-model-anywhere' in any provider's price list." in capsys.readouterr().err
+
+
+def test_prices_shows_fees_and_picks_the_provider_that_prices_the_model_as_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Azure's price list has DeepSeek's and xAI's models from theirs: without --provider, the provider itself is
+    shown, or the one the user priced the model for; a fee per request or per search is part of a call's cost."""
+    from genai_prices import data_snapshot
+
+    _, sonar = data_snapshot.get_snapshot().find_provider_model("sonar", None, "perplexity", None)
+    per_request = float(sonar.get_prices(datetime.now(timezone.utc)).requests_kcount)
+    assert main(["prices", "sonar"]) == 0
+    assert f"  and USD per 1,000 requests: {per_request:g}" in capsys.readouterr().out.splitlines()
+    for model, provider in (("deepseek-chat", "deepseek"), ("grok-3", "x_ai")):
+        assert main(["prices", model]) == 0
+        assert capsys.readouterr().out.startswith(f"{model} ({provider}), priced as")
+    (tmp_path / "llmtrace.toml").write_text('[provider_prices.deepseek."deepseek-chat"]\ninput_mtok = 0.1\noutput_mtok = 0.2\n\n'
+                                            '[provider_prices."llm.internal"."my-model"]\ninput_mtok = 1\noutput_mtok = 2\n')
+    monkeypatch.chdir(tmp_path)
+    for model, provider, rate in (("deepseek-chat", "deepseek", "0.1"), ("my-model", "llm.internal", "1")):
+        assert main(["prices", model]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"{model} ({provider}), priced as {model} from override") and f"  input          {rate}\n" in out
+    assert main(["prices", "deepseek-chat", "--provider", "deepseek", "--service-tier", "priority"]) == 0
+    assert "service tier priority: an override is one price for every tier and speed" in capsys.readouterr().out
 
 
 def test_prices_of_every_tier_and_speed_the_price_list_prices(capsys: pytest.CaptureFixture[str]) -> None:

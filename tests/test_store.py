@@ -1739,3 +1739,24 @@ def test_a_reader_that_does_not_merge_first_says_a_damaged_segment_plainly(tmp_p
         with query.open_store(db, merge_first=False) as view:
             query.span_count(db=view)
     assert query.summary(query.TimeRange.last(timedelta(days=1)), db=db)["calls"] == 10  # one that merges first sets it aside
+
+
+def test_a_call_under_way_when_uninstrument_stops_the_store_is_said_not_to_be_in_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import llmtrace
+    import openai
+
+    from conftest import http_module, openai_client
+    from fake_api import FakeAPI
+
+    db = _db(tmp_path)
+    llmtrace.instrument(db=db)
+    stream = openai_client(FakeAPI(http_module(openai))).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    llmtrace.uninstrument()  # the stream is read after it: its call ends with the store stopped
+    for _ in stream:
+        pass
+    assert "a call that was under way when the store stopped (uninstrument() or exit) ended after it" in caplog.text
+    assert query.span_count(db=db)["spans"] == 0

@@ -118,6 +118,7 @@ class StoreWriter(SpanProcessor):
         self._flushes_done = 0
         self._merge_requested = False
         self._stopped = stopped
+        self.ended_after_stop = 0  # calls that ended while it was stopped: not recorded (said once a stop)
         self._dropping = False  # the buffer is full and spans are dropped (an episode, said when it begins and ends)
         self._dropped_before = 0  # self.dropped when the episode began
         self._thread: threading.Thread | None = None
@@ -143,6 +144,7 @@ class StoreWriter(SpanProcessor):
 
     def _buffer(self, span: ReadableSpan) -> None:
         if self._stopped:
+            self._missed_when_stopped()
             return
         held = len(self._spans)
         if held + len(self._unwritten) >= self.max_buffered:
@@ -155,6 +157,13 @@ class StoreWriter(SpanProcessor):
             self._wake.set()
         elif held % _CHECK_EVERY == 0 and held and self._writer_is_late():
             time.sleep(_HAND_OVER_S)  # see _CHECK_EVERY
+
+    def _missed_when_stopped(self) -> None:
+        # A call still under way when uninstrument() (or exit) stopped the store, that ended after it.
+        self.ended_after_stop += 1
+        if self.ended_after_stop == 1:
+            logger.warning("llmtrace: a call that was under way when the store stopped (uninstrument() or exit) ended "
+                           "after it: not recorded in %s (its span goes to the other exporters)", self.paths.db)  # fmt: skip
 
     def _writer_is_late(self) -> bool:
         return time.monotonic() - self._last_round > 2 * self.flush_interval + _LATE_S

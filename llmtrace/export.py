@@ -143,6 +143,12 @@ class SwappedMetricExporter(MetricExporter):
         if old is not None:
             old.shutdown()
 
+    def hand_over(self) -> SwappedMetricExporter | None:
+        """A new one exporting through this one's target from now on, this one through none (its target not shut
+        down): for a forked child's own meter provider. None when this one exports nowhere."""
+        target, self.target = self.target, None
+        return SwappedMetricExporter(target) if target is not None else None
+
     def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         target = self.target
         if target is None:  # uninstrumented: the points are dropped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import importlib
 import logging
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import weakref
 from typing import Any
 
@@ -336,19 +338,18 @@ def _tracer_provider(given: Any, settings: config.Settings, otlp: export.Destina
 
 
 def _instruments(given: Any, settings: config.Settings, otlp: export.Destinations) -> Instruments | None:
-    global _own_meters, _own_metric_export
+    global _own_meters, _own_metric_export, _meters_resource
     provider = given if given is not None else metrics.get_meter_provider()
+    if given is None and provider in _providers_made and _meters_of_this_process is not None:
+        provider = _meters_of_this_process  # a forked child's own, not the global one it inherited
     if given is None and not isinstance(provider, MeterProvider):
         if not otlp.metrics:
             # No SDK meter provider and nowhere to send metrics: a no-op meter would only cost time.
             return None
         # Metrics go where the spans go: a provider of llmtrace's own, installed globally.
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
         _own_metric_export = export.SwappedMetricExporter(export.metric_exporter(settings, otlp.base_url))
-        # Shut down by llmtrace's exit hook, which bounds the wait (the SDK's own would wait out a dead collector).
-        provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(_own_metric_export)],
-                                 resource=_resource(settings), shutdown_on_exit=False)  # fmt: skip
+        _meters_resource = _resource(settings)
+        provider = _meter_provider(_own_metric_export, _meters_resource)
         metrics.set_meter_provider(provider)
         _providers_made.add(provider)
     elif provider in _providers_made and _own_metric_export is not None:  # made by an earlier instrument()
@@ -363,6 +364,49 @@ def _instruments(given: Any, settings: config.Settings, otlp: export.Destination
 
 def _resource(settings: config.Settings) -> Resource:
     return Resource.create({SERVICE_NAME: settings.service_name} if settings.service_name else {})
+
+
+def _meter_provider(exporter: export.SwappedMetricExporter, resource: Resource, forked: bool = False) -> MeterProvider:
+    """The meter provider llmtrace makes where the app has none. Its resource names the process (a
+    ``service.instance.id`` of its own, which newer SDKs make once a process and a forked child would share, unless
+    the app's resource variables give one): a backend then keeps each process's cumulative totals apart, not one
+    series that several processes (workers of one server) overwrite."""
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    instance = "service.instance.id"
+    if instance not in resource.attributes or (forked and instance + "=" not in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")):
+        resource = resource.merge(Resource({instance: str(uuid.uuid4())}))
+    # Shut down by llmtrace's exit hook, which bounds the wait (the SDK's own would wait out a dead collector).
+    return MeterProvider(metric_readers=[PeriodicExportingMetricReader(exporter)], resource=resource, shutdown_on_exit=False)
+
+
+# In a forked child, the meter provider llmtrace made there (the global one, inherited, is the parent's): see below.
+_meters_of_this_process: MeterProvider | None = None
+# The resource of the one llmtrace made, before its instance id: a child's is made from it (Resource.create would run
+# the resource detectors on a thread pool, which a child at fork time must not use).
+_meters_resource: Resource | None = None
+
+
+def _own_metrics_in_child() -> None:
+    """A forked child of an instrumented process whose metrics go through the meter provider llmtrace made: that
+    provider holds the parent's totals, which the child would export again as its own (calls and cost counted
+    twice) under the parent's identity. The child records on a provider of its own, with an instance id of its own;
+    the inherited one exports nothing more from here (metrics an app recorded on it too, as the global provider,
+    stop in the child with it)."""
+    global _own_meters, _own_metric_export, _meters_of_this_process
+    runtime = core.runtime
+    resource = _meters_resource
+    if _own_meters is None or _own_metric_export is None or runtime is None or runtime.instruments is None or resource is None:
+        return
+    exporter = _own_metric_export.hand_over()
+    if exporter is None:
+        return
+    settings = runtime.settings
+    _meters_of_this_process = provider = _meter_provider(exporter, resource, forked=True)
+    _providers_made.add(provider)
+    _own_meters, _own_metric_export = (provider, _own_meters[1]), exporter
+    instruments = Instruments(provider.get_meter("llmtrace", __version__), settings.metric_tag_allowlist, settings.metric_tag_top_k)
+    core.runtime = dataclasses.replace(runtime, instruments=instruments)
 
 
 def _warm_prices() -> None:
@@ -562,7 +606,13 @@ def _restart_monitor_in_child() -> None:
             monitor.after_fork_in_child()
 
 
+def _own_metrics_anew_in_child() -> None:
+    with internal_errors():
+        _own_metrics_in_child()
+
+
 atexit.register(_stop_monitor_at_exit)
 atexit.register(end_collected)  # before the store writers' exit flush (atexit runs the last registered first)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_restart_monitor_in_child)
+    os.register_at_fork(after_in_child=_own_metrics_anew_in_child)

@@ -446,3 +446,45 @@ def test_the_word_on_an_export_failure_names_the_store_only_where_there_is_one(s
     said = record.getMessage()
     assert said.startswith("Failed to export span batch code: 503 (llmtrace: LLM calls")
     assert ("the local store" in said) is store_on
+
+
+@pytest.mark.parametrize("temporality", ["cumulative", "delta"])
+def test_a_forked_childs_metrics_are_its_own_calls_under_its_own_instance_id(
+    receiver: tuple[str, list[Any]], tmp_path: Path, temporality: str
+) -> None:
+    """A child forked by an instrumented process (multiprocessing, a Celery or gunicorn worker) inherits the meter
+    provider llmtrace made, with the parent's totals in it: exported again from the child, each call (and its cost)
+    counted twice, under the parent's identity, as one series two processes overwrite."""
+    endpoint, received = receiver
+    env = {"PATH": "/usr/bin:/bin", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+           "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": temporality}  # fmt: skip
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import llmtrace, openai
+from conftest import openai_client, http_module
+from fake_api import FakeAPI
+llmtrace.instrument(store=False)
+client = openai_client(FakeAPI(http_module(openai)))
+def call():
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "x"}}])
+for _ in range(3):
+    call()
+pid = os.fork()
+if pid == 0:
+    call()
+    sys.exit(0)
+assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    calls: dict[str, list[int]] = {}  # instance id -> the call counts of its exports
+    for request in (r for r in received if isinstance(r, ExportMetricsServiceRequest)):
+        for rm in request.resource_metrics:
+            instance = next(kv.value.string_value for kv in rm.resource.attributes if kv.key == "service.instance.id")
+            calls.setdefault(instance, []).extend(
+                point.count for sm in rm.scope_metrics for m in sm.metrics if m.name == "gen_ai.client.operation.duration"
+                for point in m.histogram.data_points
+            )  # fmt: skip
+    counted = sorted((sum(counts) if temporality == "delta" else max(counts)) for counts in calls.values())
+    assert counted == [1, 3]  # the child's one call and the parent's three, each process under an id of its own

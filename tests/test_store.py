@@ -1004,7 +1004,7 @@ if __name__ == "__main__":
     app.write_text(script)
     out = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, cwd=tmp_path, timeout=180)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str([f"child-{i}" for i in (0, 1, 10, 2, 3, 4, 5)])
+    assert out.stdout.strip() == str([f"child-{i}" for i in range(6)])
 
 
 def test_flush_writes_every_call_so_far_for_an_app_that_ends_without_exit_hooks(tmp_path: Path) -> None:

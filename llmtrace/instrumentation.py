@@ -398,15 +398,16 @@ def _own_metrics_in_child() -> None:
     resource = _meters_resource
     if _own_meters is None or _own_metric_export is None or runtime is None or runtime.instruments is None or resource is None:
         return
-    exporter = _own_metric_export.hand_over()
-    if exporter is None:
-        return
-    settings = runtime.settings
-    _meters_of_this_process = provider = _meter_provider(exporter, resource, forked=True)
-    _providers_made.add(provider)
-    _own_meters, _own_metric_export = (provider, _own_meters[1]), exporter
-    instruments = Instruments(provider.get_meter("llmtrace", __version__), settings.metric_tag_allowlist, settings.metric_tag_top_k)
-    core.runtime = dataclasses.replace(runtime, instruments=instruments)
+    with internal_errors():
+        exporter = _own_metric_export.hand_over()
+        if exporter is None:
+            return
+        settings = runtime.settings
+        _meters_of_this_process = provider = _meter_provider(exporter, resource, forked=True)
+        _providers_made.add(provider)
+        _own_meters, _own_metric_export = (provider, _own_meters[1]), exporter
+        meter = provider.get_meter("llmtrace", __version__)
+        core.runtime = dataclasses.replace(runtime, instruments=Instruments(meter, settings.metric_tag_allowlist, settings.metric_tag_top_k))
 
 
 def _warm_prices() -> None:
@@ -606,13 +607,8 @@ def _restart_monitor_in_child() -> None:
             monitor.after_fork_in_child()
 
 
-def _own_metrics_anew_in_child() -> None:
-    with internal_errors():
-        _own_metrics_in_child()
-
-
 atexit.register(_stop_monitor_at_exit)
 atexit.register(end_collected)  # before the store writers' exit flush (atexit runs the last registered first)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_restart_monitor_in_child)
-    os.register_at_fork(after_in_child=_own_metrics_anew_in_child)
+    os.register_at_fork(after_in_child=_own_metrics_in_child)

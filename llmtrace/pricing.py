@@ -203,7 +203,6 @@ class Price:
             total += usage.web_searches * self.per_web_search + usage.file_searches * self.per_file_search
         return Cost(total, cost_in, cost_out, savings)
 
-
     def _cost_by_pass(self, passes: tuple[Usage, ...]) -> Cost:
         """Passes billed as calls of their own, each at the rates its own input size takes; the request's fee once."""
         costs = [self.cost(one) for one in passes]

@@ -85,20 +85,31 @@ class StoreError(RuntimeError):
     """The store cannot be read; the message says why and where."""
 
 
+class _Untagged:
+    def __repr__(self) -> str:
+        return "UNTAGGED"
+
+
+# A filter's value for the calls that have none (``Filters(tenant=UNTAGGED)``: the calls no tenant was tagged on).
+UNTAGGED = _Untagged()
+FilterValue = str | _Untagged | None
+
+
 @dataclass(frozen=True)
 class Filters:
-    service: str | None = None
-    provider: str | None = None
-    model: str | None = None
-    tenant: str | None = None
-    feature: str | None = None
-    user: str | None = None
+    service: FilterValue = None
+    provider: FilterValue = None
+    model: FilterValue = None
+    tenant: FilterValue = None
+    feature: FilterValue = None
+    user: FilterValue = None
 
     def __post_init__(self) -> None:
         # Checked here: DuckDB would refuse a list or a number later, in words that blame the store.
         for name, value in vars(self).items():
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"Filters.{name} must be one value, a string (or None for all), got {value!r}")
+            if value is not None and value is not UNTAGGED and not isinstance(value, str):
+                raise TypeError(f"Filters.{name} must be one value, a string (or None for all, UNTAGGED for none), "
+                                f"got {value!r}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -276,7 +287,9 @@ def _where(time_range: TimeRange, filters: Filters | None) -> tuple[str, list[An
         (f.feature, "feature"),
         (f.user, "user_id"),
     ):
-        if value is not None:
+        if value is UNTAGGED:
+            clauses.append(f"{column} IS NULL")
+        elif value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
     return " AND ".join(clauses), params

@@ -239,7 +239,12 @@ def test_tags_named_like_the_dashboards_own_labels_are_kept_apart(tmp_path: Path
     assert lumped and sum(r["cost_usd"] for r in lumped) == pytest.approx(0.002 * 2 + 0.01 + 0.02 + 0.03 + 0.03)
     at.sidebar.selectbox(key="filter_tenant").set_value("All").run()
     assert [m.value for m in at.metric if m.label == "Spend"] == [C.money(0.004)]  # the tenant's two calls, not everyone's
-    assert at.sidebar.selectbox(key="filter_tenant").options[:2] == ["All", '"All"']  # no filter, and the tenant
+    options = at.sidebar.selectbox(key="filter_tenant").options
+    assert options[:2] == ["All", C.UNTAGGED] and {'"All"', f'"{C.UNTAGGED}"'} <= set(options)  # no filter, no tag, tenants
+    at.sidebar.selectbox(key="filter_tenant").set_value(C.NO_TAG).run()  # the calls no tenant was tagged on
+    assert [m.value for m in at.metric if m.label == "Spend"] == [C.money(0.03)]
+    at.sidebar.selectbox(key="filter_tenant").set_value(C.UNTAGGED).run()  # the tenant named so
+    assert [m.value for m in at.metric if m.label == "Spend"] == [C.money(0.5)]
     at.sidebar.selectbox(key="filter_tenant").set_value(C.NO_FILTER).run()
     everyone = query.summary(query.TimeRange.last(timedelta(days=1)), db=db)["cost_usd"]
     assert [m.value for m in at.metric if m.label == "Spend"] == [C.money(everyone)]

@@ -22,6 +22,7 @@ _RANGES = {"Last hour": timedelta(hours=1), "Last 24 hours": timedelta(days=1), 
            "Last 30 days": timedelta(days=30)}  # fmt: skip
 _FILTERS = (("service", "Service"), ("provider", "Provider"), ("model", "Model"), ("tenant", "Tenant"),
             ("feature", "Feature"))  # fmt: skip
+_TAGS = ("tenant", "feature")  # filters that can also pick the calls without the tag
 _MAX_BARS = 60  # charts pick the finest bucket that keeps them under this many bars
 
 
@@ -56,21 +57,22 @@ def _filters(time_range: query.TimeRange, db: str) -> query.Filters:
     values = query.dimension_values(time_range, db=db)
     chosen = {}
     for name, label in _FILTERS:
-        options = [C.NO_FILTER, *values[name]]
+        options = [C.NO_FILTER, *([C.NO_TAG] if name in _TAGS else []), *values[name]]
         current = st.session_state.get(f"filter_{name}")
         if current and current not in options:  # chosen in another time range: keep it selectable
             options.append(current)
         # Lists hold the values with the most calls (query.dimension_values' limit): any other can be typed in.
         pick = st.sidebar.selectbox(label, options, key=f"filter_{name}", accept_new_options=True, format_func=_shown)
-        chosen[name] = None if pick == C.NO_FILTER else pick
+        chosen[name] = {C.NO_FILTER: None, C.NO_TAG: query.UNTAGGED}.get(pick, pick)
     return query.Filters(**chosen)
 
 
 def _shown(option: str) -> str:
-    # Streamlit tells the options apart by what they show: a tag named "All" is shown quoted.
-    if option == C.NO_FILTER:
-        return "All"
-    return f'"{option}"' if option == "All" else option
+    # Streamlit tells the options apart by what they show: a tag that reads as one of these choices is shown quoted.
+    shown = {C.NO_FILTER: "All", C.NO_TAG: C.UNTAGGED}
+    if option in shown:
+        return shown[option]
+    return f'"{option}"' if option in shown.values() else option
 
 
 def _bucket(time_range: query.TimeRange, first: datetime | None, last: datetime | None) -> str:

@@ -13,8 +13,10 @@ from ..query import BUCKETS
 
 UNTAGGED = "(untagged)"
 OTHER = "(others)"
-# The sidebar's "no filter" choice, shown as "All": a value no tag has, so that a tenant named "All" is one tenant.
+# The sidebar's "no filter" choice, shown as "All", and its choice of the calls without the tag, shown as "(untagged)":
+# values no tag has, so that a tenant named "All" is one tenant.
 NO_FILTER = "\ue000all"
+NO_TAG = "\ue000untagged"
 _HEIGHT = 280
 
 

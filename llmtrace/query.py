@@ -25,7 +25,7 @@ from . import config
 from .budgets import BudgetExceeded
 from .store.files import StorePaths, resolve, utc_now
 from .store.merge import DATA_ERRORS, is_lock_error, merge, merged_ids
-from .store.schema import COLUMN_NAMES, COLUMNS, segment_rows
+from .store.schema import COLUMN_NAMES, COLUMNS, is_another_applications, segment_rows
 
 logger = logging.getLogger("llmtrace")
 
@@ -253,12 +253,12 @@ def _create_view(con: duckdb.DuckDBPyConnection, paths: StorePaths, lock_wait_s:
     merged: set[str] = set()
     if _attach(con, paths, lock_wait_s):
         tables = _store_tables(con)
+        if is_another_applications(tables):
+            raise StoreError(f"{paths.db} is not an llmtrace store (its tables: {', '.join(sorted(tables))})")
         if "spans" in tables:
             parts.append("SELECT * FROM store.spans")
             if "_segments" in tables:
                 merged = merged_ids(con, "store._segments", [p.stem for p in pending_paths])
-        elif tables - {"_migrations"}:
-            raise StoreError(f"{paths.db} is not an llmtrace store (its tables: {', '.join(sorted(tables))}; none is spans)")
         # No table (a DuckDB shell opened the path before the first merge), or a first migration that did not commit:
         # nothing merged yet, segments only.
     pending = [str(p) for p in pending_paths if p.stem not in merged]

@@ -439,11 +439,20 @@ def test_an_empty_database_at_the_store_path_reads_as_a_store_not_yet_merged_int
         con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
     with query.open_store(first_migration_failed, merge_first=False) as con:
         assert query.summary(query.TimeRange.last(timedelta(days=1)), db=con)["calls"] == 0
-    other = str(tmp_path / "other.duckdb")
-    with duckdb.connect(other) as con:
-        con.execute("CREATE TABLE orders (id INTEGER)")
-    with pytest.raises(query.StoreError, match=r"is not an llmtrace store \(its tables: orders; none is spans\)"):
-        query.span_count(db=other)
+    # Another application's database (a mistyped db), one with a spans table of its own too: never read as an empty
+    # store, never written to (a merge, `llmtrace compact`, the app's writer) — not a table, not a row.
+    for tables in (["orders"], ["orders", "spans"]):
+        other = str(tmp_path / f"other-{len(tables)}.duckdb")
+        with duckdb.connect(other) as con:
+            for table in tables:
+                con.execute(f"CREATE TABLE {table} (id INTEGER)")
+        with pytest.raises(query.StoreError, match=rf"is not an llmtrace store \(its tables: {', '.join(tables)}\)"):
+            query.span_count(db=other)
+        files.write_segment(resolve(other), schema.spans_to_table([]))
+        with pytest.raises(schema.NotAStore, match="not an llmtrace store"):
+            merge(resolve(other))
+        with duckdb.connect(other) as con:
+            assert sorted(row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()) == tables
 
 
 @pytest.mark.parametrize("spoil", [_truncated, _foreign])
@@ -1620,7 +1629,7 @@ def test_every_kind_of_span_becomes_the_row_its_public_fields_say(tmp_path: Path
 
 
 def test_a_wrong_query_argument_is_named_not_blamed_on_the_store() -> None:
-    with pytest.raises(TypeError, match=r"Filters.tenant must be one value, a string \(or None for all\), got \['acme'"):
+    with pytest.raises(TypeError, match=r"Filters.tenant must be one value, a string \(or None for all, UNTAGGED for none\), got \['acme'"):
         query.Filters(tenant=["acme", "globex"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="since .* is after until"):
         query.TimeRange(datetime(2026, 1, 2), datetime(2026, 1, 1))

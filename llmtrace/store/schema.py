@@ -288,8 +288,21 @@ class StoreFromTheFuture(RuntimeError):
     """The database was written by a newer llmtrace: this version will not touch it."""
 
 
+class NotAStore(StoreFromTheFuture):
+    """The database holds another application's tables (a mistyped ``db``): llmtrace never writes to it."""
+
+
+def is_another_applications(tables: set[str]) -> bool:
+    """Whether a database with these tables is someone else's: tables, but not llmtrace's migrations record."""
+    return bool(tables) and "_migrations" not in tables
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
     """Apply every migration this database lacks, each in its own transaction."""
+    tables = {row[0] for row in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()").fetchall()}  # fmt: skip
+    if is_another_applications(tables):
+        raise NotAStore(f"it is not an llmtrace store (its tables: {', '.join(sorted(tables))}); check the db setting")
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
     applied = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
     known = {name for name, _ in MIGRATIONS}

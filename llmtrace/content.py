@@ -11,6 +11,7 @@ provider adapters translate their SDK's shapes with these builders.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from . import attributes as A
@@ -42,8 +43,16 @@ def tool_call_response(call_id: Any, response: Any) -> Part:
 
 
 def blob(modality: str, mime_type: str | None, data: str) -> Part:
-    """Inline media, base64 as the provider took it."""
+    """Inline media, base64 as the provider took it; past ``_LONG_STRING`` characters, its size instead (a photo or a
+    PDF would make the span too large to export, and every span sent with it would be lost)."""
+    if len(data) > _LONG_STRING:
+        return {"type": "blob", "modality": modality, "mime_type": mime_type, "content": "", "content_omitted": len(data)}
     return {"type": "blob", "modality": modality, "mime_type": mime_type, "content": data}
+
+
+def inline(modality: str, data: str) -> Part:
+    """A file sent inline: a ``data:`` URL, or bare base64."""
+    return media(modality, data) if data.startswith("data:") else blob(modality, None, data)
 
 
 def file(modality: str, file_id: str) -> Part:
@@ -93,25 +102,68 @@ def generated_text(messages: list[Message]) -> str:
     return "".join(pieces)
 
 
+# Captured content goes out in span attributes, and an export request past a collector's size limit (4 MiB over gRPC
+# by default, 20 MiB over HTTP) fails whole, losing every span sent with it: an attribute past MAX_CONTENT_CHARS has
+# its long strings (a pasted document, an unknown block's data) cut to their first _KEPT characters.
+MAX_CONTENT_CHARS = 256 * 1024
+_LONG_STRING = 16 * 1024
+_KEPT = 1024
+
+
 def to_json(value: Any, compact: bool = False) -> str:
-    """Captured content as an attribute value: JSON text, SDK models dumped, anything else as its ``str``."""
-    return json.dumps(
-        value,
-        default=lambda o: getattr(o, "model_dump", lambda: str(o))(),
-        ensure_ascii=False,
-        separators=(",", ":") if compact else None,
-    )
+    """Captured content as an attribute value: JSON text, SDK models dumped, anything else as its ``str``; long
+    strings cut past MAX_CONTENT_CHARS in all; valid UTF-8 (a lone surrogate, which no exporter or store can encode,
+    becomes "?")."""
+    encoded = _dumps(value, compact)
+    if len(encoded) > MAX_CONTENT_CHARS:
+        encoded = _dumps(_shortened(value), compact)
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError:
+        encoded = encoded.encode("utf-8", "replace").decode("utf-8")
+    return encoded
+
+
+def _dumps(value: Any, compact: bool) -> str:
+    return json.dumps(value, default=_plain, ensure_ascii=False, separators=(",", ":") if compact else None)
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "model_dump", lambda: str(value))()
+
+
+def _shortened(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= _LONG_STRING else f"{value[:_KEPT]}…[{len(value) - _KEPT:,} characters not captured]"
+    if isinstance(value, dict):
+        return {key: _shortened(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_shortened(item) for item in value]
+    return _shortened(_plain(value)) if hasattr(value, "model_dump") else value
 
 
 def _decoded(arguments: Any) -> Any:
-    """Tool arguments arrive as JSON text; recorded as the object they encode, as the text when they are not JSON
-    (a stream cut mid-call)."""
+    """Tool arguments arrive as JSON text; recorded as the object (or list) they encode, and as the text when they
+    encode anything else (a custom tool's free-form input: "1.10" stays "1.10", "null" stays), are not JSON (a stream
+    cut mid-call) or hold a number JSON cannot carry (1e400, NaN)."""
     if isinstance(arguments, str):
         try:
-            return json.loads(arguments)
+            decoded = json.loads(arguments, parse_float=_finite, parse_constant=_not_a_number)
         except Exception:  # not JSON (ValueError), or nested past the parser's depth (RecursionError)
             return arguments
+        return decoded if isinstance(decoded, (dict, list)) else arguments
     return arguments
+
+
+def _finite(literal: str) -> float:
+    number = float(literal)
+    if not math.isfinite(number):
+        raise ValueError(f"{literal} is not a finite number")
+    return number
+
+
+def _not_a_number(literal: str) -> float:
+    raise ValueError(f"{literal} is not a number JSON allows")
 
 
 def input_attributes(messages: list[Message] | None, system: list[Part] | None = None, tools: Any = None) -> dict[str, str]:

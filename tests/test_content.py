@@ -447,3 +447,44 @@ def test_a_responses_reasoning_item_without_a_summary_is_its_reasoning_text() ->
     a = captured.spans()[0].attributes
     assert json.loads(a["gen_ai.output.messages"])[0]["parts"] == [{"type": "reasoning", "content": "The user greets me."}, {"type": "text", "content": "Hello!"}]
     assert a["gen_ai.usage.output_tokens"] >= 6  # no usage: the estimate counts the reasoning too
+
+
+def test_inline_files_and_long_content_are_bounded_so_the_span_can_still_be_exported() -> None:
+    """A 16 MB PDF sent inline made a 22 MB span, past a collector's limit: its export failed, and every span sent with
+    it was lost. Inline media past 16 kB is recorded by its size; past 256 kB an attribute's long strings are cut."""
+    from llmtrace import content
+
+    http = http_module(pytest.importorskip("openai"))
+    client = openai_client(lambda request: http.Response(200, json=_completion({"content": "ok"}, usage=True)))
+    pdf = "JVBERi0xLjQK" * 100_000  # 1.2 MB of base64
+    document = "A long pasted report. " * 20_000  # 440 kB of text
+    with llmtrace.testing.capture(capture_content=True) as captured:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[
+            {"role": "user", "content": [{"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "r.pdf"}}]},
+            {"role": "user", "content": document},
+        ])  # fmt: skip
+    recorded = captured.spans()[0].attributes["gen_ai.input.messages"]
+    assert len(recorded) < content.MAX_CONTENT_CHARS
+    file_part, text_part = (message["parts"][0] for message in json.loads(recorded))
+    assert file_part == {"type": "blob", "modality": "document", "mime_type": "application/pdf", "content": "",
+                         "content_omitted": len(pdf)}  # fmt: skip
+    assert text_part["content"].startswith(document[:1024]) and text_part["content"].endswith(
+        f"…[{len(document) - 1024:,} characters not captured]")
+
+
+@pytest.mark.parametrize("arguments, recorded", [
+    ('{"city": "Paris"}', {"city": "Paris"}),  # an object: decoded
+    ("1.10", "1.10"),  # a custom tool's free-form input: text as written, not the number 1.1
+    ("null", "null"),
+    ('{"x": 1e400}', '{"x": 1e400}'),  # no JSON number holds it: Infinity would make the attribute invalid JSON
+    ('{"emoji": "\\ud83d"}', {"emoji": "?"}),  # a lone surrogate: no exporter or store can encode it
+])  # fmt: skip
+def test_tool_arguments_are_decoded_only_into_what_json_carries(arguments: str, recorded: Any) -> None:
+    http = http_module(pytest.importorskip("openai"))
+    call = {"id": "call_1", "type": "function", "function": {"name": "run", "arguments": arguments}}
+    client = openai_client(lambda request: http.Response(200, json=_completion({"content": None, "tool_calls": [call]}, usage=True)))
+    with llmtrace.testing.capture(capture_content=True) as captured:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    output = captured.spans()[0].attributes["gen_ai.output.messages"]
+    output.encode("utf-8")  # valid UTF-8
+    assert json.loads(output)[0]["parts"][0]["arguments"] == recorded

@@ -28,8 +28,12 @@ def _chat_part(part: Any) -> C.Part:
         if (data := string(get(audio, "data"))) is not None:
             audio_format = string(get(audio, "format"))
             return C.blob("audio", f"audio/{audio_format}" if audio_format else None, data)
-    if kind == "file" and (file_id := string(get(get(part, "file"), "file_id"))) is not None:
-        return C.file("document", file_id)
+    if kind == "file":
+        attached = get(part, "file")
+        if (file_id := string(get(attached, "file_id"))) is not None:
+            return C.file("document", file_id)
+        if (data := string(get(attached, "file_data"))) is not None:
+            return C.inline("document", data)
     return C.generic(part)
 
 
@@ -128,8 +132,13 @@ def _response_part(part: Any) -> C.Part:
             return C.media("image", url)
         if (file_id := string(get(part, "file_id"))) is not None:
             return C.file("image", file_id)
-    if kind == "input_file" and (file_id := string(get(part, "file_id"))) is not None:
-        return C.file("document", file_id)
+    if kind == "input_file":
+        if (file_id := string(get(part, "file_id"))) is not None:
+            return C.file("document", file_id)
+        if (data := string(get(part, "file_data"))) is not None:
+            return C.inline("document", data)
+        if (url := string(get(part, "file_url"))) is not None:
+            return C.media("document", url)
     return C.generic(part)
 
 

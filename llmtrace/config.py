@@ -96,6 +96,10 @@ _FLOAT_BOUNDS = {
     "anomaly_spend_spike_factor": (1.0, math.inf, "a factor above 1 (3 is three times the usual spend)"),
     **{name: (0.0, 366 * 86400.0, "a number of seconds, at most a year") for name in
        ("anomaly_interval", "anomaly_recent_window", "anomaly_baseline_window", "anomaly_rate_window", "anomaly_duplicate_window")},
+    # Waited for by threads, whose waits refuse more than threading.TIMEOUT_MAX (~292 years): one past it ended the
+    # store's writer or the budget monitor for good. A day is more than any of these needs.
+    **{name: (0.0, 86400.0, "a number of seconds, at most a day (86400)") for name in
+       ("flush_interval", "budget_refresh_interval", "alert_webhook_timeout", "otlp_shutdown_timeout")},
 }  # fmt: skip
 
 _BOOL_TRUE = {"1", "true", "yes", "on"}
@@ -112,12 +116,27 @@ def _check_provider_host(pair: str) -> None:
         raise ConfigError(f"provider_hosts: {pair!r} is not host=provider (e.g. llm-gateway.internal=openai)")
     if "=" in provider or any(c.isspace() for c in provider):
         raise ConfigError(f"provider_hosts: {pair!r} holds more than one pair: separate them with commas")
-    if "/" in host or (host.count(":") == 1 and host.rpartition(":")[2].isdecimal()):
-        netloc = host.split("://")[-1].split("/")[0]
-        bare = netloc.rpartition(":")[0] if netloc.count(":") == 1 else netloc
+    bare = _bare_host(host)
+    if bare != host:
         raise ConfigError(f"provider_hosts: {pair!r}: give the host alone, without a scheme, port or path ({bare}={provider})")
     if provider not in PROVIDERS:
         raise ConfigError(f"provider_hosts: {provider!r} is not a provider llmtrace prices ({', '.join(PROVIDERS)})")
+
+
+def _bare_host(host: str) -> str:
+    """``host`` without the scheme, port or path it may have been given with (calls are matched by their URL's host
+    alone)."""
+    if "/" not in host and not (host.count(":") == 1 and host.rpartition(":")[2].isdecimal()):
+        return host
+    netloc = host.split("://")[-1].split("/")[0]
+    return netloc.rpartition(":")[0] if netloc.count(":") == 1 else netloc
+
+
+def _check_usage_host(host: str) -> None:
+    bare = _bare_host(host)
+    if not bare or bare != host or any(c.isspace() for c in host):
+        raise ConfigError(f"include_usage_hosts: {host!r}: give each host alone, without a scheme, port or path"
+                          + (f" ({bare})" if bare and bare != host else ""))  # fmt: skip
 
 
 def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
@@ -286,10 +305,14 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
         raise ConfigError(
             f"anomaly_detectors: unknown {', '.join(sorted(unknown_detectors))} (known: {', '.join(ANOMALY_DETECTORS)})"
         )
+    for host in values.get("include_usage_hosts", ()):
+        _check_usage_host(host.strip())
+    # Hosts as a call's URL has them (lower case): "LLM-Gateway.internal" would never match.
     values["provider_hosts"] = tuple(
-        "=".join(part.strip() for part in pair.split("=", 1)) for pair in values.get("provider_hosts", ())
+        f"{host.strip().lower()}={provider.strip()}" for host, _, provider in (pair.partition("=") for pair in values.get("provider_hosts", ()))
     )
     # Hosts named here come beside the ones known to accept the field, never instead: naming a gateway must not
     # cost OpenAI's own streams their usage.
-    values["include_usage_hosts"] = tuple(dict.fromkeys((*DEFAULT_INCLUDE_USAGE_HOSTS, *values.get("include_usage_hosts", ()))))
+    named = (host.strip().lower() for host in values.get("include_usage_hosts", ()))
+    values["include_usage_hosts"] = tuple(dict.fromkeys((*DEFAULT_INCLUDE_USAGE_HOSTS, *named)))
     return Settings(**values)

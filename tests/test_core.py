@@ -516,6 +516,8 @@ def test_metric_labels_follow_the_busiest_tenants_after_many_one_offs() -> None:
         ("[llmtrace]\nretention_days = 1.5\n", r"\[llmtrace\]: retention_days must be a whole number"),
         ("[llmtrace]\nretention_days = 1000000\n", r"retention_days must be a whole number from 0 to 36,600, got 1000000"),
         ("[llmtrace]\nflush_interval = inf\n", "flush_interval must be a positive number"),
+        # Past threading's longest wait, the store's writer thread died on it (the budget monitor's too).
+        ("[llmtrace]\nflush_interval = 1e10\n", r"flush_interval must be a number of seconds, at most a day \(86400\), got 1"),
         ("[llmtrace]\nmax_buffered_spans = 0\n", "max_buffered_spans must be a whole number 1 or more, got 0"),
         ("[llmtrace]\nmetric_tag_top_k = '\u00b2'\n", "metric_tag_top_k must be a whole number"),  # isdigit(), not int()
         ("[anomalies]\ninterval = 0\n", r"\[anomalies\]: anomaly_interval must be a positive number"),

@@ -314,7 +314,7 @@ def test_include_usage_hosts_setting_extends_the_list() -> None:
     import llmtrace.testing
 
     gateway, openai_itself = _api(), _api()
-    with llmtrace.testing.capture(include_usage_hosts=["llm.internal"]) as captured:  # a gateway, beside OpenAI
+    with llmtrace.testing.capture(include_usage_hosts=["LLM.internal"]) as captured:  # a gateway, beside OpenAI; any case
         for api, base_url in ((gateway, "https://llm.internal/v1"), (openai_itself, "https://api.openai.com/v1")):
             list(openai_client(api, base_url=base_url).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
     for api in (gateway, openai_itself):
@@ -325,7 +325,7 @@ def test_include_usage_hosts_setting_extends_the_list() -> None:
 def test_provider_hosts_names_and_prices_a_gateway_as_its_provider() -> None:
     import llmtrace.testing
 
-    with llmtrace.testing.capture(provider_hosts=["llm-gateway.internal = openai"]) as captured:
+    with llmtrace.testing.capture(provider_hosts=["LLM-Gateway.internal = openai"]) as captured:  # a URL's host: lower case
         openai_client(_api(), base_url="https://llm-gateway.internal/v1").chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES
         )
@@ -355,6 +355,10 @@ def test_provider_hosts_must_be_host_equals_provider() -> None:
         assert says in str(error.value)
     with pytest.raises(llmtrace.ConfigError, match="holds more than one pair: separate them with commas"):
         config.load({}, {"LLMTRACE_PROVIDER_HOSTS": "a.internal=openai b.internal=groq"})  # a space for a comma
+    for host, says in (("https://gw.internal", " (gw.internal)"), ("gw.internal:443", " (gw.internal)"), ("a b", "")):
+        with pytest.raises(llmtrace.ConfigError) as error:  # include_usage_hosts: matched by the host alone too
+            llmtrace.instrument(include_usage_hosts=[host])
+        assert str(error.value) == f"include_usage_hosts: {host!r}: give each host alone, without a scheme, port or path{says}"
 
 
 @pytest.mark.parametrize("is_async", [False, True])

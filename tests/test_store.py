@@ -221,6 +221,21 @@ def test_a_store_path_duckdb_cannot_use_is_refused_before_anything_is_applied(
     llmtrace.uninstrument()
 
 
+def test_an_empty_db_or_a_folder_is_refused_not_taken_for_the_working_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """db = "" (a config template's unset variable) was the working folder itself: the app wrote its segments beside
+    it, outside its own folder, and every merge failed on a folder where the database should be."""
+    import llmtrace
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for db, says in (("", "db is empty"), ("  ", "db is empty"), (str(tmp_path / "data"), "is a folder: db is the store's database file")):
+        with pytest.raises(llmtrace.ConfigError, match=says):
+            llmtrace.instrument(db=db, config_file=os.devnull)
+        with pytest.raises(llmtrace.ConfigError, match=says):
+            query.span_count(db=db)
+    assert sorted(p.name for p in tmp_path.parent.iterdir() if p.name.startswith(tmp_path.name)) == [tmp_path.name]
+
+
 def test_merged_segments_are_deleted_once_the_database_is_let_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Readers and other processes' merges wait for the write lock: deleting the files (a GIL hand-over each, which a
     busy app can make last milliseconds) happens after it is released."""

@@ -88,7 +88,11 @@ def resolve(db: str | os.PathLike[str] | None = None) -> StorePaths:
     """The store at ``db``, else ``$LLMTRACE_DB``, else ``./.llmtrace/llmtrace.duckdb``; a path DuckDB cannot use
     is a ConfigError."""
     chosen = db if db is not None else os.environ.get("LLMTRACE_DB") or DEFAULT_DB
+    if not str(chosen).strip():  # an unset variable in a config template: it would be the working folder itself
+        raise ConfigError("db is empty: give the store's file (e.g. .llmtrace/llmtrace.duckdb), or leave db unset")
     path = Path(chosen).expanduser().absolute()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: db is the store's database file (e.g. {path / 'llmtrace.duckdb'})")
     refused = [char for char in _REFUSED_IN_PATHS if char in str(path)]
     if refused:
         raise ConfigError(

@@ -299,7 +299,9 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     for name in ("alert_webhook_url", "otlp_endpoint"):
         url = values.get(name)
         if url and not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{name}: {url!r} is not an http:// or https:// URL")
+            # A webhook's path is the secret of many receivers (Slack's): its host alone, in a message that may be logged.
+            shown = url if name == "otlp_endpoint" or "/" not in url else url.split("/", 1)[0] + "/…"
+            raise ConfigError(f"{name}: {shown!r} is not an http:// or https:// URL")
     unknown_detectors = set(values.get("anomaly_detectors", ())) - set(ANOMALY_DETECTORS)
     if unknown_detectors:
         raise ConfigError(

@@ -488,3 +488,27 @@ def test_tool_arguments_are_decoded_only_into_what_json_carries(arguments: str, 
     output = captured.spans()[0].attributes["gen_ai.output.messages"]
     output.encode("utf-8")  # valid UTF-8
     assert json.loads(output)[0]["parts"][0]["arguments"] == recorded
+
+
+def test_a_streamed_spoken_answer_is_captured_by_its_transcript_as_a_whole_one_is() -> None:
+    http = http_module(pytest.importorskip("openai"))
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-audio-preview", "choices": choices, **extra}
+
+    chunks = [
+        chunk([{"index": 0, "delta": {"role": "assistant", "audio": {"id": "audio_1", "transcript": "Hello "}}, "finish_reason": None}]),
+        chunk([{"index": 0, "delta": {"audio": {"transcript": "world", "data": "UklGRg=="}}, "finish_reason": None}]),
+        chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        chunk([], usage={"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25,
+                         "completion_tokens_details": {"audio_tokens": 18, "text_tokens": 2}}),
+    ]  # fmt: skip
+    client = openai_client(lambda request: http.Response(200, headers={"content-type": "text/event-stream"},
+                                                         content=sse([(None, c) for c in chunks] + [(None, "[DONE]")])))  # fmt: skip
+    with llmtrace.testing.capture(capture_content=True) as captured:
+        for _ in client.chat.completions.create(model="gpt-4o-audio-preview", modalities=["text", "audio"], stream=True,
+                                                audio={"voice": "alloy", "format": "pcm16"}, messages=[{"role": "user", "content": "hi"}]):  # fmt: skip
+            pass
+    assert json.loads(captured.spans()[0].attributes["gen_ai.output.messages"]) == [
+        {"role": "assistant", "parts": [{"type": "text", "content": "Hello world"}], "finish_reason": "stop"}
+    ]

@@ -63,6 +63,19 @@ def get(obj: Any, name: str, default: Any = None) -> Any:
     return value
 
 
+def field(obj: Any, name: str) -> Any:
+    """A field of an SDK model that some versions or models lack (Anthropic's beta ``usage.iterations``, the chat
+    delta's ``audio``), declared or among the extra fields an API sent, or a dict's key: read without pydantic's
+    ``__getattr__``, which takes microseconds to miss (and these are read per call, or per chunk)."""
+    if isinstance(obj, dict):
+        return obj.get(name)
+    found = getattr(obj, "__dict__", {}).get(name)
+    if found is None:
+        extra = getattr(obj, "__pydantic_extra__", None)
+        found = extra.get(name) if extra else None
+    return found
+
+
 def counts(obj: Any, names: tuple[str, ...]) -> list[int]:
     """Several token counts of one usage object (an SDK model, a dict or None), each read as ``as_int(get(obj,
     name))`` reads it, without two calls per field (usage is read on every call; a plain loop: a comprehension is

@@ -30,7 +30,7 @@ from ..pricing import PriceContext
 from ..sse import StreamEnds, json_of
 from ..usage import Usage, as_int
 from . import anthropic_content
-from ._stainless import RequestTable, client_info_for, get, pick, string
+from ._stainless import RequestTable, client_info_for, field, get, pick, string
 
 _REQUEST: RequestTable = {
     "model": (A.REQUEST_MODEL, str),
@@ -79,7 +79,7 @@ def _usage(usage: Any, blocks: Any) -> Usage | None:
     answer.web_searches = as_int(get(get(usage, "server_tool_use"), "web_search_requests"))
     # Server-side compaction (beta context management) is a model call of its own before the answer, billed, whose
     # tokens the top-level fields leave out; priced with the answer's, at the same model's rates.
-    compactions = [_pass_usage(one) for one in _iterations(usage) or () if get(one, "type") == "compaction"]
+    compactions = [_pass_usage(one) for one in field(usage, "iterations") or () if get(one, "type") == "compaction"]
     if not compactions:
         return answer
     passes = (answer, *compactions)
@@ -111,18 +111,6 @@ def _pass_usage(usage: Any) -> Usage:
 def _written_for_an_hour(usage: Any, written: int) -> int:
     """Of the ``written`` cache tokens, those with the 1-hour TTL (priced higher)."""
     return min(as_int(get(get(usage, "cache_creation"), "ephemeral_1h_input_tokens")), written)
-
-
-def _iterations(usage: Any) -> Any:
-    """``usage.iterations`` (beta): a field the non-beta models lack, read without pydantic's ``__getattr__`` for
-    those (microseconds); an API that sends it to them anyway puts it in their extra fields."""
-    if isinstance(usage, dict):
-        return usage.get("iterations")
-    found = getattr(usage, "__dict__", {}).get("iterations")
-    if found is None:
-        extra = getattr(usage, "__pydantic_extra__", None)
-        found = extra.get("iterations") if extra else None
-    return found
 
 
 def _thought(blocks: Any) -> bool:
@@ -211,7 +199,7 @@ class _Accumulator:
         server_tool_use = get(usage, "server_tool_use")
         if server_tool_use is not None:
             self._server_tool_use = server_tool_use
-        iterations = _iterations(usage)
+        iterations = field(usage, "iterations")
         if iterations is not None:
             self._iterations = iterations
         self._usage = merged

@@ -19,7 +19,7 @@ from ..pricing import PriceContext
 from ..sse import StreamEnds, json_of
 from ..usage import Usage, as_int
 from . import openai_content
-from ._stainless import RequestTable, client_info_for, counts, get, pick, string
+from ._stainless import RequestTable, client_info_for, counts, field, get, pick, string
 
 # OpenAI-compatible hosts whose provider has a semconv name (or a well-known one).
 _HOST_PROVIDERS = {
@@ -328,6 +328,8 @@ class _ChoicesAccumulator:
                             piece = refusal
                         elif (function_call := getattr(delta, "function_call", None)) is not None:
                             self._add_call(index, -1, None, function_call)
+                        elif (audio := field(delta, "audio")) is not None:  # a spoken answer: its transcript
+                            piece = get(audio, "transcript")
                     if calls := getattr(delta, "tool_calls", None):  # may come beside text
                         for call in calls:
                             position, call_id = getattr(call, "index", None), getattr(call, "id", None)

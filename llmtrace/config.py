@@ -225,11 +225,20 @@ def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
         unknown = sorted(k for k in values if prefix + k not in Settings.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} in [{table}]")
-        result.update({prefix + key: (value, table) for key, value in values.items()})
+        for key, value in values.items():
+            _put_once(path, result, prefix + key, value, table, f"[{table}] {key}")
     for table in _PRICE_TABLES:
         if table in data:
-            result[table] = (data[table], table)
+            _put_once(path, result, table, data[table], table, f"[{table}]")
     return result
+
+
+def _put_once(path: Path, result: dict[str, tuple[Any, str]], name: str, value: Any, table: str, where: str) -> None:
+    # One setting given twice in a file ([llmtrace] alert_webhook_url and [alerts] webhook_url): one would be
+    # dropped without a word.
+    if name in result:
+        raise ConfigError(f"{path}: {where} sets {name}, which [{result[name][1]}] sets too: give it once")
+    result[name] = (value, table)
 
 
 def config_path(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Path | None:

@@ -522,6 +522,11 @@ def test_metric_labels_follow_the_busiest_tenants_after_many_one_offs() -> None:
         ("[llmtrace]\nmetric_tag_top_k = '\u00b2'\n", "metric_tag_top_k must be a whole number"),  # isdigit(), not int()
         ("[anomalies]\ninterval = 0\n", r"\[anomalies\]: anomaly_interval must be a positive number"),
         ("[alert]\nwebhook_url = 'http://x'\n", r"unknown table\(s\) alert"),
+        # One setting twice: one of them was dropped without a word.
+        ("[llmtrace]\nalert_webhook_url = 'http://a'\n[alerts]\nwebhook_url = 'http://b'\n",
+         r"\[alerts\] webhook_url sets alert_webhook_url, which \[llmtrace\] sets too: give it once"),
+        ("[llmtrace.prices.m]\ninput_mtok = 1\noutput_mtok = 2\n[prices.n]\ninput_mtok = 1\noutput_mtok = 2\n",
+         r"\[prices\] sets prices, which \[llmtrace\] sets too"),
         ("[[budgets]]\nscope = 'global'\nperiod = 'day'\nlimit_usd = inf\n", "limit_usd"),
     ],
 )

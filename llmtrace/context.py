@@ -165,9 +165,16 @@ class tags:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with self:
-                return func(*args, **kwargs)
+                result = func(*args, **kwargs)
+            if inspect.iscoroutine(result):  # an async function behind a plain decorator: tagged while it runs
+                return self._while_awaited(result)
+            return result
 
         return wrapper  # type: ignore[return-value]
+
+    async def _while_awaited(self, coroutine: Any) -> Any:
+        with self:
+            return await coroutine
 
     # A decorated generator's body runs a step at a time, each in its reader's context: the tags hold during each
     # step (the calls it makes), never while it waits at a yield, where they would tag its reader's own calls.

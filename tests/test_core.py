@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextvars
 import re
 import subprocess
@@ -140,6 +141,28 @@ def test_tags_context_decorator_nesting_threads_and_async(captured: Any) -> None
     assert second["llmtrace.tenant"] == "globex" and second["user.id"] == "u1" and "llmtrace.feature" not in second
     assert [s.attributes["llmtrace.tenant"] for s in spans[2:5]] == ["thread-co"] * 3
     assert sorted(s.attributes["llmtrace.tenant"] for s in spans[5:]) == ["t-a", "t-b"]
+
+def test_tags_on_an_async_function_behind_a_plain_decorator_hold_while_it_runs(captured: Any) -> None:
+    """A plain (sync) decorator between @tags and an async function (a retry or logging wrapper): the tags held while
+    the coroutine was created, not while it ran, and tagged nothing."""
+    aclient = openai_client(FakeAPI(HTTP), is_async=True)
+
+    def logged(func: Any) -> Any:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    @llmtrace.tags(tenant="acme")
+    @logged
+    async def answer() -> None:
+        await aclient.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+
+    asyncio.run(answer())
+    assert captured.spans()[0].attributes["llmtrace.tenant"] == "acme"
+    assert llmtrace.context.current_tags() == {}
+
 
 def test_one_tags_object_is_entered_by_many_tasks_and_threads_at_once(captured: Any) -> None:
     search = llmtrace.tags(feature="search")  # defined once, as an app would at module level

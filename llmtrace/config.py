@@ -19,6 +19,7 @@ DEFAULT_CONFIG_FILE = "llmtrace.toml"
 DEFAULT_MAX_BUFFERED_SPANS = 1_000_000
 DEFAULT_INCLUDE_USAGE_HOSTS = ("api.openai.com", "eu.api.openai.com", "us.api.openai.com")
 ANOMALY_DETECTORS = ("spend_spike", "prompt_growth", "duplicate_calls", "model_drift", "error_rate")
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
 # Tables of llmtrace.toml whose keys are settings with a prefix: [alerts] webhook_url = alert_webhook_url.
 _PREFIXED_TABLES = {"alerts": "alert_", "anomalies": "anomaly_"}
 _PRICE_TABLES = {"prices": "model -> rates", "provider_prices": "provider -> model -> rates"}  # what each holds
@@ -113,14 +114,14 @@ def _check_provider_host(pair: str) -> None:
 
     host, _, provider = (part.strip() for part in pair.partition("="))
     if not host or not provider:
-        raise ConfigError(f"provider_hosts: {pair!r} is not host=provider (e.g. llm-gateway.internal=openai)")
+        raise _Refused("provider_hosts", f"{pair!r} is not host=provider (e.g. llm-gateway.internal=openai)")
     if "=" in provider or any(c.isspace() for c in provider):
-        raise ConfigError(f"provider_hosts: {pair!r} holds more than one pair: separate them with commas")
+        raise _Refused("provider_hosts", f"{pair!r} holds more than one pair: separate them with commas")
     bare = _bare_host(host)
     if bare != host:
-        raise ConfigError(f"provider_hosts: {pair!r}: give the host alone, without a scheme, port or path ({bare}={provider})")
+        raise _Refused("provider_hosts", f"{pair!r}: give the host alone, without a scheme, port or path ({bare}={provider})")
     if provider not in PROVIDERS:
-        raise ConfigError(f"provider_hosts: {provider!r} is not a provider llmtrace prices ({', '.join(PROVIDERS)})")
+        raise _Refused("provider_hosts", f"{provider!r} is not a provider llmtrace prices ({', '.join(PROVIDERS)})")
 
 
 def _bare_host(host: str) -> str:
@@ -135,8 +136,37 @@ def _bare_host(host: str) -> str:
 def _check_usage_host(host: str) -> None:
     bare = _bare_host(host)
     if not bare or bare != host or any(c.isspace() for c in host):
-        raise ConfigError(f"include_usage_hosts: {host!r}: give each host alone, without a scheme, port or path"
-                          + (f" ({bare})" if bare and bare != host else ""))  # fmt: skip
+        raise _Refused("include_usage_hosts", f"{host!r}: give each host alone, without a scheme, port or path"
+                       + (f" ({bare})" if bare and bare != host else ""))  # fmt: skip
+
+
+class _Refused(ValueError):
+    """A setting's value refused by a check that knows its name, not where it came from (load says that)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def _check_after_coercion(values: dict[str, Any]) -> None:
+    for pair in values.get("provider_hosts", ()):
+        _check_provider_host(pair)
+    for host in values.get("include_usage_hosts", ()):
+        _check_usage_host(host.strip())
+    # OTLP's endpoints are URLs with a scheme for both protocols (the specification says so): "collector:4318"
+    # would be taken, and then every export would fail.
+    for name in ("alert_webhook_url", "otlp_endpoint"):
+        url = values.get(name)
+        if url and not url.startswith(("http://", "https://")):
+            # A webhook's path is the secret of many receivers (Slack's): its host alone, in a message that may be logged.
+            shown = url if name == "otlp_endpoint" or "/" not in url else url.split("/", 1)[0] + "/…"
+            raise _Refused(name, f"{shown!r} is not an http:// or https:// URL")
+    unknown_detectors = set(values.get("anomaly_detectors", ())) - set(ANOMALY_DETECTORS)
+    if unknown_detectors:
+        raise _Refused("anomaly_detectors", f"unknown {', '.join(sorted(unknown_detectors))} (known: {', '.join(ANOMALY_DETECTORS)})")
+    protocol = values.get("otlp_protocol")
+    if protocol is not None and protocol not in OTLP_PROTOCOLS:  # checked now, not once an exporter is made
+        raise _Refused("otlp_protocol", f"the OTLP protocol must be one of {', '.join(OTLP_PROTOCOLS)}, got {protocol!r}")
 
 
 def _coerce(name: str, raw: Any, default: Any, origin: str) -> Any:
@@ -284,40 +314,31 @@ def load(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     # themselves (llmtrace.export.destinations), each signal its own.
     std_env = {"service_name": env.get("OTEL_SERVICE_NAME")}
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # where each value came from, for the checks below
     for name, f in names.items():
         default = Settings.__dataclass_fields__[name].default
         if default is not None and not isinstance(default, (bool, int, float, str, tuple)):
             default = {}
         env_name = "LLMTRACE_" + name.upper()
         if name in options and options[name] is not None:
-            values[name] = _coerce(name, options[name], default, "instrument()")
+            origins[name] = "instrument()"
+            values[name] = _coerce(name, options[name], default, origins[name])
         elif env.get(env_name) is not None and (env[env_name].strip() or isinstance(default, tuple)):
             # Empty is unset (compose and Kubernetes files leave variables empty), except for a list: none.
+            origins[name] = env_name
             values[name] = _coerce(name, env[env_name], default, env_name)
         elif std_env.get(name):
             values[name] = std_env[name]
         elif name in file_values:
             value, table = file_values[name]
-            values[name] = _coerce(name, value, default, f"{config_file} [{table}]")
+            origins[name] = f"{config_file} [{table}]"
+            values[name] = _coerce(name, value, default, origins[name])
     if config_file:
         values["config_file"] = str(config_file)
-    for pair in values.get("provider_hosts", ()):
-        _check_provider_host(pair)
-    # OTLP's endpoints are URLs with a scheme for both protocols (the specification says so): "collector:4318"
-    # would be taken, and then every export would fail.
-    for name in ("alert_webhook_url", "otlp_endpoint"):
-        url = values.get(name)
-        if url and not url.startswith(("http://", "https://")):
-            # A webhook's path is the secret of many receivers (Slack's): its host alone, in a message that may be logged.
-            shown = url if name == "otlp_endpoint" or "/" not in url else url.split("/", 1)[0] + "/…"
-            raise ConfigError(f"{name}: {shown!r} is not an http:// or https:// URL")
-    unknown_detectors = set(values.get("anomaly_detectors", ())) - set(ANOMALY_DETECTORS)
-    if unknown_detectors:
-        raise ConfigError(
-            f"anomaly_detectors: unknown {', '.join(sorted(unknown_detectors))} (known: {', '.join(ANOMALY_DETECTORS)})"
-        )
-    for host in values.get("include_usage_hosts", ()):
-        _check_usage_host(host.strip())
+    try:
+        _check_after_coercion(values)
+    except _Refused as refused:
+        raise ConfigError(f"{origins[refused.name]}: {refused.name}: {refused}") from None
     # Hosts as a call's URL has them (lower case): "LLM-Gateway.internal" would never match.
     values["provider_hosts"] = tuple(
         f"{host.strip().lower()}={provider.strip()}" for host, _, provider in (pair.partition("=") for pair in values.get("provider_hosts", ()))

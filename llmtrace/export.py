@@ -22,11 +22,10 @@ from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
 from opentelemetry.sdk.metrics.view import DefaultAggregation, ExplicitBucketHistogramAggregation
 
 from ._guard import internal_errors
-from .config import ConfigError, Settings
+from .config import OTLP_PROTOCOLS, ConfigError, Settings
 
 logger = logging.getLogger("llmtrace")
 
-PROTOCOLS = ("http/protobuf", "grpc")
 
 
 def protocol_for(signal: str, settings: Settings) -> str:
@@ -39,8 +38,8 @@ def protocol_for(signal: str, settings: Settings) -> str:
         ("OTEL_EXPORTER_OTLP_PROTOCOL", env.get("OTEL_EXPORTER_OTLP_PROTOCOL")),
     )
     where, protocol = next(((where, value) for where, value in given if value), ("", "http/protobuf"))
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"{where}: the OTLP protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol not in OTLP_PROTOCOLS:
+        raise ConfigError(f"{where}: the OTLP protocol must be one of {', '.join(OTLP_PROTOCOLS)}, got {protocol!r}")
     return protocol
 
 

@@ -342,8 +342,8 @@ def test_the_webhooks_path_which_holds_its_secret_never_reaches_the_log(
     from llmtrace import config
 
     with pytest.raises(llmtrace.ConfigError) as refused:
-        config.load({"alert_webhook_url": "hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/XyZsecretTOKEN"}, {})
-    assert str(refused.value) == "alert_webhook_url: 'hooks.slack.com/…' is not an http:// or https:// URL"
+        config.load({}, {"LLMTRACE_ALERT_WEBHOOK_URL": "hooks.slack.com/services/T0AAAAAAA/B0BBBBBBB/XyZsecretTOKEN"})
+    assert str(refused.value) == "LLMTRACE_ALERT_WEBHOOK_URL: alert_webhook_url: 'hooks.slack.com/…' is not an http:// or https:// URL"
 
 
 def test_a_merge_and_an_alert_setting_up_a_new_store_at_once_both_succeed(tmp_path: Path) -> None:

@@ -138,13 +138,18 @@ def test_an_otlp_protocol_llmtrace_cannot_speak_is_a_config_error_naming_where_i
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import llmtrace
+    from llmtrace import config
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
     with pytest.raises(llmtrace.ConfigError, match="^OTEL_EXPORTER_OTLP_PROTOCOL: the OTLP protocol must be one of"):
         llmtrace.instrument(store=False)
-    with pytest.raises(llmtrace.ConfigError, match="^llmtrace's otlp_protocol setting: .* got 'gRPC'"):
+    with pytest.raises(llmtrace.ConfigError, match="^instrument\\(\\): otlp_protocol: .* got 'gRPC'"):
         llmtrace.instrument(store=False, otlp_protocol="gRPC")
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")  # no OTLP export at all: a typo is refused all the same
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_PROTOCOL")
+    with pytest.raises(llmtrace.ConfigError, match="^LLMTRACE_OTLP_PROTOCOL: otlp_protocol: .* got 'grcp'"):
+        config.load({}, {"LLMTRACE_OTLP_PROTOCOL": "grcp"})
 
 
 def test_the_exporter_names_opentelemetry_gives_its_otlp_exporters_fix_their_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
